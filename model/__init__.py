@@ -1,0 +1,26 @@
+"""mT5 Studio's model layer: mT5 and UMT5 in plain PyTorch, loading the Hub's checkpoints, no transformers."""
+from .config import MT5Config, UMT5Config
+from .hub import CheckpointNotFoundError
+from .loading import CheckpointError, LoadingInfo
+from .modeling import (
+    KVCache,
+    ModelOutput,
+    MT5EncoderModel,
+    MT5ForConditionalGeneration,
+    MT5ForQuestionAnswering,
+    MT5ForSequenceClassification,
+    MT5ForTokenClassification,
+    MT5Model,
+    UMT5EncoderModel,
+    UMT5ForConditionalGeneration,
+    UMT5ForQuestionAnswering,
+    UMT5ForSequenceClassification,
+    UMT5ForTokenClassification,
+    UMT5Model,
+)
+from .registry import load_model, model_class
+
+try:  # the tokenizer module is built separately; the model layer works without it
+    from .tokenizer import MT5Tokenizer
+except ImportError:  # pragma: no cover
+    pass

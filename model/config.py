@@ -1,0 +1,190 @@
+"""Typed configs for mT5 and UMT5, field for field the Hub's `config.json`.
+
+Unknown keys are kept (in `extra`) and written back on save; nothing is guessed from file or repo names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+CONFIG_NAME = "config.json"
+
+# Keys whose values transformers writes but which we derive or do not need to keep separately.
+_DERIVED_KEYS = {"dense_act_fn", "is_gated_act", "transformers_version", "_name_or_path"}
+
+
+@dataclass
+class MT5Config:
+    """Configuration of an mT5 model. Defaults are google/mt5-small's shape."""
+
+    model_type: ClassVar[str] = "mt5"
+
+    vocab_size: int = 250112
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 1024
+    num_layers: int = 8
+    num_decoder_layers: int | None = None
+    num_heads: int = 6
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    initializer_factor: float = 1.0
+    feed_forward_proj: str = "gated-gelu"
+    is_encoder_decoder: bool = True
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    decoder_start_token_id: int = 0
+    classifier_dropout: float = 0.0
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    architectures: list[str] | None = None
+    tokenizer_class: str | None = "T5Tokenizer"
+    torch_dtype: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(
+                f"feed_forward_proj={self.feed_forward_proj!r} is not valid: use 'gated-ACT' or 'ACT', e.g. "
+                "'gated-gelu' or 'relu'"
+            )
+        self._normalize_labels()
+        if self.problem_type not in (None, "regression", "single_label_classification",
+                                     "multi_label_classification"):
+            raise ValueError(f"problem_type={self.problem_type!r} is not one of regression, "
+                             "single_label_classification, multi_label_classification")
+
+    def _normalize_labels(self) -> None:
+        # JSON turns id2label's int keys into strings; transformers turns them back.
+        if self.id2label is not None:
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+        if self.num_labels is None:
+            self.num_labels = len(self.id2label) if self.id2label else 2
+        if self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        elif len(self.id2label) != self.num_labels:
+            self.num_labels = len(self.id2label)
+        if self.label2id is None or len(self.label2id) != self.num_labels:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+
+    # Derived values -----------------------------------------------------------------------------------
+    @property
+    def is_gated_act(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        act = self.feed_forward_proj.split("-")[-1]
+        # mT5's "gated-gelu" means the tanh approximation ("gelu_new").
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else act
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_heads * self.d_kv
+
+    @property
+    def per_layer_bias(self) -> bool:
+        """UMT5 has a relative-bias table in every self-attention layer; mT5 only in block 0."""
+        return self.model_type == "umt5"
+
+    # Serialization -----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MT5Config":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        data = dict(data)
+        family = data.pop("model_type", None)
+        check_model_type(family, data.get("architectures"), cls)
+        known = {k: data[k] for k in names if k in data}
+        extra = {k: v for k, v in data.items() if k not in names and k not in _DERIVED_KEYS}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self.model_type}
+        for f in dataclasses.fields(self):
+            if f.name != "extra":
+                out[f.name] = getattr(self, f.name)
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["dense_act_fn"] = self.dense_act_fn
+        out["is_gated_act"] = self.is_gated_act
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, **hub_options: Any) -> "MT5Config":
+        """Reads `config.json` from a local directory or a Hub repo (through the huggingface_hub cache)."""
+        from .hub import resolve_file
+
+        path = resolve_file(repo_or_dir, CONFIG_NAME, **hub_options)
+        return cls.from_dict(read_json(path))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / CONFIG_NAME).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    def replace(self, **changes: Any) -> "MT5Config":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class UMT5Config(MT5Config):
+    """Configuration of a UMT5 model (google/umt5-small's shape); transformers' UMT5Config defaults to tied."""
+
+    model_type: ClassVar[str] = "umt5"
+    tie_word_embeddings: bool = True
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): re-download or fix the file") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def family_of(data: dict[str, Any]) -> str:
+    """'mt5' or 'umt5' from a config dict: `model_type`, else `architectures` (google/umt5-small has none).
+
+    Fine-tunes that say `model_type: "t5"` with the mT5 layout are read as mT5 (same architecture).
+    """
+    model_type = data.get("model_type")
+    if model_type in ("mt5", "t5"):
+        return "mt5"
+    if model_type == "umt5":
+        return "umt5"
+    if model_type is None:
+        archs = data.get("architectures") or []
+        if any(a.startswith("UMT5") for a in archs):
+            return "umt5"
+        if any(a.startswith(("MT5", "T5")) for a in archs):
+            return "mt5"
+        raise ValueError("config.json has neither `model_type` nor an mT5/UMT5 entry in `architectures`: "
+                         "add `\"model_type\": \"mt5\"` or `\"umt5\"` to it")
+    raise ValueError(f"config.json is for model_type {model_type!r}, not an mT5/UMT5 model: this library only "
+                     "loads mt5, umt5 (and t5-typed mT5 fine-tunes)")
+
+
+def check_model_type(model_type: str | None, architectures: list[str] | None, cls: type) -> None:
+    family = family_of({"model_type": model_type, "architectures": architectures})
+    if family != cls.model_type:
+        raise ValueError(f"config.json describes a {family} model but {cls.__name__} was asked for: use "
+                         f"{'UMT5Config' if family == 'umt5' else 'MT5Config'} or model.load_model()")
+
+
+def config_class(family: str) -> type[MT5Config]:
+    return UMT5Config if family == "umt5" else MT5Config

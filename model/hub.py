@@ -1,0 +1,83 @@
+"""Finding checkpoint files: a local directory, or a Hub repo through huggingface_hub (its cache, HF_HUB_OFFLINE,
+tokens). Every failure becomes one exception that says what was looked for and what to do."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+
+
+class CheckpointNotFoundError(OSError):
+    """A local directory or Hub repo lacks what was asked for, or cannot be reached."""
+
+
+def hub_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Pops the huggingface_hub arguments out of `options`."""
+    return {k: options.pop(k) for k in HUB_OPTIONS if k in options}
+
+
+def resolve_file(repo_or_dir: str | os.PathLike, filename: str, optional: bool = False,
+                 **hub: Any) -> Path | None:
+    """Local path of `filename` in a directory or Hub repo; None if `optional` and the file does not exist."""
+    local = Path(repo_or_dir)
+    if local.is_dir():
+        path = local / filename
+        if path.is_file():
+            return path
+        if optional:
+            return None
+        raise CheckpointNotFoundError(f"{local} has no {filename}: is it a saved mT5/UMT5 checkpoint directory?")
+    repo = str(repo_or_dir)
+    if looks_like_path(repo):
+        raise CheckpointNotFoundError(f"{repo} is not a directory here, nor a Hub repo id (owner/name)")
+    try:
+        return Path(hf_hub_download(repo, filename, **hub))
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise CheckpointNotFoundError(f"Hub repo {repo!r} does not exist or is private/gated: check the id, or "
+                                      "pass token= (or run `hf auth login`) if you have access") from e
+    except RevisionNotFoundError as e:
+        raise CheckpointNotFoundError(f"Hub repo {repo!r} has no revision {hub.get('revision')!r}") from e
+    except LocalEntryNotFoundError as e:
+        if optional and not is_offline(hub):
+            return None
+        if optional and cached_elsewhere(repo, hub):
+            return None
+        raise CheckpointNotFoundError(
+            f"{filename} of {repo!r} is not in the local Hugging Face cache and the Hub cannot be reached"
+            f"{' (HF_HUB_OFFLINE is set)' if is_offline(hub) else ''}: download it once with network access, "
+            "or pass a local directory") from e
+    except EntryNotFoundError as e:
+        if optional:
+            return None
+        raise CheckpointNotFoundError(f"Hub repo {repo!r} has no file {filename}") from e
+    except HFValidationError as e:
+        raise CheckpointNotFoundError(f"{repo!r} is neither a local directory nor a valid Hub repo id: {e}") from e
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def is_offline(hub: dict[str, Any]) -> bool:
+    return bool(hub.get("local_files_only")) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def cached_elsewhere(repo: str, hub: dict[str, Any]) -> bool:
+    """Offline: True when the repo's snapshot is cached (so a missing file really is absent, not uncached)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json", cache_dir=hub.get("cache_dir"),
+                                   revision=hub.get("revision"))
+    return isinstance(found, str)

@@ -1,0 +1,278 @@
+"""Loading and saving Hub checkpoints: a key table plus checks.
+
+The model is built on the meta device (no memory, no time spent on random weights), the checkpoint's tensors
+are read from safetensors or `pytorch_model.bin` (with `torch.load(weights_only=True)`: a pickle carrying code
+is refused, never run), keys are mapped to ours, and assigned. Missing and unexpected names are reported by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import CONFIG_NAME, MT5Config, config_class, family_of, read_json
+from .hub import CheckpointNotFoundError, hub_options, resolve_file
+
+SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+BIN_NAME, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+# Checkpoint keys that carry nothing we use: copies of `shared`, and a bias table that old T5 conversions put on
+# the first cross-attention layer (cross-attention has no position bias).
+IGNORED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+                "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight")
+# Weights that belong to a task head rather than the transformer: absent ones are initialised (a plain checkpoint
+# loads into a head model), extra ones are dropped (a head checkpoint loads into a plain model).
+HEAD_PREFIXES = ("lm_head.", "classification_head.", "classifier.", "qa_outputs.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose files or weights do not fit the model."""
+
+
+@dataclass
+class LoadingInfo:
+    """What loading did beyond a one-to-one copy, by key name."""
+    missing_keys: list[str] = field(default_factory=list)      # initialised at random (task heads only)
+    unexpected_keys: list[str] = field(default_factory=list)   # present in the checkpoint, not used
+    source_files: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------------------
+def weight_files(repo_or_dir: str | os.PathLike, **hub: Any) -> list[Path]:
+    """The checkpoint's weight files, preferring safetensors; shards in index order."""
+    for single, index in ((SAFE_NAME, SAFE_INDEX), (BIN_NAME, BIN_INDEX)):
+        index_path = resolve_file(repo_or_dir, index, optional=True, **hub)
+        if index_path is not None:
+            shards = sorted(set(read_json(index_path).get("weight_map", {}).values()))
+            if not shards:
+                raise CheckpointError(f"{index_path} has an empty weight_map")
+            return [resolve_file(repo_or_dir, s, **hub) for s in shards]
+        path = resolve_file(repo_or_dir, single, optional=True, **hub)
+        if path is not None:
+            return [path]
+    raise CheckpointNotFoundError(f"{repo_or_dir} has no weights: looked for {SAFE_NAME}, {SAFE_INDEX}, "
+                                  f"{BIN_NAME} and {BIN_INDEX}")
+
+
+def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (key, tensor) from one safetensors or .bin file, on CPU."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}): it may be truncated or "
+                                  "corrupt; delete it and download again") from e
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} was refused: its pickle holds more than tensors (code or objects), which "
+                              f"is not loaded for safety. Convert it to safetensors from a trusted source. ({e})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e}): it may be truncated") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    yield from state.items()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Key table
+# ------------------------------------------------------------------------------------------------------------
+def base_key(key: str) -> str:
+    """Checkpoint key -> key relative to the transformer (head models prefix it with `transformer.`)."""
+    return key[len("transformer."):] if key.startswith("transformer.") else key
+
+
+def target_key(model: torch.nn.Module, key: str) -> str:
+    prefix = model.base_model_prefix
+    if not prefix or key.startswith(HEAD_PREFIXES):
+        return key
+    return f"{prefix}.{key}"
+
+
+def map_checkpoint(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+                   info: LoadingInfo) -> dict[str, torch.Tensor]:
+    """Maps checkpoint keys to the model's; embed_tokens copies stand in when `shared.weight` is absent."""
+    wanted = set(model.state_dict().keys())
+    mapped, spare = {}, {}
+    for key, tensor in tensors:
+        key = base_key(key)
+        if key in IGNORED_KEYS:
+            spare[key] = tensor
+            continue
+        ours = target_key(model, key)
+        if ours in wanted:
+            mapped[ours] = tensor
+        else:
+            info.unexpected_keys.append(key)
+    shared = target_key(model, "shared.weight")
+    if shared in wanted and shared not in mapped:
+        # Never lm_head: it is a different matrix in untied checkpoints.
+        for copy in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+            if copy in spare:
+                mapped[shared] = spare[copy]
+                break
+    return mapped
+
+
+def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: LoadingInfo, source: str) -> None:
+    """Raises on missing transformer weights or on unexplained extra keys; records head keys to initialise."""
+    tied = tied_keys(model)
+    missing = [k for k in model.state_dict() if k not in mapped and k not in tied]
+    info.missing_keys = [k for k in missing if k.startswith(HEAD_PREFIXES)]
+    absent = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    if absent:
+        raise CheckpointError(f"{source} lacks {len(absent)} weight(s) the model needs: {', '.join(absent[:12])}"
+                              f"{' …' if len(absent) > 12 else ''}. Is config.json the one saved with these weights?")
+    # Another head's weights and the decoder (when loading into an encoder-only model) are expected extras.
+    known = lambda k: k.startswith(HEAD_PREFIXES) or (k.startswith("decoder.") and not hasattr(
+        getattr(model, model.base_model_prefix, model), "decoder"))
+    unexplained = [k for k in info.unexpected_keys if not known(k)]
+    if unexplained:
+        raise CheckpointError(f"{source} has {len(unexplained)} weight(s) this model does not have: "
+                              f"{', '.join(unexplained[:12])}{' …' if len(unexplained) > 12 else ''}. "
+                              "Does config.json (num_layers, feed_forward_proj, ...) match the weights?")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, tensor in mapped.items():
+        expected = shapes[key]
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)} but the config implies "
+                                  f"{tuple(expected)}: config.json and the weights disagree")
+
+
+def tied_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that alias another parameter (the tied lm_head)."""
+    seen, aliases = {}, set()
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.add(key)
+        seen[id(tensor)] = key
+    return aliases
+
+
+# ------------------------------------------------------------------------------------------------------------
+# from_pretrained / save_pretrained
+# ------------------------------------------------------------------------------------------------------------
+def resolve_dtype(dtype: Any, config: MT5Config) -> torch.dtype:
+    """None -> float32 (transformers' default); "auto" -> the checkpoint's torch_dtype; names or dtypes."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        dtype = config.torch_dtype or "float32"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace("torch.", ""), None)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, bfloat16, float16 or 'auto', got {dtype!r}")
+    return dtype
+
+
+def load_config(cls: type, repo_or_dir: str | os.PathLike, config: MT5Config | None, hub: dict) -> MT5Config:
+    if config is not None:
+        return config
+    data = read_json(resolve_file(repo_or_dir, CONFIG_NAME, **hub))
+    family = family_of(data)
+    if family != cls.config_class.model_type:
+        other = "UMT5" if family == "umt5" else "MT5"
+        raise ValueError(f"{repo_or_dir} holds a {family} checkpoint but {cls.__name__} was asked for: use "
+                         f"{other}{cls.__name__.removeprefix('UMT5').removeprefix('MT5')} or model.load_model()")
+    return config_class(family).from_dict(data)
+
+
+def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Config | None = None,
+                    dtype: Any = None, torch_dtype: Any = None, output_loading_info: bool = False,
+                    **options: Any):
+    """Builds `cls` on the meta device and fills it from the checkpoint's weights (see module docstring)."""
+    hub = hub_options(options)
+    config = load_config(cls, repo_or_dir, config, hub)
+    for key in ("num_labels", "id2label", "label2id", "problem_type"):
+        if key in options:
+            config = config.replace(**{key: options.pop(key)})
+            if key == "num_labels":
+                config = config.replace(id2label=None, label2id=None)
+    if options:
+        raise TypeError(f"from_pretrained got unknown option(s) {sorted(options)}")
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
+    files = weight_files(repo_or_dir, **hub)
+    with torch.device("meta"):
+        model = cls(config)
+    info = LoadingInfo(source_files=[str(f) for f in files])
+    tensors = (kv for f in files for kv in read_tensors(f))
+    mapped = map_checkpoint(model, tensors, info)
+    check_keys(model, mapped, info, str(repo_or_dir))
+    assign(model, mapped, dtype)
+    model.eval()
+    if info.missing_keys:
+        warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
+                      "random: train this head before trusting its outputs", stacklevel=2)
+    return (model, info) if output_loading_info else model
+
+
+@torch.no_grad()
+def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Puts checkpoint tensors into the meta model; heads absent from the checkpoint get a real random init."""
+    for key, tensor in mapped.items():
+        module_name, _, name = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        setattr(module, name, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
+    fresh = [k for k, p in model.named_parameters() if p.is_meta]
+    if fresh:
+        for key in fresh:
+            module_name, _, name = key.rpartition(".")
+            module = model.get_submodule(module_name)
+            meta = getattr(module, name)
+            setattr(module, name, torch.nn.Parameter(torch.empty(meta.shape, dtype=dtype)))
+        model.init_weights(only=set(fresh))
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, max_shard_size: int | None = None,
+                    safe_serialization: bool = True) -> None:
+    """Writes config.json and the weights (model.safetensors, or shards with an index) that transformers loads."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.replace(architectures=[type(model).__name__])
+    config.torch_dtype = str(model.dtype).removeprefix("torch.")
+    config.save_pretrained(directory)
+    skip = tied_keys(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in skip}
+    if not safe_serialization:
+        torch.save(state, directory / BIN_NAME)
+        return
+    shards = split_shards(state, max_shard_size)
+    if len(shards) == 1:
+        save_file(shards[0], directory / SAFE_NAME, metadata={"format": "pt"})
+        return
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / name, metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+        total += sum(t.numel() * t.element_size() for t in shard.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def split_shards(state: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    shards, size = [{}], 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_bytes and shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    return shards

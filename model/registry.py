@@ -1,0 +1,44 @@
+"""`load_model`: picks the family (mT5 / UMT5) and the class for a task from the checkpoint's own config."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import modeling
+from .config import CONFIG_NAME, family_of, read_json
+from .hub import hub_options, resolve_file
+
+# Task names users type (and the app uses) -> class name suffix.
+TASKS = {
+    "text2text": "ForConditionalGeneration", "generation": "ForConditionalGeneration",
+    "summarization": "ForConditionalGeneration", "span-filling": "ForConditionalGeneration",
+    "classification": "ForSequenceClassification", "sequence-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification", "tagging": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering", "qa": "ForQuestionAnswering",
+    "encoder": "EncoderModel", "feature-extraction": "EncoderModel", "model": "Model",
+}
+
+
+def model_class(family: str, task: str | None = None, architectures: list[str] | None = None) -> type:
+    """The class for `family` ('mt5'|'umt5') and `task`; with no task, the checkpoint's `architectures`."""
+    prefix = "UMT5" if family == "umt5" else "MT5"
+    if task is None:
+        for arch in architectures or []:
+            suffix = arch.removeprefix("UMT5").removeprefix("MT5").removeprefix("T5")
+            if suffix in TASKS.values():
+                return getattr(modeling, prefix + suffix)
+        return getattr(modeling, prefix + "ForConditionalGeneration")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: use one of {', '.join(sorted(TASKS))}")
+    return getattr(modeling, prefix + TASKS[task])
+
+
+def load_model(repo_or_dir: str | os.PathLike, task: str | None = None, **options: Any):
+    """Loads any mT5/UMT5 checkpoint for `task`, reading the family from its config.json.
+
+    Options are those of `from_pretrained` (revision, token, dtype, ...).
+    """
+    hub = hub_options(options)
+    data = read_json(resolve_file(repo_or_dir, CONFIG_NAME, **hub))
+    cls = model_class(family_of(data), task, data.get("architectures"))
+    return cls.from_pretrained(repo_or_dir, **hub, **options)
