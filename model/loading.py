@@ -102,12 +102,25 @@ def target_key(model: torch.nn.Module, key: str) -> str:
     return f"{prefix}.{key}"
 
 
-def map_checkpoint(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+def match_feed_forward(config: MT5Config, tensors: dict[str, torch.Tensor], source: str) -> MT5Config:
+    """The weights decide gated vs plain feed-forward (google/umt5-base's config says relu; its weights are gated)."""
+    gated = any(k.endswith("DenseReluDense.wi_0.weight") for k in tensors)
+    plain = any(k.endswith("DenseReluDense.wi.weight") for k in tensors)
+    if gated == config.is_gated_act or gated == plain:
+        return config
+    act = config.feed_forward_proj.split("-")[-1]
+    fixed = ("gated-gelu" if act == "relu" else f"gated-{act}") if gated else act
+    warnings.warn(f"{source}: config.json says feed_forward_proj={config.feed_forward_proj!r} but the weights are "
+                  f"{'gated (wi_0/wi_1)' if gated else 'not gated (wi)'}; using {fixed!r}", stacklevel=3)
+    return config.replace(feed_forward_proj=fixed)
+
+
+def map_checkpoint(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
                    info: LoadingInfo) -> dict[str, torch.Tensor]:
     """Maps checkpoint keys to the model's; embed_tokens copies stand in when `shared.weight` is absent."""
     wanted = set(model.state_dict().keys())
     mapped, spare = {}, {}
-    for key, tensor in tensors:
+    for key, tensor in tensors.items():
         key = base_key(key)
         if key in IGNORED_KEYS:
             spare[key] = tensor
@@ -145,11 +158,10 @@ def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: Lo
                               f"{', '.join(unexplained[:12])}{' …' if len(unexplained) > 12 else ''}. "
                               "Does config.json (num_layers, feed_forward_proj, ...) match the weights?")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for key, tensor in mapped.items():
-        expected = shapes[key]
-        if tuple(tensor.shape) != expected:
-            raise CheckpointError(f"{source}: {key} has shape {tuple(tensor.shape)} but the config implies "
-                                  f"{tuple(expected)}: config.json and the weights disagree")
+    wrong = [f"{k} has shape {tuple(t.shape)} but the config implies {shapes[k]}"
+             for k, t in mapped.items() if tuple(t.shape) != shapes[k]]
+    if wrong:
+        raise CheckpointError(f"{source}: config.json and the weights disagree: {'; '.join(sorted(wrong)[:6])}")
 
 
 def tied_keys(model: torch.nn.Module) -> set[str]:
@@ -196,20 +208,22 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     """Builds `cls` on the meta device and fills it from the checkpoint's weights (see module docstring)."""
     hub = hub_options(options)
     config = load_config(cls, repo_or_dir, config, hub)
-    for key in ("num_labels", "id2label", "label2id", "problem_type"):
+    if "num_labels" in options:  # new labels: drop the old names
+        config = config.replace(num_labels=options.pop("num_labels"), id2label=None, label2id=None)
+    for key in ("id2label", "label2id", "problem_type"):
         if key in options:
             config = config.replace(**{key: options.pop(key)})
-            if key == "num_labels":
-                config = config.replace(id2label=None, label2id=None)
     if options:
         raise TypeError(f"from_pretrained got unknown option(s) {sorted(options)}")
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
     files = weight_files(repo_or_dir, **hub)
+    info = LoadingInfo(source_files=[str(f) for f in files])
+    tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
+    config = match_feed_forward(config, tensors, str(repo_or_dir))
     with torch.device("meta"):
         model = cls(config)
-    info = LoadingInfo(source_files=[str(f) for f in files])
-    tensors = (kv for f in files for kv in read_tensors(f))
     mapped = map_checkpoint(model, tensors, info)
+    del tensors
     check_keys(model, mapped, info, str(repo_or_dir))
     assign(model, mapped, dtype)
     model.eval()
@@ -222,7 +236,8 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
 @torch.no_grad()
 def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Puts checkpoint tensors into the meta model; heads absent from the checkpoint get a real random init."""
-    for key, tensor in mapped.items():
+    for key in list(mapped):
+        tensor = mapped.pop(key)  # drop our reference as we go: converting dtypes then peaks at one tensor
         module_name, _, name = key.rpartition(".")
         module = model.get_submodule(module_name)
         value = tensor.to(dtype) if tensor.is_floating_point() else tensor
