@@ -367,3 +367,364 @@ class MT5Tokenizer:
 
     def _is_byte(self, token_id: int) -> bool:
         return token_id < self._sp_size and self._sp.is_byte(token_id)
+
+    # ------------------------------------------------------------------ batches
+
+    def __call__(self, text=None, text_pair=None, text_target=None, *, padding=False, truncation=None,
+                 max_length=None, return_tensors=None, return_offsets_mapping=False, add_special_tokens=True,
+                 padding_side="right") -> BatchEncoding:
+        """Encodes a text or a batch (list) of texts, optionally pairs and targets.
+
+        padding: False | True/"longest" (to the longest row) | "max_length". truncation: None/False |
+        True/"longest_first" | "only_first" | "only_second"; it keeps room for `</s>`. As in transformers,
+        `max_length` without `padding`/`truncation` truncates (longest_first). Returns `input_ids`,
+        `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>` and padding), and `labels` (the
+        target ids, padded with pad id) when `text_target` is given. A single string gives flat lists, or
+        (1, T) tensors with return_tensors="pt".
+        """
+        if text is None and text_target is None:
+            raise ValueError("give `text` or `text_target`")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', not {return_tensors!r}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+        plan = self._strategies(padding, truncation, max_length)
+        options = dict(plan=plan, add_special_tokens=add_special_tokens, return_tensors=return_tensors,
+                       return_offsets_mapping=return_offsets_mapping, padding_side=padding_side)
+        targets = self._encode_batch(text_target, None, **options) if text_target is not None else None
+        if text is None:
+            return targets
+        encoded = self._encode_batch(text, text_pair, **options)
+        if targets is not None:
+            encoded["labels"] = targets["input_ids"]
+        return encoded
+
+    def _strategies(self, padding, truncation, max_length) -> tuple:
+        """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
+        if max_length is not None and padding is False and truncation is None:
+            truncation = "longest_first"
+        pad = {"do_not_pad": None, "longest": "longest", "max_length": "max_length"}.get(padding, "invalid")
+        pad = "longest" if padding is True else None if padding is False else pad
+        modes = ("longest_first", "only_first", "only_second")
+        trunc = "longest_first" if truncation is True else None if truncation in (None, False, "do_not_truncate") \
+            else truncation if truncation in modes else "invalid"
+        if "invalid" in (pad, trunc):
+            raise ValueError(f"unknown padding={padding!r} or truncation={truncation!r}")
+        if max_length is None:
+            # No limit given: use model_max_length, unless it is transformers' "unlimited" placeholder.
+            huge = self.model_max_length > LARGE_INTEGER
+            if pad == "max_length":
+                pad, max_length = (None, None) if huge else (pad, self.model_max_length)
+            if trunc:
+                trunc, max_length = (None, max_length) if huge else (trunc, self.model_max_length)
+        return pad, trunc, max_length
+
+    def _encode_batch(self, text, text_pair, plan, add_special_tokens, return_tensors, return_offsets_mapping,
+                      padding_side) -> BatchEncoding:
+        """Encodes, truncates, pads and packs one side (inputs or targets) of a call."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if text_pair is None:
+            pairs = [None] * len(texts)
+        else:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        pad, trunc, max_length = plan
+        rows = [self._prepare(self._encode_text(a), None if b is None else self._encode_text(b),
+                              trunc, max_length, add_special_tokens) for a, b in zip(texts, pairs)]
+        rows = self._pad(rows, pad, max_length, padding_side)
+        out = BatchEncoding(input_ids=[[i for i, _, _ in r] for r in rows],
+                            attention_mask=[[m for _, _, m in r] for r in rows])
+        if return_offsets_mapping:
+            out["offset_mapping"] = [[o for _, o, _ in r] for r in rows]
+        if return_tensors == "pt":
+            return _to_tensors(out)
+        if single:
+            out = BatchEncoding({k: v[0] for k, v in out.items()})
+        return out
+
+    def _prepare(self, first: list, second, trunc, max_length, add_special_tokens: bool) -> list:
+        """Truncates a text (or pair) of [(id, offset)] and appends `</s>`: [(id, offset, mask)]."""
+        n_special = (1 if second is None else 2) if add_special_tokens else 0
+        total = len(first) + len(second or []) + n_special
+        if trunc and max_length and total > max_length:
+            first, second = _truncate(first, second, total - max_length, trunc)
+        if add_special_tokens:
+            first = self._add_eos(first)
+            second = None if second is None else self._add_eos(second)
+        return [(i, o, 1) for i, o in first + (second or [])]
+
+    def _add_eos(self, encoded: list) -> list:
+        """Appends `</s>` unless the text already ends with it (T5Tokenizer's `_add_eos_if_not_present`)."""
+        if encoded and encoded[-1][0] == self.eos_token_id:
+            warnings.warn(f"This sequence already has {self.eos_token}: not adding another", stacklevel=4)
+            return encoded
+        return encoded + [(self.eos_token_id, (0, 0))]
+
+    def _pad(self, rows: list, pad, max_length, side: str) -> list:
+        """Pads rows of [(id, offset, mask)] to the longest row or to max_length (never cuts)."""
+        if pad is None or not rows:
+            return rows
+        target = max(map(len, rows)) if pad == "longest" else max_length
+        filler = (self.pad_token_id, (0, 0), 0)
+        padded = []
+        for row in rows:
+            extra = [filler] * max(0, target - len(row))
+            padded.append(row + extra if side == "right" else extra + row)
+        return padded
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
+               spaces_between_special_tokens: bool = True) -> str:
+        """Ids (list, 1-D tensor or array) -> text, as `T5Tokenizer.decode`.
+
+        Ids outside the vocabulary (such as -100 labels or the padding rows of mT5's 250112 embeddings) are
+        dropped, where transformers would raise.
+        """
+        ids = [i for i in _as_id_list(ids) if i in self._added or 0 <= i < self._sp_size]
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        parts, pending = [], []
+        for token in tokens:
+            if skip_special_tokens and token in self._special_set:
+                continue
+            if token in self._decode_apart:
+                text = self._tokens_to_string(pending) if pending else ""
+                parts += [text] if text else []
+                parts.append(token)
+                pending = []
+            else:
+                pending.append(token)
+        if pending:
+            parts.append(self._tokens_to_string(pending))
+        text = (" " if spaces_between_special_tokens else "").join(parts)
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
+            else clean_up_tokenization_spaces
+        return clean_up_tokenization(text) if clean else text
+
+    def batch_decode(self, sequences, **kwargs) -> list:
+        """`decode` for each row of a list of id lists or a 2-D tensor."""
+        return [self.decode(row, **kwargs) for row in _as_rows(sequences)]
+
+    def _tokens_to_string(self, tokens: list) -> str:
+        """`T5Tokenizer.convert_tokens_to_string`: SentencePiece decodes the runs between special tokens."""
+        tokens = list(tokens)
+        if tokens[0].startswith(SPIECE_UNDERLINE) and self.add_prefix_space:
+            tokens[0] = tokens[0][1:]
+        out, run, prev_special = "", [], False
+        for token in tokens:
+            if token in self._special_set:
+                out += ("" if prev_special else " ") + self._sp.decode(run) + token
+                run, prev_special = [], True
+            else:
+                run.append(token)
+                prev_special = False
+        return (out + self._sp.decode(run)).strip()
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, folder) -> list:
+        """Writes spiece.model, tokenizer_config.json and special_tokens_map.json in the Hub's format.
+
+        transformers' `T5Tokenizer.from_pretrained(folder)` loads the result. Returns the paths written.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_path = folder / "spiece.model"
+        if model_path.resolve() != self.vocab_file.resolve():
+            shutil.copyfile(self.vocab_file, model_path)
+        added_sentinels = [t for t in self._added.values() if MARKER.fullmatch(t.content)]
+        specials = {"eos_token": self.eos_token, "unk_token": self.unk_token, "pad_token": self.pad_token}
+        if self.additional_special_tokens:
+            specials["additional_special_tokens"] = self.additional_special_tokens
+        config = {
+            **specials,
+            # transformers re-creates `extra_ids` sentinels at len(spiece) - 1 + extra_ids - i; that matches
+            # added sentinels only when this count is right, and must be 0 for mT5's in-model ones.
+            "extra_ids": len(added_sentinels),
+            "added_tokens_decoder": {str(i): asdict(t) for i, t in sorted(self._added.items())},
+            "model_max_length": self.model_max_length,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "legacy": True,
+            "sp_model_kwargs": {},
+            "tokenizer_class": "T5Tokenizer",
+        }
+        paths = [model_path, folder / "tokenizer_config.json", folder / "special_tokens_map.json"]
+        paths[1].write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        paths[2].write_text(json.dumps(specials, ensure_ascii=False, indent=2), encoding="utf-8")
+        return paths
+
+    def __repr__(self) -> str:
+        return (f"MT5Tokenizer(vocab_size={self.vocab_size}, sentinels={len(self._sentinels)}, "
+                f"model_max_length={self.model_max_length})")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean-up of English tokenization spaces (" ." -> ".", " n't" -> "n't", ...)."""
+    for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(old, new)
+    return text
+
+
+def _truncate(first: list, second, n: int, strategy: str) -> tuple:
+    """Removes n tokens from the right, by `PreTrainedTokenizerBase.truncate_sequences`'s rules."""
+    if strategy == "only_first" or (strategy == "longest_first" and second is None):
+        if len(first) > n:
+            return first[:-n], second
+        warnings.warn(f"cannot remove {n} tokens from a text of {len(first)}: not truncated", stacklevel=5)
+    elif strategy == "longest_first":
+        first_remove = min(abs(len(second) - len(first)), n)
+        rest = n - first_remove
+        if len(first) > len(second):
+            cut1, cut2 = first_remove + rest // 2, rest - rest // 2
+        else:
+            cut1, cut2 = rest // 2, first_remove + rest - rest // 2
+        return (first[:-cut1] if cut1 > 0 else first), (second[:-cut2] if cut2 > 0 else second)
+    elif strategy == "only_second" and second is not None:
+        if len(second) > n:
+            return first, second[:-n]
+        warnings.warn(f"cannot remove {n} tokens from a second text of {len(second)}: not truncated", stacklevel=5)
+    return first, second
+
+
+def _byte_to_char(text: str) -> list:
+    """For each UTF-8 byte offset of `text` (and its end), the index of the character holding it."""
+    table = []
+    for index, char in enumerate(text):
+        table += [index] * len(char.encode("utf-8"))
+    table.append(len(text))
+    return table
+
+
+def _skip_leading_space(text: str, piece: str, span: tuple) -> tuple:
+    """A `▁`-piece's span starts at its first visible character, not at the whitespace the `▁` stands for."""
+    start, end = span
+    if piece.startswith(SPIECE_UNDERLINE) and text[start:end].strip():
+        while text[start].isspace():
+            start += 1
+    return start, end
+
+
+def _as_id_list(ids) -> list:
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    if isinstance(ids, int):
+        return [ids]
+    return [int(i) for i in ids]
+
+
+def _as_rows(sequences) -> list:
+    if hasattr(sequences, "tolist"):
+        sequences = sequences.tolist()
+    return list(sequences)
+
+
+def _to_tensors(encoding: BatchEncoding) -> BatchEncoding:
+    """Lists of equal-length rows -> torch.long tensors; ragged rows need padding first."""
+    import torch  # only needed for return_tensors="pt"
+
+    lengths = {len(row) for row in encoding["input_ids"]}
+    if len(lengths) > 1:
+        raise ValueError("rows have different lengths: pass padding=True to return tensors")
+    return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in encoding.items()})
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _resolve_files(name: str, revision, token, cache_dir) -> dict:
+    """Local paths of spiece.model and the optional json files (None where absent)."""
+    folder = Path(name)
+    if folder.is_dir():
+        files = {f: (folder / f if (folder / f).is_file() else None) for f in ("spiece.model", *OPTIONAL_FILES)}
+        if files["spiece.model"] is None:
+            raise FileNotFoundError(
+                f"no spiece.model in {folder}: an mT5/UMT5 tokenizer needs the SentencePiece model file; "
+                "copy it from the model's Hub repo (or save the tokenizer there with save_pretrained)")
+        return files
+    files = {"spiece.model": _hub_file(name, "spiece.model", revision, token, cache_dir, required=True)}
+    for f in OPTIONAL_FILES:
+        files[f] = _hub_file(name, f, revision, token, cache_dir, required=False)
+    return files
+
+
+def _hub_file(repo_id: str, filename: str, revision, token, cache_dir, required: bool):
+    """Downloads (or finds in the cache) one file of a Hub repo; clear errors for what goes wrong."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub import errors
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, token=token, cache_dir=cache_dir))
+    except errors.HFValidationError as err:
+        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({err})") from err
+    except errors.RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} not found (or private: pass token=...)") from err
+    except errors.RevisionNotFoundError as err:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from err
+    # LocalEntryNotFoundError (offline, not cached) subclasses EntryNotFoundError in recent huggingface_hub.
+    except errors.LocalEntryNotFoundError as err:
+        if not required:
+            return None
+        raise FileNotFoundError(
+            f"{filename} of {repo_id!r} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is "
+            "set or there is no network): download it once while online, or pass a local folder") from err
+    except errors.EntryNotFoundError as err:
+        if not required:
+            return None
+        raise FileNotFoundError(f"Hub repo {repo_id!r} has no {filename}: it is not an mT5/UMT5 tokenizer repo, "
+                                "or its tokenizer lives in another repo") from err
+    except errors.HfHubHTTPError as err:
+        raise FileNotFoundError(f"could not download {filename} from {repo_id!r}: {err}") from err
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+
+
+def _token_text(value, default):
+    """A special-token setting: a string, a serialized AddedToken dict, or absent."""
+    if value is None:
+        return default
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def _read_settings(files: dict) -> _Settings:
+    """Merges the tokenizer files by transformers' `from_pretrained` rules.
+
+    tokenizer_config.json's `added_tokens_decoder`, when present, is the whole list of added tokens; otherwise
+    special_tokens_map.json adds to the config and added_tokens.json and tokenizer.json's "added_tokens" list
+    the added tokens.
+    """
+    config = _read_json(files.get("tokenizer_config.json"))
+    added = {}
+    extra = [_token_text(t, None) for t in config.get("additional_special_tokens") or []]
+    if "added_tokens_decoder" in config:
+        added = {int(i): AddedToken.from_json(t) for i, t in config["added_tokens_decoder"].items()}
+    else:
+        special_map = _read_json(files.get("special_tokens_map.json"))
+        for key, value in special_map.items():
+            if key == "additional_special_tokens":
+                extra += [t for t in map(lambda v: _token_text(v, None), value or []) if t not in extra]
+            else:
+                config[key] = value
+        specials = {_token_text(config.get(k), None) for k in ("eos_token", "unk_token", "pad_token")} | set(extra)
+        for content, i in _read_json(files.get("added_tokens.json")).items():
+            added[int(i)] = AddedToken(content, special=content in specials)
+        for entry in _read_json(files.get("tokenizer.json")).get("added_tokens", []):
+            added[int(entry["id"])] = AddedToken.from_json(entry)
+    if config.get("legacy") is False:
+        warnings.warn("tokenizer_config.json sets legacy=false; this tokenizer encodes with the legacy "
+                      "(sentencepiece) rules, which can differ after special tokens", stacklevel=3)
+    return _Settings(
+        added=added, additional_special_tokens=extra,
+        eos_token=_token_text(config.get("eos_token"), "</s>"), unk_token=_token_text(config.get("unk_token"), "<unk>"),
+        pad_token=_token_text(config.get("pad_token"), "<pad>"), extra_ids=config.get("extra_ids"),
+        model_max_length=int(config.get("model_max_length") or VERY_LARGE_INTEGER),
+        clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
+        add_prefix_space=bool(config.get("add_prefix_space", True)),
+    )
