@@ -169,6 +169,9 @@ class MT5Tokenizer:
         self._added = added
         self._added_encoder = {t.content: i for i, t in added.items()}  # a later id wins, as in transformers
         for content in [self.eos_token, self.unk_token, self.pad_token, *additional]:
+            marker = MARKER.fullmatch(content)
+            if marker and int(marker.group(1)) in self._model_sentinels:
+                continue  # mT5's own `▁<extra_id_N>` piece; transformers would invent an id past the model's
             if content not in self._added_encoder:
                 self._add_token(AddedToken(content, special=True))
         self.additional_special_tokens = list(dict.fromkeys(additional))
@@ -178,15 +181,21 @@ class MT5Tokenizer:
         """Registers `token` at its SentencePiece id when it is a piece, else at the next free id."""
         piece_id = self._sp.piece_to_id(token.content)
         known = self._sp.id_to_piece(piece_id) == token.content
-        token_id = piece_id if known else self.vocab_size_from(self._added)
+        token_id = piece_id if known else self._size_with(self._added)
         self._added[token_id] = token
         self._added_encoder[token.content] = token_id
 
-    def vocab_size_from(self, added: dict) -> int:
+    def _size_with(self, added: dict) -> int:
+        """One past the largest id: SentencePiece's pieces and the added tokens."""
         return max([self._sp_size, *(i + 1 for i in added)])
 
     def _finish_tables(self) -> None:
-        """Derived lookups: special tokens/ids, sentinels, the regex that finds added tokens in text."""
+        """Derived lookups: sentinels, special tokens/ids, the regex that finds added tokens in text."""
+        self._sentinels = {n: i for n, (i, _) in self._model_sentinels.items()}
+        for content, token_id in self._added_encoder.items():
+            match = MARKER.fullmatch(content)
+            if match:
+                self._sentinels[int(match.group(1))] = token_id
         self.all_special_tokens = list(dict.fromkeys(
             [self.eos_token, self.unk_token, self.pad_token, *self.additional_special_tokens]))
         self._special_set = set(self.all_special_tokens)
@@ -195,11 +204,6 @@ class MT5Tokenizer:
         # transformers decodes these apart from the SentencePiece text and joins the parts with spaces.
         self._decode_apart = (set(self._added_encoder) - self._special_set) | {
             t for t in self.additional_special_tokens if self.convert_tokens_to_ids(t) >= self._sp_size}
-        self._sentinels = {n: i for n, (i, _) in self._model_sentinels.items()}
-        for content, token_id in self._added_encoder.items():
-            match = MARKER.fullmatch(content)
-            if match:
-                self._sentinels[int(match.group(1))] = token_id
         contents = sorted(self._added_encoder, key=len, reverse=True)  # longest first, like transformers' trie
         self._added_re = re.compile("|".join(map(re.escape, contents))) if contents else None
 
@@ -208,7 +212,7 @@ class MT5Tokenizer:
     @property
     def vocab_size(self) -> int:
         """SentencePiece pieces plus the added tokens beyond them (UMT5: 256000 + 300)."""
-        return self.vocab_size_from(self._added)
+        return self._size_with(self._added)
 
     def __len__(self) -> int:
         return self.vocab_size
@@ -252,7 +256,7 @@ class MT5Tokenizer:
             return self._added_encoder[token]
         token_id = self._sp.piece_to_id(token)
         match = MARKER.fullmatch(token)
-        if match and token_id == self._sp.unk_id() and int(match.group(1)) in getattr(self, "_sentinels", {}):
+        if match and token_id == self._sp.unk_id() and int(match.group(1)) in self._sentinels:
             return self._sentinels[int(match.group(1))]
         return token_id
 
@@ -458,7 +462,7 @@ class MT5Tokenizer:
     def _add_eos(self, encoded: list) -> list:
         """Appends `</s>` unless the text already ends with it (T5Tokenizer's `_add_eos_if_not_present`)."""
         if encoded and encoded[-1][0] == self.eos_token_id:
-            warnings.warn(f"This sequence already has {self.eos_token}: not adding another", stacklevel=4)
+            warnings.warn(f"This sequence already has {self.eos_token}: not adding another", stacklevel=2)
             return encoded
         return encoded + [(self.eos_token_id, (0, 0))]
 
