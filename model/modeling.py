@@ -545,6 +545,19 @@ class EncoderDecoderBase(PreTrainedModel):
                            encoder_mask=padding_mask(attention_mask, embeds.dtype), need_weights=output_attentions)
         return self.decoder(embeds, mask, positions, ctx, output_hidden_states)
 
+    def decode_step(self, tokens: torch.Tensor, encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
+                    cache: KVCache) -> torch.Tensor:
+        """Generation's fast path: tokens (B, T) after the cached positions -> states (B, T, D).
+
+        Inputs are trusted (generation made them); `encoder_mask` is already additive.
+        """
+        past = cache.get_seq_length()
+        new = tokens.shape[1]
+        positions = torch.arange(past, past + new, device=tokens.device)
+        mask = causal_mask(positions, past + new, None, tokens.shape[0], encoder_states.dtype) if new > 1 else None
+        ctx = StackContext(cache=cache, encoder_states=encoder_states, encoder_mask=encoder_mask)
+        return self.decoder(self.shared(tokens), mask, positions, ctx).last_hidden_state
+
     def run(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
             past_key_values, use_cache, output_attentions, output_hidden_states):
         """Encoder (unless given) then decoder; returns (encoder StackOutput, decoder StackOutput, cache)."""
@@ -623,6 +636,25 @@ class MT5ForConditionalGeneration(EncoderDecoderBase):
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
+
+    @property
+    def generation_config(self):
+        """Decoding defaults from the checkpoint (generation_config.json, else config.json)."""
+        from .generation import GenerationConfig
+
+        if getattr(self, "_generation_config", None) is None:
+            self._generation_config = GenerationConfig.from_model_config(self.config)
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        self._generation_config = value
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """Greedy, sampling or beam search with transformers' argument names; see model.generation."""
+        from .generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """Decoder states (B, T, D) -> logits (B, T, V); scaled only when lm_head is tied to the embedding."""

@@ -1,0 +1,407 @@
+"""Generation over one decoder `step()`: greedy, sampling and beam search as plain functions.
+
+The encoder runs once. The decoder's self-attention K/V grow in a cache, cross-attention K/V are computed once,
+relative-bias rows are computed only for the new position, and beam search reorders only the filled part of the
+self-attention cache. Argument names, defaults and results follow transformers 4.57's `generate()`, so the same
+settings give the same tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .modeling import KVCache, as_stack_output, padding_mask
+
+MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning
+NEG_INF = float("-inf")
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings with transformers' names and defaults (max 20 new tokens, greedy)."""
+
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    max_length: int | None = None       # counts the decoder start token, as in transformers
+    min_length: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: list[list[int]] | None = None
+    eos_token_id: int | list[int] | None = 1
+    pad_token_id: int = 0
+    decoder_start_token_id: int = 0
+    output_scores: bool = False
+    return_dict_in_generate: bool = False
+    seed: int | None = None
+    cache_implementation: str | None = None  # accepted for transformers compatibility; our cache is always fit
+
+    @classmethod
+    def from_model_config(cls, config, generation_json: dict | None = None) -> "GenerationConfig":
+        """Defaults from the checkpoint: generation_config.json, else decoding keys in config.json (as
+        csebuetnlp/mT5_multilingual_XLSum keeps its 4 beams, max_length 84, ... there)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        source = dict(generation_json) if generation_json else dict(config.extra)
+        values = {k: v for k, v in source.items() if k in names and v is not None}
+        values.setdefault("eos_token_id", config.eos_token_id)
+        values.setdefault("pad_token_id", config.pad_token_id)
+        values.setdefault("decoder_start_token_id", config.decoder_start_token_id)
+        return cls(**values)
+
+    def updated(self, **changes: Any) -> "GenerationConfig":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"generate() got unknown argument(s) {unknown}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None or k in
+                                            ("max_new_tokens", "max_length", "bad_words_ids", "seed")})
+
+    @property
+    def eos_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+    def total_length(self) -> int:
+        """Decoder length limit, start token included; bounded by MAX_NEW_TOKENS_LIMIT."""
+        if self.max_new_tokens is not None:
+            length = self.max_new_tokens + 1
+        elif self.max_length is not None:
+            length = self.max_length
+        else:
+            length = 21  # transformers: 20 new tokens by default
+        if length - 1 > MAX_NEW_TOKENS_LIMIT:
+            warnings.warn(f"max_new_tokens {length - 1} is above the limit; generating at most "
+                          f"{MAX_NEW_TOKENS_LIMIT}", stacklevel=4)
+            length = MAX_NEW_TOKENS_LIMIT + 1
+        return length
+
+    def min_total_length(self) -> int:
+        if self.min_new_tokens is not None:
+            return self.min_new_tokens + 1
+        return self.min_length
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad setting and the allowed range."""
+        checks = [
+            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (self.max_length is None or self.max_length >= 2, "max_length must be at least 2 (start token + 1)"),
+            (self.num_beams >= 1, "num_beams must be at least 1"),
+            (self.num_return_sequences >= 1, "num_return_sequences must be at least 1"),
+            (self.num_return_sequences <= self.num_beams or (self.do_sample and self.num_beams == 1),
+             f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}); "
+             "raise num_beams or use do_sample=True"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
+            (self.length_penalty == self.length_penalty, "length_penalty must be a number"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclass
+class GenerateOutput:
+    """`sequences` (N, L) start with the decoder start token; `scores` per step (N, V) when asked."""
+    sequences: torch.Tensor
+    scores: tuple[torch.Tensor, ...] | None = None
+    sequences_scores: torch.Tensor | None = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The decoder step
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class DecoderState:
+    """Everything one decoding run keeps between steps."""
+    model: Any
+    encoder_states: torch.Tensor           # (N, S, D)
+    encoder_mask: torch.Tensor | None      # (N, 1, 1, S) additive
+    cache: KVCache = field(init=False)
+
+    def __post_init__(self):
+        self.cache = KVCache(len(self.model.decoder.block))
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (N, 1) at the next position -> next-token logits (N, V) in fp32."""
+        m = self.model
+        out = m.decode_step(tokens, self.encoder_states, self.encoder_mask, self.cache)
+        return m.logits(out)[:, -1, :].float()
+
+
+def encode_for_generation(model, input_ids, attention_mask, expand: int) -> DecoderState:
+    """Runs the encoder once and repeats its states for beams / return sequences."""
+    enc = model.encode(input_ids, attention_mask).last_hidden_state
+    mask = padding_mask(attention_mask, enc.dtype) if attention_mask is not None and not bool(
+        attention_mask.all()) else None
+    if expand > 1:
+        enc = enc.repeat_interleave(expand, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
+    return DecoderState(model, enc, mask)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Logits processors (transformers' order: repetition, n-gram, bad words, min length; then the sampling warpers)
+# ------------------------------------------------------------------------------------------------------------
+def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """scores (N, V), seqs (N, L) the decoder tokens so far (start token included)."""
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.gather(scores, 1, seqs)
+        seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
+        scores = scores.scatter(1, seqs, seen)
+    if cfg.no_repeat_ngram_size > 0:
+        scores = ban_repeated_ngrams(scores, seqs, cfg.no_repeat_ngram_size)
+    if cfg.bad_words_ids:
+        scores = ban_bad_words(scores, seqs, cfg.bad_words_ids, cfg.eos_ids)
+    if seqs.shape[1] < cfg.min_total_length() and cfg.eos_ids:
+        scores = scores.clone()
+        scores[:, cfg.eos_ids] = NEG_INF
+    return scores
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbids any token that would repeat an n-gram already in the row."""
+    length = seqs.shape[1]
+    if length + 1 < n:
+        return scores
+    scores = scores.clone()
+    rows = seqs.tolist()
+    for i, row in enumerate(rows):
+        prefix = tuple(row[length - n + 1:])
+        banned = [row[j + n - 1] for j in range(length - n + 1) if tuple(row[j:j + n - 1]) == prefix]
+        if banned:
+            scores[i, banned] = NEG_INF
+    return scores
+
+
+def ban_bad_words(scores: torch.Tensor, seqs: torch.Tensor, bad: list[list[int]], eos: list[int]) -> torch.Tensor:
+    """Forbids the last token of each banned sequence when the row ends with the rest of it."""
+    bad = [b for b in bad if not (len(b) == 1 and b[0] in eos)]  # as transformers: eos alone is never banned
+    scores = scores.clone()
+    rows = seqs.tolist()
+    for words in bad:
+        *prefix, last = words
+        for i, row in enumerate(rows):
+            if not prefix or row[len(row) - len(prefix):] == prefix:
+                scores[i, last] = NEG_INF
+    return scores
+
+
+def warp_for_sampling(scores: torch.Tensor, cfg: GenerationConfig, keep: int = 1) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus), as transformers' warpers."""
+    if cfg.temperature != 1.0:
+        scores = scores / cfg.temperature
+    if cfg.top_k:
+        k = max(min(cfg.top_k, scores.shape[-1]), keep)
+        kth = torch.topk(scores, k).values[..., -1, None]
+        scores = scores.masked_fill(scores < kth, NEG_INF)
+    if cfg.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        remove = cumulative <= (1 - cfg.top_p)
+        remove[..., -keep:] = False
+        scores = scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+    return scores
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Greedy and sampling
+# ------------------------------------------------------------------------------------------------------------
+def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Generator | None,
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (next tokens (N,), processed scores (N, V)) each step until every row ends or the limit."""
+    n = state.encoder_states.shape[0]
+    device = state.encoder_states.device
+    seqs = torch.full((n, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    unfinished = torch.ones(n, dtype=torch.bool, device=device)
+    eos = torch.tensor(cfg.eos_ids, device=device)
+    for _ in range(cfg.total_length() - 1):
+        scores = process_scores(state.step(seqs[:, -1:]), seqs, cfg)
+        if cfg.do_sample:
+            probs = F.softmax(warp_for_sampling(scores, cfg), dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            tokens = scores.argmax(-1)
+        tokens = torch.where(unfinished, tokens, cfg.pad_token_id)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
+        yield tokens, scores
+        if len(eos):
+            unfinished &= ~torch.isin(tokens, eos)
+        if not unfinished.any():
+            return
+
+
+def greedy_or_sample(state: DecoderState, cfg: GenerationConfig,
+                     generator: torch.Generator | None) -> GenerateOutput:
+    start = torch.full((state.encoder_states.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long,
+                       device=state.encoder_states.device)
+    tokens, scores = [start], []
+    for step_tokens, step_scores in sample_steps(state, cfg, generator):
+        tokens.append(step_tokens[:, None])
+        if cfg.output_scores:
+            scores.append(step_scores)
+    return GenerateOutput(torch.cat(tokens, 1), tuple(scores) if cfg.output_scores else None)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Beam search (transformers 4.57's vectorised algorithm: same candidates, same finishing rule, same heuristics)
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class Beams:
+    """Running and finished hypotheses of a batch: tensors (B, beams, ...)."""
+    running: torch.Tensor          # (B, K, L) tokens
+    running_scores: torch.Tensor   # (B, K) summed log-probs
+    finished: torch.Tensor         # (B, K, L)
+    finished_scores: torch.Tensor  # (B, K) length-penalised
+    finished_lengths: torch.Tensor  # (B, K) generated tokens of each finished hypothesis
+    is_finished: torch.Tensor      # (B, K) bool: slot holds a real finished hypothesis
+    improvable: torch.Tensor       # (B, 1) bool: a running beam may still beat the finished ones
+
+
+def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Picks beams along dim 1: t (B, K, ...) with index (B, J) -> (B, J, ...)."""
+    while index.dim() < t.dim():
+        index = index.unsqueeze(-1)
+    return torch.take_along_dim(t, index.expand(*index.shape[:2], *t.shape[2:]), dim=1)
+
+
+def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int,
+                generator: torch.Generator | None) -> GenerateOutput:
+    k, max_len = cfg.num_beams, cfg.total_length()
+    device = state.encoder_states.device
+    keep = max(2, 1 + len(cfg.eos_ids)) * k  # candidates per step, so k live beams remain after some finish
+    first_k = torch.arange(keep, device=device) < k
+    fill = cfg.pad_token_id
+    b = Beams(
+        running=torch.full((batch, k, max_len), fill, dtype=torch.long, device=device),
+        running_scores=torch.zeros(batch, k, device=device),
+        finished=torch.full((batch, k, max_len), fill, dtype=torch.long, device=device),
+        finished_scores=torch.full((batch, k), -1e9, device=device),
+        finished_lengths=torch.zeros(batch, k, dtype=torch.long, device=device),
+        is_finished=torch.zeros(batch, k, dtype=torch.bool, device=device),
+        improvable=torch.ones(batch, 1, dtype=torch.bool, device=device),
+    )
+    b.running[:, :, 0] = cfg.decoder_start_token_id
+    b.running_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
+    eos = torch.tensor(cfg.eos_ids, device=device)
+    all_scores = []
+    for cur in range(1, max_len):
+        seqs = b.running[:, :, :cur].reshape(batch * k, cur)
+        log_probs = process_scores(F.log_softmax(state.step(seqs[:, -1:]), dim=-1), seqs, cfg)
+        if cfg.output_scores:
+            all_scores.append(log_probs)
+        if cfg.do_sample:
+            log_probs = warp_for_sampling(log_probs, cfg, keep=keep)
+        vocab = log_probs.shape[-1]
+        totals = (log_probs.view(batch, k, vocab) + b.running_scores[:, :, None]).view(batch, k * vocab)
+        cand_scores, cand_seqs, cand_beams = top_continuations(totals, b.running, cur, keep, vocab, cfg, generator)
+        hits = torch.isin(cand_seqs[:, :, cur], eos) if len(eos) else torch.zeros_like(cand_scores, dtype=torch.bool)
+        hits |= cur + 1 >= max_len
+        # the best k candidates that did not stop keep running
+        live_scores = cand_scores + hits.float() * -1e9
+        best = torch.topk(live_scores, k).indices
+        b.running, b.running_scores = gather(cand_seqs, best), gather(live_scores, best)
+        parent = gather(cand_beams, best)
+        add_finished(b, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg)
+        state.cache.reorder((parent + torch.arange(batch, device=device)[:, None] * k).view(-1))
+        b.improvable = still_improvable(b, cur + 1, max_len, cfg)
+        if not done_searching(b, hits, cfg):
+            break
+    return finish_beams(b, cfg, batch, all_scores)
+
+
+def top_continuations(totals, running, cur, keep, vocab, cfg, generator):
+    """The best (or sampled) `keep` continuations of each input: scores, sequences, parent beam (B, keep)."""
+    if cfg.do_sample:
+        index = torch.multinomial(F.softmax(totals, dim=-1), keep, generator=generator)
+        scores = torch.gather(totals, 1, index)
+    else:
+        scores, index = torch.topk(totals, keep)
+    parent = index // vocab
+    seqs = gather(running, parent).clone()
+    seqs[:, :, cur] = index % vocab
+    return scores, seqs, parent
+
+
+def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig) -> None:
+    """Merges newly finished candidates into the k best finished hypotheses (length-penalised scores)."""
+    scores = cand_scores / (cur ** cfg.length_penalty)  # `cur` generated tokens, eos included
+    full = b.is_finished.all(-1, keepdim=True) & (cfg.early_stopping is True)
+    scores = scores + full.float() * -1e9 + (~b.improvable).float() * -1e9 + (~just_finished).float() * -1e9
+    lengths = torch.full_like(cand_scores, cur, dtype=torch.long)
+    merged_scores = torch.cat([b.finished_scores, scores], 1)
+    top = torch.topk(merged_scores, b.finished.shape[1]).indices
+    b.finished = gather(torch.cat([b.finished, cand_seqs], 1), top)
+    b.finished_scores = gather(merged_scores, top)
+    b.finished_lengths = gather(torch.cat([b.finished_lengths, lengths], 1), top)
+    b.is_finished = gather(torch.cat([b.is_finished, just_finished], 1), top)
+
+
+def still_improvable(b: Beams, cur_len: int, max_len: int, cfg: GenerationConfig) -> torch.Tensor:
+    """Can the best running beam still beat the worst finished one? (transformers' heuristic)"""
+    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+        length = max_len - 1
+    else:
+        length = cur_len - 1
+    best_running = b.running_scores[:, :1] / (length ** cfg.length_penalty)
+    worst_finished = torch.where(b.is_finished, b.finished_scores.min(1, keepdim=True).values,
+                                 torch.tensor(-1e9, device=b.finished_scores.device))
+    return b.improvable & (best_running > worst_finished).any(-1, keepdim=True)
+
+
+def done_searching(b: Beams, hits: torch.Tensor, cfg: GenerationConfig) -> bool:
+    """True while the search must go on."""
+    improvement_possible = bool(b.improvable.any())
+    open_beam = not (bool(b.is_finished.all()) and cfg.early_stopping is True)
+    return improvement_possible and open_beam and not bool(hits.all())
+
+
+def finish_beams(b: Beams, cfg: GenerationConfig, batch: int, all_scores: list) -> GenerateOutput:
+    n = cfg.num_return_sequences
+    seqs = b.finished[:, :n].reshape(batch * n, -1)
+    lengths = b.finished_lengths[:, :n].reshape(-1)
+    seqs = seqs[:, : int(lengths.max()) + 1]
+    return GenerateOutput(seqs, tuple(all_scores) if cfg.output_scores else None,
+                          b.finished_scores[:, :n].reshape(-1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             generation_config: GenerationConfig | None = None, generator: torch.Generator | None = None,
+             **kwargs: Any) -> torch.Tensor | GenerateOutput:
+    """transformers-style generate(): returns sequences (N, L) starting with the decoder start token, or a
+    GenerateOutput with `return_dict_in_generate=True` / `output_scores=True`."""
+    cfg = (generation_config or model.generation_config).updated(**kwargs)
+    cfg.validate()
+    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate() needs input_ids of shape (batch, length) with length >= 1")
+    if generator is None and cfg.seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
+    batch = input_ids.shape[0]
+    if cfg.num_beams > 1:
+        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams)
+        out = beam_search(state, cfg, batch, generator)
+    else:
+        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_return_sequences)
+        out = greedy_or_sample(state, cfg, generator)
+    return out if (cfg.return_dict_in_generate or cfg.output_scores) else out.sequences

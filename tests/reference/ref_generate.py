@@ -1,0 +1,39 @@
+"""Reference side of the generation tests; runs in .venv-ref with transformers 4.57.x.
+
+    ref_generate.py JOBS.json OUT.json
+JOBS.json: {"cases": [{"name", "dir", "family", "input_ids", "attention_mask", "kwargs"}]} -> OUT.json:
+{name: {"sequences": [[...]], "scores": [[...]] (sequence scores for beams), "attentions": ... }}
+"""
+import json
+import sys
+
+import torch
+import transformers
+
+assert transformers.__version__.startswith("4.57"), transformers.__version__
+
+
+def main():
+    jobs = json.load(open(sys.argv[1]))
+    out, models = {}, {}
+    for case in jobs["cases"]:
+        key = case["dir"]
+        if key not in models:
+            prefix = "UMT5" if case["family"] == "umt5" else "MT5"
+            cls = getattr(transformers, prefix + "ForConditionalGeneration")
+            models[key] = cls.from_pretrained(key, attn_implementation="eager").eval()
+        model = models[key]
+        ids = torch.tensor(case["input_ids"])
+        mask = torch.tensor(case["attention_mask"])
+        with torch.no_grad():
+            res = model.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True,
+                                 output_scores=True, **case["kwargs"])
+        entry = {"sequences": res.sequences.tolist()}
+        if getattr(res, "sequences_scores", None) is not None:
+            entry["sequences_scores"] = res.sequences_scores.tolist()
+        out[case["name"]] = entry
+    json.dump(out, open(sys.argv[2], "w"))
+
+
+if __name__ == "__main__":
+    main()
