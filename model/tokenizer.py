@@ -98,10 +98,10 @@ class MT5Tokenizer:
 
     def __init__(self, vocab_file, settings: _Settings | None = None):
         self.vocab_file = Path(vocab_file)
-        self._model_bytes = self.vocab_file.read_bytes()
+        model_bytes = self.vocab_file.read_bytes()
         try:
-            proto = sentencepiece_model_pb2.ModelProto.FromString(self._model_bytes)
-            self._sp = spm.SentencePieceProcessor(model_proto=self._model_bytes)
+            proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+            self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         except Exception as err:  # protobuf DecodeError, RuntimeError from sentencepiece
             raise ValueError(f"{self.vocab_file} is not a SentencePiece model ({err}); "
                              "expected the `spiece.model` file of an mT5/UMT5 repo") from err
@@ -327,6 +327,7 @@ class MT5Tokenizer:
         char_at = _byte_to_char(prepared)
         out = []
         for p in pieces:
+            # transformers maps the pieces' text to ids, added tokens first (unknown text stays unk).
             token_id = self._added_encoder.get(p.piece, p.id) if p.id != self._sp.unk_id() else p.id
             out.append((token_id, (source[char_at[p.begin]], source[char_at[p.end]])))
         out = self._share_byte_spans(out)
@@ -407,13 +408,11 @@ class MT5Tokenizer:
         """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"
-        pad = {"do_not_pad": None, "longest": "longest", "max_length": "max_length"}.get(padding, "invalid")
-        pad = "longest" if padding is True else None if padding is False else pad
-        modes = ("longest_first", "only_first", "only_second")
-        trunc = "longest_first" if truncation is True else None if truncation in (None, False, "do_not_truncate") \
-            else truncation if truncation in modes else "invalid"
-        if "invalid" in (pad, trunc):
-            raise ValueError(f"unknown padding={padding!r} or truncation={truncation!r}")
+        pad = _mode(padding, {True: "longest", False: None, "do_not_pad": None, "longest": "longest",
+                              "max_length": "max_length"}, "padding")
+        trunc = _mode(truncation, {True: "longest_first", False: None, None: None, "do_not_truncate": None,
+                                   "longest_first": "longest_first", "only_first": "only_first",
+                                   "only_second": "only_second"}, "truncation")
         if max_length is None:
             # No limit given: use model_max_length, unless it is transformers' "unlimited" placeholder.
             huge = self.model_max_length > LARGE_INTEGER
@@ -573,6 +572,14 @@ def clean_up_tokenization(text: str) -> str:
                      (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(old, new)
     return text
+
+
+def _mode(value, modes: dict, name: str):
+    """Looks up a padding/truncation argument; `True` and `1` are told apart."""
+    for key, mode in modes.items():
+        if value is key or (isinstance(key, str) and value == key):
+            return mode
+    raise ValueError(f"unknown {name}={value!r}: expected one of {[k for k in modes if k is not None]}")
 
 
 def _truncate(first: list, second, n: int, strategy: str) -> tuple:

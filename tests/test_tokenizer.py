@@ -35,15 +35,18 @@ MULTILINGUAL = SENTENCES + [
     "literal specials x </s> y <pad> z <unk> end",
     "ends with eos</s>",
 ]
-GLUED = ["foo<extra_id_0>bar", "<extra_id_0><extra_id_1>", "word<extra_id_7>", "(<extra_id_3>)", "中文<extra_id_0>中文"]
+GLUED = ["foo<extra_id_0>bar", "<extra_id_0><extra_id_1>", "word<extra_id_7>", "(<extra_id_3>)",
+         "中文<extra_id_0>中文"]
 TEXTS = MULTILINGUAL + GLUED
 
 CALLS = [
     {"text": MULTILINGUAL[:6], "kwargs": {"padding": True}},
     {"text": MULTILINGUAL[:5], "text_pair": MULTILINGUAL[5:10],
      "kwargs": {"padding": "max_length", "truncation": True, "max_length": 24}},
-    {"text": MULTILINGUAL[:5], "text_pair": MULTILINGUAL[8:13], "kwargs": {"truncation": "only_second", "max_length": 30}},
-    {"text": MULTILINGUAL[:5], "text_pair": MULTILINGUAL[13:18], "kwargs": {"truncation": "longest_first", "max_length": 11}},
+    {"text": MULTILINGUAL[:5], "text_pair": MULTILINGUAL[8:13],
+     "kwargs": {"truncation": "only_second", "max_length": 30}},
+    {"text": MULTILINGUAL[:5], "text_pair": MULTILINGUAL[13:18],
+     "kwargs": {"truncation": "longest_first", "max_length": 11}},
     {"text": MULTILINGUAL[:4], "text_target": MULTILINGUAL[20:24],
      "kwargs": {"padding": True, "truncation": True, "max_length": 12}},
     {"text_target": MULTILINGUAL[18:22], "kwargs": {"padding": "longest"}},
@@ -54,7 +57,8 @@ CALLS = [
     {"text": MULTILINGUAL[10:14], "kwargs": {"padding": True, "add_special_tokens": False}},
     {"text": ["ends with eos</s>", "x </s>", ""], "kwargs": {"padding": True}},
     {"text": MULTILINGUAL[2], "kwargs": {"truncation": True, "max_length": 1}},
-    {"text": MULTILINGUAL[20:26], "text_pair": MULTILINGUAL[14:20], "kwargs": {"truncation": "only_first", "max_length": 16}},
+    {"text": MULTILINGUAL[20:26], "text_pair": MULTILINGUAL[14:20],
+     "kwargs": {"truncation": "only_first", "max_length": 16}},
 ]
 
 
@@ -209,6 +213,7 @@ def test_glued_marker_maps_to_sentinel_unlike_transformers(toks, reference):
 def test_every_marker_becomes_its_sentinel(name, toks):
     tok = toks[name]
     for text in ["a<extra_id_3>b", "<extra_id_3>", "x\t<extra_id_3>\ny", "<extra_id_3><extra_id_4><extra_id_5>",
+                 "nbsp\u00a0<extra_id_3> and ideographic\u3000<extra_id_4>",
                  "«<extra_id_3>»", "<extra_id_3>.", "1<extra_id_3>2<extra_id_4>"]:
         want = [tok.sentinel_id(int(n)) for n in re.findall(r"<extra_id_(\d+)>", text)]
         assert [i for i in tok(text)["input_ids"] if tok.is_sentinel(i)] == want, text

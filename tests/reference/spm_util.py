@@ -79,8 +79,8 @@ def write_mt5_style(folder: Path, proto: model_pb2.ModelProto, n_sentinels: int 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spiece.model").write_bytes(proto.SerializeToString())
     specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    config = {**specials, "extra_ids": 0, "additional_special_tokens": None, "special_tokens_map_file": None,
-              "tokenizer_file": None, "name_or_path": "tiny-mt5"}
+    config = {**specials, "extra_ids": 0, "additional_special_tokens": None,
+              "special_tokens_map_file": None, "tokenizer_file": None, "name_or_path": "tiny-mt5"}
     _write_json(folder / "tokenizer_config.json", config)
     _write_json(folder / "special_tokens_map.json", specials)
     return folder
