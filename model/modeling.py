@@ -95,12 +95,15 @@ class Attention(nn.Module):
     def has_relative_bias(self) -> bool:
         return hasattr(self, "relative_attention_bias")
 
-    def position_bias(self, query_pos: torch.Tensor, key_len: int) -> torch.Tensor:
-        """(1, H, T, S) bias for queries at `query_pos` (T,) against keys 0..S-1."""
-        key_pos = torch.arange(key_len, device=query_pos.device)
-        buckets = relative_position_bucket(key_pos[None, :] - query_pos[:, None], self.bidirectional,
-                                           self.num_buckets, self.max_distance)
+    def position_bias(self, buckets: torch.Tensor) -> torch.Tensor:
+        """(1, H, T, S) bias from the (T, S) bucket matrix of `bucket_matrix`."""
         return self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
+
+    def bucket_matrix(self, query_pos: torch.Tensor, key_len: int) -> torch.Tensor:
+        """(T, S) relative-position buckets for queries at `query_pos` (T,) against keys 0..S-1."""
+        key_pos = torch.arange(key_len, device=query_pos.device)
+        return relative_position_bucket(key_pos[None, :] - query_pos[:, None], self.bidirectional,
+                                        self.num_buckets, self.max_distance)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H*K) -> (B, H, T, K)"""
@@ -231,15 +234,17 @@ class KVCache:
         self.lengths[layer] = end
         return buf_k[:, :, :end], buf_v[:, :, :end]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keeps batch rows `index` (beam search); copies only the filled part of the self-attention buffers."""
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keeps batch rows `index` (beam search); copies only the filled part of the self-attention buffers.
+
+        `cross=False` leaves cross-attention K/V alone: right when `index` only moves rows between copies of the
+        same input (beams of one input share identical encoder rows).
+        """
         for i, n in enumerate(self.lengths):
             for bufs in (self.self_k, self.self_v):
                 if bufs[i] is not None:
                     bufs[i] = bufs[i][index.to(bufs[i].device), :, :n + 32]
-            for bufs in (self.cross_k, self.cross_v):
-                if bufs[i] is not None and bufs[i].shape[0] != index.shape[0]:
-                    raise ValueError("cannot reorder a cache whose cross-attention batch differs from the index")
+            for bufs in (self.cross_k, self.cross_v) if cross else ():
                 if bufs[i] is not None:
                     bufs[i] = bufs[i][index.to(bufs[i].device)]
 
@@ -324,11 +329,13 @@ class Stack(nn.Module):
         h = self.dropout(embeds)
         key_len = positions[-1].item() + 1 if self.is_decoder else embeds.shape[1]
         hidden, self_ws, cross_ws = [], [], []
-        bias = None
+        bias = buckets = None
         for i, block in enumerate(self.block):
             attn = block.layer[0].SelfAttention
-            if attn.has_relative_bias:  # mT5: block 0 only, reused below; UMT5: every block.
-                bias = attn.position_bias(positions, key_len)
+            if attn.has_relative_bias:  # mT5: block 0 only, reused below; UMT5: every block, same buckets.
+                if buckets is None:
+                    buckets = attn.bucket_matrix(positions, key_len)
+                bias = attn.position_bias(buckets)
                 bias = bias if mask is None else bias + mask
             if need_hidden:
                 hidden.append(h)
