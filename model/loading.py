@@ -227,6 +227,11 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     check_keys(model, mapped, info, str(repo_or_dir))
     assign(model, mapped, dtype)
     model.eval()
+    generation_json = resolve_file(repo_or_dir, "generation_config.json", optional=True, **hub)
+    if generation_json is not None and hasattr(model, "generate"):
+        from .generation import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(config, read_json(generation_json))
     if info.missing_keys:
         warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
                       "random: train this head before trusting its outputs", stacklevel=2)
