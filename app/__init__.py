@@ -1,0 +1,1 @@
+"""mT5 Studio's Gradio app."""
