@@ -1,0 +1,747 @@
+"""Annotation store: SQLite, one file, lose nothing; export and import through pandas.
+
+How the UI uses this
+====================
+One store per process, made at launch (never at import) and passed to the tabs::
+
+    from app.store import AnnotationStore, Annotation
+    store = AnnotationStore()            # path: $MT5_STUDIO_DB, else /data/annotations.db on a Space with
+                                         # persistent storage, else data/annotations.db under the repo root
+
+Saving from a task tab (the tab supplies the provenance it knows; the store fills id, timestamps, item_key)::
+
+    ann_id = store.save(Annotation(
+        task="summarize", model_id="google/mt5-small", model_revision="main", family="mt5",
+        dtype="bfloat16" or "4-bit nf4", decoding={"num_beams": 4, "max_new_tokens": 64},
+        input=text, output=model_output,
+        rating=4 or None, corrected_output=edited_text, error_categories=["fluency"],
+        comment="", annotator="Amina", app_version=APP_VERSION))
+    # ValueError with a message fit to show as-is (gr.Warning / gr.Error) when a field is invalid.
+
+Editing and deleting from the table (only the judgement fields can change; provenance cannot)::
+
+    store.update(ann_id, rating=5, comment="…", corrected_output="…", error_categories=[…], annotator="…")
+    store.delete(ann_id)                 # False when it was already gone
+
+A table with filters (dates: `datetime`, `date` or ISO text; a `date` as `until` includes that whole day)::
+
+    df = store.query_frame(task=None, model=None, annotator=None, since=None, until=None,
+                           min_rating=None, max_rating=None, limit=500)   # display-ready DataFrame
+    records = store.query(...same filters..., limit=None, offset=0)        # list[Annotation]
+    n = store.count(...same filters...);  store.stats()                    # StoreStats for a header line
+
+A download button (CSV, JSONL or Parquet, picked from the suffix or `fmt`)::
+
+    path = store.export(tmp_dir / "annotations.csv", task=…, …)   # same filters as query; returns the path
+
+An upload (JSONL export, also CSV/Parquet exports; all-or-nothing; ValueError naming the line on a bad file)::
+
+    result = store.import_file(uploaded_path)   # ImportResult(added, updated, skipped, message)
+
+Agreement tables: `app.agreement.agreement_frame(store.query(), by="task")` (or by="model_id"),
+one row per group with Krippendorff's alpha (ordinal, interval, nominal) on ratings.
+
+Batch jobs (`app.batch`)::
+
+    inputs = load_inputs(uploaded_path)                         # ValueError on a bad file
+    job = create_job(store, inputs, task="summarize", settings={...model and decoding...})
+    run_batch(store, job.id, process=lambda row: run_task(row.text), progress=lambda done, total: …)
+    # after a restart, run_batch(store, job.id, …) again: done rows are skipped
+    pos = queue_position(store, job.id, index)                  # pos.label == "12 of 200 done"
+    annotate_row(store, job.id, index, Annotation(...))         # saves and links the annotation
+
+Text is stored verbatim, `<script>` included: escaping for HTML is the page's job.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CATEGORIES_PATH = REPO_ROOT / "assets" / "error_categories.json"
+ENV_DB = "MT5_STUDIO_DB"
+SPACE_DATA_DIR = Path("/data")
+
+FAMILIES = ("mt5", "umt5")
+MAX_COMMENT_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 1024 * 1024        # input, output, corrected output: far above what a tab accepts
+MAX_SHORT_CHARS = 200               # task, model id, revision, dtype, annotator, app version
+MAX_DECODING_BYTES = 16 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Paths and configuration
+
+
+def default_db_path(environ: dict[str, str] | None = None, space_data_dir: Path = SPACE_DATA_DIR) -> Path:
+    """Where the database lives: `$MT5_STUDIO_DB`; else `/data/annotations.db` when a persistent `/data`
+    exists and is writable (Hugging Face Space persistent storage); else `data/annotations.db` in the repo."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_DB):
+        return Path(environ[ENV_DB]).expanduser()
+    if space_data_dir.is_dir() and os.access(space_data_dir, os.W_OK):
+        return space_data_dir / "annotations.db"
+    return REPO_ROOT / "data" / "annotations.db"
+
+
+@dataclass(frozen=True)
+class ErrorCategory:
+    id: str
+    label: str
+    help: str = ""
+
+
+def load_error_categories(path: Path = CATEGORIES_PATH) -> list[ErrorCategory]:
+    """The configurable error categories from `assets/error_categories.json`, in display order."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    cats = [ErrorCategory(c["id"], c.get("label", c["id"]), c.get("help", "")) for c in data["categories"]]
+    if len({c.id for c in cats}) != len(cats):
+        raise ValueError(f"{path}: category ids must be unique")
+    return cats
+
+
+def utc_now() -> str:
+    """Now as canonical UTC text, `2026-01-31T12:00:00.123456Z` (sorts lexically in time order)."""
+    return _canonical_time(dt.datetime.now(dt.timezone.utc))
+
+
+def _canonical_time(t: dt.datetime) -> str:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)   # naive times are taken as UTC
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | dt.datetime | dt.date, *, end_of_day: bool = False) -> str:
+    """A time filter or timestamp as canonical UTC text. A `date` means the day's start, or with
+    `end_of_day` the next day's start (so `until=date` includes that whole day)."""
+    if isinstance(value, dt.datetime):
+        return _canonical_time(value)
+    if isinstance(value, dt.date):
+        day = value + dt.timedelta(days=1) if end_of_day else value
+        return _canonical_time(dt.datetime(day.year, day.month, day.day))
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:   # a bare date
+                return parse_time(dt.date.fromisoformat(text), end_of_day=end_of_day)
+            return _canonical_time(dt.datetime.fromisoformat(text))
+        except ValueError:
+            pass
+    raise ValueError(f"{value!r} is not a date or time: use ISO 8601, e.g. 2026-01-31 or 2026-01-31T12:00:00Z")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclass(kw_only=True)
+class Annotation:
+    """One judgement of one model output by one annotator, with the output's full provenance.
+
+    `decoding` is the generation settings as a JSON object; `error_categories` are ids from
+    `assets/error_categories.json`; times are canonical UTC text (see `utc_now`). `item_key` groups
+    judgements of the same (task, model, input, output) by several annotators, for agreement."""
+    task: str
+    model_id: str
+    input: str
+    output: str
+    annotator: str
+    model_revision: str = ""
+    family: str = "mt5"
+    dtype: str = ""
+    decoding: dict[str, Any] = field(default_factory=dict)
+    rating: int | None = None
+    corrected_output: str = ""
+    error_categories: list[str] = field(default_factory=list)
+    comment: str = ""
+    app_version: str = ""
+    id: str = ""
+    item_key: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], *, where: str = "") -> Annotation:
+        """Build from an exported row, checking every field's presence and type (ValueError naming `where`)."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(row, dict):
+            raise ValueError(f"{prefix}expected a JSON object, got {type(row).__name__}")
+        missing = [f for f in FIELDS if f not in row]
+        if missing:
+            raise ValueError(f"{prefix}missing field(s) {', '.join(missing)}: an export has all of {', '.join(FIELDS)}")
+        unknown = sorted(set(row) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"{prefix}unknown field(s) {', '.join(unknown)}")
+        for name in FIELDS:
+            kind = _FIELD_TYPES[name]
+            value = row[name]
+            ok = (value is None or (isinstance(value, int) and not isinstance(value, bool))) if kind is int \
+                else isinstance(value, kind)
+            if not ok:
+                raise ValueError(f"{prefix}field `{name}` must be {_TYPE_WORDS[kind]}, got {json.dumps(value)[:60]}")
+        return cls(**{name: row[name] for name in FIELDS})
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Annotation))
+_FIELD_TYPES = {f: str for f in FIELDS} | {"decoding": dict, "rating": int, "error_categories": list}
+_TYPE_WORDS = {str: "text", dict: "a JSON object", int: "an integer 1–5 or null", list: "a list of category ids"}
+EDITABLE = ("rating", "corrected_output", "error_categories", "comment", "annotator")
+# Column order of exports and tables: who/what first, provenance after.
+EXPORT_COLUMNS = ("id", "item_key", "task", "model_id", "model_revision", "family", "dtype", "decoding", "input",
+                  "output", "rating", "corrected_output", "error_categories", "comment", "annotator", "created_at",
+                  "updated_at", "app_version")
+assert sorted(EXPORT_COLUMNS) == sorted(FIELDS)
+
+
+def item_key(task: str, model_id: str, input: str, output: str) -> str:
+    """Stable key of the judged item: the same output of the same model for the same input and task."""
+    blob = json.dumps([task, model_id, input, output], ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+class _Validator:
+    """Boundary checks with messages fit to show to the annotator."""
+
+    def __init__(self, categories: Sequence[str]):
+        self.categories = tuple(categories)
+
+    def check(self, a: Annotation) -> None:
+        for name in ("task", "model_id"):
+            if not getattr(a, name).strip():
+                raise ValueError(f"`{name}` is empty: the tab must say which {name.replace('_', ' ')} made the output")
+        if not a.annotator.strip():
+            raise ValueError("annotator name is empty: type your name so judgements can be told apart")
+        for name in ("task", "model_id", "model_revision", "dtype", "annotator", "app_version"):
+            if len(getattr(a, name)) > MAX_SHORT_CHARS:
+                raise ValueError(f"`{name}` is longer than {MAX_SHORT_CHARS} characters")
+        if a.family not in FAMILIES:
+            raise ValueError(f"family {a.family!r} is not one of {', '.join(FAMILIES)}")
+        self.check_rating(a.rating)
+        self.check_categories(a.error_categories)
+        self.check_comment(a.comment)
+        for name in ("input", "output", "corrected_output"):
+            size = len(getattr(a, name).encode("utf-8"))
+            if size > MAX_TEXT_BYTES:
+                raise ValueError(f"`{name}` is {size:,} bytes; the limit is {MAX_TEXT_BYTES:,} bytes")
+        try:
+            blob = json.dumps(a.decoding, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"decoding settings are not plain JSON (numbers, text, lists): {e}") from None
+        if len(blob.encode("utf-8")) > MAX_DECODING_BYTES:
+            raise ValueError(f"decoding settings are over {MAX_DECODING_BYTES:,} bytes as JSON")
+
+    @staticmethod
+    def check_rating(rating: Any) -> None:
+        if rating is None:
+            return
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
+            raise ValueError(f"rating must be a whole number from 1 to 5, or empty; got {rating!r}")
+
+    def check_categories(self, cats: Any) -> None:
+        if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            raise ValueError(f"error categories must be a list of category ids, got {cats!r}")
+        unknown = [c for c in cats if c not in self.categories]
+        if unknown:
+            raise ValueError(f"unknown error categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}: "
+                             f"known ones are {', '.join(self.categories)} (assets/error_categories.json)")
+        if len(set(cats)) != len(cats):
+            raise ValueError(f"error categories repeat an entry: {cats}")
+
+    @staticmethod
+    def check_comment(comment: Any) -> None:
+        if not isinstance(comment, str):
+            raise ValueError("comment must be text")
+        size = len(comment.encode("utf-8"))
+        if size > MAX_COMMENT_BYTES:
+            raise ValueError(f"comment is {size:,} bytes; the limit is {MAX_COMMENT_BYTES:,} bytes (64 KB): "
+                             "shorten it and keep long notes elsewhere")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema: an ordered list of migrations; `PRAGMA user_version` says how many have run.
+# To change the schema, append a migration (never edit a released one): v(N+1) runs on every database at vN.
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # v1: annotations
+    (
+        """CREATE TABLE annotations (
+            id TEXT PRIMARY KEY, item_key TEXT NOT NULL, task TEXT NOT NULL, model_id TEXT NOT NULL,
+            model_revision TEXT NOT NULL, family TEXT NOT NULL, dtype TEXT NOT NULL, decoding TEXT NOT NULL,
+            input TEXT NOT NULL, output TEXT NOT NULL, rating INTEGER CHECK (rating BETWEEN 1 AND 5),
+            corrected_output TEXT NOT NULL, error_categories TEXT NOT NULL, comment TEXT NOT NULL,
+            annotator TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, app_version TEXT NOT NULL)""",
+        "CREATE INDEX annotations_task ON annotations (task, created_at)",
+        "CREATE INDEX annotations_model ON annotations (model_id, created_at)",
+        "CREATE INDEX annotations_annotator ON annotations (annotator, created_at)",
+        "CREATE INDEX annotations_created ON annotations (created_at)",
+        "CREATE INDEX annotations_item ON annotations (item_key)",
+    ),
+    # v2: batch jobs and their rows (app/batch.py), so a batch resumes after a restart
+    (
+        """CREATE TABLE batch_jobs (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, settings TEXT NOT NULL,
+            source TEXT NOT NULL, total INTEGER NOT NULL, created_at TEXT NOT NULL)""",
+        """CREATE TABLE batch_rows (
+            job_id TEXT NOT NULL REFERENCES batch_jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+            text TEXT NOT NULL, question TEXT NOT NULL, context TEXT NOT NULL,
+            output TEXT, error TEXT, processed_at TEXT,
+            annotation_id TEXT REFERENCES annotations (id) ON DELETE SET NULL,
+            PRIMARY KEY (job_id, idx))""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[str, ...]] = MIGRATIONS) -> int:
+    """Bring the database to the latest schema, one transaction per version. Returns the final version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(migrations):
+        raise RuntimeError(f"database schema is v{version}, newer than this app's v{len(migrations)}: "
+                           "update the app, or point MT5_STUDIO_DB at another file")
+    for target in range(version + 1, len(migrations) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[target - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(migrations)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The store
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    total: int
+    annotators: int
+    items: int
+    items_with_two_or_more: int
+    by_task: dict[str, int]
+    by_model: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int
+    updated: int
+    skipped: int
+
+    @property
+    def message(self) -> str:
+        return f"imported {self.added} new, updated {self.updated}, skipped {self.skipped} already present"
+
+
+class AnnotationStore:
+    """Annotations in one SQLite file (WAL mode); safe to share between threads.
+
+    Every thread gets its own connection (readers never wait for writers in WAL mode); writes go through one
+    lock and one `BEGIN IMMEDIATE` transaction each, so a save is all-or-nothing and survives a killed process."""
+
+    def __init__(self, path: str | Path | None = None, *, categories: Sequence[str] | None = None):
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ids = [c.id for c in load_error_categories()] if categories is None else list(categories)
+        self.validator = _Validator(ids)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        with self._write_lock:
+            migrate(self._conn())
+
+    # -- connections and transactions
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a commit survives a killed process; only a power cut can lose the last ones.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self._write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> AnnotationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    def integrity_check(self) -> str:
+        """`PRAGMA integrity_check`: "ok" for a sound file."""
+        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- single records
+
+    def save(self, record: Annotation) -> str:
+        """Validate and store a new annotation in one transaction; returns its id.
+
+        Fills `id` (a UUID), `item_key`, `created_at` and `updated_at` when empty. Raises ValueError, saving
+        nothing, when a field is invalid or the id exists."""
+        a = self._complete(record)
+        with self.transaction() as conn:
+            try:
+                _insert(conn, a)
+            except sqlite3.IntegrityError:
+                raise ValueError(f"an annotation with id {a.id} already exists: use update()") from None
+        return a.id
+
+    def _complete(self, record: Annotation) -> Annotation:
+        self.validator.check(record)
+        now = utc_now()
+        a = dataclasses.replace(record, annotator=record.annotator.strip(),
+                                error_categories=list(record.error_categories), decoding=dict(record.decoding))
+        a.id = a.id or uuid.uuid4().hex
+        a.item_key = item_key(a.task, a.model_id, a.input, a.output)
+        a.created_at = parse_time(a.created_at) if a.created_at else now
+        a.updated_at = parse_time(a.updated_at) if a.updated_at else a.created_at
+        return a
+
+    def update(self, ann_id: str, **changes: Any) -> Annotation:
+        """Change the judgement fields (rating, corrected_output, error_categories, comment, annotator) of one
+        annotation; stamps `updated_at`. Returns the updated record. KeyError if no such id."""
+        bad = sorted(set(changes) - set(EDITABLE))
+        if bad:
+            raise ValueError(f"cannot change {', '.join(bad)}: only {', '.join(EDITABLE)} are editable "
+                             "(the provenance of an output is fixed)")
+        with self.transaction() as conn:
+            current = self.get(ann_id)
+            if current is None:
+                raise KeyError(f"no annotation with id {ann_id!r}")
+            new = dataclasses.replace(current, **changes)
+            self.validator.check(new)
+            new.annotator = new.annotator.strip()
+            new.updated_at = utc_now()
+            conn.execute("UPDATE annotations SET rating=?, corrected_output=?, error_categories=?, comment=?, "
+                         "annotator=?, updated_at=? WHERE id=?",
+                         (new.rating, new.corrected_output, json.dumps(new.error_categories, ensure_ascii=False),
+                          new.comment, new.annotator, new.updated_at, ann_id))
+        return new
+
+    def delete(self, ann_id: str) -> bool:
+        """Delete one annotation; False when there was none with that id."""
+        with self.transaction() as conn:
+            return conn.execute("DELETE FROM annotations WHERE id=?", (ann_id,)).rowcount > 0
+
+    def get(self, ann_id: str) -> Annotation | None:
+        rows = self.read("SELECT * FROM annotations WHERE id=?", (ann_id,))
+        return _from_row(rows[0]) if rows else None
+
+    # -- many records
+
+    def query(self, *, task: str | None = None, model: str | None = None, annotator: str | None = None,
+              since: str | dt.datetime | dt.date | None = None, until: str | dt.datetime | dt.date | None = None,
+              min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None,
+              limit: int | None = None, offset: int = 0) -> list[Annotation]:
+        """Annotations matching every given filter, oldest first. `since` is inclusive; `until` is inclusive
+        for a time and includes the whole day for a date. A rating filter leaves out unrated annotations."""
+        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key)
+        sql = f"SELECT * FROM annotations{where} ORDER BY created_at, id"
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else int(limit), int(offset)]
+        return [_from_row(r) for r in self.read(sql, params)]
+
+    def count(self, *, task: str | None = None, model: str | None = None, annotator: str | None = None,
+              since: str | dt.datetime | dt.date | None = None, until: str | dt.datetime | dt.date | None = None,
+              min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None) -> int:
+        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key)
+        return self.read(f"SELECT COUNT(*) FROM annotations{where}", params)[0][0]
+
+    def stats(self) -> StoreStats:
+        one = self.read("SELECT COUNT(*), COUNT(DISTINCT annotator), COUNT(DISTINCT item_key) FROM annotations")[0]
+        multi = self.read("SELECT COUNT(*) FROM (SELECT item_key FROM annotations GROUP BY item_key "
+                          "HAVING COUNT(DISTINCT annotator) >= 2)")[0][0]
+        by = {col: dict(self.read(f"SELECT {col}, COUNT(*) FROM annotations GROUP BY {col} ORDER BY {col}"))
+              for col in ("task", "model_id")}
+        return StoreStats(one[0], one[1], one[2], multi, by["task"], by["model_id"])
+
+    def distinct(self, column: str) -> list[str]:
+        """Values present in `task`, `model_id` or `annotator`, sorted: choices for the filter dropdowns."""
+        if column not in ("task", "model_id", "annotator", "family", "dtype"):
+            raise ValueError(f"no filter choices for column {column!r}")
+        return [r[0] for r in self.read(f"SELECT DISTINCT {column} FROM annotations ORDER BY {column}")]
+
+    def query_frame(self, **filters: Any) -> pd.DataFrame:
+        """`query(**filters)` as a display-ready DataFrame: categories joined by ", ", decoding as JSON text."""
+        df = records_to_frame(self.query(**filters))
+        df["error_categories"] = df["error_categories"].map(", ".join)
+        df["decoding"] = df["decoding"].map(lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True))
+        return df
+
+    # -- export and import
+
+    def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> Path:
+        """Write `query(**filters)` to `path` as CSV, JSONL or Parquet (from `fmt`, else the suffix)."""
+        return export_annotations(self.query(**filters), path, fmt)
+
+    def import_file(self, path: str | Path, *, update_newer: bool = True) -> ImportResult:
+        """Import an export file (JSONL; CSV and Parquet exports too), all or nothing.
+
+        Every row is checked before anything is written; the first problem raises ValueError naming its line
+        (JSONL) or row (CSV/Parquet) and the database is unchanged. Ids already in the database: the incoming
+        row replaces the stored one when its `updated_at` is later (an edit made elsewhere) and
+        `update_newer` is true; otherwise it is skipped. Timestamps and ids are kept as in the file."""
+        records = read_export(path)
+        seen: dict[str, str] = {}
+        for where, a in records:
+            try:
+                self.validator.check(a)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}; nothing was imported") from None
+            if a.id in seen:
+                raise ValueError(f"{where}: id {a.id} appears twice in the file (first at {seen[a.id]})")
+            seen[a.id] = where
+            if not a.id.strip():
+                raise ValueError(f"{where}: `id` is empty")
+            if a.item_key != item_key(a.task, a.model_id, a.input, a.output):
+                raise ValueError(f"{where}: `item_key` does not match task, model, input and output: the row was "
+                                 "edited after export, or comes from another tool")
+            for name in ("created_at", "updated_at"):
+                try:
+                    setattr(a, name, parse_time(getattr(a, name)))
+                except ValueError as e:
+                    raise ValueError(f"{where}: `{name}`: {e}") from None
+        added = updated = skipped = 0
+        with self.transaction() as conn:
+            for _, a in records:
+                row = conn.execute("SELECT updated_at FROM annotations WHERE id=?", (a.id,)).fetchone()
+                if row is None:
+                    _insert(conn, a)
+                    added += 1
+                elif update_newer and a.updated_at > row[0]:
+                    conn.execute("DELETE FROM annotations WHERE id=?", (a.id,))
+                    _insert(conn, a)
+                    updated += 1
+                else:
+                    skipped += 1
+        return ImportResult(added, updated, skipped)
+
+
+def _insert(conn: sqlite3.Connection, a: Annotation) -> None:
+    values = _to_row(a)
+    conn.execute(f"INSERT INTO annotations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                 list(values.values()))
+
+
+def _to_row(a: Annotation) -> dict[str, Any]:
+    row = a.to_dict()
+    row["decoding"] = json.dumps(a.decoding, ensure_ascii=False)
+    row["error_categories"] = json.dumps(a.error_categories, ensure_ascii=False)
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> Annotation:
+    d = {k: row[k] for k in FIELDS}
+    d["decoding"] = json.loads(d["decoding"])
+    d["error_categories"] = json.loads(d["error_categories"])
+    return Annotation(**d)
+
+
+def _filters(task, model, annotator, since, until, min_rating, max_rating, key) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column, value in (("task", task), ("model_id", model), ("annotator", annotator), ("item_key", key)):
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if since:
+        clauses.append("created_at >= ?")
+        params.append(parse_time(since))
+    if until:
+        if isinstance(until, dt.date) and not isinstance(until, dt.datetime) or \
+                isinstance(until, str) and len(until.strip()) == 10:
+            clauses.append("created_at < ?")
+            params.append(parse_time(until, end_of_day=True))
+        else:
+            clauses.append("created_at <= ?")
+            params.append(parse_time(until))
+    for op, value in ((">=", min_rating), ("<=", max_rating)):
+        if value is not None:
+            clauses.append(f"rating {op} ?")
+            params.append(int(value))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export and import files. CSV and Parquet are written by pandas; JSONL by the json module row by row (pandas'
+# to_json rounds floats to 10 digits and writes `\/`, and our reader must name the line of a bad row).
+# Only CSV guards against spreadsheet formulas; JSONL and Parquet keep the raw text.
+
+FORMATS = ("csv", "jsonl", "parquet")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def records_to_frame(records: Sequence[Annotation]) -> pd.DataFrame:
+    """Annotations as a DataFrame in export column order; `decoding` dicts and category lists kept as objects,
+    `rating` as nullable Int64."""
+    df = pd.DataFrame([a.to_dict() for a in records], columns=list(EXPORT_COLUMNS))
+    df["rating"] = df["rating"].astype("Int64")
+    return df
+
+
+def csv_guard(text: str) -> str:
+    """Make a cell inert in spreadsheets: text starting with = + - @ tab or CR (a formula to Excel, LibreOffice,
+    Sheets) gets a leading `'`. Text already starting with `'` gets one more, so `csv_unguard` is exact."""
+    return "'" + text if text.startswith(_FORMULA_START + ("'",)) else text
+
+
+def csv_unguard(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
+
+
+def export_annotations(records: Sequence[Annotation], path: str | Path, fmt: str | None = None) -> Path:
+    """Write annotations to `path` as csv, jsonl or parquet (from `fmt`, else the file suffix). Returns `path`."""
+    path = Path(path)
+    fmt = _format(path, fmt)
+    df = records_to_frame(records)
+    if fmt == "jsonl":
+        with path.open("w", encoding="utf-8", newline="\n") as f:
+            for a in records:
+                f.write(json.dumps({c: getattr(a, c) for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
+    elif fmt == "csv":
+        for col in ("decoding", "error_categories"):
+            df[col] = df[col].map(lambda v: json.dumps(v, ensure_ascii=False))
+        text_cols = [c for c in EXPORT_COLUMNS if c != "rating"]
+        df[text_cols] = df[text_cols].map(csv_guard)
+        # utf-8-sig: Excel needs the BOM to read UTF-8; pandas strips it again on read.
+        df.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\n")
+    else:
+        df["decoding"] = df["decoding"].map(lambda v: json.dumps(v, ensure_ascii=False))
+        df.to_parquet(path, index=False)
+    return path
+
+
+def read_export(path: str | Path) -> list[tuple[str, Annotation]]:
+    """Read an export file back as (where, Annotation) pairs, `where` being "line N" or "row N" for messages.
+    Types and fields are checked; values (categories, ratings) are checked by the store on import."""
+    path = Path(path)
+    fmt = _format(path, None)
+    if fmt == "jsonl":
+        return list(_read_jsonl(path))
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        else:
+            df = pd.read_parquet(path)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
+    except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
+        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {e}") from None
+    out = []
+    for i, raw in enumerate(df.to_dict("records"), start=1):
+        where = f"{path.name} row {i}"   # a CSV row can span lines (newlines in text), so rows, not lines
+        out.append((where, Annotation.from_dict(_row_from_table(raw, fmt, where), where=where)))
+    return out
+
+
+def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
+    row = dict(raw)
+    if fmt == "csv":
+        row = {k: csv_unguard(v) if isinstance(v, str) else v for k, v in row.items()}
+        rating = row.get("rating", "")
+        try:
+            row["rating"] = int(rating) if rating != "" else None
+        except ValueError:
+            raise ValueError(f"{where}: field `rating` must be an integer 1–5 or empty, got {rating!r}") from None
+        if "error_categories" in row:
+            row["error_categories"] = _json_field(row["error_categories"], "error_categories", where)
+    else:
+        rating = row.get("rating")
+        row["rating"] = None if pd.isna(rating) else int(rating)
+        if "error_categories" in row and row["error_categories"] is not None:
+            row["error_categories"] = [str(c) for c in row["error_categories"]]
+    if "decoding" in row:
+        row["decoding"] = _json_field(row["decoding"], "decoding", where)
+    return row
+
+
+def _json_field(text: Any, name: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field `{name}` is not valid JSON: {str(text)[:60]!r}") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Annotation]]:
+    try:
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
+    found = False
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
+                             "nothing was imported") from None
+        found = True
+        try:
+            yield where, Annotation.from_dict(row, where=where)
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was imported") from None
+    if not found:
+        raise ValueError(f"{path.name} has no annotations in it (an empty file?)")
+
+
+def _format(path: Path, fmt: str | None) -> str:
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} for {path.name}: use .csv, .jsonl or .parquet")
+    return fmt
