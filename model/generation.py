@@ -247,6 +247,8 @@ def transpose_lm_head(model) -> None:
     the checkpoint's (V, D) layout (the weight stays a (V, D) Parameter, same values; only strides change).
     Done once, at the first generate(), in eval mode; training and saving see the same tensor."""
     head = model.lm_head
+    if type(head) is not torch.nn.Linear or getattr(model, "hf_device_map", None):
+        return  # quantized or dispatched heads keep their own layout
     w = head.weight
     if (model.training or model.config.tie_word_embeddings or w.device.type != "cpu" or not w.is_contiguous()
             or w.dtype not in (torch.float32, torch.bfloat16)):
@@ -256,6 +258,8 @@ def transpose_lm_head(model) -> None:
 
 def lm_head_screen(model) -> Int8Screen | None:
     """The model's Int8Screen, built on first use (CPU, fp32, untied head); None where it does not apply."""
+    if type(model.lm_head) is not torch.nn.Linear:
+        return None  # a quantized head is its own fast path
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or model.config.tie_word_embeddings:
         return None

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .config import CONFIG_NAME, MT5Config, config_class, family_of, read_json
 from .hub import CheckpointNotFoundError, hub_options, resolve_file
+from .quant import INT4_METHOD, prepare_int4_model
 
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_NAME, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -204,8 +205,20 @@ def load_config(cls: type, repo_or_dir: str | os.PathLike, config: MT5Config | N
 
 def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Config | None = None,
                     dtype: Any = None, torch_dtype: Any = None, output_loading_info: bool = False,
-                    **options: Any):
-    """Builds `cls` on the meta device and fills it from the checkpoint's weights (see module docstring)."""
+                    device_map: Any = None, max_memory: dict | None = None,
+                    offload_folder: str | os.PathLike | None = None, **options: Any):
+    """Builds `cls` on the meta device and fills it from the checkpoint's weights (see module docstring).
+
+    dtype: None (float32), "auto" (the checkpoint's), float32, bfloat16 or float16 (`wo` then stays float32).
+    device_map: a device ("cpu", "cuda", "cuda:1"), a preset ("auto", "balanced", "balanced_low_0",
+    "sequential") or {module name: device}; with max_memory and offload_folder for CPU/disk offload.
+    4-bit: load_in_4bit=True, bnb_4bit_quant_type="nf4"|"fp4"|"int4", bnb_4bit_compute_dtype,
+    bnb_4bit_use_double_quant, quantize_embeddings (see model.quant).
+    """
+    from .placement import place, warn_slow_dtype
+    from .quant import QuantOptions
+
+    quant = QuantOptions.pop_from(options)
     hub = hub_options(options)
     config = load_config(cls, repo_or_dir, config, hub)
     if "num_labels" in options:  # new labels: drop the old names
@@ -222,11 +235,26 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     config = match_feed_forward(config, tensors, str(repo_or_dir))
     with torch.device("meta"):
         model = cls(config)
+    saved_quant = config.extra.get("quantization_config") or {}
+    if saved_quant.get("quant_method") == INT4_METHOD:
+        if quant is not None:
+            raise ValueError(f"{repo_or_dir} is already quantized to int4: load it without load_in_4bit")
+        prepare_int4_model(model, saved_quant)
+    elif saved_quant:
+        raise ValueError(f"{repo_or_dir} holds {saved_quant.get('quant_method')} weights, which this library "
+                         "cannot load yet: load the unquantized checkpoint with load_in_4bit=True")
     mapped = map_checkpoint(model, tensors, info)
     del tensors
     check_keys(model, mapped, info, str(repo_or_dir))
     assign(model, mapped, dtype)
     model.eval()
+    if quant is not None:
+        quant.apply(model)
+    if device_map is not None:
+        warn_slow_dtype(dtype, device_map)
+        place(model, device_map, max_memory, offload_folder)
+    elif dtype == torch.float16:
+        warn_slow_dtype(dtype, "cpu")
     generation_json = resolve_file(repo_or_dir, "generation_config.json", optional=True, **hub)
     if generation_json is not None and hasattr(model, "generate"):
         from .generation import GenerationConfig
@@ -245,7 +273,12 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
         tensor = mapped.pop(key)  # drop our reference as we go: converting dtypes then peaks at one tensor
         module_name, _, name = key.rpartition(".")
         module = model.get_submodule(module_name)
-        value = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        if name in module._buffers:  # quantized weights: kept exactly as stored
+            module._buffers[name] = tensor
+            continue
+        # fp16 overflows in mT5's feed-forward output projection: keep `wo` in fp32 (as transformers does)
+        target = torch.float32 if dtype == torch.float16 and key.endswith("DenseReluDense.wo.weight") else dtype
+        value = tensor.to(target) if tensor.is_floating_point() else tensor
         setattr(module, name, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
     fresh = [k for k, p in model.named_parameters() if p.is_meta]
     if fresh:
@@ -262,6 +295,11 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, max_shard_size: int | None = None,
                     safe_serialization: bool = True) -> None:
     """Writes config.json and the weights (model.safetensors, or shards with an index) that transformers loads."""
+    method = (model.config.extra.get("quantization_config") or {}).get("quant_method")
+    if method not in (None, INT4_METHOD):
+        raise ValueError(f"saving {method} 4-bit models is not supported: save the unquantized model and pass "
+                         "load_in_4bit=True when loading, or quantize with bnb_4bit_quant_type='int4', which "
+                         "saves and reloads without re-quantizing")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.replace(architectures=[type(model).__name__])

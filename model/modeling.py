@@ -150,8 +150,10 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
         h = self.dropout(h)
-        # wo may be held in a wider dtype than the rest (fp16 overflows there); cast in, and back out.
-        return self.wo(h.to(self.wo.weight.dtype) if self.wo.weight.is_floating_point() else h).to(x.dtype)
+        # In fp16 models wo is kept in fp32 (mT5 overflows fp16 there): its input is cast up and its fp32 output
+        # makes the residual stream fp32 from here on, as in transformers.
+        wo_dtype = self.wo.weight.dtype
+        return self.wo(h.to(wo_dtype) if wo_dtype.is_floating_point and h.dtype != wo_dtype else h)
 
 
 def activation(name: str):
@@ -286,10 +288,14 @@ class Block(nn.Module):
         if cache is not None and cache.cross_k[index] is not None:
             k, v = cache.cross_k[index], cache.cross_v[index]
         else:
-            k, v = attn.split_heads(attn.k(ctx.encoder_states)), attn.split_heads(attn.v(ctx.encoder_states))
+            states = ctx.encoder_states.to(h.device)
+            k, v = attn.split_heads(attn.k(states)), attn.split_heads(attn.v(states))
             if cache is not None:
                 cache.cross_k[index], cache.cross_v[index] = k, v
-        out, weights = attn(ca.layer_norm(h), k, v, ctx.encoder_mask, ctx.need_weights)
+        mask = ctx.encoder_mask
+        if mask is not None and mask.device != h.device:  # blocks may sit on different devices (device_map)
+            mask = mask.to(h.device)
+        out, weights = attn(ca.layer_norm(h), k, v, mask, ctx.need_weights)
         return h + ca.dropout(out), weights
 
 
@@ -335,8 +341,9 @@ class Stack(nn.Module):
             if attn.has_relative_bias:  # mT5: block 0 only, reused below; UMT5: every block, same buckets.
                 if buckets is None:
                     buckets = attn.bucket_matrix(positions, key_len)
-                bias = attn.position_bias(buckets)
-                bias = bias if mask is None else bias + mask
+                bias = attn.position_bias(buckets.to(attn.q.weight.device) if attn.q.weight.device.type != "meta"
+                                          else buckets)
+                bias = bias if mask is None else bias + mask.to(bias.device)
             if need_hidden:
                 hidden.append(h)
             h, self_w, cross_w = block(h, bias, ctx, i)
@@ -427,7 +434,12 @@ class PreTrainedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where inputs go: the device of the shared embedding (the first module a device map runs)."""
+        device_map = getattr(self, "hf_device_map", None)
+        if device_map:
+            first = next(iter(device_map.values()))
+            return torch.device("cpu" if first == "disk" else (f"cuda:{first}" if isinstance(first, int) else first))
+        return self.shared_device()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -449,14 +461,16 @@ class PreTrainedModel(nn.Module):
 
     def post_init(self) -> None:
         """Called at the end of a top-level __init__: random init, except on the meta device (loading)."""
-        if not self.shared_weight().is_meta:
+        if self.shared_device().type != "meta":
             self.init_weights()
         if hasattr(self, "tie_weights"):
             self.tie_weights()
 
-    def shared_weight(self) -> torch.Tensor:
+    def shared_device(self) -> torch.device:
+        """Device of the shared embedding (its packed buffer when quantized: `.weight` would dequantize)."""
         base = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
-        return base.shared.weight
+        shared = base.shared
+        return (shared.qweight if hasattr(shared, "qweight") else shared.weight).device
 
     @classmethod
     def from_pretrained(cls, repo_or_dir, **options):
@@ -464,6 +478,32 @@ class PreTrainedModel(nn.Module):
         from .loading import from_pretrained
 
         return from_pretrained(cls, repo_or_dir, **options)
+
+    def parallelize(self, device_map: dict[int, list[int]] | None = None):
+        """Spreads the blocks over CUDA GPUs ({gpu: [block indices]}, even split when None), transformers' old
+        API; the embedding and heads go with the first GPU."""
+        from .placement import parallelize_map, place
+
+        base = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
+        mapping = parallelize_map(base, device_map)
+        prefix = f"{self.base_model_prefix}." if self.base_model_prefix else ""
+        full = {prefix + k: v for k, v in mapping.items()}
+        for name in ("classification_head", "classifier", "dropout"):
+            if hasattr(self, name) and list(getattr(self, name).parameters()):
+                full[name] = next(iter(mapping.values()))
+        return place(self, full)
+
+    def deparallelize(self):
+        """Undoes parallelize() / a device map: every weight back on the CPU, hooks removed."""
+        from .placement import unplace
+
+        return unplace(self)
+
+    def memory_footprint(self) -> dict[str, dict[str, int]]:
+        """Bytes of weights by component ("embeddings", "lm_head", "transformer", "heads") and device."""
+        from .placement import memory_footprint
+
+        return memory_footprint(self)
 
     def save_pretrained(self, directory, **options) -> None:
         """Writes config.json + model.safetensors (sharded with max_shard_size=bytes) that transformers loads."""
