@@ -431,15 +431,17 @@ class AnnotationStore:
 
         Fills `id` (a UUID), `item_key`, `created_at` and `updated_at` when empty. Raises ValueError, saving
         nothing, when a field is invalid or the id exists."""
-        a = self._complete(record)
+        a = self.prepare(record)
         with self.transaction() as conn:
             try:
-                _insert(conn, a)
+                insert_annotation(conn, a)
             except sqlite3.IntegrityError:
                 raise ValueError(f"an annotation with id {a.id} already exists: use update()") from None
         return a.id
 
-    def _complete(self, record: Annotation) -> Annotation:
+    def prepare(self, record: Annotation) -> Annotation:
+        """A validated copy of `record` with id, item_key and timestamps filled, ready for `insert_annotation`
+        inside a `transaction()` (for callers that write more in the same transaction, like app.batch)."""
         self.validator.check(record)
         now = utc_now()
         a = dataclasses.replace(record, annotator=record.annotator.strip(),
@@ -560,18 +562,19 @@ class AnnotationStore:
             for _, a in records:
                 row = conn.execute("SELECT updated_at FROM annotations WHERE id=?", (a.id,)).fetchone()
                 if row is None:
-                    _insert(conn, a)
+                    insert_annotation(conn, a)
                     added += 1
                 elif update_newer and a.updated_at > row[0]:
                     conn.execute("DELETE FROM annotations WHERE id=?", (a.id,))
-                    _insert(conn, a)
+                    insert_annotation(conn, a)
                     updated += 1
                 else:
                     skipped += 1
         return ImportResult(added, updated, skipped)
 
 
-def _insert(conn: sqlite3.Connection, a: Annotation) -> None:
+def insert_annotation(conn: sqlite3.Connection, a: Annotation) -> None:
+    """INSERT one prepared annotation; inside `AnnotationStore.transaction()`."""
     values = _to_row(a)
     conn.execute(f"INSERT INTO annotations ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                  list(values.values()))

@@ -1,0 +1,126 @@
+"""Space persistence: push annotation snapshots to a Hub dataset repo with huggingface_hub's CommitScheduler.
+
+Only when both `MT5_STUDIO_DATASET_REPO` and `HF_TOKEN` are set; otherwise nothing is created and nothing
+leaves the machine. The scheduler uploads a folder every few minutes (`MT5_STUDIO_SYNC_MINUTES`, default 5);
+just before each upload we write `annotations.jsonl` there, a full JSONL export (the same format that
+`AnnotationStore.import_file` reads), while holding the scheduler's lock so it never uploads a half-written
+file. The dataset repo is created private if it does not exist.
+
+UI use, at launch (never at import)::
+
+    sync = start_sync(store)          # None when not configured
+    banner = sync_status(sync)        # a line for the page: where annotations go
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.store import AnnotationStore, export_annotations
+
+ENV_REPO = "MT5_STUDIO_DATASET_REPO"
+ENV_TOKEN = "HF_TOKEN"
+ENV_MINUTES = "MT5_STUDIO_SYNC_MINUTES"
+SNAPSHOT_NAME = "annotations.jsonl"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    repo_id: str
+    token: str
+    every_minutes: float
+    folder: Path
+
+
+def sync_config(store: AnnotationStore, environ: dict[str, str] | None = None) -> SyncConfig | None:
+    """The push configuration from the environment, or None (nothing leaves the machine) unless both the
+    dataset repo and the token are set. The upload folder sits next to the database."""
+    environ = os.environ if environ is None else environ
+    repo, token = environ.get(ENV_REPO, "").strip(), environ.get(ENV_TOKEN, "").strip()
+    if not (repo and token):
+        if repo or token:
+            log.warning("annotation sync is off: set both %s and %s to push annotations to the Hub",
+                        ENV_REPO, ENV_TOKEN)
+        return None
+    try:
+        every = float(environ.get(ENV_MINUTES, "5"))
+    except ValueError:
+        raise ValueError(f"{ENV_MINUTES} must be a number of minutes, got {environ[ENV_MINUTES]!r}") from None
+    if every <= 0:
+        raise ValueError(f"{ENV_MINUTES} must be positive, got {every}")
+    return SyncConfig(repo, token, every, store.path.parent / "hub_sync")
+
+
+class AnnotationSync:
+    """Writes JSONL snapshots of the store into the scheduler's folder, under the scheduler's lock."""
+
+    def __init__(self, store: AnnotationStore, config: SyncConfig):
+        self.store = store
+        self.config = config
+        self.scheduler: Any = None   # set by start_sync; anything with a `.lock` (a CommitScheduler)
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.config.folder / SNAPSHOT_NAME
+
+    def write_snapshot(self) -> Path:
+        """Export every annotation to `annotations.jsonl` in the upload folder, atomically (a temporary file
+        renamed into place) and under the scheduler's lock. Returns the snapshot's path."""
+        records = self.store.query()   # read before taking the lock: the upload waits only for the write
+        self.config.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.config.folder.parent / f".{SNAPSHOT_NAME}.tmp"   # outside the uploaded folder
+        export_annotations(records, tmp, "jsonl")
+        with self.scheduler.lock:
+            os.replace(tmp, self.snapshot_path)
+        return self.snapshot_path
+
+
+SchedulerFactory = Callable[..., Any]
+
+
+def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
+                  before_push: Callable[[], object]) -> Any:
+    """A CommitScheduler on a private dataset repo that calls `before_push()` before each upload."""
+    from huggingface_hub import CommitScheduler
+
+    class SnapshotScheduler(CommitScheduler):
+        def push_to_hub(self):
+            before_push()          # takes self.lock itself; the upload below takes it again
+            return super().push_to_hub()
+
+    return SnapshotScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder_path, every=every,
+                             token=token, private=True)
+
+
+def start_sync(store: AnnotationStore, environ: dict[str, str] | None = None,
+               scheduler_factory: SchedulerFactory = hub_scheduler) -> AnnotationSync | None:
+    """Start pushing annotations when configured; None (and no scheduler, no network) otherwise.
+    `scheduler_factory` gets repo_id, token, folder_path, every (minutes) and before_push."""
+    config = sync_config(store, environ)
+    if config is None:
+        return None
+    sync = AnnotationSync(store, config)
+    config.folder.mkdir(parents=True, exist_ok=True)
+
+    def before_push() -> None:
+        try:
+            sync.write_snapshot()
+        except Exception:   # a failed snapshot must not stop the scheduler thread; the last one is uploaded
+            log.exception("could not write the annotation snapshot")
+
+    sync.scheduler = scheduler_factory(repo_id=config.repo_id, token=config.token, folder_path=config.folder,
+                                       every=config.every_minutes, before_push=before_push)
+    return sync
+
+
+def sync_status(sync: AnnotationSync | None) -> str:
+    """One line for the page saying where annotations are kept."""
+    if sync is None:
+        return "Annotations are kept on this machine only."
+    return (f"Annotations are also pushed to the dataset {sync.config.repo_id} every "
+            f"{sync.config.every_minutes:g} min.")
