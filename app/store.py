@@ -55,6 +55,7 @@ Text is stored verbatim, `<script>` included: escaping for HTML is the page's jo
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import datetime as dt
 import hashlib
@@ -659,8 +660,9 @@ def export_annotations(records: Sequence[Annotation], path: str | Path, fmt: str
             df[col] = df[col].map(lambda v: json.dumps(v, ensure_ascii=False))
         text_cols = [c for c in EXPORT_COLUMNS if c != "rating"]
         df[text_cols] = df[text_cols].map(csv_guard)
-        # utf-8-sig: Excel needs the BOM to read UTF-8; pandas strips it again on read.
-        df.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\n")
+        # utf-8-sig: Excel needs the BOM to read UTF-8; pandas strips it again on read. QUOTE_ALL: the csv module
+        # leaves a bare CR unquoted when the line terminator is LF, and readers then split the row there.
+        df.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\n", quoting=csv.QUOTE_ALL)
     else:
         df["decoding"] = df["decoding"].map(lambda v: json.dumps(v, ensure_ascii=False))
         df.to_parquet(path, index=False)

@@ -1,0 +1,147 @@
+"""Export to CSV, JSONL and Parquet and re-import: every field exact; CSV formula guard; bad imports change nothing."""
+import csv
+import json
+
+import pytest
+
+from app.store import Annotation, AnnotationStore, csv_guard, csv_unguard, read_export
+
+HOSTILE = [
+    "Привет, мир", "שלום עולם", "مرحبا بالعالم", "你好，世界", "नमस्ते दुनिया", "Γειά σου", "안녕하세요",
+    '=HYPERLINK("http://evil.example","click")', "+1+2", "-2", "@SUM(A1:A2)", "\tTab first", "\rCR first",
+    "'already quoted", "line1\nline2\r\nline3\rline4", 'quotes "double" \'single\' ,comma; semi', "",
+    "emoji 🙂👩‍👩‍👧 \u200f\u202bRTL marks\u202c", "<script>alert(1)</script>", "NA", "null", " padded  ",
+]
+
+
+def make(i: int, text: str) -> Annotation:
+    return Annotation(task=["summarize", "answer", "tag"][i % 3], model_id="google/umt5-small" if i % 2 else "m/x",
+                      model_revision="a" * 40, family="umt5" if i % 2 else "mt5", dtype="4-bit nf4" if i % 4 else "",
+                      decoding={"num_beams": i, "temperature": 0.1 + 0.2, "do_sample": bool(i % 2), "stop": [text],
+                                "none": None, "nested": {"א": text}},
+                      input=text, output=text[::-1], rating=None if i % 5 == 0 else i % 5,
+                      corrected_output=text + "\n✓", error_categories=["accuracy", "other"][: i % 3],
+                      comment=f"{i}: {text}", annotator=f"annotator {text[:3]}" if text.strip() else "anon",
+                      app_version=text[:10])
+
+
+@pytest.fixture
+def filled(tmp_path):
+    with AnnotationStore(tmp_path / "src.db") as store:
+        for i, text in enumerate(HOSTILE):
+            store.save(make(i, text))
+        store.update(store.query()[0].id, comment="edited")
+        yield store
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_and_reimport_round_trips_every_field(filled, tmp_path, fmt):
+    path = filled.export(tmp_path / f"out.{fmt}")
+    original = filled.query()
+    assert [a for _, a in read_export(path)] == original
+    with AnnotationStore(tmp_path / f"dst-{fmt}.db") as dst:
+        assert dst.import_file(path).added == len(HOSTILE)
+        assert dst.query() == original
+        again = dst.import_file(path)
+        assert (again.added, again.updated, again.skipped) == (0, 0, len(HOSTILE))
+
+
+def test_export_respects_filters(filled, tmp_path):
+    path = filled.export(tmp_path / "answer.jsonl", task="answer")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert {r["task"] for r in rows} == {"answer"} and len(rows) == filled.count(task="answer")
+    assert isinstance(rows[0]["decoding"], dict) and isinstance(rows[0]["error_categories"], list)
+    assert "\\/" not in path.read_text(encoding="utf-8")
+
+
+def test_csv_cells_cannot_run_as_formulas(filled, tmp_path):
+    path = filled.export(tmp_path / "out.csv")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert cells and not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert "'=HYPERLINK(\"http://evil.example\",\"click\")" in cells
+    assert "''already quoted" in cells     # so the guard is undone exactly
+    for text in HOSTILE:
+        assert csv_unguard(csv_guard(text)) == text
+    # JSONL and Parquet keep the raw text
+    jsonl = filled.export(tmp_path / "out.jsonl")
+    assert any(json.loads(line)["input"].startswith("=") for line in jsonl.read_text(encoding="utf-8").splitlines())
+
+
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("bad json", r"bad\.jsonl line 3: not valid JSON"),
+    ("missing field", r"bad\.jsonl line 3: missing field\(s\) rating"),
+    ("wrong type", r"bad\.jsonl line 3: field `rating` must be an integer 1–5 or null, got \"five\""),
+    ("list type", r"bad\.jsonl line 3: field `error_categories` must be a list"),
+    ("bad rating", r"line 3: rating must be a whole number from 1 to 5"),
+    ("unknown category", r"line 3: unknown error category 'typo'"),
+    ("huge comment", r"line 3: comment is 1,048,576 bytes"),
+    ("edited item", r"line 3: `item_key` does not match"),
+    ("duplicate id", r"line 3: id .* appears twice in the file \(first at bad\.jsonl line 1\)"),
+    ("bad time", r"line 3: `created_at`: 'last tuesday' is not a date"),
+])
+def test_malformed_import_changes_nothing(filled, tmp_path, breakage, message):
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        dst.save(make(1, "already here"))
+        before = dst.query()
+        rows = [a.to_dict() for a in filled.query()[:4]]
+        rows[0]["id"] = "new-first-row"                # valid rows before the bad one must not land either
+        bad = rows[2]
+        if breakage == "bad json":
+            bad = json.dumps(bad)[:-5]
+        elif breakage == "missing field":
+            del bad["rating"]
+        elif breakage == "wrong type":
+            bad["rating"] = "five"
+        elif breakage == "list type":
+            bad["error_categories"] = "accuracy"
+        elif breakage == "bad rating":
+            bad["rating"] = 7
+        elif breakage == "unknown category":
+            bad["error_categories"] = ["typo"]
+        elif breakage == "huge comment":
+            bad["comment"] = "x" * 1024 * 1024
+        elif breakage == "edited item":
+            bad["output"] = "changed by hand"
+        elif breakage == "duplicate id":
+            bad["id"] = rows[0]["id"]
+        elif breakage == "bad time":
+            bad["created_at"] = "last tuesday"
+        rows[2] = bad
+        path = _jsonl(tmp_path / "bad.jsonl", rows)
+        with pytest.raises(ValueError, match=message):
+            dst.import_file(path)
+        assert dst.query() == before
+
+
+def test_import_empty_or_undecodable_file(tmp_path):
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
+        with pytest.raises(ValueError, match="empty.jsonl has no annotations"):
+            dst.import_file(tmp_path / "empty.jsonl")
+        (tmp_path / "latin.jsonl").write_bytes('{"comment": "café"}\n'.encode("latin-1"))
+        with pytest.raises(ValueError, match="latin.jsonl is not UTF-8"):
+            dst.import_file(tmp_path / "latin.jsonl")
+        with pytest.raises(ValueError, match="unknown export format 'xlsx'"):
+            dst.import_file(tmp_path / "x.xlsx")
+        assert dst.count() == 0
+
+
+def test_import_updates_only_newer_edits(filled, tmp_path):
+    first = filled.export(tmp_path / "v1.jsonl")
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        dst.import_file(first)
+        target = filled.query()[3]
+        filled.update(target.id, rating=1, comment="changed later")
+        result = dst.import_file(filled.export(tmp_path / "v2.jsonl"))
+        assert (result.added, result.updated, result.skipped) == (0, 1, len(HOSTILE) - 1)
+        assert dst.get(target.id).comment == "changed later"
+        assert dst.import_file(first).updated == 0       # an older copy never overwrites a newer edit
+        assert dst.get(target.id).comment == "changed later"
+        assert "updated 0" in dst.import_file(first).message
