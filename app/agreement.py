@@ -29,7 +29,9 @@ def coincidences(units: Iterable[Sequence[float | None]]) -> dict[tuple[float, f
             continue
         for c, nc in values.items():
             for k, nk in values.items():
-                o[c, k] += nc * (nk - (c == k)) / (m - 1)
+                pairs = nc * (nk - (c == k))
+                if pairs:
+                    o[c, k] += pairs / (m - 1)
     return dict(o)
 
 
