@@ -68,24 +68,36 @@ class AnnotationSync:
     def snapshot_path(self) -> Path:
         return self.config.folder / SNAPSHOT_NAME
 
-    def write_snapshot(self) -> Path:
+    def write_snapshot(self) -> bool:
         """Export every annotation to `annotations.jsonl` in the upload folder, atomically (a temporary file
-        renamed into place) and under the scheduler's lock. Returns the snapshot's path."""
+        renamed into place) and under the scheduler's lock. An unchanged snapshot is not rewritten, so the
+        scheduler (which uploads files whose time changed) makes no empty commits. True when written.
+
+        The scheduler reads the file after releasing its lock, so call this only from the scheduler's own
+        thread (it does, before each push); to push now, use `push_now()`."""
         records = self.store.query()   # read before taking the lock: the upload waits only for the write
         self.config.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.config.folder.parent / f".{SNAPSHOT_NAME}.tmp"   # outside the uploaded folder
         export_annotations(records, tmp, "jsonl")
         with self.scheduler.lock:
+            if self.snapshot_path.exists() and self.snapshot_path.read_bytes() == tmp.read_bytes():
+                tmp.unlink()
+                return False
             os.replace(tmp, self.snapshot_path)
-        return self.snapshot_path
+        return True
+
+    def push_now(self) -> Any:
+        """Ask the scheduler for a push now (snapshot, then upload); returns its Future."""
+        return self.scheduler.trigger()
 
 
 SchedulerFactory = Callable[..., Any]
 
 
 def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
-                  before_push: Callable[[], object]) -> Any:
-    """A CommitScheduler on a private dataset repo that calls `before_push()` before each upload."""
+                  before_push: Callable[[], object], hf_api: Any = None) -> Any:
+    """A CommitScheduler on a private dataset repo that calls `before_push()` before each upload. It creates
+    the repo if needed and pushes once at once, then every `every` minutes and at exit."""
     from huggingface_hub import CommitScheduler
 
     class SnapshotScheduler(CommitScheduler):
@@ -94,7 +106,7 @@ def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
             return super().push_to_hub()
 
     return SnapshotScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder_path, every=every,
-                             token=token, private=True)
+                             token=token, private=True, hf_api=hf_api)
 
 
 def start_sync(store: AnnotationStore, environ: dict[str, str] | None = None,
