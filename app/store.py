@@ -8,15 +8,19 @@ One store per process, made at launch (never at import) and passed to the tabs::
     store = AnnotationStore()            # path: $MT5_STUDIO_DB, else /data/annotations.db on a Space with
                                          # persistent storage, else data/annotations.db under the repo root
 
-Saving from a task tab (the tab supplies the provenance it knows; the store fills id, timestamps, item_key)::
+Saving from a task tab. The tab supplies the provenance it knows; the store fills id, item_key and the UTC
+times. Error categories: `load_error_categories()` gives (id, label, help) for a CheckboxGroup whose values are
+the ids. There is no version constant in the app yet: pass whatever the app defines as `app_version`::
 
     ann_id = store.save(Annotation(
-        task="summarize", model_id="google/mt5-small", model_revision="main", family="mt5",
-        dtype="bfloat16" or "4-bit nf4", decoding={"num_beams": 4, "max_new_tokens": 64},
+        task="summarization", model_id="google/mt5-small", model_revision="main", family="mt5",  # or "umt5"
+        dtype="bfloat16",  # or "4-bit nf4": free text describing weights as loaded
+        decoding={"num_beams": 4, "max_new_tokens": 64},   # the settings used, as plain JSON
         input=text, output=model_output,
-        rating=4 or None, corrected_output=edited_text, error_categories=["fluency"],
-        comment="", annotator="Amina", app_version=APP_VERSION))
-    # ValueError with a message fit to show as-is (gr.Warning / gr.Error) when a field is invalid.
+        rating=4,  # or None
+        corrected_output=edited_text, error_categories=["fluency"],
+        comment="", annotator="Amina", app_version=app_version))
+    # ValueError with a message fit to show as-is (gr.Warning) when a field is invalid; nothing is saved.
 
 Editing and deleting from the table (only the judgement fields can change; provenance cannot)::
 
@@ -29,26 +33,35 @@ A table with filters (dates: `datetime`, `date` or ISO text; a `date` as `until`
                            min_rating=None, max_rating=None, limit=500)   # display-ready DataFrame
     records = store.query(...same filters..., limit=None, offset=0)        # list[Annotation]
     n = store.count(...same filters...);  store.stats()                    # StoreStats for a header line
+    store.distinct("task" | "model_id" | "annotator")                       # dropdown choices
 
 A download button (CSV, JSONL or Parquet, picked from the suffix or `fmt`)::
 
     path = store.export(tmp_dir / "annotations.csv", task=…, …)   # same filters as query; returns the path
 
-An upload (JSONL export, also CSV/Parquet exports; all-or-nothing; ValueError naming the line on a bad file)::
+An upload (a JSONL export, or a CSV/Parquet export; all-or-nothing; ValueError naming the line on a bad file)::
 
-    result = store.import_file(uploaded_path)   # ImportResult(added, updated, skipped, message)
+    result = store.import_file(uploaded_path)   # ImportResult(added, updated, skipped); result.message
 
-Agreement tables: `app.agreement.agreement_frame(store.query(), by="task")` (or by="model_id"),
-one row per group with Krippendorff's alpha (ordinal, interval, nominal) on ratings.
+Agreement tables (Krippendorff's alpha on ratings of items judged by two or more annotators)::
 
-Batch jobs (`app.batch`)::
+    from app.agreement import agreement_frame
+    df = agreement_frame(store.query(), by="task")      # or by="model_id"; one row per group, then "all"
 
-    inputs = load_inputs(uploaded_path)                         # ValueError on a bad file
-    job = create_job(store, inputs, task="summarize", settings={...model and decoding...})
-    run_batch(store, job.id, process=lambda row: run_task(row.text), progress=lambda done, total: …)
-    # after a restart, run_batch(store, job.id, …) again: done rows are skipped
-    pos = queue_position(store, job.id, index)                  # pos.label == "12 of 200 done"
-    annotate_row(store, job.id, index, Annotation(...))         # saves and links the annotation
+Batch jobs (`app.batch`), stored in the same database, so they survive a restart::
+
+    inputs = load_inputs(uploaded_path)                  # list[BatchInput]; ValueError on a bad file
+    job = create_job(store, inputs, task="summarization", source=filename,
+                     settings={"model_id": …, "model_revision": …, "family": …, "dtype": …, "decoding": {…},
+                               "app_version": …})
+    run_batch(store, job.id, process=lambda row: run_task(row.text),    # row: BatchRow (text/question/context)
+              progress=lambda done, total: …, should_stop=None)         # again after a restart: resumes
+    pos = queue_position(store, job.id, index)           # pos.row, pos.label ("12 of 200 done"),
+                                                         # pos.previous_index / next_index / next_unannotated
+    annotate_row(store, job.id, index, annotation_for(job, pos.row, annotator="Amina", rating=4, …))
+
+Hub sync (`app.sync`), at launch: `sync = start_sync(store)` (None unless MT5_STUDIO_DATASET_REPO and HF_TOKEN
+are both set); `sync_status(sync)` is a line for the page.
 
 Text is stored verbatim, `<script>` included: escaping for HTML is the page's job.
 """
@@ -539,6 +552,8 @@ class AnnotationStore:
         row replaces the stored one when its `updated_at` is later (an edit made elsewhere) and
         `update_newer` is true; otherwise it is skipped. Timestamps and ids are kept as in the file."""
         records = read_export(path)
+        if not records:
+            raise ValueError(f"{Path(path).name} has no annotations in it (an empty file?)")
         seen: dict[str, str] = {}
         for where, a in records:
             try:
@@ -605,8 +620,9 @@ def _filters(task, model, annotator, since, until, min_rating, max_rating, key) 
         clauses.append("created_at >= ?")
         params.append(parse_time(since))
     if until:
-        if isinstance(until, dt.date) and not isinstance(until, dt.datetime) or \
-                isinstance(until, str) and len(until.strip()) == 10:
+        whole_day = (isinstance(until, dt.date) and not isinstance(until, dt.datetime)) or \
+            (isinstance(until, str) and len(until.strip()) == 10)
+        if whole_day:
             clauses.append("created_at < ?")
             params.append(parse_time(until, end_of_day=True))
         else:
