@@ -89,6 +89,8 @@ def place(model: torch.nn.Module, device_map: Any, max_memory: dict | None = Non
     else:
         device_map = check_map(model, dict(device_map))
     devices = set(device_map.values())
+    if devices == {"disk"}:
+        raise PlacementError(f"max_memory={max_memory} cannot hold even the first module in memory: allow more")
     if "disk" in devices and offload_folder is None:
         need = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
         raise PlacementError(f"the model ({need:.0f} MiB) does not fit in max_memory={max_memory}: pass "
@@ -96,9 +98,10 @@ def place(model: torch.nn.Module, device_map: Any, max_memory: dict | None = Non
     if devices == {"cpu"}:
         model.hf_device_map = device_map
         return model
-    main = next((d for d in device_map.values() if d not in ("cpu", "disk")), "cpu")
-    dispatch_model(model, device_map, main_device=torch.device(f"cuda:{main}" if isinstance(main, int) else main),
-                   offload_dir=offload_folder)
+    main = next((d for d in device_map.values() if d not in ("cpu", "disk")), None)
+    # main_device None lets accelerate pick "cpu" (a string: CPU modules then stay in RAM, only disk is offloaded)
+    dispatch_model(model, device_map, main_device=None if main is None else torch.device(
+        f"cuda:{main}" if isinstance(main, int) else main), offload_dir=offload_folder)
     model.hf_device_map = device_map
     return model
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -32,7 +33,8 @@ DEMO_SHAPE = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, rela
                   relative_attention_max_distance=32, dropout_rate=0.0)
 DEMO_GENERATION = {"max_new_tokens": 24, "num_beams": 1, "no_repeat_ngram_size": 3, "length_penalty": 1.0}
 MANIFEST = "demo_manifest.json"
-TINY_VERSION = 1  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
+MARKER = re.compile(r"<extra_id_\d+>")
+TINY_VERSION = 2  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -140,12 +142,16 @@ def write_checkpoint(folder: Path, model, tokenizer_folder: Path, generation: di
     return folder
 
 
-def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, scale: float = 2.5) -> None:
-    """Scales the output rows of sentinels and eos, so a random model emits `<extra_id_N>` spans and stops:
-    the demo then shows filled spans instead of one long run of random pieces. Meaningless either way."""
+def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, top: float = 1.0, decay: float = 0.5) -> None:
+    """Reshapes a random model's output rows so the demo's outputs look like outputs: byte-fallback pieces
+    damped (no lone bytes), `<extra_id_0>`, `<extra_id_1>`, ... boosted (the span filler emits sentinels), eos
+    boosted a little (it stops). `sentinel_ids` in marker order. Still random weights: meaningless outputs."""
     with torch.no_grad():
-        rows = torch.tensor(sentinel_ids + [eos_id])
-        model.lm_head.weight[rows] *= scale
+        rows = model.lm_head.weight
+        rows[3:259] *= 0.3
+        for n, sid in enumerate(sentinel_ids):
+            rows[sid] *= 1 + top * decay ** n
+        rows[eos_id] *= 1.3
 
 
 def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int = 0) -> dict[str, Path]:
@@ -156,7 +162,7 @@ def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int =
     (its manifest matches) is reused as it is.
     """
     folder = Path(folder)
-    texts = [t for t in texts if t.strip()]
+    texts = [MARKER.sub(" ", t) for t in texts if t.strip()]  # sentinels are added as pieces of their own
     key = hashlib.sha256(json.dumps([TINY_VERSION, seed, texts], ensure_ascii=False).encode()).hexdigest()
     manifest = folder / MANIFEST
     if manifest.is_file():
@@ -168,14 +174,14 @@ def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int =
     mt5_tok = write_mt5_style(folder / "_tokenizer-mt5", proto)
     umt5_tok = write_umt5_style(folder / "_tokenizer-umt5", proto)
     mt5_vocab, umt5_vocab = len(proto.pieces) + 100, len(proto.pieces) + 300
-    sentinels = list(range(len(proto.pieces), mt5_vocab))
+    sentinels = list(reversed(range(len(proto.pieces), mt5_vocab)))   # <extra_id_0> is the last piece
     paths: dict[str, Path] = {}
 
     gen = tiny_model("mt5", "generation", mt5_vocab, seed)
     favour_sentinels(gen, sentinels, eos_id=1)
     paths["generation"] = write_checkpoint(folder / "generation", gen, mt5_tok, DEMO_GENERATION)
     ugen = tiny_model("umt5", "generation", umt5_vocab, seed + 1)
-    favour_sentinels(ugen, list(range(len(proto.pieces), umt5_vocab)), eos_id=1)
+    favour_sentinels(ugen, list(reversed(range(len(proto.pieces), umt5_vocab))), eos_id=1)
     paths["generation-umt5"] = write_checkpoint(folder / "generation-umt5", ugen, umt5_tok, DEMO_GENERATION)
     cls = tiny_model("mt5", "classification", mt5_vocab, seed + 2, **labelled(DEMO_CLASS_LABELS))
     paths["classification"] = write_checkpoint(folder / "classification", cls, mt5_tok)

@@ -1,0 +1,211 @@
+"""Device maps and offload, dtypes, and 4-bit weights (issue 4), on this CPU-only machine."""
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import model
+from model import MT5Config, MT5ForConditionalGeneration, UMT5Config, UMT5ForConditionalGeneration
+from model.placement import PlacementError
+from refutil import run_reference
+
+CFG = dict(vocab_size=640, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    m = MT5ForConditionalGeneration(MT5Config(**CFG)).eval()
+    path = tmp_path_factory.mktemp("placement") / "mt5"
+    m.save_pretrained(path)
+    return m, path
+
+
+def inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 640, (2, 11), generator=g)
+    ids[:, -1] = 1
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+def logits(m, ids, mask):
+    with torch.no_grad():
+        return m(input_ids=ids, attention_mask=mask, labels=ids).logits
+
+
+# -- device maps --------------------------------------------------------------------------------------------------
+def test_auto_map_with_small_memory_offloads_to_disk_and_matches(ckpt, tmp_path):
+    m, path = ckpt
+    off = MT5ForConditionalGeneration.from_pretrained(path, device_map="auto", max_memory={"cpu": "600KB"},
+                                                      offload_folder=tmp_path / "offload")
+    assert "disk" in set(off.hf_device_map.values()) and "cpu" in set(off.hf_device_map.values())
+    assert any(k.startswith(("encoder.block", "decoder.block")) for k, v in off.hf_device_map.items() if v == "disk")
+    assert not any(k.count(".") > 2 for k in off.hf_device_map)  # blocks are never split
+    assert list((tmp_path / "offload").iterdir())  # weights really went to disk
+    ids, mask = inputs()
+    torch.testing.assert_close(logits(off, ids, mask), logits(m, ids, mask), atol=1e-5, rtol=0)
+    assert torch.equal(off.generate(ids, mask, max_new_tokens=8), m.generate(ids, mask, max_new_tokens=8))
+    assert torch.equal(off.generate(ids, mask, max_new_tokens=6, num_beams=3),
+                       m.generate(ids, mask, max_new_tokens=6, num_beams=3))
+    foot = off.memory_footprint()
+    assert "disk" in {d for part in foot.values() for d in part}
+
+
+def test_explicit_map_is_honoured_module_by_module(ckpt, tmp_path):
+    m, path = ckpt
+    device_map = {"shared": "cpu", "encoder": "cpu", "decoder.block.0": "cpu", "decoder.block.1": "disk",
+                  "decoder.final_layer_norm": "cpu", "lm_head": "cpu"}
+    off = MT5ForConditionalGeneration.from_pretrained(path, device_map=device_map, offload_folder=tmp_path / "o")
+    assert off.hf_device_map == device_map
+    assert off.decoder.block[1].layer[0].SelfAttention.q.weight.device.type == "meta"  # held on disk
+    assert off.decoder.block[0].layer[0].SelfAttention.q.weight.device.type == "cpu"
+    ids, mask = inputs(1)
+    torch.testing.assert_close(logits(off, ids, mask), logits(m, ids, mask), atol=1e-5, rtol=0)
+    off.deparallelize()
+    assert off.decoder.block[1].layer[0].SelfAttention.q.weight.device.type == "cpu"
+    torch.testing.assert_close(logits(off, ids, mask), logits(m, ids, mask), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("device_map,message", [
+    ({"shared": "cpu", "encoder": "cpu", "decoder": "cpu", "lm_head": "cpu", "encoder.block.9": "cpu"},
+     "does not have: encoder.block.9"),
+    ({"shared": "cpu", "encoder": "cpu", "lm_head": "cpu"}, "leaves .* without a device: decoder"),
+    ({"shared": "cpu", "encoder": "cuda:7", "decoder": "cpu", "lm_head": "cpu"}, "cuda:7"),
+    ("tpu", "unknown device 'tpu'"),
+])
+def test_impossible_maps_fail_clearly(ckpt, device_map, message):
+    _, path = ckpt
+    with pytest.raises(PlacementError, match=message):
+        MT5ForConditionalGeneration.from_pretrained(path, device_map=device_map)
+
+
+def test_no_memory_left_asks_for_an_offload_folder(ckpt):
+    _, path = ckpt
+    with pytest.raises(PlacementError, match="does not fit in max_memory.*pass offload_folder="):
+        MT5ForConditionalGeneration.from_pretrained(path, device_map="auto", max_memory={"cpu": "600KB"})
+    with pytest.raises(PlacementError, match="cannot hold even the first module"):
+        MT5ForConditionalGeneration.from_pretrained(path, device_map="auto", max_memory={"cpu": "10KB"},
+                                                    offload_folder="/tmp/unused")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_gpu_and_parallelize_without_gpus(ckpt):
+    m, path = ckpt
+    with pytest.raises(PlacementError, match="no CUDA GPU is available"):
+        MT5ForConditionalGeneration.from_pretrained(path, device_map="cuda")
+    with pytest.raises(PlacementError, match="parallelize\\(\\) spreads blocks over CUDA GPUs and none"):
+        m.parallelize()
+
+
+def test_memory_footprint_by_component(ckpt):
+    m, _ = ckpt
+    foot = m.memory_footprint()
+    assert foot["embeddings"]["cpu"] == 640 * 64 * 4 and foot["lm_head"]["cpu"] == 640 * 64 * 4
+    total = sum(v for part in foot.values() for v in part.values())
+    assert total == sum(p.numel() * 4 for p in m.parameters())
+
+
+# -- dtypes -------------------------------------------------------------------------------------------------------
+def safe_prefix(m, ids, mask, steps=8):
+    """fp32 greedy tokens, cut before the first step whose top-2 margin is too thin for half precision."""
+    out = m.generate(ids[:1], mask[:1], max_new_tokens=steps, output_scores=True)
+    tokens = out.sequences[0].tolist()
+    for i, scores in enumerate(out.scores):
+        top = scores[0].topk(2).values
+        if top[0] - top[1] < 0.05 * scores[0].std():
+            return tokens[: i + 1]
+    return tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls", [MT5ForConditionalGeneration, UMT5ForConditionalGeneration])
+def test_half_precision_is_finite_and_keeps_greedy_tokens(tmp_path, dtype, cls):
+    torch.manual_seed(3)
+    cfg = (UMT5Config if cls is UMT5ForConditionalGeneration else MT5Config)(**CFG)
+    m = cls(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(4.0)  # a peakier head: margins a trained model would have
+    m.save_pretrained(tmp_path)
+    if dtype == torch.float16:
+        with pytest.warns(UserWarning, match="float16 on CPU is slow"):
+            half = cls.from_pretrained(tmp_path, dtype=dtype)
+        assert half.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+        assert half.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float16
+    else:
+        half = cls.from_pretrained(tmp_path, dtype=dtype)
+    ids, mask = inputs()
+    assert torch.isfinite(logits(half, ids, mask)).all()
+    prefix = safe_prefix(m, ids, mask)
+    assert len(prefix) >= 2  # at least one generated token had a margin wide enough to compare
+    assert half.generate(ids[:1], mask[:1], max_new_tokens=8)[0, : len(prefix)].tolist() == prefix
+
+
+# -- 4-bit --------------------------------------------------------------------------------------------------------
+def test_int4_with_embeddings_shrinks_mt5_small_below_250mb(tmp_path):
+    torch.manual_seed(0)
+    m = MT5ForConditionalGeneration(MT5Config()).eval()  # mt5-small shape, random weights
+    m.save_pretrained(tmp_path / "small")
+    del m
+    q = MT5ForConditionalGeneration.from_pretrained(tmp_path / "small", load_in_4bit=True,
+                                                    bnb_4bit_quant_type="int4", quantize_embeddings=True)
+    total = sum(v for part in q.memory_footprint().values() for v in part.values())
+    assert total <= 250e6, total
+    linear_only = sum(v for part in MT5ForConditionalGeneration.from_pretrained(
+        tmp_path / "small", load_in_4bit=True, bnb_4bit_quant_type="int4").memory_footprint().values()
+        for v in part.values())
+    assert linear_only > 1.0e9  # the embedding and lm_head in fp32 are most of mt5-small
+    # saves and reloads as int4, without re-quantizing
+    q.save_pretrained(tmp_path / "int4")
+    assert (tmp_path / "int4" / "model.safetensors").stat().st_size < 250e6
+    r = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int4")
+    ids = torch.tensor([[5, 900, 30000, 1]])
+    assert torch.equal(logits(r, ids, None), logits(q, ids, None))
+
+
+def test_int4_kernel_equals_dequantized_reference():
+    from model.quant import Int4Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 192, bias=False)
+    q = Int4Linear.from_float(lin)
+    assert q.kernel_weight() is not None  # the PyTorch kernel, not the fallback
+    x = torch.randn(3, 128)
+    exact = x @ q.weight.t()
+    got = q(x)
+    assert ((got - exact).norm() / exact.norm()) < 0.01  # bf16 activations
+    assert ((q.weight - lin.weight).abs().max() / lin.weight.abs().max()) < 0.1
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_linear_only_4bit_matches_transformers_bitsandbytes(ckpt, tmp_path, quant_type):
+    m, path = ckpt
+    ids, mask = inputs()
+    save_file({"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}, tmp_path / "in.safetensors")
+    run_reference("ref_quant.py", path, quant_type, tmp_path / "in.safetensors", tmp_path / "out.safetensors")
+    ref = load_file(tmp_path / "out.safetensors")["logits"]
+    ours = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type=quant_type)
+    assert type(ours.lm_head) is torch.nn.Linear and type(ours.encoder.block[0].layer[1].DenseReluDense.wo) \
+        is torch.nn.Linear
+    # Same quantized weights (bit for bit); bitsandbytes' CPU matmul differs slightly between the two venvs
+    # (~0.5% on one layer), so the logits must agree far better than either agrees with fp32.
+    ours_logits, full = logits(ours, ids, mask), logits(m, ids, mask)
+    gap = ((ours_logits - ref).norm() / ref.norm()).item()
+    quant_error = ((ref - full).norm() / full.norm()).item()
+    assert quant_error > 0.02  # really quantized
+    assert gap < 0.15 * quant_error, (gap, quant_error)
+
+
+def test_bad_4bit_options_fail_clearly(ckpt, monkeypatch):
+    _, path = ckpt
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(ImportError, match="needs bitsandbytes.*bnb_4bit_quant_type='int4'"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True)
+    with pytest.raises(ValueError, match="only apply with load_in_4bit=True"):
+        MT5ForConditionalGeneration.from_pretrained(path, bnb_4bit_quant_type="int4")
+    with pytest.raises(ValueError, match="must be 'nf4', 'fp4' or 'int4'"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int3")
+    with pytest.raises(ValueError, match="load_in_8bit is not supported"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True)
