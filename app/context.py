@@ -1,0 +1,77 @@
+"""What every tab is handed: settings, assets, the shared model cache, and the panels to mount under results."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from . import __version__
+from .assets import Assets
+from .attention import AttentionInput, capture
+from .models import Loaded, ModelCache, ModelPolicy, ModelRequest, Progress
+from .settings import Settings
+
+
+@dataclass
+class RunRecord:
+    """One result with its provenance: what an annotation panel saves and what the attention panel reruns."""
+    task: str
+    model: dict[str, Any]          # Loaded.provenance(): source, head, dtype, device, quantization, family, ...
+    settings: dict[str, Any]
+    input: dict[str, Any]          # {"text": ...} or {"question": ..., "context": ...}
+    output: Any                    # the task's result as plain data
+    output_text: str               # the result as one text (for correcting it)
+    attention: dict[str, Any]      # AttentionInput fields
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    app_version: str = __version__
+
+
+class AttentionCache:
+    """The last few results' attention maps, so moving a slider does not rerun the model."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._maps, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, loaded: Loaded, what: AttentionInput):
+        key = (loaded.request, what.source, what.question, what.target)
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        maps = capture(loaded, what)
+        with self._lock:
+            self._maps[key] = maps
+            while len(self._maps) > self.size:
+                self._maps.popitem(last=False)
+        return maps
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    assets: Assets
+    cache: ModelCache
+    demo: bool = False
+    attention: AttentionCache = field(default_factory=AttentionCache)
+    # Called inside each tab's empty slot under its result, with the tab's handle (the annotation panel).
+    panels: list[Callable[[Any], None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings, assets: Assets, demo: bool = False) -> "AppContext":
+        allowed = {e.default for e in assets.models.values()}
+        allowed |= {s for e in assets.models.values() for s in e.suggestions}
+        policy = ModelPolicy(settings.locked, frozenset(allowed | set(settings.allowed_models)))
+        return cls(settings, assets, ModelCache(settings.cache_models, settings.cache_bytes, policy), demo)
+
+    def request(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",
+                quantization: str = "none") -> ModelRequest:
+        """The request for `task`'s head; an empty source means the task's default checkpoint."""
+        entry = self.assets.models[task]
+        return ModelRequest((source or "").strip() or entry.default, entry.head, dtype or "auto",
+                            device or "auto", quantization or "none")
+
+    def load(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",
+             quantization: str = "none", progress: Progress | None = None) -> Loaded:
+        return self.cache.get(self.request(task, source, dtype, device, quantization), progress)

@@ -1,0 +1,33 @@
+"""Offline demo mode: tiny random-weight checkpoints built locally, so every tab works without the Hub."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from model.tiny import build_demo_checkpoints
+
+from .assets import Assets
+
+
+def build_demo(assets: Assets, folder: Path) -> dict[str, Path]:
+    """Builds (or reuses, when built from the same examples) the demo checkpoints under `folder`."""
+    return build_demo_checkpoints(folder, assets.example_texts())
+
+
+def hub_unavailable(assets: Assets, timeout: float = 2.0) -> bool:
+    """True when the default checkpoints can be neither read from the local cache nor downloaded: offline
+    (HF_HUB_OFFLINE) with the summarization default not cached, or the Hub's host unreachable."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    default = assets.models["summarization"].default
+    if Path(default).is_dir() or isinstance(try_to_load_from_cache(default, "config.json"), str):
+        return False
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return False
+    except OSError:
+        return True

@@ -1,0 +1,240 @@
+"""Loading checkpoints for the app: one shared cache, bounded in count and bytes, least recently used evicted.
+
+Every loading failure becomes a `UserError` that says what was wrong and what to do; a checkpoint that lacks
+the head a task needs is refused (its head would be random) rather than shown with meaningless outputs.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import inspect
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import model as mt5
+from model.loading import from_pretrained as _from_pretrained
+
+from .errors import UserError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "nf4", "fp4", "int4")
+# Head weights by model-layer task: the names that must come from the checkpoint for its outputs to mean anything.
+HEAD_NAMES = {
+    "classification": ("classification head", "classification_head."),
+    "token-classification": ("token-classification head", "classifier."),
+    "question-answering": ("question-answering head", "qa_outputs."),
+    "generation": ("language-model head", "lm_head."),
+}
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What to load: a Hub id or local folder, for a model-layer task (head), with placement options."""
+    source: str
+    head: str = "generation"
+    dtype: str = "auto"
+    device: str = "auto"
+    quantization: str = "none"     # 4-bit: none | nf4 | fp4 | int4
+    revision: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for `model.load_model` (only those that differ from its defaults)."""
+        opts: dict[str, Any] = {}
+        if self.dtype != "auto":
+            opts["dtype"] = self.dtype
+        if self.device not in ("auto", ""):
+            opts["device_map"] = self.device
+        if self.quantization != "none":
+            opts.update(load_in_4bit=True, bnb_4bit_quant_type=self.quantization)
+        if self.revision:
+            opts["revision"] = self.revision
+        return opts
+
+
+@dataclass
+class Loaded:
+    """A loaded model with its tokenizer and where it came from."""
+    request: ModelRequest
+    model: Any
+    tokenizer: Any
+    family: str
+    nbytes: int
+    warnings: list[str] = field(default_factory=list)
+
+    def provenance(self) -> dict[str, Any]:
+        """What an annotation or a result should record about the model."""
+        return {**asdict(self.request), "family": self.family, "loaded_dtype": str(self.model.dtype).removeprefix(
+            "torch."), "parameters": self.model.num_parameters()}
+
+
+@dataclass
+class ModelPolicy:
+    """Which checkpoints a deployment serves: anything, or (locked) only the listed ones."""
+    locked: bool = False
+    allowed: frozenset[str] = frozenset()
+
+    def check(self, source: str) -> None:
+        if self.locked and source not in self.allowed:
+            names = ", ".join(sorted(self.allowed)) or "none"
+            raise UserError(f"This deployment only serves its listed models, and {source!r} is not one of them. "
+                            f"Pick one of: {names}.")
+
+
+def supported_options() -> set[str]:
+    """The loading options this version of the model layer accepts (device_map, load_in_4bit, ...)."""
+    names = set(inspect.signature(_from_pretrained).parameters)
+    if importlib.util.find_spec("model.quant") is not None:  # 4-bit options go through **options
+        names |= {"load_in_4bit", "bnb_4bit_quant_type"}
+    return names
+
+
+def check_request(request: ModelRequest) -> str:
+    """Validates the request at the boundary; returns the cleaned source."""
+    source = (request.source or "").strip()
+    if not source:
+        raise UserError("No model given: type a Hub id (owner/name) or the path of a local checkpoint folder.")
+    if request.dtype not in DTYPES:
+        raise UserError(f"Unknown dtype {request.dtype!r}: use one of {', '.join(DTYPES)}.")
+    if request.quantization not in QUANTIZATIONS:
+        raise UserError(f"Unknown 4-bit type {request.quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    unsupported = sorted(set(request.options()) - supported_options() - {"revision"})
+    if unsupported:
+        raise UserError(f"This version of the model layer cannot load with {', '.join(unsupported)}: leave "
+                        "device on 'auto' and 4-bit off.")
+    return source
+
+
+def load_checkpoint(request: ModelRequest, progress: Progress | None = None) -> Loaded:
+    """Loads tokenizer and model for `request`; every failure is a UserError with what to do."""
+    source = check_request(request)
+    say = progress or (lambda fraction, text: None)
+    say(0.05, f"Loading the tokenizer of {source}")
+    try:
+        tokenizer = mt5.MT5Tokenizer.from_pretrained(source, revision=request.revision)
+        say(0.2, f"Loading the weights of {source} (downloading them first if they are not cached)")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, info = mt5.load_model(source, task=request.head, output_loading_info=True, **request.options())
+    except UserError:
+        raise
+    except mt5.CheckpointNotFoundError as e:
+        raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
+    except mt5.CheckpointError as e:
+        raise UserError(f"The checkpoint {source!r} is damaged or incomplete: {e}. Download it again or pick "
+                        "another.") from e
+    except ValueError as e:
+        raise UserError(f"Cannot use {source!r}: {e}") from e
+    except (ImportError, TypeError, RuntimeError, OSError) as e:
+        raise UserError(f"Loading {source!r} failed ({type(e).__name__}: {e}). Try dtype 'auto', device "
+                        "'auto' and 4-bit off.") from e
+    refuse_missing_head(source, request.head, info.missing_keys)
+    say(0.95, f"{source} loaded")
+    return Loaded(request, model, tokenizer, model.config.model_type, weight_bytes(model),
+                  [str(w.message) for w in caught])
+
+
+def refuse_missing_head(source: str, head: str, missing: list[str]) -> None:
+    """A checkpoint whose head weights are not in it would give random outputs: refuse it, by name."""
+    if not missing:
+        return
+    what, prefix = HEAD_NAMES.get(head, ("model", ""))
+    head_keys = [k for k in missing if k.removeprefix("transformer.").startswith(prefix)]
+    shown = ", ".join((head_keys or missing)[:4])
+    if head_keys:
+        raise UserError(f"{source!r}: this checkpoint has no {what} ({shown} not in it), so its outputs would be "
+                        f"random. Pick a checkpoint fine-tuned for this task.")
+    raise UserError(f"{source!r} lacks weights this model needs ({shown}): pick a complete checkpoint.")
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's weights (from the model layer's memory_footprint when it has one)."""
+    if hasattr(model, "memory_footprint"):
+        try:
+            return sum(sum(by_device.values()) for by_device in model.memory_footprint().values())
+        except Exception:  # noqa: BLE001 - fall back to counting parameters
+            pass
+    seen = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+class ModelCache:
+    """Loaded models shared by every session: at most `max_models`, and at most `max_bytes` of weights (a
+    single model larger than that is still kept, alone). The least recently used go first.
+
+    Loads of the same request wait for one another instead of loading twice; different requests load in
+    parallel. Thread-safe: Gradio runs handlers in worker threads.
+    """
+
+    def __init__(self, max_models: int = 3, max_bytes: int = 6 * 2**30, policy: ModelPolicy | None = None,
+                 loader: Callable[[ModelRequest, Progress | None], Loaded] = load_checkpoint):
+        self.max_models, self.max_bytes = max_models, max_bytes
+        self.policy = policy or ModelPolicy()
+        self.loader = loader
+        self._models: OrderedDict[ModelRequest, Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[ModelRequest, threading.Lock] = {}
+
+    def get(self, request: ModelRequest, progress: Progress | None = None) -> Loaded:
+        request = ModelRequest(**{**asdict(request), "source": (request.source or "").strip()})
+        self.policy.check(request.source)
+        with self._lock:
+            if request in self._models:
+                self._models.move_to_end(request)
+                return self._models[request]
+            gate = self._loading.setdefault(request, threading.Lock())
+        with gate:
+            with self._lock:
+                if request in self._models:
+                    return self._models[request]
+            loaded = self.loader(request, progress)
+            with self._lock:
+                self._models[request] = loaded
+                self._evict()
+                self._loading.pop(request, None)
+            return loaded
+
+    def _evict(self) -> None:
+        dropped = False
+        while len(self._models) > 1 and (len(self._models) > self.max_models or self.nbytes() > self.max_bytes):
+            self._models.popitem(last=False)
+            dropped = True
+        if dropped:
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:  # pragma: no cover
+                pass
+
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self._models.values())
+
+    def loaded(self) -> list[str]:
+        """The kept models, least recently used first (for the status line)."""
+        with self._lock:
+            return [f"{r.source} ({r.head})" for r in self._models]
+
+
+def read_generation_config(source: str, revision: str | None = None):
+    """The checkpoint's decoding defaults from its json files alone (no weights are read): a
+    `model.generation.GenerationConfig`. Errors are UserErrors."""
+    from model.config import CONFIG_NAME, config_class, family_of, read_json
+    from model.generation import GenerationConfig
+    from model.hub import resolve_file
+
+    source = (source or "").strip()
+    try:
+        data = read_json(resolve_file(source, CONFIG_NAME, revision=revision))
+        config = config_class(family_of(data)).from_dict(data)
+        gen_file = resolve_file(source, "generation_config.json", optional=True, revision=revision)
+        return GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
+    except mt5.CheckpointNotFoundError as e:
+        raise UserError(f"Could not read the decoding defaults of {source!r}: {e}") from e
+    except ValueError as e:
+        raise UserError(f"Cannot use {source!r}: {e}") from e
