@@ -79,6 +79,14 @@ class QuantOptions:
             owner = model.get_submodule(parent) if parent else model
             setattr(owner, leaf, self.quantize(getattr(owner, leaf)))
         model.config.extra["quantization_config"] = self.describe()
+        if self.quantize_embeddings:
+            # What stays full precision is small now: copy it out of the checkpoint's memory map, so the map
+            # (whose pages the quantization read) can be released instead of staying resident.
+            with torch.no_grad():
+                for module in model.modules():
+                    for name, p in list(module._parameters.items()):
+                        if p is not None:
+                            module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
         return model
 
     def quantize(self, module: nn.Module) -> nn.Module:

@@ -1,0 +1,145 @@
+"""Memory and speed of mT5 in fp32, bf16 and 4 bits: ours next to transformers + bitsandbytes, one table.
+
+    python bench/memory.py [--shapes mt5-small,mt5-base] [--tokens 32]
+
+Random weights (fixed seed), 2 threads. Each configuration runs in its own subprocess: resident memory after
+loading (RSS) and its weights' bytes, greedy tokens/s (128-token input, exactly --tokens new tokens), and against
+our fp32 on the same inputs: the logits' relative error (teacher-forced on fp32's output) and top-1
+agreement at every position of fp32's greedy output (teacher-forced, so one early difference does not
+count for all later positions). transformers runs in .venv-ref (4.57 + bitsandbytes; its 4-bit keeps lm_head and the embedding in
+full precision).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from generate import REF_PYTHON, SHAPES, make_checkpoint  # noqa: E402
+
+CONFIGS = {
+    "ours fp32": ("ours", dict()),
+    "ours bf16": ("ours", dict(dtype="bfloat16")),
+    "transformers+bnb nf4": ("transformers", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4")),
+    "ours nf4 (bnb, Linear-only)": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4")),
+    "ours int4 (Linear-only)": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4")),
+    "ours int4 + emb + lm_head": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
+                                               quantize_embeddings=True)),
+}
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def load(impl: str, path: str, options: dict):
+    import torch
+
+    if impl == "ours":
+        sys.path.insert(0, str(ROOT))
+        from model import MT5ForConditionalGeneration
+
+        return MT5ForConditionalGeneration.from_pretrained(path, **options)
+    from transformers import BitsAndBytesConfig, MT5ForConditionalGeneration
+
+    if options.get("load_in_4bit"):
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=options["bnb_4bit_quant_type"],
+                               bnb_4bit_compute_dtype=torch.float32)
+        return MT5ForConditionalGeneration.from_pretrained(path, quantization_config=q, dtype=torch.float32,
+                                                           device_map="cpu")
+    return MT5ForConditionalGeneration.from_pretrained(path)
+
+
+def weight_bytes(m) -> int:
+    seen, total = set(), 0
+    for t in list(m.parameters()) + list(m.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    base = rss()
+    m = load(impl, path, json.loads(options)).eval()
+    loaded = rss() - base
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 250000, (1, 128), generator=g)
+    ids[0, -1] = 1
+    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens)
+    with torch.no_grad():
+        m.generate(input_ids=ids, max_new_tokens=2)  # warm-up (kernels' layouts, first allocations)
+        start = time.perf_counter()
+        seq = m.generate(input_ids=ids, **kwargs)
+        seconds = time.perf_counter() - start
+        ref_path = Path(workdir) / "fp32_tokens.json"
+        if not ref_path.exists():
+            ref_path.write_text(json.dumps(seq[0].tolist()))
+        ref_seq = torch.tensor([json.loads(ref_path.read_text())])
+        logits = m(input_ids=ids, decoder_input_ids=ref_seq[:, :-1]).logits.float()
+    out_logits = Path(workdir) / "fp32_logits.pt"
+    if not out_logits.exists():
+        torch.save(logits, out_logits)
+    ref_logits = torch.load(out_logits)
+    error = ((logits - ref_logits).norm() / ref_logits.norm()).item()
+    # teacher-forced top-1 agreement: free-running sequences diverge for good after one different token
+    agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"rss_loaded": loaded, "weights": weight_bytes(m), "peak": peak, "tok_s": tokens / seconds,
+                      "ms_token": seconds / tokens * 1e3, "logit_err": error, "agree": agree}))
+
+
+def run(name: str, impl: str, options: dict, path: Path, tokens: int, workdir: Path) -> dict:
+    python = sys.executable if impl == "ours" else str(REF_PYTHON)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    proc = subprocess.run([python, __file__, "--child", impl, str(path), json.dumps(options), str(tokens),
+                           str(workdir)], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1][:120]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="mt5-small,mt5-base")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--workdir", default="/tmp/mt5-bench-generate")
+    ap.add_argument("--child", nargs=5)
+    args = ap.parse_args()
+    if args.child:
+        impl, path, options, tokens, workdir = args.child
+        return child(impl, path, options, int(tokens), workdir)
+    for shape in args.shapes.split(","):
+        path, _ = make_checkpoint(shape, Path(args.workdir))
+        work = Path(args.workdir) / f"{shape}-memory"
+        work.mkdir(parents=True, exist_ok=True)
+        for f in work.iterdir():
+            f.unlink()
+        print(f"\n{shape}: {args.tokens} greedy tokens, 2 threads; error and agreement against our fp32")
+        print(f"  {'configuration':<30} {'weights MB':>10} {'RSS MB':>8} {'tok/s':>7} {'ms/tok':>7} "
+              f"{'logit rel err':>13} {'tokens agree':>12}")
+        for name, (impl, options) in CONFIGS.items():
+            r = run(name, impl, options, path, args.tokens, work)
+            if "error" in r:
+                print(f"  {name:<30} failed: {r['error']}")
+                continue
+            print(f"  {name:<30} {r['weights'] / 2**20:10.0f} {r['rss_loaded'] / 2**20:8.0f} {r['tok_s']:7.1f} "
+                  f"{r['ms_token']:7.1f} {r['logit_err']:13.4f} {r['agree'] * 100:11.0f}%")
+
+
+if __name__ == "__main__":
+    main()
