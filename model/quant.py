@@ -4,9 +4,10 @@
   Linear-only default quantizes what transformers quantizes (every Linear but `lm_head` and the fp32-kept `wo`),
   so outputs match transformers + bitsandbytes.
 - `bnb_4bit_quant_type="int4"`: group-wise affine int4 (64 weights share a bf16 scale and zero) run by PyTorch's
-  `_weight_int4pack_mm_for_cpu` on CPU (~4x faster than fp32 for mT5's output projection) and
-  `_weight_int4pack_mm` on CUDA. One checkpoint format for every device: `qweight` (plain nibbles, low nibble =
-  even column) and `scales_and_zeros`; the device layout is made at first use. Saves and reloads as is.
+  `_weight_int4pack_mm_for_cpu` on CPU (~4x faster than fp32 for mT5's output projection); on other devices
+  the weights are dequantized per call (correct, not fast: CUDA's int4pack layout was not verified on a GPU yet,
+  use nf4 there). One checkpoint format for every device: `qweight` (plain nibbles, low nibble = even column)
+  and `scales_and_zeros`; the CPU layout is made at first use. Saves and reloads as is.
 - `quantize_embeddings=True` (beyond transformers): the shared embedding and `lm_head` too. They are 85% of
   mt5-small's weights, so "4-bit" mt5-small drops from ~1 GB (Linear-only) to ~0.19 GB.
 """
@@ -203,11 +204,9 @@ class Int4Linear(nn.Module):
         packed = self.kernel_weight()
         if packed is None:
             y = F.linear(x2.float(), self.weight)
-        elif x2.device.type == "cpu":
+        else:
             y = torch._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16), packed, self.group_size,
                                                   self.scales_and_zeros)
-        else:
-            y = torch._weight_int4pack_mm(x2.to(torch.bfloat16), packed, self.group_size, self.scales_and_zeros)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
@@ -257,8 +256,6 @@ def device_layout(qweight: torch.Tensor, group_size: int, k: int) -> torch.Tenso
             parts = [torch._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight[i:i + 8192]).int(), 2)
                      for i in range(0, n, 8192)]
             return torch.cat(parts)
-        if qweight.device.type == "cuda":
-            return torch._convert_weight_to_int4pack(qweight.contiguous(), 8)
     except (RuntimeError, AttributeError):
         return None
     return None
