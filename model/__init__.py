@@ -18,9 +18,6 @@ from .modeling import (
     UMT5ForTokenClassification,
     UMT5Model,
 )
+from .placement import PlacementError
 from .registry import load_model, model_class
-
-try:  # the tokenizer module is built separately; the model layer works without it
-    from .tokenizer import MT5Tokenizer
-except ImportError:  # pragma: no cover
-    pass
+from .tokenizer import MT5Tokenizer
