@@ -1,21 +1,90 @@
-"""Entry point: builds the app and launches it. (A minimal page until the app issue lands.)"""
+"""Entry point: settings, demo checkpoints when needed, the Blocks with one tab per task, and launch."""
 from __future__ import annotations
 
 import argparse
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+
+from . import api
+from .assets import Assets, load_assets
+from .context import AppContext
+from .demo import build_demo, hub_unavailable
+from .settings import Settings
+from .tabs import classify, qa, spans, summarize, tag
+from .tabs.common import TabHandle
+
+log = logging.getLogger("mt5studio")
+TABS = (("Summarization", "summarization", summarize.build), ("Span filling", "span_filling", spans.build),
+        ("Classification", "classification", classify.build), ("Token tagging", "tagging", tag.build),
+        ("Question answering", "question_answering", qa.build))
 
 
-def build():
-    import gradio as gr
+@dataclass
+class App:
+    blocks: gr.Blocks
+    handles: dict[str, TabHandle]
+    context: AppContext
 
-    with gr.Blocks(title="mT5 Studio") as demo:
-        gr.Markdown("# mT5 Studio\nThe model layer is ready; the task tabs are being built.")
-    return demo
+
+def build_app(ctx: AppContext, demo_reason: str = "",
+              extra_tabs: list[tuple[str, Callable[[AppContext, dict[str, TabHandle]], None]]] = ()) -> App:
+    """Lays out the page. `ctx.panels` are mounted under every result; `extra_tabs` (title, build(ctx,
+    handles)) come after the task tabs (the annotation helper adds its tab here)."""
+    with gr.Blocks(title="mT5 Studio") as blocks:
+        gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
+        if ctx.demo:
+            gr.Markdown(ctx.assets.help["demo_banner"].format(reason=demo_reason), elem_classes=["demo-banner"],
+                        elem_id="demo-banner")
+        api.register(ctx)  # first, so the stable endpoint names are theirs
+        handles: dict[str, TabHandle] = {}
+        with gr.Tabs():
+            for title, task, build in TABS:
+                with gr.Tab(title, id=task, elem_id=f"tab-{task}"):
+                    handles[task] = build(ctx)
+            for title, build in extra_tabs:
+                with gr.Tab(title):
+                    build(ctx, handles)
+        prefill, inputs, outputs = handles["summarization"].extra["prefill"]
+        blocks.load(prefill, inputs, outputs, api_visibility="private")
+    return App(blocks, handles, ctx)
+
+
+def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | None = None) -> tuple[AppContext, str]:
+    """The context to build the app with; builds the demo checkpoints when asked, or when the Hub is out of
+    reach and the default checkpoints are not cached. Returns (context, why demo mode is on)."""
+    settings = settings or Settings.from_env()
+    assets = assets or load_assets()
+    reason = ""
+    if demo_flag or settings.demo:
+        reason = "Started with --demo."
+    elif hub_unavailable(assets):
+        reason = "The Hugging Face Hub cannot be reached from here and the default checkpoints are not cached."
+        # Fail fast on unknown ids instead of retrying the network for each one.
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    if reason:
+        assets = assets.with_demo_models(build_demo(assets, settings.demo_dir))
+    return AppContext.create(settings, assets, demo=bool(reason)), reason
+
+
+def launch(app: App, host: str | None = None, port: int | None = None, **options) -> None:
+    app.blocks.queue(default_concurrency_limit=app.context.settings.concurrency, max_size=256)
+    app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="mT5 Studio")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=7860)
+    ap = argparse.ArgumentParser(description="mT5 Studio: the Gradio app")
+    ap.add_argument("--demo", action="store_true", help="tiny random-weight checkpoints, built locally (offline)")
+    ap.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
+    ap.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     args = ap.parse_args(argv)
-    build().launch(server_name=args.host, server_port=args.port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ctx, reason = prepare(args.demo)
+    if reason:
+        log.info("demo mode: %s", reason)
+    launch(build_app(ctx, reason), args.host, args.port)
     return 0

@@ -109,20 +109,26 @@ def check_request(request: ModelRequest) -> str:
 
 
 def load_checkpoint(request: ModelRequest, progress: Progress | None = None) -> Loaded:
-    """Loads tokenizer and model for `request`; every failure is a UserError with what to do."""
+    """Loads tokenizer and model for `request`; every failure is a UserError with what to do.
+
+    The config is read first (small): a missing repo or a model of another type is reported before anything
+    large is downloaded."""
     source = check_request(request)
     say = progress or (lambda fraction, text: None)
+    say(0.02, f"Reading the config of {source}")
+    read_generation_config(source, request.revision)
     say(0.05, f"Loading the tokenizer of {source}")
     try:
         tokenizer = mt5.MT5Tokenizer.from_pretrained(source, revision=request.revision)
-        say(0.2, f"Loading the weights of {source} (downloading them first if they are not cached)")
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"Could not load the tokenizer of {source!r}: {e}") from e
+    say(0.2, f"Loading the weights of {source} (downloading them first if they are not cached)")
+    try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model, info = mt5.load_model(source, task=request.head, output_loading_info=True, **request.options())
-    except UserError:
-        raise
     except mt5.CheckpointNotFoundError as e:
-        raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
+        raise UserError(f"Could not find the weights of {source!r}: {e}") from e
     except mt5.CheckpointError as e:
         raise UserError(f"The checkpoint {source!r} is damaged or incomplete: {e}. Download it again or pick "
                         "another.") from e
@@ -235,6 +241,6 @@ def read_generation_config(source: str, revision: str | None = None):
         gen_file = resolve_file(source, "generation_config.json", optional=True, revision=revision)
         return GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
     except mt5.CheckpointNotFoundError as e:
-        raise UserError(f"Could not read the decoding defaults of {source!r}: {e}") from e
+        raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
     except ValueError as e:
         raise UserError(f"Cannot use {source!r}: {e}") from e

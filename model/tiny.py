@@ -34,7 +34,7 @@ DEMO_SHAPE = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, rela
 DEMO_GENERATION = {"max_new_tokens": 24, "num_beams": 1, "no_repeat_ngram_size": 3, "length_penalty": 1.0}
 MANIFEST = "demo_manifest.json"
 MARKER = re.compile(r"<extra_id_\d+>")
-TINY_VERSION = 2  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
+TINY_VERSION = 3  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def write_checkpoint(folder: Path, model, tokenizer_folder: Path, generation: di
     return folder
 
 
-def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, top: float = 1.0, decay: float = 0.5) -> None:
+def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, top: float = 3.0, decay: float = 0.3) -> None:
     """Reshapes a random model's output rows so the demo's outputs look like outputs: byte-fallback pieces
     damped (no lone bytes), `<extra_id_0>`, `<extra_id_1>`, ... boosted (the span filler emits sentinels), eos
     boosted a little (it stops). `sentinel_ids` in marker order. Still random weights: meaningless outputs."""

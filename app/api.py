@@ -1,0 +1,129 @@
+"""The API for `gradio_client`: /summarize, /fill_spans, /classify, /tag, /answer, /attention.
+
+Text inputs first, settings after with defaults; an empty `model` means the task's default checkpoint; decoding
+settings left as None take the checkpoint's own defaults. Each returns a JSON object. A bad input raises an
+error whose message says what was wrong (gradio_client raises it as `AppError`).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+
+import gradio as gr
+
+from model.textgen import generate_text
+
+from .attention import AttentionInput, select
+from .context import AppContext
+from .errors import UserError
+from .tasks import (Decoding, answer_extractive, answer_generative, as_plain, classify, fill, generative_prompt,
+                    stream_summary, tag)
+
+log = logging.getLogger("mt5studio")
+
+
+def user_errors(fn):
+    """Turns UserErrors into gr.Error (shown to the caller as is) and bugs into a short gr.Error."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise gr.Error(str(e), print_exception=False) from e
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            log.error("API call failed: %s", traceback.format_exc())
+            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e})", print_exception=False) from e
+    return wrapper
+
+
+def register(ctx: AppContext) -> None:
+    """Adds the endpoints to the Blocks being built."""
+
+    @user_errors
+    def summarize(text: str, model: str = "", max_new_tokens: int | None = None, num_beams: int | None = None,
+                  no_repeat_ngram_size: int | None = None, length_penalty: float | None = None,
+                  do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                  top_p: float | None = None, repetition_penalty: float | None = None, seed: int | None = None,
+                  dtype: str = "auto", device: str = "auto", quantization: str = "none") -> dict:
+        """Summarizes `text`. Returns {summary, truncated, input_tokens, settings, model}."""
+        loaded = ctx.load("summarization", model, dtype, device, quantization)
+        decoding = Decoding(max_new_tokens, num_beams, no_repeat_ngram_size, length_penalty, do_sample,
+                            temperature, top_k, top_p, repetition_penalty, seed)
+        *_, last = stream_summary(loaded, text, decoding)
+        return {"summary": last.text, "truncated": last.truncated, "input_tokens": last.input_tokens,
+                "settings": last.settings, "model": loaded.provenance()}
+
+    @user_errors
+    def fill_spans(text: str, model: str = "", max_new_tokens: int | None = None, num_beams: int | None = None,
+                   do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                   top_p: float | None = None, seed: int | None = None, dtype: str = "auto", device: str = "auto",
+                   quantization: str = "none") -> dict:
+        """Fills the <extra_id_N> markers of `text`. Returns {text, spans: [{marker, sentinel_id, text, start,
+        end}], segments, missing, extra, raw, truncated, settings, model}."""
+        loaded = ctx.load("span_filling", model, dtype, device, quantization)
+        decoding = Decoding(max_new_tokens, num_beams, None, None, do_sample, temperature, top_k, top_p, None, seed)
+        return {**as_plain(fill(loaded, text, decoding)), "model": loaded.provenance()}
+
+    @user_errors
+    def classify_text(text: str, model: str = "", dtype: str = "auto", device: str = "auto",
+                      quantization: str = "none") -> dict:
+        """Classifies `text`. Returns {label, probabilities: {label: p} (most probable first), multi_label,
+        truncated, model}."""
+        loaded = ctx.load("classification", model, dtype, device, quantization)
+        return {**as_plain(classify(loaded, text)), "model": loaded.provenance()}
+
+    @user_errors
+    def tag_text(text: str, model: str = "", dtype: str = "auto", device: str = "auto",
+                 quantization: str = "none") -> dict:
+        """Tags the words of `text`. Returns {entities: [{text, label, score, start, end}], words, segments,
+        rtl, truncated, model}; offsets are character offsets into `text`."""
+        loaded = ctx.load("tagging", model, dtype, device, quantization)
+        return {**as_plain(tag(loaded, text)), "model": loaded.provenance()}
+
+    @user_errors
+    def answer(question: str, context: str, mode: str = "extractive", model: str = "", top_k: int = 5,
+               max_new_tokens: int | None = None, num_beams: int | None = None, dtype: str = "auto",
+               device: str = "auto", quantization: str = "none") -> dict:
+        """Answers `question` from `context`: mode 'extractive' (QA head: the span, its score, top_k
+        alternatives) or 'generative' (text-to-text). Returns {mode, answer: {text, score, start, end},
+        alternatives, segments, truncated, settings, model}."""
+        if mode not in ("extractive", "generative"):
+            raise UserError(f"Unknown mode {mode!r}: use 'extractive' or 'generative'.")
+        if mode == "extractive":
+            loaded = ctx.load("question_answering", model, dtype, device, quantization)
+            result = answer_extractive(loaded, question, context, top_k=max(1, int(top_k)))
+        else:
+            loaded = ctx.load("generative_qa", model, dtype, device, quantization)
+            result = answer_generative(loaded, question, context, Decoding(max_new_tokens, num_beams))
+        return {**as_plain(result), "model": loaded.provenance()}
+
+    @user_errors
+    def attention(text: str, task: str = "span_filling", model: str = "", question: str = "", target: str = "",
+                  kind: str = "encoder", layer: int = -1, head: str = "mean", dtype: str = "auto",
+                  device: str = "auto", quantization: str = "none") -> dict:
+        """Attention weights of one layer (negative: from the last) and head ('mean': averaged) for `text` (with
+        `question` for extractive QA) on `task`'s model. For text-to-text models the decoder reads `target`
+        (generated first when empty). kind: encoder | decoder | cross. Returns {kind, layer, head, num_layers,
+        num_heads, queries, keys, weights: [[...]] (queries x keys), kinds}."""
+        if task not in ctx.assets.models:
+            raise UserError(f"Unknown task {task!r}: use one of {', '.join(ctx.assets.models)}.")
+        loaded = ctx.load(task, model, dtype, device, quantization)
+        source = text
+        if task == "generative_qa" and question:
+            source = generative_prompt(question, text)
+        if hasattr(loaded.model, "lm_head") and not target.strip():
+            target = (fill(loaded, source, Decoding()).raw if task == "span_filling"
+                      else generate_text(loaded.model, loaded.tokenizer, source)[0])
+        what = AttentionInput(source, question if task == "question_answering" and question else None,
+                              target or None)
+        maps = ctx.attention.get(loaded, what)
+        view = select(maps, kind, layer, head)
+        kinds = [k for k in ("encoder", "decoder", "cross") if getattr(maps, k) is not None]
+        return {**view.as_dict(), "kinds": kinds, "target": target}
+
+    for fn, name in ((summarize, "summarize"), (fill_spans, "fill_spans"), (classify_text, "classify"),
+                     (tag_text, "tag"), (answer, "answer"), (attention, "attention")):
+        gr.api(fn, api_name=name, concurrency_id="models")

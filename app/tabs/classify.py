@@ -1,0 +1,43 @@
+"""Classification: label probabilities as a bar chart, the labels from the checkpoint's id2label."""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from ..context import AppContext, RunRecord
+from ..tasks import as_plain, classify
+from . import attention_panel
+from .common import TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, status_html
+
+TASK = "classification"
+
+
+def build(ctx: AppContext) -> TabHandle:
+    gr.Markdown(ctx.assets.help["classification"], elem_classes=["tab-help"])
+    picker = model_picker(ctx, TASK)
+    text = gr.Textbox(lines=4, label="Text to classify", elem_id="classify-input")
+    examples(ctx.assets, TASK, [text])
+    run = gr.Button("Classify", variant="primary", elem_id="classify-run")
+    status = gr.HTML()
+    probabilities = gr.Label(label="Label probabilities", num_top_classes=20, elem_id="classify-output")
+    record = gr.State(None)
+    slot = gr.Column()
+    handle = TabHandle(TASK, {"text": text}, {"probabilities": probabilities}, {}, picker, record, status, slot)
+    mount_panels(ctx, handle)
+    handle.extra["attention"] = attention_panel.build(ctx, handle)
+
+    def run_classify(source, dtype, device, quant, text_v, progress=gr.Progress()):
+        loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
+        result = classify(loaded, text_v)
+        note = " (multi-label: each probability on its own)" if result.multi_label else ""
+        cut = " The text was cut to fit the model's input limit." if result.truncated else ""
+        run_record = RunRecord(TASK, loaded.provenance(), {}, {"text": text_v}, as_plain(result), result.label,
+                               {"source": text_v})
+        return {probabilities: result.probabilities,
+                status: status_html(f"Predicted: {result.label}{note}.{cut}", "warn" if cut else "info"),
+                record: dataclasses.asdict(run_record)}
+
+    run.click(guarded(status, run_classify), [*picker.components(), text], [probabilities, status, record],
+              api_visibility="private", concurrency_id="models")
+    return handle

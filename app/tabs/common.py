@@ -1,0 +1,183 @@
+"""Pieces every tab uses: the model picker, decoding controls, the status line, error handling, and the handle a
+tab gives to panels mounted under its result."""
+from __future__ import annotations
+
+import dataclasses
+import html
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gradio as gr
+import torch
+
+from ..context import AppContext
+from ..errors import UserError
+from ..models import DTYPES, QUANTIZATIONS, read_generation_config
+from ..tasks import Decoding
+
+log = logging.getLogger("mt5studio")
+
+
+@dataclass
+class ModelPicker:
+    source: gr.Dropdown
+    dtype: gr.Dropdown
+    device: gr.Dropdown
+    quantization: gr.Dropdown
+
+    def components(self) -> list[gr.components.Component]:
+        return [self.source, self.dtype, self.device, self.quantization]
+
+
+@dataclass
+class DecodingControls:
+    """Sliders named as `Decoding`'s fields; `values(*args)` turns the components' values into a Decoding."""
+    components: dict[str, gr.components.Component]
+
+    def inputs(self) -> list[gr.components.Component]:
+        return list(self.components.values())
+
+    def decoding(self, values: list[Any]) -> Decoding:
+        given = dict(zip(self.components, values))
+        if given.get("seed") is not None and float(given["seed"]) < 0:
+            given["seed"] = None
+        return Decoding(**given)
+
+    def prefill(self, decoding: Decoding) -> dict:
+        """Updates setting each control to the checkpoint's default."""
+        return {c: getattr(decoding, name) for name, c in self.components.items()
+                if getattr(decoding, name) is not None}
+
+
+@dataclass
+class TabHandle:
+    """What a task tab exposes to panels mounted under its result (the annotation panel reads these)."""
+    task: str
+    inputs: dict[str, gr.components.Component]     # the text fields, by name
+    outputs: dict[str, gr.components.Component]    # the result components, by name
+    settings: dict[str, gr.components.Component]   # decoding / task settings, by name
+    model: ModelPicker
+    record: gr.State                               # the last RunRecord as a dict (None before the first run)
+    status: gr.HTML
+    slot: gr.Column                                # empty, under the result: the annotation panel goes here
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def devices() -> list[str]:
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return out
+
+
+def model_picker(ctx: AppContext, task: str) -> ModelPicker:
+    entry = ctx.assets.models[task]
+    with gr.Accordion("Model", open=False):
+        source = gr.Dropdown(entry.suggestions or [entry.default], value=entry.default, allow_custom_value=True,
+                             label="Checkpoint (Hub id or local folder)", info=entry.note,
+                             elem_classes=["model-source"])
+        with gr.Row():
+            dtype = gr.Dropdown(list(DTYPES), value="auto", label="dtype")
+            device = gr.Dropdown(devices(), value="auto", label="Device")
+            quant = gr.Dropdown(list(QUANTIZATIONS), value="none", label="4-bit weights",
+                                info="nf4/fp4 need bitsandbytes; int4 runs on PyTorch alone")
+    return ModelPicker(source, dtype, device, quant)
+
+
+def decoding_controls(names: tuple[str, ...] = ("max_new_tokens", "num_beams", "no_repeat_ngram_size",
+                                                "length_penalty", "do_sample", "temperature", "top_k", "top_p",
+                                                "repetition_penalty", "seed")) -> DecodingControls:
+    """The decoding settings, in an accordion; values start empty-ish and are prefilled from the checkpoint."""
+    make = {
+        "max_new_tokens": lambda: gr.Slider(1, 512, value=64, step=1, label="Max new tokens"),
+        "num_beams": lambda: gr.Slider(1, 8, value=1, step=1, label="Beams",
+                                       info="more than 1: beam search (the output arrives at once)"),
+        "no_repeat_ngram_size": lambda: gr.Slider(0, 6, value=0, step=1, label="No-repeat n-gram size"),
+        "length_penalty": lambda: gr.Slider(-2.0, 3.0, value=1.0, step=0.1, label="Length penalty (beams)"),
+        "do_sample": lambda: gr.Checkbox(value=False, label="Sample"),
+        "temperature": lambda: gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature (sampling)"),
+        "top_k": lambda: gr.Slider(0, 200, value=50, step=1, label="Top-k (sampling)"),
+        "top_p": lambda: gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling)"),
+        "repetition_penalty": lambda: gr.Slider(1.0, 3.0, value=1.0, step=0.05, label="Repetition penalty"),
+        "seed": lambda: gr.Number(value=-1, precision=0, label="Seed (-1: random)"),
+    }
+    with gr.Accordion("Decoding settings", open=False):
+        with gr.Row():
+            components = {name: make[name]() for name in names}
+    return DecodingControls(components)
+
+
+def status_html(message: str = "", kind: str = "info") -> str:
+    """The status line under a tab's button: info, warn or error (errors say what to do)."""
+    if not message:
+        return ""
+    return f'<div class="status status-{kind}" role="status">{html.escape(message)}</div>'
+
+
+def fail(message: str) -> str:
+    return status_html(message, "error")
+
+
+def guarded(status: gr.HTML, fn: Callable) -> Callable:
+    """Wraps a handler so a UserError (or a bug) shows in the status line and the app keeps serving.
+
+    Works for plain handlers and generators; either returns/yields dicts {component: value}.
+    """
+    import inspect
+
+    def report(e: Exception) -> dict:
+        if isinstance(e, UserError):
+            return {status: fail(str(e))}
+        log.error("handler failed: %s", traceback.format_exc())
+        return {status: fail(f"Something went wrong ({type(e).__name__}: {e}). The app is still running: "
+                             "try other settings or another checkpoint.")}
+
+    if inspect.isgeneratorfunction(fn):
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - shown in the page
+                yield report(e)
+        gen_wrapper.__name__ = fn.__name__
+        return gen_wrapper
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - shown in the page
+            return report(e)
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+def progress_reporter(progress: gr.Progress) -> Callable[[float, str], None]:
+    return lambda fraction, text: progress(fraction, desc=text)
+
+
+def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str) -> dict:
+    """Reads the checkpoint's decoding defaults (json files only) into the controls."""
+    try:
+        decoding = Decoding.from_config(read_generation_config(source))
+    except UserError as e:
+        return {status: status_html(f"Decoding settings not prefilled: {e}", "warn")}
+    return {**controls.prefill(decoding), status: status_html(f"Decoding settings prefilled from {source}'s "
+                                                              "defaults.")}
+
+
+def examples(assets, task: str, inputs: list, fields: tuple[str, ...] = ("text",)) -> gr.Examples:
+    rows = assets.examples[task]
+    return gr.Examples([[row[f] for f in fields] for row in rows], inputs=inputs,
+                       example_labels=[f"{row['lang']}: {row[fields[0]][:40]}…" for row in rows],
+                       label="Examples", examples_per_page=10)
+
+
+def mount_panels(ctx: AppContext, handle: TabHandle) -> None:
+    with handle.slot:
+        for panel in ctx.panels:
+            panel(handle)
+
+
+def plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -1,0 +1,56 @@
+"""Summarization: streamed output, decoding settings prefilled from the checkpoint's own defaults."""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from ..context import AppContext, RunRecord
+from ..tasks import is_rtl, stream_summary
+from . import attention_panel
+from .common import (TabHandle, decoding_controls, examples, guarded, model_picker, mount_panels, prefill_decoding,
+                     progress_reporter, status_html)
+
+TASK = "summarization"
+
+
+def build(ctx: AppContext) -> TabHandle:
+    gr.Markdown(ctx.assets.help["summarization"], elem_classes=["tab-help"])
+    picker = model_picker(ctx, TASK)
+    text = gr.Textbox(lines=8, max_lines=20, label="Text to summarize", elem_id="summarize-input")
+    examples(ctx.assets, TASK, [text])
+    controls = decoding_controls()
+    run = gr.Button("Summarize", variant="primary", elem_id="summarize-run")
+    status = gr.HTML()
+    summary = gr.Textbox(lines=4, label="Summary", interactive=False, elem_id="summarize-output",
+                         buttons=["copy"])
+    record = gr.State(None)
+    slot = gr.Column()
+    handle = TabHandle(TASK, {"text": text}, {"summary": summary}, controls.components, picker, record, status,
+                       slot)
+    mount_panels(ctx, handle)
+    handle.extra["attention"] = attention_panel.build(ctx, handle)
+
+    def run_summary(source, dtype, device, quant, text_v, *settings, progress=gr.Progress()):
+        decoding = controls.decoding(list(settings))
+        loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
+        yield {status: status_html("Summarizing…"), summary: ""}
+        result = None
+        for result in stream_summary(loaded, text_v, decoding):
+            yield {summary: gr.Textbox(value=result.text, rtl=is_rtl(result.text))}
+        note = f"{result.input_tokens} input tokens" + (" — the text was cut to fit the model's input limit"
+                                                        if result.truncated else "")
+        run_record = RunRecord(TASK, loaded.provenance(), result.settings, {"text": text_v}, result.text,
+                               result.text, {"source": text_v, "target": result.text})
+        yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info"),
+               record: dataclasses.asdict(run_record)}
+
+    run.click(guarded(status, run_summary), [*picker.components(), text, *controls.inputs()],
+              [summary, status, record], api_name="summarize_stream", api_visibility="undocumented",
+              concurrency_id="models")
+    text.submit(guarded(status, run_summary), [*picker.components(), text, *controls.inputs()],
+                [summary, status, record], api_visibility="private", concurrency_id="models")
+    prefill = guarded(status, lambda source: prefill_decoding(controls, status, source))
+    picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
+    handle.extra["prefill"] = (prefill, [picker.source], [*controls.inputs(), status])
+    return handle

@@ -1,0 +1,48 @@
+"""Token tagging: the input with its tagged words highlighted; sub-word pieces merged into words; right-to-left
+text shown right to left."""
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from ..context import AppContext, RunRecord
+from ..tasks import as_plain, tag
+from . import attention_panel
+from .common import TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, status_html
+
+TASK = "tagging"
+
+
+def build(ctx: AppContext) -> TabHandle:
+    gr.Markdown(ctx.assets.help["tagging"], elem_classes=["tab-help"])
+    picker = model_picker(ctx, TASK)
+    text = gr.Textbox(lines=4, label="Text to tag", elem_id="tag-input")
+    examples(ctx.assets, TASK, [text])
+    run = gr.Button("Tag", variant="primary", elem_id="tag-run")
+    status = gr.HTML()
+    tagged = gr.HighlightedText(label="Tagged words", show_legend=True, elem_id="tag-output")
+    entities = gr.Dataframe(headers=["text", "label", "score", "start", "end"], label="Entities",
+                            interactive=False, wrap=True)
+    record = gr.State(None)
+    slot = gr.Column()
+    handle = TabHandle(TASK, {"text": text}, {"tagged": tagged, "entities": entities}, {}, picker, record, status,
+                       slot)
+    mount_panels(ctx, handle)
+    handle.extra["attention"] = attention_panel.build(ctx, handle)
+
+    def run_tag(source, dtype, device, quant, text_v, progress=gr.Progress()):
+        loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
+        result = tag(loaded, text_v)
+        rows = [[e.text, e.label, round(e.score, 3), e.start, e.end] for e in result.entities]
+        cut = " The text was cut to fit the model's input limit." if result.truncated else ""
+        run_record = RunRecord(TASK, loaded.provenance(), {}, {"text": text_v}, as_plain(result),
+                               " ".join(f"{e.text}/{e.label}" for e in result.entities), {"source": text_v})
+        return {tagged: gr.HighlightedText(value=result.segments, rtl=result.rtl), entities: rows,
+                status: status_html(f"{len(result.entities)} entities, {len(result.words)} words.{cut}",
+                                    "warn" if cut else "info"),
+                record: dataclasses.asdict(run_record)}
+
+    run.click(guarded(status, run_tag), [*picker.components(), text], [tagged, entities, status, record],
+              api_visibility="private", concurrency_id="models")
+    return handle
