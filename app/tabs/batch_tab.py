@@ -1,0 +1,210 @@
+"""The Batch tab: a file of inputs run through one task, then walked as an annotation queue; resumable.
+
+Jobs and their results live in the annotation database (`app.batch`), so after a restart the job list offers
+every job: running it again finishes the rows not yet processed, and the queue goes on where it stopped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.context import Context
+
+from .. import __version__
+from ..annotation_api import batch_process, decoding_dict, dtype_label, judgement
+from ..assets import TASKS
+from ..batch import (annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs, load_inputs,
+                     next_unannotated, queue_position, run_batch)
+from ..context import AppContext
+from ..errors import UserError
+from ..store import AnnotationStore
+from ..tasks import Decoding, is_rtl
+from .annotation_panel import fields, remember_annotator
+from .common import decoding_controls, model_picker, progress_reporter, status_html
+
+NEEDS_QUESTION = ("question_answering", "generative_qa")
+
+
+def job_choices(store: AnnotationStore) -> list[tuple[str, str]]:
+    """(label, id) for the job dropdown, newest first: "name · task · 12 of 200 done (200 processed)"."""
+    out = []
+    for job in list_jobs(store):
+        p = job_progress(store, job.id)
+        out.append((f"{job.name} · {job.task} · {p.label} ({p.processed} processed) · {job.created_at[:16]}",
+                    job.id))
+    return out
+
+
+def job_settings(loaded: Any, decoding: Decoding) -> dict[str, Any]:
+    """What a job stores: the provenance annotations record, and the request to load the same model again."""
+    prov = loaded.provenance()
+    return {"model_id": prov["source"], "model_revision": str(prov.get("revision") or ""),
+            "family": prov.get("family") or "mt5", "dtype": dtype_label(prov), "decoding": decoding_dict(decoding),
+            "app_version": __version__,
+            "request": {k: prov.get(k) for k in ("source", "dtype", "device", "quantization")}}
+
+
+def build(ctx: AppContext, store: AnnotationStore) -> None:
+    """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
+    gr.Markdown("Upload a CSV or JSONL file of inputs (a `text` column, or `question` and `context` for question "
+                "answering), run a task over every row, then annotate the results one by one. Jobs are kept: "
+                "pick one below to resume it after a restart.", elem_classes=["tab-help"])
+    status = gr.HTML(elem_id="batch-status")
+    with gr.Accordion("New job", open=True):
+        with gr.Row():
+            upload = gr.File(label="Inputs (CSV or JSONL)", file_types=[".csv", ".jsonl"], type="filepath",
+                             elem_id="batch-upload")
+            task = gr.Dropdown(list(TASKS), value=TASKS[0], label="Task", elem_id="batch-task")
+        picker = model_picker(ctx, TASKS[0])
+        controls = decoding_controls()
+        create = gr.Button("Create job and run", variant="primary", elem_id="batch-create")
+    with gr.Row():
+        job = gr.Dropdown([], value=None, label="Job", elem_id="batch-job", scale=4)
+        refresh = gr.Button("Refresh jobs", scale=1)
+        resume = gr.Button("Run / resume", scale=1, elem_id="batch-resume")
+
+    gr.Markdown("### Annotation queue")
+    index = gr.State(0)
+    with gr.Row():
+        done = gr.HTML(elem_id="batch-done")
+    with gr.Row():
+        row_input = gr.Textbox(label="Input", lines=4, interactive=False, elem_id="batch-input")
+        row_output = gr.Textbox(label="Model output", lines=4, interactive=False, elem_id="batch-output")
+    f = fields("batch")
+    remember_annotator(f.annotator)
+    with gr.Row():
+        prev = gr.Button("◀ Previous", elem_id="batch-prev")
+        save = gr.Button("Save and next", variant="primary", elem_id="batch-save")
+        nxt = gr.Button("Next ▶", elem_id="batch-next")
+        skip = gr.Button("Next not annotated", elem_id="batch-next-unannotated")
+
+    def show(job_id: str | None, i: int | None, note: str = "", kind: str = "info") -> dict:
+        """Everything the queue shows at row `i` of the job: input, output, an earlier judgement or a fresh one."""
+        if not job_id:
+            return {done: status_html("Pick or create a job."), status: status_html(note, kind)}
+        try:
+            pos = queue_position(store, job_id, int(i or 0))
+        except (KeyError, IndexError) as e:
+            return {status: status_html(f"{e}", "error")}
+        row = pos.row
+        output = row.output if row.processed else ""
+        if row.error and not row.processed:
+            output_note = f"failed: {row.error} (run the job again to retry)"
+        else:
+            output_note = "" if row.processed else "not processed yet: run the job"
+        earlier = store.get(row.annotation_id) if row.annotation_id else None
+        if earlier is not None:
+            judged = f.fill(earlier.rating, earlier.corrected_output, earlier.error_categories, earlier.comment)
+        else:
+            judged = f.fill(corrected=output)
+        text = row.input_text
+        line = f"{pos.label} · {pos.position_label}" + (" · annotated" if row.annotated else "")
+        return {index: pos.index, done: status_html(line), row_input: gr.Textbox(value=text, rtl=is_rtl(text)),
+                row_output: gr.Textbox(value=output, rtl=is_rtl(output), placeholder=output_note), **judged,
+                status: status_html(note or output_note, kind if note else ("warn" if output_note else "info"))}
+
+    shown = [index, done, row_input, row_output, *f.judgement(), status]
+
+    def run(job_id: str, progress: gr.Progress) -> dict:
+        job_v = get_job(store, job_id)
+        req = job_v.settings.get("request", {})
+        loaded = ctx.load(job_v.task, req.get("source") or job_v.settings.get("model_id"), req.get("dtype", "auto"),
+                          req.get("device", "auto"), req.get("quantization", "none"), progress_reporter(progress))
+        decoding = Decoding(**job_v.settings.get("decoding", {}))
+        result = run_batch(store, job_id, batch_process(job_v.task, loaded, decoding),
+                           progress=lambda n, total: progress((n, total), desc=f"{n} of {total} rows processed"))
+        note = f"Processed {result.processed} row(s) now; {result.skipped} were done before."
+        if result.failed:
+            note += f" {result.failed} failed (their error is shown on the row; run again to retry)."
+        return {**show(job_id, 0, note, "warn" if result.failed else "info"),
+                job: gr.Dropdown(choices=job_choices(store), value=job_id)}
+
+    def create_and_run(path, task_v, source, dtype, device, quant, *settings, progress=gr.Progress()):
+        if not path:
+            return {status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
+        try:
+            inputs = load_inputs(path)
+            if task_v in NEEDS_QUESTION and not all(x.question and x.context for x in inputs):
+                raise ValueError(f"{task_v} needs `question` and `context` columns on every row")
+            if task_v not in NEEDS_QUESTION and not all(x.text for x in inputs):
+                raise ValueError(f"{task_v} needs a `text` column on every row")
+            decoding = controls.decoding(list(settings))
+            loaded = ctx.load(task_v, source, dtype, device, quant, progress_reporter(progress))
+            new = create_job(store, inputs, task=task_v, settings=job_settings(loaded, decoding),
+                             source=Path(path).name)
+        except (ValueError, UserError) as e:
+            return {status: status_html(f"No job created: {e}", "error")}
+        try:
+            return run(new.id, progress)
+        except UserError as e:
+            return {status: status_html(f"Job created but not run: {e}", "error")}
+
+    def resume_it(job_id, progress=gr.Progress()):
+        if not job_id:
+            return {status: status_html("Pick a job to run or resume.", "warn")}
+        try:
+            return run(job_id, progress)
+        except (UserError, KeyError) as e:
+            return {status: status_html(f"Not run: {e}", "error")}
+
+    def pick(job_id):
+        if not job_id:
+            return show(None, 0)
+        p = job_progress(store, job_id)
+        start = next_unannotated(store, job_id, -1)
+        start = 0 if start is None else start
+        note = "" if p.processed == p.total else f"{p.total - p.processed} row(s) not processed yet: Run / resume."
+        return show(job_id, start, note, "warn" if note else "info")
+
+    def move(job_id, i, where):
+        if not job_id:
+            return show(None, 0)
+        pos = queue_position(store, job_id, int(i or 0))
+        target = {"prev": pos.previous_index, "next": pos.next_index, "skip": pos.next_unannotated}[where]
+        if target is None:
+            end = {"prev": "This is the first row.", "next": "This is the last row.",
+                   "skip": "Every row is annotated."}[where]
+            return show(job_id, pos.index, end)
+        return show(job_id, target)
+
+    def save_next(job_id, i, rating, corrected, categories, comment, annotator):
+        if not job_id:
+            return {status: status_html("Pick or create a job first.", "warn")}
+        try:
+            pos = queue_position(store, job_id, int(i or 0))
+            fields_v = judgement(rating, corrected, categories, comment, annotator)
+            if not fields_v["annotator"]:
+                raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
+            annotate_row(store, job_id, pos.index, annotation_for(get_job(store, job_id), pos.row, **fields_v))
+        except (ValueError, KeyError, IndexError) as e:
+            return {status: status_html(f"Not saved: {e}", "error")}
+        after = queue_position(store, job_id, pos.index)
+        target = after.next_unannotated
+        if target is None:
+            return show(job_id, pos.index, f"Saved. {after.label}: every row is annotated.")
+        return show(job_id, target, f"Saved row {pos.index + 1}.")
+
+    def refresh_jobs(job_id):
+        values = job_choices(store)
+        ids = [v for _, v in values]
+        return {job: gr.Dropdown(choices=values, value=job_id if job_id in ids else None)}
+
+    def task_models(task_v):
+        entry = ctx.assets.models[task_v]
+        return {picker.source: gr.Dropdown(choices=entry.suggestions or [entry.default], value=entry.default)}
+
+    priv = {"api_visibility": "private"}
+    task.change(task_models, task, picker.source, **priv)
+    create.click(create_and_run, [upload, task, *picker.components(), *controls.inputs()], [*shown, job],
+                 concurrency_id="models", **priv)
+    resume.click(resume_it, job, [*shown, job], concurrency_id="models", **priv)
+    refresh.click(refresh_jobs, job, job, **priv)
+    job.input(pick, job, shown, **priv)
+    prev.click(lambda j, i: move(j, i, "prev"), [job, index], shown, **priv)
+    nxt.click(lambda j, i: move(j, i, "next"), [job, index], shown, **priv)
+    skip.click(lambda j, i: move(j, i, "skip"), [job, index], shown, **priv)
+    save.click(save_next, [job, index, *f.components()], shown, **priv).then(refresh_jobs, job, job, **priv)
+    root = Context.root_block
+    if root is not None:
+        root.load(refresh_jobs, job, job, **priv)
