@@ -180,7 +180,11 @@ def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, 
 
 
 def endpoints(store: AnnotationStore) -> dict[str, Callable]:
-    """`annotate` and `export` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`."""
+    """`annotate` and `export` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`.
+    `/export` returns the file itself (a client downloads it), so this imports Gradio's FileData."""
+    from gradio import Error
+    from gradio.data_classes import FileData
+
     def annotate_endpoint(task: str, model_id: str, input_text: str, output_text: str, rating: int | None = None,
                           corrected_output: str | None = None, error_categories: list[str] | None = None,
                           comment: str = "", annotator: str = "", model_revision: str = "", family: str = "mt5",
@@ -191,11 +195,26 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
                         error_categories, comment, annotator, model_revision, family, dtype, decoding, app_version)
 
     def export_endpoint(fmt: str = "jsonl", task: str = "", model: str = "", annotator: str = "", since: str = "",
-                        until: str = "", min_rating: int | None = None, max_rating: int | None = None) -> str:
+                        until: str = "", min_rating: int | None = None, max_rating: int | None = None):
         """Export annotations (fmt: csv, jsonl or parquet), filtered; dates YYYY-MM-DD. Returns the file."""
-        return str(export(store, fmt, task, model, annotator, since, until, min_rating, max_rating))
+        try:
+            path = export(store, fmt, task, model, annotator, since, until, min_rating, max_rating)
+        except ValueError as e:
+            raise Error(f"Not exported: {e}") from None   # a client sees the message
+        return FileData(path=str(path), orig_name=path.name)
+
+    export_endpoint.__annotations__["return"] = FileData   # a real class: Gradio reads it to type the endpoint
 
     return {"annotate": annotate_endpoint, "export": export_endpoint}
+
+
+def mount(store: AnnotationStore) -> None:
+    """Add the `/annotate` and `/export` endpoints to the page being built (call inside `with gr.Blocks()`)."""
+    import gradio as gr
+
+    eps = endpoints(store)
+    gr.api(eps["annotate"], api_name="annotate")
+    gr.api(eps["export"], api_name="export")
 
 
 # ---------------------------------------------------------------------------------------------------------------
