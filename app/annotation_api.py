@@ -174,6 +174,7 @@ def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     where = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mt5studio-export-"))
+    where.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return store.export(where / f"annotations-{stamp}.{fmt}", fmt,
                         **filters(task, model, annotator, since, until, min_rating, max_rating))

@@ -1,0 +1,169 @@
+"""The annotation UI: its plain functions against a real SQLite file, the tabs building, and the `/annotate` and
+`/export` endpoints through gradio_client (multilingual, right-to-left and `<script>` text round-tripping)."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from app.annotation_api import (NO_RESULT, annotate, endpoints, export, filters, parse_rating, provenance,
+                                row_output, save_from_record)
+from app.store import AnnotationStore, read_export
+
+TEXTS = {"input": "مرحبا بالعالم <script>alert(1)</script> 日本語のテキスト", "output": "=SUM(A1) שלום עולם 👋"}
+RECORD = {  # a RunRecord as the tabs keep it (dataclasses.asdict)
+    "task": "summarization",
+    "model": {"source": "google/mt5-small", "head": "generation", "dtype": "auto", "device": "cpu",
+              "quantization": "nf4", "revision": None, "family": "mt5", "loaded_dtype": "bfloat16",
+              "parameters": 300},
+    "settings": {"num_beams": 4, "max_new_tokens": 64},
+    "input": {"text": TEXTS["input"]}, "output": TEXTS["output"], "output_text": TEXTS["output"],
+    "attention": {}, "time": "2026-01-01T00:00:00+00:00", "app_version": "0.2.0",
+}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MT5_STUDIO_DB", str(tmp_path / "annotations.db"))
+    s = AnnotationStore()
+    assert s.path == tmp_path / "annotations.db"
+    yield s
+    s.close()
+
+
+def test_save_from_record_keeps_provenance_and_updates_on_second_save(store):
+    ann_id = save_from_record(store, RECORD, "4", TEXTS["output"] + " ✓", ["fluency"], "<b>ok</b>", "  Amina ")
+    a = store.get(ann_id)
+    assert (a.task, a.model_id, a.family, a.dtype) == ("summarization", "google/mt5-small", "mt5", "bfloat16, 4-bit nf4")
+    assert a.decoding == {"num_beams": 4, "max_new_tokens": 64} and a.app_version == "0.2.0"
+    assert (a.input, a.output, a.rating, a.annotator) == (TEXTS["input"], TEXTS["output"], 4, "Amina")
+    assert a.corrected_output == TEXTS["output"] + " ✓" and a.comment == "<b>ok</b>"
+    assert save_from_record(store, RECORD, 5, "x", [], "", "Amina", ann_id) == ann_id   # same result: an update
+    assert store.count() == 1 and store.get(ann_id).rating == 5
+    qa = dict(RECORD, task="question_answering", input={"question": "Who?", "context": "Ada."})
+    assert provenance(qa)["input"] == "question: Who? context: Ada."
+
+
+def test_save_from_record_refuses_clearly(store):
+    with pytest.raises(ValueError, match="run the task first"):
+        save_from_record(store, None, 4, "", [], "", "Amina")
+    assert NO_RESULT.startswith("There is no result")
+    with pytest.raises(ValueError, match="annotator"):
+        save_from_record(store, RECORD, 4, "", [], "", "   ")
+    with pytest.raises(ValueError, match="rating"):
+        save_from_record(store, RECORD, 7, "", [], "", "Amina")
+    with pytest.raises(ValueError):
+        save_from_record(store, RECORD, 3, "", [], "x" * (1024 * 1024), "Amina")    # 1 MB comment
+    with pytest.raises(ValueError):
+        save_from_record(store, RECORD, 3, "", ["no_such_category"], "", "Amina")
+    assert store.count() == 0
+
+
+def test_annotate_and_export_round_trip_every_format(store, tmp_path):
+    first = annotate(store, "summarization", "google/mt5-small", TEXTS["input"], TEXTS["output"], rating=2,
+                     error_categories="accuracy, omission", comment="-1 @x", annotator="Yuki",
+                     decoding='{"num_beams": 2}', dtype="float32")
+    assert first["id"] and first["message"].startswith("Saved")
+    a = store.get(first["id"])
+    assert a.corrected_output == TEXTS["output"] and a.error_categories == ["accuracy", "omission"]
+    second = annotate(store, "classification", "demo/cls", "טקסט", "positive", annotator="Dan", rating=None)
+    assert store.get(second["id"]).rating is None
+    bad = annotate(store, "summarization", "m", "in", "out", rating=9, annotator="Dan")
+    assert bad["id"] == "" and "rating" in bad["message"] and store.count() == 2
+    for fmt in ("csv", "jsonl", "parquet"):
+        path = export(store, fmt, folder=tmp_path / fmt)
+        assert path.suffix == f".{fmt}" and path.parent == tmp_path / fmt
+        assert {r.id: r for _, r in read_export(path)} == {r.id: r for r in store.query()}
+    only = export(store, "jsonl", task="summarization", min_rating=1, max_rating=3, folder=tmp_path)
+    assert [r.id for _, r in read_export(only)] == [first["id"]]
+    with pytest.raises(ValueError, match="format"):
+        export(store, "xlsx")
+
+
+def test_filters_from_the_page():
+    assert filters("(all)", "", None, "", "", 1, 5) == {}
+    f = filters("summarization", "m", "Amina", "2026-01-01", "2026-01-31", 2.0, 4.0)
+    assert f["task"] == "summarization" and str(f["until"]) == "2026-01-31" and (f["min_rating"], f["max_rating"]) == (2, 4)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        filters(since="2026-31-01")
+    with pytest.raises(ValueError, match="above"):
+        filters(min_rating=4, max_rating=2)
+    assert parse_rating("") is None and parse_rating(0) is None and parse_rating("3") == 3
+
+
+def test_row_output_per_task():
+    answer = SimpleNamespace(answer=SimpleNamespace(text="Ada"))
+    assert row_output("question_answering", answer) == "Ada"
+    assert row_output("generative_qa", SimpleNamespace(answer=None)) == ""
+    assert row_output("classification", SimpleNamespace(label="positive")) == "positive"
+    ents = [SimpleNamespace(text="Paris", label="LOC"), SimpleNamespace(text="Ada", label="PER")]
+    assert row_output("tagging", SimpleNamespace(entities=ents)) == "Paris (LOC); Ada (PER)"
+    assert row_output("summarization", SimpleNamespace(text="short")) == "short"
+
+
+def minimal_context():
+    """An AppContext as app/main.py makes one, with the registry from assets/ but no CSS/examples needed."""
+    from app.assets import ASSETS, Assets, TaskModels
+    from app.context import AppContext
+    from app.settings import Settings
+
+    registry = json.loads((ASSETS / "models.json").read_text(encoding="utf-8"))
+    assets = Assets(examples={}, models={t: TaskModels(**e) for t, e in registry["tasks"].items()},
+                    demo_heads=registry["demo"], css="", js={},
+                    help={"annotation": (ASSETS / "help" / "annotation.md").read_text(encoding="utf-8")})
+    return AppContext.create(Settings(), assets)
+
+
+def test_blocks_build(store):
+    import gradio as gr
+
+    from app.annotation_api import mount
+    from app.tabs import annotation_panel, annotations, batch_tab
+    from app.tabs.common import TabHandle, model_picker, mount_panels
+
+    ctx = minimal_context()
+    annotation_panel.register(ctx, store)
+    assert len(ctx.panels) == 1
+    with gr.Blocks() as demo:
+        with gr.Tab("Summarize"):
+            out = gr.Textbox()
+            handle = TabHandle("summarization", {}, {"summary": out}, {}, model_picker(ctx, "summarization"),
+                               gr.State(None), gr.HTML(), gr.Column())
+            mount_panels(ctx, handle)
+        with gr.Tab("Annotations"):
+            annotations.build(ctx, store)
+        with gr.Tab("Batch"):
+            batch_tab.build(ctx, store)
+        mount(store)
+    config = demo.get_config_file()
+    names = {d.get("api_name") for d in config["dependencies"]}
+    assert {"annotate", "export"} <= names
+    # every handler of these tabs is private: only the two endpoints are public
+    public = {d.get("api_name") for d in config["dependencies"] if d.get("api_visibility", "public") == "public"}
+    assert public == {"annotate", "export"}
+
+
+def test_endpoints_through_gradio_client(store, tmp_path):
+    import gradio as gr
+    from gradio_client import Client
+
+    from app.annotation_api import mount
+
+    with gr.Blocks() as demo:
+        mount(store)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+        saved = client.predict("summarization", "google/mt5-small", TEXTS["input"], TEXTS["output"], 5,
+                               "تصحيح <script>x</script>", ["fluency"], "+cmd", "Amina", "main", "umt5",
+                               "bfloat16", '{"num_beams": 4}', api_name="/annotate")
+        assert saved["id"], saved
+        bad = client.predict("summarization", "m", "in", "out", 9, None, [], "", "Amina", api_name="/annotate")
+        assert bad["id"] == "" and "rating" in bad["message"]
+        path = client.predict("jsonl", api_name="/export")
+        records = [r for _, r in read_export(path)]
+        assert len(records) == 1 and records[0] == store.get(saved["id"])
+        r = records[0]
+        assert (r.input, r.output, r.corrected_output) == (TEXTS["input"], TEXTS["output"], "تصحيح <script>x</script>")
+        assert (r.family, r.model_revision, r.decoding, r.comment) == ("umt5", "main", {"num_beams": 4}, "+cmd")
+    finally:
+        demo.close()
