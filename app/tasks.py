@@ -247,8 +247,9 @@ def group_words(text: str, offsets: list[tuple[int, int]]) -> list[list[int]]:
     words: list[list[int]] = []
     prev_end = None
     for i, (start, end) in enumerate(offsets):
-        if end <= start:
+        if end <= start or not text[start:end].strip():   # `</s>`, or a lone "▁" piece
             continue
+        start, end = strip_span(text, start, end)
         first = text[start]
         boundary = (prev_end is None or start > prev_end or text[start - 1: start].isspace() or unspaced(first)
                     or unicodedata.category(first).startswith("P")
