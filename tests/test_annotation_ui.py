@@ -167,3 +167,71 @@ def test_endpoints_through_gradio_client(store, tmp_path):
         assert (r.family, r.model_revision, r.decoding, r.comment) == ("umt5", "main", {"num_beams": 4}, "+cmd")
     finally:
         demo.close()
+
+
+def handler(demo, name):
+    """A handler of the built page by its function's name (the tabs' handlers are private: no API to call)."""
+    found = list({id(f.fn): f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name}.values())
+    assert len(found) == 1, (name, len(found))
+    return found[0]
+
+
+def text_of(update):
+    return update if isinstance(update, str) else update.value if hasattr(update, "value") else update
+
+
+def test_handlers_panel_table_and_queue(store, tmp_path):
+    import gradio as gr
+
+    from app.batch import BatchInput, create_job, job_progress
+    from app.tabs import annotation_panel, annotations, batch_tab
+    from app.tabs.common import TabHandle, model_picker, mount_panels
+
+    ctx = minimal_context()
+    annotation_panel.register(ctx, store)
+    with gr.Blocks() as demo:
+        handle = TabHandle("summarization", {}, {}, {}, model_picker(ctx, "summarization"), gr.State(None),
+                           gr.HTML(), gr.Column())
+        mount_panels(ctx, handle)
+        annotations.build(ctx, store)
+        batch_tab.build(ctx, store)
+
+    # the panel: a new result prefills the correction; saving needs a result; messages are escaped text
+    prefilled = handler(demo, "new_result")(RECORD)
+    assert any(getattr(v, "value", None) == TEXTS["output"] for v in prefilled.values())
+    save_it = handler(demo, "save_it")
+    assert NO_RESULT in "".join(map(str, save_it(None, "4", "", [], "", "Amina", None).values()))
+    refused = "".join(map(str, save_it(RECORD, "4", "", ["<script>"], "", "Amina", None).values()))
+    assert "Not saved" in refused and "<script>" not in refused and "&lt;script&gt;" in refused
+    saved = save_it(RECORD, "4", "fixed", ["fluency"], "<script>alert(1)</script>", "Amina", None)
+    (ann_id,) = [v for v in saved.values() if isinstance(v, str) and "<" not in v]
+    assert store.get(ann_id).comment == "<script>alert(1)</script>"
+
+    # the table: refresh, select, edit, export, a malformed import changes nothing, delete
+    shown = handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5)
+    (df,) = [v for v in shown.values() if hasattr(v, "iloc")][:1]
+    assert list(df["id"]) == [ann_id]
+    picked = handler(demo, "select")(df, gr.SelectData(None, {"index": [0, 2], "value": "x"}))
+    assert ann_id in picked.values()
+    handler(demo, "save_changes")(ann_id, "2", "fixed again", [], "ok", "Amina")
+    assert (store.get(ann_id).rating, store.get(ann_id).corrected_output) == (2, "fixed again")
+    exported = handler(demo, "export_it")("csv", "(all)", "(all)", "(all)", "", "", 1, 5)
+    assert any(str(v).endswith(".csv") for v in exported.values())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\nnot json\n', encoding="utf-8")
+    msg = "".join(map(str, handler(demo, "import_it")(str(bad)).values()))
+    assert "Nothing imported" in msg and store.count() == 1
+    handler(demo, "delete_it")(ann_id)
+    assert store.count() == 0
+
+    # the batch queue (a job stored with its outputs, as after a run): save and move on
+    job = create_job(store, [BatchInput("שלום"), BatchInput("日本")], task="summarization",
+                     settings={"model_id": "demo", "family": "mt5", "decoding": {}})
+    with store.transaction() as conn:
+        conn.execute("UPDATE batch_rows SET output='out', processed_at='t' WHERE job_id=?", (job.id,))
+    first = handler(demo, "pick")(job.id)
+    assert "0 of 2 done" in "".join(map(str, first.values()))
+    after = handler(demo, "save_next")(job.id, 0, "5", "out!", [], "", "Amina")
+    assert "1 of 2 done" in "".join(map(str, after.values()))
+    assert job_progress(store, job.id).annotated == 1
+    assert handler(demo, "refresh_jobs")(job.id)
