@@ -12,7 +12,7 @@ import traceback
 
 import gradio as gr
 
-from model.textgen import generate_text
+from model.textgen import MARKER, generate_text
 
 from .attention import AttentionInput, select
 from .context import AppContext
@@ -115,7 +115,7 @@ def register(ctx: AppContext) -> None:
         if task == "generative_qa" and question:
             source = generative_prompt(question, text)
         if hasattr(loaded.model, "lm_head") and not target.strip():
-            target = (fill(loaded, source, Decoding()).raw if task == "span_filling"
+            target = (fill(loaded, source, Decoding()).raw if MARKER.search(source)
                       else generate_text(loaded.model, loaded.tokenizer, source)[0])
         what = AttentionInput(source, question if task == "question_answering" and question else None,
                               target or None)
