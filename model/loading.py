@@ -220,7 +220,28 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
 
     quant = QuantOptions.pop_from(options)
     hub = hub_options(options)
-    config = load_config(cls, repo_or_dir, config, hub)
+    config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
+    model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant is not None, hub)
+    if quant is not None:
+        quant.apply(model)
+    if device_map is not None or dtype == torch.float16:
+        warn_slow_dtype(dtype, device_map or "cpu")
+    if device_map is not None:
+        place(model, device_map, max_memory, offload_folder)
+    generation_json = resolve_file(repo_or_dir, "generation_config.json", optional=True, **hub)
+    if generation_json is not None and hasattr(model, "generate"):
+        from .generation import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_model_config(model.config, read_json(generation_json))
+    if info.missing_keys:
+        warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
+                      "random: train this head before trusting its outputs", stacklevel=2)
+    return (model, info) if output_loading_info else model
+
+
+def with_label_options(config: MT5Config, options: dict[str, Any]) -> MT5Config:
+    """Applies num_labels / id2label / label2id / problem_type overrides; anything else left is an error."""
     if "num_labels" in options:  # new labels: drop the old names
         config = config.replace(num_labels=options.pop("num_labels"), id2label=None, label2id=None)
     for key in ("id2label", "label2id", "problem_type"):
@@ -228,7 +249,12 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
             config = config.replace(**{key: options.pop(key)})
     if options:
         raise TypeError(f"from_pretrained got unknown option(s) {sorted(options)}")
-    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
+    return config
+
+
+def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype, quantizing: bool,
+                   hub: dict) -> tuple[torch.nn.Module, LoadingInfo]:
+    """The meta-device model, in the saved int4 layout if the checkpoint has one, filled with its weights."""
     files = weight_files(repo_or_dir, **hub)
     info = LoadingInfo(source_files=[str(f) for f in files])
     tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
@@ -237,7 +263,7 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
         model = cls(config)
     saved_quant = config.extra.get("quantization_config") or {}
     if saved_quant.get("quant_method") == INT4_METHOD:
-        if quant is not None:
+        if quantizing:
             raise ValueError(f"{repo_or_dir} is already quantized to int4: load it without load_in_4bit")
         prepare_int4_model(model, saved_quant)
     elif saved_quant:
@@ -247,23 +273,7 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     del tensors
     check_keys(model, mapped, info, str(repo_or_dir))
     assign(model, mapped, dtype)
-    model.eval()
-    if quant is not None:
-        quant.apply(model)
-    if device_map is not None:
-        warn_slow_dtype(dtype, device_map)
-        place(model, device_map, max_memory, offload_folder)
-    elif dtype == torch.float16:
-        warn_slow_dtype(dtype, "cpu")
-    generation_json = resolve_file(repo_or_dir, "generation_config.json", optional=True, **hub)
-    if generation_json is not None and hasattr(model, "generate"):
-        from .generation import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_model_config(config, read_json(generation_json))
-    if info.missing_keys:
-        warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
-                      "random: train this head before trusting its outputs", stacklevel=2)
-    return (model, info) if output_loading_info else model
+    return model.eval(), info
 
 
 @torch.no_grad()
