@@ -235,3 +235,41 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     assert "1 of 2 done" in "".join(map(str, after.values()))
     assert job_progress(store, job.id).annotated == 1
     assert handler(demo, "refresh_jobs")(job.id)
+
+
+def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
+    """The task tabs of app/main.py with the panel mounted, the two tabs and the endpoints wired as the report
+    says, demo checkpoints; a batch of multilingual rows run through summarization and extractive QA."""
+    from app.annotation_api import mount
+    from app.batch import job_progress, job_rows, list_jobs
+    from app.main import build_app, prepare
+    from app.settings import Settings
+    from app.tabs import annotation_panel, annotations, batch_tab
+
+    ctx, _ = prepare(True, Settings(demo_dir=tmp_path / "demo"))
+    annotation_panel.register(ctx, store)
+    app = build_app(ctx, "test", extra_tabs=[("Annotations", lambda c, h: annotations.build(c, store)),
+                                             ("Batch", lambda c, h: (batch_tab.build(c, store), mount(store)))])
+    assert all(h.record is not None for h in app.handles.values())
+    names = {d.get("api_name") for d in app.blocks.get_config_file()["dependencies"]}
+    assert {"annotate", "export", "summarize"} <= names
+
+    create_and_run = handler(app.blocks, "create_and_run")
+    source = ctx.assets.models["summarization"].default
+    texts = tmp_path / "texts.csv"
+    texts.write_text("text\n\"שלום עולם, זה טקסט\"\nDas ist ein Text.\n", encoding="utf-8")
+    decoding = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() order, max_new_tokens=8
+    out = create_and_run(str(texts), "summarization", source, "auto", "cpu", "none", *decoding)
+    (job,) = list_jobs(store)
+    assert job_progress(store, job.id).processed == 2, out
+    assert job.settings["model_id"] == source and job.settings["decoding"]["max_new_tokens"] == 8
+    assert all(isinstance(r.output, str) for r in job_rows(store, job.id))
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Who?", "context": "Ada wrote it."}) + "\n", encoding="utf-8")
+    create_and_run(str(qa), "question_answering", ctx.assets.models["question_answering"].default, "auto", "cpu",
+                   "none", *decoding)
+    qa_job = next(j for j in list_jobs(store) if j.task == "question_answering")
+    assert job_progress(store, qa_job.id).processed == 1
+    refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", *decoding)
+    assert "question" in "".join(map(str, refused.values())) and len(list_jobs(store)) == 2
