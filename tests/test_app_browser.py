@@ -1,0 +1,144 @@
+"""One real browser run: Debian's chromium driven by Playwright over the demo app. Every tab, the attention panel
+and an error; screenshots in data/screenshots/ (look at them).
+
+Needs `.ci/setup-browser` (apt chromium, pip playwright); skipped where chromium is not installed.
+"""
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed: run .ci/setup-browser")
+
+from app import server  # noqa: E402
+from app.assets import load_assets  # noqa: E402
+
+SHOTS = Path(__file__).resolve().parent.parent / "data" / "screenshots"
+EX = load_assets().examples
+TIMEOUT = 30_000  # ms
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser")
+    srv = server.start(root / "server.log", env={"MT5_STUDIO_DEMO_DIR": str(root / "demo")})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
+        pg.set_default_timeout(TIMEOUT)
+        start = time.perf_counter()
+        pg.goto(srv.url)
+        pg.wait_for_selector("#summarize-run")
+        pg.load_seconds = time.perf_counter() - start
+        yield pg
+        browser.close()
+    srv.stop()
+
+
+def open_tab(page, name: str):
+    page.get_by_role("tab", name=name).click()
+
+
+def shot(page, name: str, selector: str | None = None):
+    target = page.locator(selector) if selector else page
+    target.screenshot(path=str(SHOTS / f"{name}.png"), **({} if selector else {"full_page": True}))
+
+
+def wait_status(page, tab: str, kind: str = "info"):
+    return page.locator(f"#tab-{tab} .status-{kind}").first.wait_for()
+
+
+def test_page_loads_with_the_demo_banner(page):
+    banner = page.locator("#demo-banner")
+    assert "weights are random" in banner.inner_text() and "meaningless" in banner.inner_text()
+    assert page.load_seconds < 30
+
+
+def test_summarization_streams_and_shows_attention(page):
+    open_tab(page, "Summarization")
+    page.locator("#summarize-input textarea").fill(EX["summarization"][2]["text"])
+    page.click("#summarize-run")
+    page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
+    tab = page.locator("#tab-summarization")
+    tab.get_by_text("Attention", exact=True).click()
+    tab.locator(".attention-show").click()
+    cell = tab.locator("table.attn-map td").first
+    cell.wait_for()
+    assert "→" in cell.get_attribute("title")                     # the weight on hover
+    assert tab.locator("th.attn-row").count() > 5
+    cell.hover()
+    shot(page, "1-summarization-attention")
+
+
+def test_span_filling_inserts_markers_and_labels_spans(page):
+    open_tab(page, "Span filling")
+    box = page.locator("#span-input textarea")
+    box.fill("The capital of France is")
+    page.click("#span-insert")
+    box.press("End")
+    box.type(", a city famous for")
+    page.click("#span-insert")
+    assert box.input_value() == "The capital of France is <extra_id_0>, a city famous for <extra_id_1>"
+    page.click("#span-run")
+    page.locator("#tab-span_filling .status-info, #tab-span_filling .status-warn").first.wait_for()
+    shown = page.locator("#span-output").inner_text().lower()   # the theme shows labels in capitals
+    assert "<extra_id_0>" in shown and "<extra_id_1>" in shown
+    shot(page, "2-span-filling")
+
+
+def test_classification_chart(page):
+    open_tab(page, "Classification")
+    page.locator("#classify-input textarea").fill(EX["classification"][1]["text"])
+    page.click("#classify-run")
+    wait_status(page, "classification")
+    text = page.locator("#classify-output").inner_text().lower()
+    assert all(label in text for label in ("negative", "neutral", "positive"))
+    shot(page, "3-classification")
+
+
+def test_token_tagging_right_to_left(page):
+    open_tab(page, "Token tagging")
+    arabic = next(r["text"] for r in EX["tagging"] if r["lang"] == "ar")
+    page.locator("#tag-input textarea").fill(arabic)
+    page.click("#tag-run")
+    wait_status(page, "tagging")
+    output = page.locator("#tag-output")
+    output.locator("text=زار").first.wait_for()
+    direction = output.evaluate("el => [...el.querySelectorAll('*')].map(e => getComputedStyle(e).direction)")
+    assert "rtl" in direction
+    tab = page.locator("#tab-tagging")
+    tab.get_by_text("Attention", exact=True).click()
+    tab.locator(".attention-show").click()
+    tab.locator("table.attn-map td").first.wait_for()
+    shot(page, "4-token-tagging")
+
+
+def test_question_answering_extractive(page):
+    open_tab(page, "Question answering")
+    row = EX["question_answering"][0]
+    page.locator("#qa-question textarea, #qa-question input").first.fill(row["question"])
+    page.locator("#qa-context textarea").fill(row["context"])
+    page.click("#qa-run")
+    wait_status(page, "question_answering")
+    answer = page.locator("#qa-answer textarea, #qa-answer input").first.input_value()
+    assert answer and answer in row["context"]
+    shot(page, "5-question-answering")
+
+
+def test_bad_input_shows_a_clear_message(page):
+    open_tab(page, "Classification")
+    page.locator("#classify-input textarea").fill("")
+    page.click("#classify-run")
+    error = page.locator("#tab-classification .status-error")
+    error.wait_for()
+    assert "empty" in error.inner_text()
+    open_tab(page, "Span filling")
+    page.locator("#span-input textarea").fill("no markers here")
+    page.click("#span-run")
+    page.locator("#tab-span_filling .status-error", has_text="no <extra_id_N> marker").wait_for()
+    shot(page, "6-error-message")
