@@ -22,6 +22,16 @@ TABLE_COLUMNS = ["id", "task", "model_id", "annotator", "rating", "error_categor
 PREVIEW_CHARS = 200
 
 
+BATCH_MARK = "<!-- batch"
+
+
+def help_text(ctx: AppContext, part: str) -> str:
+    """The Annotations ("annotations") or Batch ("batch") part of `assets/help/annotation.md`."""
+    text = ctx.assets.help.get("annotation", "")
+    before, _, after = text.partition(BATCH_MARK)
+    return before.strip() if part == "annotations" else after.partition("-->")[2].strip()
+
+
 def table_frame(store: AnnotationStore, **query: Any) -> pd.DataFrame:
     """The table's rows: newest first as the store gives them, long texts cut for display, every cell text."""
     df = store.query_frame(**query)[TABLE_COLUMNS].copy()
@@ -38,8 +48,7 @@ def agreement_tables(store: AnnotationStore, **query: Any) -> dict[str, pd.DataF
 
 def build(ctx: AppContext, store: AnnotationStore) -> None:
     """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
-    if "annotation" in ctx.assets.help:
-        gr.Markdown(ctx.assets.help["annotation"], elem_classes=["tab-help"])
+    gr.Markdown(help_text(ctx, "annotations"), elem_classes=["tab-help"])
     status = gr.HTML(elem_id="annotations-status")
 
     with gr.Accordion("Filters", open=True):

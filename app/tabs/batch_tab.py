@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..store import AnnotationStore
 from ..tasks import Decoding, is_rtl
 from .annotation_panel import fields, remember_annotator
+from .annotations import help_text
 from .common import decoding_controls, model_picker, progress_reporter, status_html
 
 NEEDS_QUESTION = ("question_answering", "generative_qa")
@@ -47,9 +48,7 @@ def job_settings(loaded: Any, decoding: Decoding) -> dict[str, Any]:
 
 def build(ctx: AppContext, store: AnnotationStore) -> None:
     """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
-    gr.Markdown("Upload a CSV or JSONL file of inputs (a `text` column, or `question` and `context` for question "
-                "answering), run a task over every row, then annotate the results one by one. Jobs are kept: "
-                "pick one below to resume it after a restart.", elem_classes=["tab-help"])
+    gr.Markdown(help_text(ctx, "batch"), elem_classes=["tab-help"])
     status = gr.HTML(elem_id="batch-status")
     with gr.Accordion("New job", open=True):
         with gr.Row():
