@@ -113,15 +113,17 @@ def token_label(token: str) -> str:
 
 def render_html(view: HeatmapView, row_start: int = 0, col_start: int = 0, window: int = 48) -> str:
     """An HTML table heatmap of a window of the matrix: rows are queries, columns keys; hovering a cell shows
-    "query → key: weight". Colour is the square root of the weight, so small weights stay visible."""
+    "query → key: weight". Colour is the square root of the weight over the matrix's largest, so the pattern
+    shows even when weights are spread thin over a long input (the hover gives the true weight)."""
     n_rows, n_cols = view.weights.shape
     window = max(4, int(window))
     r0 = min(max(0, int(row_start)), max(0, n_rows - window))
     c0 = min(max(0, int(col_start)), max(0, n_cols - window))
     rows, cols = range(r0, min(n_rows, r0 + window)), range(c0, min(n_cols, c0 + window))
+    top = float(view.weights.max()) or 1.0
     head = "average over heads" if view.head == "mean" else f"head {view.head}"
     out = [f'<div class="attn-caption">{KIND_NAMES[view.kind]} · layer {view.layer} of 0–{view.num_layers - 1}'
-           f' · {head} · queries {r0}–{rows[-1] if rows else r0} of {n_rows}, keys {c0}–'
+           f' · {head} · darkest = {top:.3f} · queries {r0}–{rows[-1] if rows else r0} of {n_rows}, keys {c0}–'
            f'{cols[-1] if cols else c0} of {n_cols}</div>',
            '<div class="attn-scroll"><table class="attn-map"><thead><tr><th class="attn-corner">query ＼ key</th>']
     out += [f'<th class="attn-col" dir="auto" title="key {j}: {token_label(view.keys[j])}">'
@@ -132,7 +134,7 @@ def render_html(view: HeatmapView, row_start: int = 0, col_start: int = 0, windo
         out.append(f'<tr><th class="attn-row" dir="auto" title="query {i}: {q}">{q}</th>')
         for j in cols:
             w = float(view.weights[i, j])
-            alpha = min(1.0, max(0.0, w)) ** 0.5
+            alpha = min(1.0, max(0.0, w / top)) ** 0.5
             out.append(f'<td style="background:rgba(67,56,202,{alpha:.3f})" '
                        f'title="{q} → {token_label(view.keys[j])}: {w:.4f}"></td>')
         out.append("</tr>")

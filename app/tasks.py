@@ -142,7 +142,7 @@ def fill(loaded: Loaded, text: str, decoding: Decoding, max_input_tokens: int = 
     needs_generation(loaded, "Span filling")
     if not MARKER.search(text):
         raise UserError("The text has no <extra_id_N> marker: put <extra_id_0> where the model should fill in "
-                        "(the 'Insert marker' button does it).")
+                        "(the 'Insert next marker' button does it).")
     gen = check_decoding(loaded.model, decoding)
     try:
         filled = fill_spans(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],

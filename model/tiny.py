@@ -49,7 +49,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1500,
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(texts)), model_writer=buf, model_type="unigram", vocab_size=vocab_size,
-        hard_vocab_limit=hard_vocab_limit, byte_fallback=True, normalization_rule_name="nmt_nfkc", character_coverage=1.0,
+        hard_vocab_limit=hard_vocab_limit, byte_fallback=True, normalization_rule_name="nmt_nfkc",
+        character_coverage=1.0,
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
         num_threads=1, minloglevel=2,
     )

@@ -242,7 +242,8 @@ def test_heatmap_html_windows_long_inputs():
     tokens = [f"▁t{i}" for i in range(n - 1)] + ["<b>&"]
     view = HeatmapView("encoder", 0, "mean", 2, 4, weights, tokens, tokens)
     html = render_html(view, row_start=290, col_start=0, window=20)
-    assert html.count('<tr><th class="attn-row"') == 20 and "queries 280–299 of 300" in html   # window clamped to the end
+    assert html.count('<tr><th class="attn-row"') == 20
+    assert "queries 280–299 of 300" in html                                 # the window clamped to the end
     assert "&lt;b&gt;&amp;" in html and "<b>&" not in html                  # tokens are escaped
     assert 'title="▁t280 → ▁t0: 0.0033"' in html
 

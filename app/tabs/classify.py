@@ -38,6 +38,7 @@ def build(ctx: AppContext) -> TabHandle:
                 status: status_html(f"Predicted: {result.label}{note}.{cut}", "warn" if cut else "info"),
                 record: dataclasses.asdict(run_record)}
 
-    run.click(guarded(status, run_classify), [*picker.components(), text], [probabilities, status, record],
+    safe_run = guarded(status, run_classify, (probabilities, record))
+    run.click(safe_run, [*picker.components(), text], [probabilities, status, record],
               api_visibility="private", concurrency_id="models")
     return handle

@@ -120,19 +120,21 @@ def fail(message: str) -> str:
     return status_html(message, "error")
 
 
-def guarded(status: gr.HTML, fn: Callable) -> Callable:
-    """Wraps a handler so a UserError (or a bug) shows in the status line and the app keeps serving.
+def guarded(status: gr.HTML, fn: Callable, clear: tuple = ()) -> Callable:
+    """Wraps a handler so a UserError (or a bug) shows in the status line and the app keeps serving; the
+    `clear` components are emptied then, so no earlier result stands beside the message.
 
     Works for plain handlers and generators; either returns/yields dicts {component: value}.
     """
     import inspect
 
     def report(e: Exception) -> dict:
+        emptied = {c: None for c in clear}
         if isinstance(e, UserError):
-            return {status: fail(str(e))}
+            return {**emptied, status: fail(str(e))}
         log.error("handler failed: %s", traceback.format_exc())
-        return {status: fail(f"Something went wrong ({type(e).__name__}: {e}). The app is still running: "
-                             "try other settings or another checkpoint.")}
+        return {**emptied, status: fail(f"Something went wrong ({type(e).__name__}: {e}). The app is still "
+                                        "running: try other settings or another checkpoint.")}
 
     if inspect.isgeneratorfunction(fn):
         def gen_wrapper(*args, **kwargs):

@@ -62,7 +62,8 @@ def build(ctx: AppContext) -> TabHandle:
         return {picker.source: gr.Dropdown(choices=entry.suggestions or [entry.default], value=entry.default,
                                            info=entry.note)}
 
-    run.click(guarded(status, run_answer), [mode, *picker.components(), question, context],
+    safe_run = guarded(status, run_answer, (answer, highlighted, alternatives, record))
+    run.click(safe_run, [mode, *picker.components(), question, context],
               [answer, highlighted, alternatives, status, record], api_visibility="private",
               concurrency_id="models")
     mode.change(switch_mode, [mode], [picker.source], api_visibility="private")

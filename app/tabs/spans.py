@@ -53,7 +53,8 @@ def build(ctx: AppContext) -> TabHandle:
                 status: status_html(message, "warn" if notes else "info"), record: dataclasses.asdict(run_record)}
 
     inputs = [*picker.components(), text, *controls.inputs()]
-    run.click(guarded(status, run_fill), inputs, [filled, raw, status, record], api_visibility="private",
+    safe_run = guarded(status, run_fill, (filled, raw, record))
+    run.click(safe_run, inputs, [filled, raw, status, record], api_visibility="private",
               concurrency_id="models")
     # The marker goes where the cursor was: a script in assets/ (`tasks.next_marker` is the same rule in Python).
     insert.click(None, [text], [text], js=ctx.assets.js["insert_marker"], api_visibility="private")

@@ -45,10 +45,11 @@ def build(ctx: AppContext) -> TabHandle:
         yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info"),
                record: dataclasses.asdict(run_record)}
 
-    run.click(guarded(status, run_summary), [*picker.components(), text, *controls.inputs()],
+    safe_run = guarded(status, run_summary, (summary, record))
+    run.click(safe_run, [*picker.components(), text, *controls.inputs()],
               [summary, status, record], api_name="summarize_stream", api_visibility="undocumented",
               concurrency_id="models")
-    text.submit(guarded(status, run_summary), [*picker.components(), text, *controls.inputs()],
+    text.submit(safe_run, [*picker.components(), text, *controls.inputs()],
                 [summary, status, record], api_visibility="private", concurrency_id="models")
     prefill = guarded(status, lambda source: prefill_decoding(controls, status, source))
     picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")

@@ -43,6 +43,7 @@ def build(ctx: AppContext) -> TabHandle:
                                     "warn" if cut else "info"),
                 record: dataclasses.asdict(run_record)}
 
-    run.click(guarded(status, run_tag), [*picker.components(), text], [tagged, entities, status, record],
+    safe_run = guarded(status, run_tag, (tagged, entities, record))
+    run.click(safe_run, [*picker.components(), text], [tagged, entities, status, record],
               api_visibility="private", concurrency_id="models")
     return handle
