@@ -349,3 +349,23 @@ def test_tiny_model_builds_every_family_and_head():
 def test_rtl_detection():
     assert tasks.is_rtl("مرحبا بالعالم") and tasks.is_rtl("שלום עולם")
     assert not tasks.is_rtl("Hello مرحبا world again") and not tasks.is_rtl("")
+
+
+# --- app start-up ---------------------------------------------------------------------------------------------------
+def test_offline_without_cache_falls_back_to_demo_mode_and_locking_keeps_the_defaults(tmp_path, monkeypatch):
+    from app.main import build_app, prepare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MT5_STUDIO_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setenv("MT5_STUDIO_LOCKED", "1")
+    ctx, reason = prepare(demo_flag=False)
+    assert ctx.demo and "cannot be reached" in reason
+    default = ctx.assets.models["classification"].default
+    assert default.startswith(str(tmp_path / "demo"))
+    assert ctx.load("classification", "").request.source == default      # allowed: a registry entry
+    with pytest.raises(UserError, match="only serves its listed models"):
+        ctx.load("classification", "someone/another-model")
+    app = build_app(ctx, reason)
+    assert set(app.handles) == {"summarization", "span_filling", "classification", "tagging", "question_answering"}
+    for handle in app.handles.values():   # what the annotation panel reads
+        assert handle.inputs and handle.outputs and handle.record is not None and handle.slot is not None
