@@ -34,7 +34,7 @@ DEMO_SHAPE = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, rela
 DEMO_GENERATION = {"max_new_tokens": 24, "num_beams": 1, "no_repeat_ngram_size": 3, "length_penalty": 1.0}
 MANIFEST = "demo_manifest.json"
 MARKER = re.compile(r"<extra_id_\d+>")
-TINY_VERSION = 3  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
+TINY_VERSION = 4  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -158,9 +158,9 @@ def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, top: float = 3
 def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int = 0) -> dict[str, Path]:
     """Writes tiny random-weight checkpoints for every head under `folder`; returns {name: checkpoint dir}.
 
-    Names: generation (mT5), generation-umt5 (UMT5), classification, token-classification,
-    question-answering. The tokenizer is trained on `texts`. A folder already built from the same texts
-    (its manifest matches) is reused as it is.
+    Names: generation (mT5), span-filling and span-filling-umt5 (their random outputs favour sentinels),
+    classification, token-classification, question-answering. The tokenizer is trained on `texts`. A folder
+    already built from the same texts (its manifest matches) is reused as it is.
     """
     folder = Path(folder)
     texts = [MARKER.sub(" ", t) for t in texts if t.strip()]  # sentinels are added as pieces of their own
@@ -179,11 +179,15 @@ def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int =
     paths: dict[str, Path] = {}
 
     gen = tiny_model("mt5", "generation", mt5_vocab, seed)
-    favour_sentinels(gen, sentinels, eos_id=1)
+    favour_sentinels(gen, sentinels, eos_id=1, top=0.0)   # summaries: no sentinels favoured (they are dropped)
     paths["generation"] = write_checkpoint(folder / "generation", gen, mt5_tok, DEMO_GENERATION)
+    spans = tiny_model("mt5", "generation", mt5_vocab, seed)
+    favour_sentinels(spans, sentinels, eos_id=1)
+    paths["span-filling"] = write_checkpoint(folder / "span-filling", spans, mt5_tok, DEMO_GENERATION)
     ugen = tiny_model("umt5", "generation", umt5_vocab, seed + 1)
     favour_sentinels(ugen, list(reversed(range(len(proto.pieces), umt5_vocab))), eos_id=1)
-    paths["generation-umt5"] = write_checkpoint(folder / "generation-umt5", ugen, umt5_tok, DEMO_GENERATION)
+    paths["span-filling-umt5"] = write_checkpoint(folder / "span-filling-umt5", ugen, umt5_tok,
+                                                  DEMO_GENERATION)
     cls = tiny_model("mt5", "classification", mt5_vocab, seed + 2, **labelled(DEMO_CLASS_LABELS))
     paths["classification"] = write_checkpoint(folder / "classification", cls, mt5_tok)
     tag = tiny_model("mt5", "token-classification", mt5_vocab, seed + 3, **labelled(DEMO_TAG_LABELS))

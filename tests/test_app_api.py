@@ -135,7 +135,7 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(client, app_se
         client, "text", model="nobody/no-such-model", api_name="/classify")
     assert "not an mT5/UMT5 model" in error_of(client, "text", model=NON_T5_REPO, api_name="/summarize")
     assert "this checkpoint has no classification head" in error_of(
-        client, "text", model=str(demo_dir / "generation"), api_name="/classify")
+        client, "text", model=str(demo_dir / "span-filling"), api_name="/classify")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for f in (demo_dir / "token-classification").iterdir():
@@ -169,3 +169,13 @@ def test_twenty_concurrent_requests_all_complete_with_bounded_memory(client, app
     grown = process.memory_info().rss - before
     assert grown < 300 * 2**20, f"the server grew by {grown / 2**20:.0f} MB over 20 requests"
     assert elapsed < 90
+
+
+def test_the_page_streams_the_summary(client, demo_dir):
+    """The page's own event (undocumented endpoint /summarize_stream) sends the summary in growing pieces."""
+    settings = [16, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, -1]   # the decoding controls, in page order
+    job = client.submit(str(demo_dir / "generation"), "auto", "auto", "none", EX["summarization"][0]["text"],
+                        *settings, api_name="/summarize_stream")
+    job.result(timeout=60)
+    texts = [out[0]["value"] for out in job.outputs() if isinstance(out[0], dict) and out[0].get("value")]
+    assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:]))

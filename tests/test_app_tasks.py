@@ -102,7 +102,7 @@ def test_invalid_decoding_settings_are_a_user_error(demo, cache):
 
 
 # --- span filling ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["generation", "generation-umt5"])
+@pytest.mark.parametrize("name", ["span-filling", "span-filling-umt5"])
 def test_spans_come_back_with_their_sentinels_and_offsets(demo, cache, name):
     loaded = cache.get(ModelRequest(str(demo[name]), "generation"))
     for row in EX["span_filling"]:
