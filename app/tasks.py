@@ -159,7 +159,7 @@ def fill(loaded: Loaded, text: str, decoding: Decoding, max_input_tokens: int = 
         out += before
         span = by_marker[m.group(0)]
         shown = span.text or "∅"
-        segments.append((shown, span.marker if span.text else f"{span.marker} (nothing)"))
+        segments.append((shown, span.marker if span.text else f"{span.marker} (empty)"))
         spans.append({"marker": span.marker, "sentinel_id": span.sentinel_id, "text": span.text,
                       "start": len(out), "end": len(out) + len(span.text)})
         out += span.text

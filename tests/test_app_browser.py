@@ -45,6 +45,7 @@ def open_tab(page, name: str):
 
 
 def shot(page, name: str, selector: str | None = None):
+    page.wait_for_timeout(700)   # let Gradio lift the "pending" dimming of the outputs
     target = page.locator(selector) if selector else page
     target.screenshot(path=str(SHOTS / f"{name}.png"), **({} if selector else {"full_page": True}))
 

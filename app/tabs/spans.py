@@ -40,8 +40,9 @@ def build(ctx: AppContext) -> TabHandle:
         loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
         result = fill(loaded, text_v, controls.decoding(list(settings)))
         notes = []
-        if result.missing:
-            notes.append(f"the model gave nothing for {', '.join(result.missing)}")
+        empty = [span["marker"] for span in result.spans if not span["text"]]
+        if empty:
+            notes.append(f"the model gave no text for {', '.join(empty)}")
         if result.extra:
             notes.append(f"it also produced {len(result.extra)} span(s) for markers the text does not have")
         if result.truncated:
