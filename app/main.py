@@ -9,11 +9,14 @@ from typing import Callable
 import gradio as gr
 
 from . import api
+from .annotation_api import mount as mount_annotation_api
 from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
 from .settings import Settings
-from .tabs import classify, qa, spans, summarize, tag
+from .store import AnnotationStore
+from .sync import start_sync, sync_status
+from .tabs import annotation_panel, annotations, batch_tab, classify, qa, spans, summarize, tag
 from .tabs.common import TabHandle
 
 log = logging.getLogger("mt5studio")
@@ -30,15 +33,23 @@ class App:
 
 
 def build_app(ctx: AppContext, demo_reason: str = "",
-              extra_tabs: list[tuple[str, Callable[[AppContext, dict[str, TabHandle]], None]]] = ()) -> App:
+              extra_tabs: list[tuple[str, Callable[[AppContext, dict[str, TabHandle]], None]]] = (),
+              store: AnnotationStore | None = None) -> App:
     """Lays out the page. `ctx.panels` are mounted under every result; `extra_tabs` (title, build(ctx,
-    handles)) come after the task tabs (the annotation helper adds its tab here)."""
+    handles)) come after the task tabs. With a `store`, the annotation panel goes under every result and the
+    Annotations and Batch tabs and the /annotate and /export endpoints are added."""
+    if store is not None:
+        annotation_panel.register(ctx, store)  # before the task tabs, which mount ctx.panels in their slots
+        extra_tabs = [("Annotations", lambda c, h: annotations.build(c, store)),
+                      ("Batch", lambda c, h: batch_tab.build(c, store)), *extra_tabs]
     with gr.Blocks(title="mT5 Studio") as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
         if ctx.demo:
             gr.Markdown(ctx.assets.help["demo_banner"].format(reason=demo_reason), elem_classes=["demo-banner"],
                         elem_id="demo-banner")
         api.register(ctx)  # first, so the stable endpoint names are theirs
+        if store is not None:
+            mount_annotation_api(store)  # /annotate and /export
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
             for title, task, build in TABS:
@@ -86,5 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx, reason = prepare(args.demo)
     if reason:
         log.info("demo mode: %s", reason)
-    launch(build_app(ctx, reason), args.host, args.port)
+    store = AnnotationStore()  # $MT5_STUDIO_DB, /data on a Space, else data/annotations.db
+    sync = start_sync(store)   # pushes to a dataset repo only when MT5_STUDIO_DATASET_REPO and HF_TOKEN are set
+    log.info("annotations: %s; %s", store.path, sync_status(sync))
+    launch(build_app(ctx, reason, store=store), args.host, args.port)
     return 0

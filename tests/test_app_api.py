@@ -34,7 +34,7 @@ def fake_hub_cache(root):
 def app_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app")
     env = {"MT5_STUDIO_DEMO_DIR": str(root / "demo"), "HF_HUB_CACHE": str(fake_hub_cache(root / "hub")),
-           "MT5_STUDIO_CONCURRENCY": "4"}
+           "MT5_STUDIO_CONCURRENCY": "4", "MT5_STUDIO_DB": str(root / "annotations.db")}
     srv = server.start(root / "server.log", env=env)
     yield srv
     srv.stop()

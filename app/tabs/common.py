@@ -2,6 +2,8 @@
 tab gives to panels mounted under its result."""
 from __future__ import annotations
 
+import functools
+
 import dataclasses
 import html
 import logging
@@ -136,21 +138,22 @@ def guarded(status: gr.HTML, fn: Callable, clear: tuple = ()) -> Callable:
         return {**emptied, status: fail(f"Something went wrong ({type(e).__name__}: {e}). The app is still "
                                         "running: try other settings or another checkpoint.")}
 
+    # functools.wraps keeps fn's signature visible: Gradio reads it to inject gr.Progress() defaults
     if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - shown in the page
                 yield report(e)
-        gen_wrapper.__name__ = fn.__name__
         return gen_wrapper
 
+    @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - shown in the page
             return report(e)
-    wrapper.__name__ = fn.__name__
     return wrapper
 
 
