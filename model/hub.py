@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 
 
-class CheckpointNotFoundError(OSError):
+class CheckpointNotFoundError(FileNotFoundError):
     """A local directory or Hub repo lacks what was asked for, or cannot be reached."""
 
 
@@ -50,9 +50,7 @@ def resolve_file(repo_or_dir: str | os.PathLike, filename: str, optional: bool =
     except RevisionNotFoundError as e:
         raise CheckpointNotFoundError(f"Hub repo {repo!r} has no revision {hub.get('revision')!r}") from e
     except LocalEntryNotFoundError as e:
-        if optional and not is_offline(hub):
-            return None
-        if optional and cached_elsewhere(repo, hub):
+        if optional:  # offline and not cached: an optional file counts as absent (required ones raise below)
             return None
         raise CheckpointNotFoundError(
             f"{filename} of {repo!r} is not in the local Hugging Face cache and the Hub cannot be reached"
@@ -72,12 +70,3 @@ def looks_like_path(name: str) -> bool:
 
 def is_offline(hub: dict[str, Any]) -> bool:
     return bool(hub.get("local_files_only")) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
-def cached_elsewhere(repo: str, hub: dict[str, Any]) -> bool:
-    """Offline: True when the repo's snapshot is cached (so a missing file really is absent, not uncached)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo, "config.json", cache_dir=hub.get("cache_dir"),
-                                   revision=hub.get("revision"))
-    return isinstance(found, str)

@@ -26,6 +26,8 @@ from pathlib import Path
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2, sentencepiece_pb2
 
+from .hub import CheckpointNotFoundError
+
 SPIECE_UNDERLINE = "▁"
 MARKER = re.compile(r"<extra_id_(\d+)>")
 # transformers' "no limit" model_max_length, and the bound above which it refuses to truncate or pad to it.
@@ -119,13 +121,14 @@ class MT5Tokenizer:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None) -> "MT5Tokenizer":
+    def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None,
+                        local_files_only: bool = False) -> "MT5Tokenizer":
         """Loads from a local folder or a Hub repo (through the huggingface_hub cache; honours HF_HUB_OFFLINE).
 
         Reads `spiece.model` and, when present, tokenizer_config.json, special_tokens_map.json,
         added_tokens.json and tokenizer.json (only its "added_tokens").
         """
-        files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir)
+        files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir, local_files_only)
         return cls(files["spiece.model"], _read_settings(files))
 
     def _find_model_sentinels(self, proto) -> dict:
@@ -648,49 +651,21 @@ def _to_tensors(encoding: BatchEncoding) -> BatchEncoding:
 # ---------------------------------------------------------------------- files
 
 
-def _resolve_files(name: str, revision, token, cache_dir) -> dict:
-    """Local paths of spiece.model and the optional json files (None where absent)."""
+def _resolve_files(name: str, revision, token, cache_dir, local_files_only: bool = False) -> dict:
+    """Local paths of spiece.model and the optional json files (None where absent), from a folder or a Hub repo
+    (through model.hub: the cache, HF_HUB_OFFLINE, one CheckpointNotFoundError with a clear message)."""
+    from .hub import resolve_file
+
     folder = Path(name)
-    if folder.is_dir():
-        files = {f: (folder / f if (folder / f).is_file() else None) for f in ("spiece.model", *OPTIONAL_FILES)}
-        if files["spiece.model"] is None:
-            raise FileNotFoundError(
-                f"no spiece.model in {folder}: an mT5/UMT5 tokenizer needs the SentencePiece model file; "
-                "copy it from the model's Hub repo (or save the tokenizer there with save_pretrained)")
-        return files
-    files = {"spiece.model": _hub_file(name, "spiece.model", revision, token, cache_dir, required=True)}
+    if folder.is_dir() and not (folder / "spiece.model").is_file():
+        raise CheckpointNotFoundError(
+            f"no spiece.model in {folder}: an mT5/UMT5 tokenizer needs the SentencePiece model file; "
+            "copy it from the model's Hub repo (or save the tokenizer there with save_pretrained)")
+    hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
+    files = {"spiece.model": resolve_file(name, "spiece.model", **hub)}
     for f in OPTIONAL_FILES:
-        files[f] = _hub_file(name, f, revision, token, cache_dir, required=False)
+        files[f] = resolve_file(name, f, optional=True, **hub)
     return files
-
-
-def _hub_file(repo_id: str, filename: str, revision, token, cache_dir, required: bool):
-    """Downloads (or finds in the cache) one file of a Hub repo; clear errors for what goes wrong."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub import errors
-
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, token=token, cache_dir=cache_dir))
-    except errors.HFValidationError as err:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id ({err})") from err
-    except errors.RepositoryNotFoundError as err:
-        raise FileNotFoundError(f"Hub repo {repo_id!r} not found (or private: pass token=...)") from err
-    except errors.RevisionNotFoundError as err:
-        raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from err
-    # LocalEntryNotFoundError (offline, not cached) subclasses EntryNotFoundError in recent huggingface_hub.
-    except errors.LocalEntryNotFoundError as err:
-        if not required:
-            return None
-        raise FileNotFoundError(
-            f"{filename} of {repo_id!r} is not in the local cache and the Hub cannot be reached (HF_HUB_OFFLINE is "
-            "set or there is no network): download it once while online, or pass a local folder") from err
-    except errors.EntryNotFoundError as err:
-        if not required:
-            return None
-        raise FileNotFoundError(f"Hub repo {repo_id!r} has no {filename}: it is not an mT5/UMT5 tokenizer repo, "
-                                "or its tokenizer lives in another repo") from err
-    except errors.HfHubHTTPError as err:
-        raise FileNotFoundError(f"could not download {filename} from {repo_id!r}: {err}") from err
 
 
 def _read_json(path):

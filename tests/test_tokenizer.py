@@ -333,9 +333,9 @@ def offline(monkeypatch):
 
 def test_unknown_repo_offline_is_a_clear_error(monkeypatch, tmp_path):
     offline(monkeypatch)
-    with pytest.raises(FileNotFoundError, match="not in the local cache"):
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
         MT5Tokenizer.from_pretrained("no-such-org/no-such-mt5", cache_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="neither a local folder nor a valid Hub repo id"):
+    with pytest.raises(FileNotFoundError, match="not a directory here, nor a Hub repo id"):
         MT5Tokenizer.from_pretrained(str(tmp_path / "missing" / "folder"), cache_dir=tmp_path)
 
 
