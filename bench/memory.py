@@ -2,12 +2,12 @@
 
     python bench/memory.py [--shapes mt5-small,mt5-base] [--tokens 32]
 
-Random weights (fixed seed), 2 threads. Each configuration runs in its own subprocess: resident memory after
-its weights' bytes and the peak resident memory the process added after its imports (load, quantize, generate), greedy tokens/s (128-token input, exactly --tokens new tokens), and against
-our fp32 on the same inputs: the logits' relative error (teacher-forced on fp32's output) and top-1
-agreement at every position of fp32's greedy output (teacher-forced, so one early difference does not
-count for all later positions). transformers runs in .venv-ref (4.57 + bitsandbytes; its 4-bit keeps lm_head and the embedding in
-full precision).
+Random weights (fixed seed), 2 threads. Each configuration runs in its own subprocess and reports: its
+weights' bytes; the peak resident memory it added after its imports (load, quantize, generate); greedy tokens/s
+(128-token input, exactly --tokens new tokens); and, against our fp32 on the same inputs, the logits' relative
+error and top-1 agreement at every position of fp32's greedy output (teacher-forced, so one early difference
+does not count for all later positions). transformers runs in .venv-ref (4.57 + bitsandbytes); its 4-bit keeps
+lm_head and the embedding in full precision.
 """
 from __future__ import annotations
 
