@@ -20,6 +20,8 @@ ALL = "(all)"
 TABLE_COLUMNS = ["id", "task", "model_id", "annotator", "rating", "error_categories", "output", "corrected_output",
                  "comment", "created_at"]
 PREVIEW_CHARS = 200
+# Narrow columns for short values so the texts get the room (the header words would otherwise wrap per letter).
+COLUMN_WIDTHS = ["9%", "9%", "13%", "8%", "6%", "10%", "15%", "12%", "10%", "8%"]
 
 
 BATCH_MARK = "<!-- batch"
@@ -67,6 +69,7 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
 
     summary = gr.HTML()
     table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), interactive=False, wrap=True, max_height=420,
+                         column_widths=COLUMN_WIDTHS,
                          datatype="str", label="Annotations (select a row to edit it)", elem_id="annotations-table")
 
     with gr.Accordion("Edit the selected annotation", open=True):
