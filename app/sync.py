@@ -6,6 +6,10 @@ just before each upload we write `annotations.jsonl` there, a full JSONL export 
 `AnnotationStore.import_file` reads), while holding the scheduler's lock so it never uploads a half-written
 file. The dataset repo is created private if it does not exist.
 
+Before the first push, the repo's existing snapshot is merged into the local store (newer edits win): on a Space
+without persistent storage the database starts empty after a restart, and pushing its snapshot as is would
+replace every annotation in the dataset's current file. If that snapshot cannot be read, sync stays off.
+
 UI use, at launch (never at import)::
 
     sync = start_sync(store)          # None when not configured
@@ -109,12 +113,42 @@ def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
                              token=token, private=True, hf_api=hf_api)
 
 
+def hub_snapshot(repo_id: str, token: str) -> Path | None:
+    """The dataset repo's current snapshot file, or None when the repo or the file does not exist yet."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, SNAPSHOT_NAME, repo_type="dataset", token=token))
+    except LocalEntryNotFoundError:
+        raise  # the Hub could not be reached: unknown whether a snapshot exists (a subclass of the next one)
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        return None
+
+
+def restore(store: AnnotationStore, config: SyncConfig,
+            download: Callable[[str, str], Path | None] = hub_snapshot) -> str:
+    """Merges the repo's snapshot into the store (import_file: newer edits win); returns what happened."""
+    path = download(config.repo_id, config.token)
+    if path is None:
+        return "no snapshot in the dataset repo yet"
+    return store.import_file(path).message
+
+
 def start_sync(store: AnnotationStore, environ: dict[str, str] | None = None,
-               scheduler_factory: SchedulerFactory = hub_scheduler) -> AnnotationSync | None:
+               scheduler_factory: SchedulerFactory = hub_scheduler,
+               download: Callable[[str, str], Path | None] = hub_snapshot) -> AnnotationSync | None:
     """Start pushing annotations when configured; None (and no scheduler, no network) otherwise.
-    `scheduler_factory` gets repo_id, token, folder_path, every (minutes) and before_push."""
+    `scheduler_factory` gets repo_id, token, folder_path, every (minutes) and before_push; `download` fetches
+    the repo's existing snapshot, merged into the store first (sync stays off when that fails)."""
     config = sync_config(store, environ)
     if config is None:
+        return None
+    try:
+        log.info("annotation sync: %s", restore(store, config, download))
+    except Exception:  # noqa: BLE001 - a network or file error: pushing now could overwrite the remote file
+        log.exception("annotation sync is off: could not read the snapshot in %s, and pushing without it "
+                      "would replace it", config.repo_id)
         return None
     sync = AnnotationSync(store, config)
     config.folder.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def test_configured_sync_writes_snapshots_under_the_lock(store, tmp_path):
         return SimpleNamespace(lock=CountingLock())
 
     env = {"MT5_STUDIO_DATASET_REPO": "me/anns", "HF_TOKEN": "hf_x", "MT5_STUDIO_SYNC_MINUTES": "2.5"}
-    sync = start_sync(store, env, scheduler_factory=fake_factory)
+    sync = start_sync(store, env, scheduler_factory=fake_factory, download=no_snapshot)
     assert (made["repo_id"], made["token"], made["every"]) == ("me/anns", "hf_x", 2.5)
     assert made["folder_path"] == store.path.parent / "hub_sync" and made["folder_path"].is_dir()
     assert "me/anns every 2.5 min" in sync_status(sync)
@@ -113,7 +113,8 @@ class FakeHfApi:
 def test_real_commit_scheduler_pushes_the_snapshot(store):
     api = FakeHfApi()
     env = {"MT5_STUDIO_DATASET_REPO": "me/anns", "HF_TOKEN": "hf_x"}
-    sync = start_sync(store, env, scheduler_factory=lambda **kw: hub_scheduler(**kw, hf_api=api))
+    sync = start_sync(store, env, scheduler_factory=lambda **kw: hub_scheduler(**kw, hf_api=api),
+                      download=no_snapshot)
     try:
         deadline = time.time() + 10
         while not api.commits and time.time() < deadline:   # the scheduler pushes once when it starts
@@ -128,3 +129,31 @@ def test_real_commit_scheduler_pushes_the_snapshot(store):
         assert len(api.commits) == 2                          # nothing changed, nothing committed
     finally:
         sync.scheduler.stop()
+
+
+def no_snapshot(repo_id, token):
+    return None
+
+
+def test_existing_snapshot_is_merged_before_the_first_push(store, tmp_path):
+    """A Space restarted without persistent storage starts empty: the dataset's snapshot comes back first."""
+    from app.store import Annotation, AnnotationStore
+
+    earlier = AnnotationStore(tmp_path / "earlier.db")
+    saved = earlier.save(Annotation(task="summarization", model_id="m", input="שלום עולם", output="out",
+                                    annotator="Dana", rating=5))
+    snapshot = earlier.export(tmp_path / "snapshot.jsonl", "jsonl")
+    env = {"MT5_STUDIO_DATASET_REPO": "me/ann", "HF_TOKEN": "t"}
+    sync = start_sync(store, env, scheduler_factory=lambda **kw: SimpleNamespace(lock=threading.Lock()),
+                      download=lambda repo, token: snapshot)
+    assert sync is not None and store.get(saved).input == "שלום עולם"
+
+
+def test_unreadable_snapshot_keeps_sync_off_and_the_store_unchanged(store):
+    def unreachable(repo, token):
+        raise ConnectionError("no network")
+
+    env = {"MT5_STUDIO_DATASET_REPO": "me/ann", "HF_TOKEN": "t"}
+    before = store.count()
+    assert start_sync(store, env, scheduler_factory=lambda **kw: SimpleNamespace(lock=threading.Lock()), download=unreachable) is None
+    assert store.count() == before
