@@ -196,11 +196,14 @@ class ModelCache:
             with self._lock:
                 if request in self._models:
                     return self._models[request]
-            loaded = self.loader(request, progress)
+            try:
+                loaded = self.loader(request, progress)
+            finally:  # a failed load leaves no gate behind (an open deployment sees many bad ids)
+                with self._lock:
+                    self._loading.pop(request, None)
             with self._lock:
                 self._models[request] = loaded
                 self._evict()
-                self._loading.pop(request, None)
             return loaded
 
     def _evict(self) -> None:
@@ -227,14 +230,16 @@ class ModelCache:
             return [f"{r.source} ({r.head})" for r in self._models]
 
 
-def read_generation_config(source: str, revision: str | None = None):
+def read_generation_config(source: str, revision: str | None = None, policy: "ModelPolicy | None" = None):
     """The checkpoint's decoding defaults from its json files alone (no weights are read): a
-    `model.generation.GenerationConfig`. Errors are UserErrors."""
+    `model.generation.GenerationConfig`. Errors are UserErrors; a `policy` refuses unlisted sources first."""
     from model.config import CONFIG_NAME, config_class, family_of, read_json
     from model.generation import GenerationConfig
     from model.hub import resolve_file
 
     source = (source or "").strip()
+    if policy is not None:
+        policy.check(source)
     try:
         data = read_json(resolve_file(source, CONFIG_NAME, revision=revision))
         config = config_class(family_of(data)).from_dict(data)

@@ -390,6 +390,8 @@ def answer_extractive(loaded: Loaded, question: str, context: str, top_k: int = 
         raise UserError("The question fills the whole input, leaving no room for the context: shorten it.")
     answers = best_spans(out.start_logits[0].float(), out.end_logits[0].float(), in_context, offsets, context,
                          top_k, max_answer_tokens)
+    if not answers:
+        raise UserError("No answer span could be read from this context (it holds no words): give a longer context.")
     best = answers[0]
     truncated = offsets[in_context[-1]][1] < len(context.rstrip())
     return QAResult("extractive", best, answers[1:], highlight(context, [(best.start, best.end,

@@ -8,6 +8,7 @@ settings give the same tokens.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from .modeling import KVCache, as_stack_output, padding_mask
 
+BUILD_LOCK = threading.Lock()  # guards the lazily built fast-path copies of a model's head
 MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning
 NEG_INF = float("-inf")
 
@@ -260,6 +262,11 @@ def packed_lm_head(model, rows: int) -> torch.Tensor | None:
             or not hasattr(torch.ops.mkl, "_mkl_linear") or getattr(model, "hf_device_map", None)):
         return None
     key = (head.weight.data_ptr(), head.weight._version, rows)
+    with BUILD_LOCK:
+        return cached_pack(model, head, key, rows)
+
+
+def cached_pack(model, head: torch.nn.Linear, key: tuple, rows: int) -> torch.Tensor | None:
     cached = getattr(model, "_mkl_packed_head", None)
     if cached is None or cached[0] != key:
         model._mkl_packed_head = None  # free the old pack before building the new one
@@ -273,13 +280,18 @@ def packed_lm_head(model, rows: int) -> torch.Tensor | None:
 
 def lm_head_screen(model) -> Int8Screen | None:
     """The model's Int8Screen, built on first use (CPU, fp32, untied head); None where it does not apply."""
-    if type(model.lm_head) is not torch.nn.Linear:
-        return None  # a quantized head is its own fast path
+    if type(model.lm_head) is not torch.nn.Linear or getattr(model, "hf_device_map", None):
+        return None  # a quantized head is its own fast path; a dispatched one may sit apart from the states
     weight = model.lm_head.weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or model.config.tie_word_embeddings:
         return None
-    screen = getattr(model, "_int8_screen", None)
     key = (weight.data_ptr(), weight._version)
+    with BUILD_LOCK:  # concurrent requests (the app) build it once
+        return cached_screen(model, weight, key)
+
+
+def cached_screen(model, weight: torch.Tensor, key: tuple) -> Int8Screen | None:
+    screen = getattr(model, "_int8_screen", None)
     if screen is None or screen[0] != key:
         try:
             screen = (key, Int8Screen(weight))

@@ -77,7 +77,13 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                                   "corrupt; delete it and download again") from e
         return
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # PyTorch's pre-1.6 (non-zip) format cannot be memory-mapped: read it into memory, still weights-only
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} was refused: its pickle holds more than tensors (code or objects), which "
                               f"is not loaded for safety. Convert it to safetensors from a trusted source. ({e})") from e

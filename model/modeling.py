@@ -341,8 +341,8 @@ class Stack(nn.Module):
             if attn.has_relative_bias:  # mT5: block 0 only, reused below; UMT5: every block, same buckets.
                 if buckets is None:
                     buckets = attn.bucket_matrix(positions, key_len)
-                bias = attn.position_bias(buckets.to(attn.q.weight.device) if attn.q.weight.device.type != "meta"
-                                          else buckets)
+                table_device = attn.relative_attention_bias.weight.device  # never quantized: a cheap read
+                bias = attn.position_bias(buckets if table_device.type == "meta" else buckets.to(table_device))
                 bias = bias if mask is None else bias + mask.to(bias.device)
             if need_hidden:
                 hidden.append(h)
@@ -437,7 +437,8 @@ class PreTrainedModel(nn.Module):
         """Where inputs go: the device of the shared embedding (the first module a device map runs)."""
         device_map = getattr(self, "hf_device_map", None)
         if device_map:
-            first = next(iter(device_map.values()))
+            prefix = f"{self.base_model_prefix}." if self.base_model_prefix else ""
+            first = device_map.get(prefix + "shared", next(iter(device_map.values())))
             return torch.device("cpu" if first == "disk" else (f"cuda:{first}" if isinstance(first, int) else first))
         return self.shared_device()
 

@@ -193,7 +193,7 @@ class Int4Linear(nn.Module):
 
     def kernel_weight(self) -> torch.Tensor | None:
         """The device's packed layout, built once (chunked: the CPU layout is per 64 rows)."""
-        key = (self.qweight.data_ptr(), self.qweight.device)
+        key = (self.qweight.data_ptr(), self.qweight._version, self.qweight.device)  # in-place loads bump _version
         if self._kernel_weight is None or self._kernel_weight[0] != key:
             self._kernel_weight = (key, device_layout(self.qweight, self.group_size, self.in_features))
         return self._kernel_weight[1]

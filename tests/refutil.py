@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REF_PYTHON = Path(os.environ.get("MT5_REF_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
 
 
-def run_reference(script: str, *args: str, timeout: float = 600) -> str:
+def run_reference(script: str, *args: str, timeout: float = 300) -> str:
     """Runs `tests/reference/<script>` under the reference interpreter; returns its stdout."""
     if not REF_PYTHON.exists():
         pytest.fail(f"reference interpreter {REF_PYTHON} is missing: run `bash .ci/setup-reference`", pytrace=False)

@@ -305,3 +305,13 @@ def test_training_mode_uses_dropout_and_backward_reaches_every_weight():
     assert no_grad == []
     m.eval()
     assert torch.equal(m(input_ids=x, labels=x).logits, m(input_ids=x, labels=x).logits)
+
+
+def test_bin_in_the_old_non_zip_format_loads(saved):
+    """Checkpoints saved before PyTorch 1.6 cannot be memory-mapped: read them in full (still weights-only)."""
+    m, path = saved
+    state = load_file(path / "model.safetensors")
+    (path / "model.safetensors").unlink()
+    torch.save(state, path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    loaded = MT5ForConditionalGeneration.from_pretrained(path)
+    assert torch.equal(loaded.lm_head.weight, m.lm_head.weight)

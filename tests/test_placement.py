@@ -209,3 +209,15 @@ def test_bad_4bit_options_fail_clearly(ckpt, monkeypatch):
         MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int3")
     with pytest.raises(ValueError, match="load_in_8bit is not supported"):
         MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True)
+
+
+def test_int4_layout_follows_weights_loaded_in_place():
+    from model.quant import Int4Linear
+
+    torch.manual_seed(0)
+    a, b = Int4Linear.from_float(torch.nn.Linear(128, 128, bias=False)), \
+        Int4Linear.from_float(torch.nn.Linear(128, 128, bias=False))
+    x = torch.randn(2, 128)
+    a(x)  # builds the kernel layout
+    a.load_state_dict(b.state_dict())  # same storage, new values
+    assert torch.equal(a(x), b(x))

@@ -161,10 +161,11 @@ def progress_reporter(progress: gr.Progress) -> Callable[[float, str], None]:
     return lambda fraction, text: progress(fraction, desc=text)
 
 
-def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str) -> dict:
-    """Reads the checkpoint's decoding defaults (json files only) into the controls."""
+def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str, policy=None) -> dict:
+    """Reads the checkpoint's decoding defaults (json files only) into the controls; a locked deployment's
+    `policy` is checked first, so no other repo is ever read."""
     try:
-        decoding = Decoding.from_config(read_generation_config(source))
+        decoding = Decoding.from_config(read_generation_config(source, policy=policy))
     except UserError as e:
         return {status: status_html(f"Decoding settings not prefilled: {e}", "warn")}
     return {**controls.prefill(decoding), status: status_html(f"Decoding settings prefilled from {source}'s "

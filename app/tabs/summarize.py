@@ -51,7 +51,7 @@ def build(ctx: AppContext) -> TabHandle:
               concurrency_id="models")
     text.submit(safe_run, [*picker.components(), text, *controls.inputs()],
                 [summary, status, record], api_visibility="private", concurrency_id="models")
-    prefill = guarded(status, lambda source: prefill_decoding(controls, status, source))
+    prefill = guarded(status, lambda source: prefill_decoding(controls, status, source, ctx.cache.policy))
     picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
     handle.extra["prefill"] = (prefill, [picker.source], [*controls.inputs(), status])
     return handle
