@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from generate import REF_PYTHON, SHAPES, make_checkpoint  # noqa: E402
+from generate import REF_PYTHON, make_checkpoint  # noqa: E402
 
 CONFIGS = {
     "ours fp32": ("ours", dict()),

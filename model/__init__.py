@@ -21,3 +21,12 @@ from .modeling import (
 from .placement import PlacementError
 from .registry import load_model, model_class
 from .tokenizer import MT5Tokenizer
+
+__all__ = [
+    "MT5Config", "UMT5Config", "MT5Tokenizer", "load_model", "model_class",
+    "MT5Model", "MT5ForConditionalGeneration", "MT5EncoderModel", "MT5ForSequenceClassification",
+    "MT5ForTokenClassification", "MT5ForQuestionAnswering",
+    "UMT5Model", "UMT5ForConditionalGeneration", "UMT5EncoderModel", "UMT5ForSequenceClassification",
+    "UMT5ForTokenClassification", "UMT5ForQuestionAnswering",
+    "KVCache", "ModelOutput", "LoadingInfo", "CheckpointError", "CheckpointNotFoundError", "PlacementError",
+]

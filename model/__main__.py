@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 DECODING = {  # option -> type; names as in transformers' generate()
     "max_new_tokens": int, "min_new_tokens": int, "max_length": int, "num_beams": int, "length_penalty": float,

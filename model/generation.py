@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from .modeling import KVCache, as_stack_output, padding_mask
+from .modeling import KVCache, padding_mask
 
 BUILD_LOCK = threading.Lock()  # guards the lazily built fast-path copies of a model's head
 MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.annotation_api import (NO_RESULT, annotate, endpoints, export, filters, parse_rating, provenance,
+from app.annotation_api import (NO_RESULT, annotate, export, filters, parse_rating, provenance,
                                 row_output, save_from_record)
 from app.store import AnnotationStore, read_export
 

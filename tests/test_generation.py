@@ -3,7 +3,6 @@ cached = uncached, streaming, span filling, attention capture, bad settings and 
 import json
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest

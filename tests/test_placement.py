@@ -5,7 +5,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import model
 from model import MT5Config, MT5ForConditionalGeneration, UMT5Config, UMT5ForConditionalGeneration
 from model.placement import PlacementError
 from refutil import run_reference
