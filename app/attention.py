@@ -28,37 +28,19 @@ class AttentionInput:
     target: str | None = None
 
 
-class PairTokenizer:
-    """A tokenizer whose `encode(context)` gives the (question, context) pair's ids, so `capture_attention`
-    sees exactly what the QA head saw. Everything else is the wrapped tokenizer's."""
-
-    def __init__(self, tokenizer, question: str):
-        self._tokenizer, self._question = tokenizer, question
-
-    def encode(self, text: str, *args, **kwargs) -> list[int]:
-        return self._tokenizer.encode(self._question, text)
-
-    def __getattr__(self, name: str):
-        return getattr(self._tokenizer, name)
-
-
 def capture(loaded: Loaded, what: AttentionInput, max_input_tokens: int = MAX_INPUT_TOKENS) -> AttentionMaps:
     """Reruns the model once with attention weights for `what`."""
     require_text(what.source, "text")
     model, tokenizer = loaded.model, loaded.tokenizer
-    if what.question is not None:
-        tokenizer = PairTokenizer(tokenizer, what.question)
     source = what.source[: input_cap(max_input_tokens)]
+    # the encoder's ids exactly as the task made them: QA heads read the (question, context) pair
+    ids = tokenizer.encode(what.question, source) if what.question is not None else tokenizer.encode(source)
     if hasattr(model, "lm_head"):                        # text-to-text: the generated tokens on the decoder
-        target = tokenizer.encode(what.target) if what.target else None
-        if target is not None:
-            target = target[:max_input_tokens]
-        return capture_attention(model, tokenizer, source, target, max_input_tokens)
+        target = tokenizer.encode(what.target)[:max_input_tokens] if what.target else None
+        return capture_attention(model, tokenizer, ids, target, max_input_tokens)
     if hasattr(model, "classifier"):                     # token classification: encoder only
-        return capture_attention(model.transformer, tokenizer, source, None, max_input_tokens)
-    base = getattr(model, "transformer", model)          # classification / QA heads: the decoder reads the input
-    ids = tokenizer.encode(source)[:max_input_tokens]
-    return capture_attention(base, tokenizer, source, ids, max_input_tokens)
+        return capture_attention(model, tokenizer, ids, None, max_input_tokens)
+    return capture_attention(model, tokenizer, ids, ids[:max_input_tokens], max_input_tokens)  # decoder reads it
 
 
 @dataclass

@@ -226,21 +226,29 @@ class AttentionMaps:
     target_tokens: list[str]       # the token predicted at each decoder position
 
 
-def capture_attention(model, tokenizer, source: str, target_ids: list[int] | None = None,
+def capture_attention(model, tokenizer, source: str | list[int], target_ids: list[int] | None = None,
                       max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS) -> AttentionMaps:
-    """Runs one forward pass with attention weights for `source` and (for encoder-decoders) `target_ids`, the
-    generated tokens without the start token. Generation itself never computes weights: this is a second pass."""
-    enc = encode_inputs(tokenizer, source, max_input_tokens, model.device)
-    source_tokens = tokenizer.convert_ids_to_tokens(enc.input_ids[0].tolist())
+    """Runs one forward pass with attention weights. `source` is the encoder's text, or its ids when the caller
+    made them (a question-context pair, say); `target_ids` are the decoder's tokens without the start token (the
+    generated output, or the input for heads whose decoder reads it), None for the encoder alone. Any head model
+    works: its transformer runs. Generation itself never computes weights: this is a second pass."""
+    base = getattr(model, "transformer", model)  # heads that wrap a whole model, as on the Hub
+    if isinstance(source, str):
+        ids = encode_inputs(tokenizer, source, max_input_tokens, model.device).input_ids
+    else:
+        ids = list(source)
+        if len(ids) > max_input_tokens:
+            ids = ids[: max_input_tokens - 1] + [tokenizer.eos_token_id]
+        ids = torch.tensor([ids], device=model.device)
+    source_tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     with torch.no_grad():
-        if target_ids is None or not hasattr(model, "decoder"):
-            out = model.encode(enc.input_ids, output_attentions=True)
+        if target_ids is None or not hasattr(base, "decoder"):
+            out = base.encode(ids, output_attentions=True)
             return AttentionMaps(stack(out.attentions), None, None, source_tokens, [])
         target_ids = list(target_ids) or [tokenizer.eos_token_id]
         start = model.config.decoder_start_token_id
         dec_in = torch.tensor([[start] + target_ids[:-1]], device=model.device)
-        out = model.transformer if hasattr(model, "transformer") else model
-        enc_out, dec_out, _ = out.run(enc.input_ids, None, dec_in, None, None, None, False, True, False)
+        enc_out, dec_out, _ = base.run(ids, None, dec_in, None, None, None, False, True, False)
     return AttentionMaps(stack(enc_out.attentions), stack(dec_out.attentions), stack(dec_out.cross_attentions),
                          source_tokens, tokenizer.convert_ids_to_tokens(target_ids))
 
