@@ -139,6 +139,7 @@ class DecoderState:
     fallbacks: int = 0                     # greedy rows the int8 screen could not decide (rescored in full)
     packed_head: torch.Tensor | None = None  # beam search: MKL-packed lm_head for `packed_rows` rows
     packed_rows: int = 0
+    screen: Int8Screen | None | bool = None   # greedy: the model's Int8Screen, looked up at the first step
 
     def __post_init__(self):
         self.cache = KVCache(len(self.model.decoder.block))
@@ -161,11 +162,12 @@ class DecoderState:
     def greedy(self, tokens: torch.Tensor, seqs: torch.Tensor, cfg: "GenerationConfig") -> torch.Tensor:
         """Next tokens (N,) by exact argmax of the processed logits; int8 screening when it is available."""
         states = self.states(tokens)
-        screen = lm_head_screen(self.model)
-        if screen is None or cfg.repetition_penalty != 1.0:
+        if self.screen is None:
+            self.screen = lm_head_screen(self.model) or False  # False: looked up, none applies
+        if not self.screen or cfg.repetition_penalty != 1.0:
             return process_scores(self.logits(states), seqs, cfg).argmax(-1)
-        h = states.float() * (self.model.config.d_model ** -0.5 if self.model.config.tie_word_embeddings else 1.0)
-        picked, undecided = screen.argmax(h, lambda approx: process_scores(approx, seqs, cfg))
+        # the screen exists only for untied heads, so the states need no d_model**-0.5 scaling
+        picked, undecided = self.screen.argmax(states.float(), lambda approx: process_scores(approx, seqs, cfg))
         if undecided.any():
             rows = undecided.nonzero().squeeze(1)
             self.fallbacks += len(rows)

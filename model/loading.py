@@ -149,8 +149,9 @@ def map_checkpoint(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
 
 def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: LoadingInfo, source: str) -> None:
     """Raises on missing transformer weights or on unexplained extra keys; records head keys to initialise."""
+    state = model.state_dict()
     tied = tied_keys(model)
-    missing = [k for k in model.state_dict() if k not in mapped and k not in tied]
+    missing = [k for k in state if k not in mapped and k not in tied]
     info.missing_keys = [k for k in missing if k.startswith(HEAD_PREFIXES)]
     absent = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
     if absent:
@@ -164,7 +165,7 @@ def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: Lo
         raise CheckpointError(f"{source} has {len(unexplained)} weight(s) this model does not have: "
                               f"{', '.join(unexplained[:12])}{' …' if len(unexplained) > 12 else ''}. "
                               "Does config.json (num_layers, feed_forward_proj, ...) match the weights?")
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     wrong = [f"{k} has shape {tuple(t.shape)} but the config implies {shapes[k]}"
              for k, t in mapped.items() if tuple(t.shape) != shapes[k]]
     if wrong:

@@ -521,8 +521,9 @@ class PreTrainedModel(nn.Module):
                             f"{getattr(ids, 'dtype', type(ids).__name__)}")
         if ids.dim() != 2:
             raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
-        if ids.numel() and (ids.max() >= self.config.vocab_size or ids.min() < 0):
-            bad = ids.max().item() if ids.max() >= self.config.vocab_size else ids.min().item()
+        lo, hi = (int(ids.min()), int(ids.max())) if ids.numel() else (0, 0)
+        if hi >= self.config.vocab_size or lo < 0:
+            bad = hi if hi >= self.config.vocab_size else lo
             raise ValueError(f"{name} contains id {bad}, outside [0, vocab_size={self.config.vocab_size}): "
                              "was it tokenized with another model's tokenizer?")
         if mask is not None and tuple(mask.shape) != tuple(ids.shape):
