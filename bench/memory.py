@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from generate import REF_PYTHON, make_checkpoint  # noqa: E402
+from load import rss_now  # noqa: E402
 
 CONFIGS = {
     "ours fp32": ("ours", dict()),
@@ -33,13 +34,6 @@ CONFIGS = {
     "ours int4 + emb + lm_head": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
                                                quantize_embeddings=True)),
 }
-
-
-def rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def load(impl: str, path: str, options: dict):
@@ -73,9 +67,9 @@ def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None
     import torch
 
     torch.set_num_threads(2)
-    base = rss()
+    base = rss_now()
     m = load(impl, path, json.loads(options)).eval()
-    loaded = rss() - base
+    loaded = rss_now() - base
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 250000, (1, 128), generator=g)
     ids[0, -1] = 1
