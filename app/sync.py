@@ -99,14 +99,15 @@ SchedulerFactory = Callable[..., Any]
 
 
 def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
-                  before_push: Callable[[], object], hf_api: Any = None) -> Any:
-    """A CommitScheduler on a private dataset repo that calls `before_push()` before each upload. It creates
-    the repo if needed and pushes once at once, then every `every` minutes and at exit."""
+                  before_push: Callable[[Any], object], hf_api: Any = None) -> Any:
+    """A CommitScheduler on a private dataset repo that calls `before_push(scheduler)` before each upload. It
+    creates the repo if needed and pushes once at once (from its own thread, possibly before this function
+    returns), then every `every` minutes and at exit."""
     from huggingface_hub import CommitScheduler
 
     class SnapshotScheduler(CommitScheduler):
         def push_to_hub(self):
-            before_push()          # takes self.lock itself; the upload below takes it again
+            before_push(self)      # takes self.lock itself; the upload below takes it again
             return super().push_to_hub()
 
     return SnapshotScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder_path, every=every,
@@ -139,7 +140,8 @@ def start_sync(store: AnnotationStore, environ: dict[str, str] | None = None,
                scheduler_factory: SchedulerFactory = hub_scheduler,
                download: Callable[[str, str], Path | None] = hub_snapshot) -> AnnotationSync | None:
     """Start pushing annotations when configured; None (and no scheduler, no network) otherwise.
-    `scheduler_factory` gets repo_id, token, folder_path, every (minutes) and before_push; `download` fetches
+    `scheduler_factory` gets repo_id, token, folder_path, every (minutes) and before_push (to call with the
+    scheduler before each upload); `download` fetches
     the repo's existing snapshot, merged into the store first (sync stays off when that fails)."""
     config = sync_config(store, environ)
     if config is None:
@@ -153,7 +155,11 @@ def start_sync(store: AnnotationStore, environ: dict[str, str] | None = None,
     sync = AnnotationSync(store, config)
     config.folder.mkdir(parents=True, exist_ok=True)
 
-    def before_push() -> None:
+    def before_push(scheduler: Any = None) -> None:
+        # The scheduler's first push runs in its thread while its constructor may still be running, before
+        # the assignment below: the scheduler passes itself so the snapshot can take its lock already.
+        if sync.scheduler is None and scheduler is not None:
+            sync.scheduler = scheduler
         try:
             sync.write_snapshot()
         except Exception:   # a failed snapshot must not stop the scheduler thread; the last one is uploaded

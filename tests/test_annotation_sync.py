@@ -113,8 +113,17 @@ class FakeHfApi:
 def test_real_commit_scheduler_pushes_the_snapshot(store):
     api = FakeHfApi()
     env = {"MT5_STUDIO_DATASET_REPO": "me/anns", "HF_TOKEN": "hf_x"}
-    sync = start_sync(store, env, scheduler_factory=lambda **kw: hub_scheduler(**kw, hf_api=api),
-                      download=no_snapshot)
+
+    def slow_factory(**kw):
+        # The scheduler's thread pushes once at start, maybe before start_sync has the scheduler in hand:
+        # returning late makes that ordering certain (CI once hit it by chance and lost the first push).
+        scheduler = hub_scheduler(**kw, hf_api=api)
+        deadline = time.time() + 10
+        while not api.commits and time.time() < deadline:
+            time.sleep(0.02)
+        return scheduler
+
+    sync = start_sync(store, env, scheduler_factory=slow_factory, download=no_snapshot)
     try:
         deadline = time.time() + 10
         while not api.commits and time.time() < deadline:   # the scheduler pushes once when it starts
