@@ -4,7 +4,8 @@
 
 2 threads, fp32, fixed seeds; every case generates exactly 64 new tokens (eos is banned until then) so both sides
 do the same work. Each implementation runs in its own subprocess (transformers in .venv-ref) so peak RSS is its
-own; the table prints both and the ratio. Cases: greedy batch 1 (128-token input), greedy batch 8 (inputs of
+own; the table prints both and the ratio. CTranslate2 (fp32 and int8, also in .venv-ref; bench/ct2.py) is
+measured on the same ids when .venv-ref has it, and printed with our ratio against it. Cases: greedy batch 1 (128-token input), greedy batch 8 (inputs of
 64-128 tokens, padded), beam 4 batch 1, and the encoder alone at 512 tokens.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import ct2  # noqa: E402
+
 REF_PYTHON = Path(os.environ.get("MT5_REF_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
 SHAPES = {
     "mt5-small": ("mt5", dict(d_model=512, d_ff=1024, num_layers=8, num_heads=6, vocab_size=250112)),
@@ -60,6 +64,19 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
     prefix = "UMT5" if family == "umt5" else "MT5"
+    config = json.loads((Path(path) / "config.json").read_text())   # a CTranslate2 model's has no vocab_size
+    vocab = config.get("vocab_size") or len(json.loads((Path(path) / "shared_vocabulary.json").read_text()))
+    fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    cases = {
+        "greedy_b1": (inputs(1, (128, 128), vocab, 1), dict(fixed)),
+        "greedy_b8": (inputs(8, (64, 128), vocab, 2), dict(fixed)),
+        "beam4_b1": (inputs(1, (128, 128), vocab, 3), dict(fixed, num_beams=4)),
+    }
+    if impl.startswith("ct2-"):
+        import ct2
+
+        print(json.dumps(ct2.generate_child(path, impl.removeprefix("ct2-"), repeat, cases, NEW_TOKENS)))
+        return
     if impl == "ours":
         sys.path.insert(0, str(ROOT))
         import model as lib
@@ -67,14 +84,7 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
         import transformers as lib
     cls = getattr(lib, prefix + "ForConditionalGeneration")
     m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
-    vocab = m.config.vocab_size
-    fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
     results = {}
-    cases = {
-        "greedy_b1": (inputs(1, (128, 128), vocab, 1), dict(fixed)),
-        "greedy_b8": (inputs(8, (64, 128), vocab, 2), dict(fixed)),
-        "beam4_b1": (inputs(1, (128, 128), vocab, 3), dict(fixed, num_beams=4)),
-    }
     with torch.no_grad():
         for name, ((ids, mask), kwargs) in cases.items():
             out = {}
@@ -121,7 +131,7 @@ def measure(impl: str, path: Path, family: str, repeat: int, dtype: str) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def report(shape: str, ours: dict, ref: dict) -> None:
+def report(shape: str, ours: dict, ref: dict, peers: dict[str, dict]) -> None:
     print(f"\n{shape}  (ours | transformers 4.57 | ratio)")
     for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
         o, r = ours[case], ref[case]
@@ -132,6 +142,14 @@ def report(shape: str, ours: dict, ref: dict) -> None:
     print(f"  {'encoder_512':<12} {o * 1e3:7.1f} ms | {r * 1e3:7.1f} ms | {r / o:5.2f}x")
     print(f"  {'peak RSS':<12} {ours['peak_rss'] / 1e9:7.2f} GB | {ref['peak_rss'] / 1e9:7.2f} GB | "
           f"{ours['peak_rss'] / ref['peak_rss']:5.2f}x of theirs")
+    for name, peer in peers.items():
+        print(f"  against {name}  (ours | theirs | ratio; tokens compared with ours)")
+        for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
+            o, r = ours[case], peer[case]
+            same = "same tokens" if o["first"] == r["first"] else "tokens differ"
+            print(f"    {case:<10} {o['ms_token']:7.1f} ms/step | {r['ms_token']:7.1f} ms/step | "
+                  f"{o['tok_s'] / r['tok_s']:5.2f}x  ({same})")
+        print(f"    {'peak RSS':<10} {ours['peak_rss'] / 1e9:7.2f} GB | {peer['peak_rss'] / 1e9:7.2f} GB")
 
 
 def main() -> None:
@@ -140,7 +158,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--workdir", default="/tmp/mt5-bench-generate")
-    ap.add_argument("--only", choices=["ours", "transformers"])
+    ap.add_argument("--only", choices=["ours", "transformers", "ct2-float32", "ct2-int8"])
+    ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2")
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
     if args.child:
@@ -152,11 +171,21 @@ def main() -> None:
     for shape in args.shapes.split(","):
         path, family = make_checkpoint(shape, Path(args.workdir))
         impls = [args.only] if args.only else ["ours", "transformers"]
-        res = {impl: measure(impl, path, family, args.repeat, args.dtype) for impl in impls}
-        if len(res) == 2:
-            report(shape, res["ours"], res["transformers"])
-        else:
+        with_ct2 = not (args.only or args.no_ct2) and args.dtype == "float32"
+        if with_ct2 and not ct2.available(REF_PYTHON):
+            print(f"(CTranslate2 skipped: not in {REF_PYTHON}; `bash .ci/setup-reference` installs it)")
+            with_ct2 = False
+        if with_ct2:
+            impls += ["ct2-float32", "ct2-int8"]
+        res = {}
+        for impl in impls:
+            where = ct2.converted(path, REF_PYTHON) if impl.startswith("ct2-") else path
+            res[impl] = measure(impl, where, family, args.repeat, args.dtype)
+        if args.only:
             print(shape, json.dumps(res))
+        else:
+            peers = {f"CTranslate2 {impl[4:]}": res[impl] for impl in impls if impl.startswith("ct2-")}
+            report(shape, res["ours"], res["transformers"], peers)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ weights' bytes; the peak resident memory it added after its imports (load, quant
 (128-token input, exactly --tokens new tokens); and, against our fp32 on the same inputs, the logits' relative
 error and top-1 agreement at every position of fp32's greedy output (teacher-forced, so one early difference
 does not count for all later positions). transformers runs in .venv-ref (4.57 + bitsandbytes); its 4-bit keeps
-lm_head and the embedding in full precision.
+lm_head and the embedding in full precision. CTranslate2 int8 (also in .venv-ref, see bench/ct2.py) is the
+fastest CPU runtime we know of: its weights are not Python tensors (the column shows its peak memory instead) and it
+returns log-probabilities, so it has an agreement figure but no logit error.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import ct2  # noqa: E402
 from generate import REF_PYTHON, make_checkpoint  # noqa: E402
 from load import rss_now  # noqa: E402
 
@@ -33,6 +36,7 @@ CONFIGS = {
     "ours int4 (Linear-only)": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4")),
     "ours int4 + emb + lm_head": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
                                                quantize_embeddings=True)),
+    "CTranslate2 int8": ("ct2", dict(compute_type="int8")),
 }
 
 
@@ -67,12 +71,20 @@ def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None
     import torch
 
     torch.set_num_threads(2)
-    base = rss_now()
-    m = load(impl, path, json.loads(options)).eval()
-    loaded = rss_now() - base
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 250000, (1, 128), generator=g)
     ids[0, -1] = 1
+    if impl == "ct2":   # after our fp32, whose tokens and logits it is compared with
+        import ct2
+
+        reference = json.loads((Path(workdir) / "fp32_tokens.json").read_text())
+        expected = torch.load(Path(workdir) / "fp32_logits.pt").argmax(-1)[0].tolist()
+        result = ct2.memory_child(path, json.loads(options)["compute_type"], ids, tokens, reference, expected)
+        print(json.dumps(result))
+        return
+    base = rss_now()
+    m = load(impl, path, json.loads(options)).eval()
+    loaded = rss_now() - base
     kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens)
     with torch.no_grad():
         m.generate(input_ids=ids, max_new_tokens=2)  # warm-up (kernels' layouts, first allocations)
@@ -127,12 +139,20 @@ def main() -> None:
         print(f"  {'configuration':<30} {'weights MB':>10} {'peak MB':>8} {'tok/s':>7} {'ms/tok':>7} "
               f"{'logit rel err':>13} {'tokens agree':>12}")
         for name, (impl, options) in CONFIGS.items():
-            r = run(name, impl, options, path, args.tokens, work)
+            if impl == "ct2":
+                if not ct2.available(REF_PYTHON):
+                    print(f"  {name:<30} skipped: ctranslate2 is not in {REF_PYTHON} (bash .ci/setup-reference)")
+                    continue
+                r = run(name, impl, options, ct2.converted(path, REF_PYTHON), args.tokens, work)
+            else:
+                r = run(name, impl, options, path, args.tokens, work)
             if "error" in r:
                 print(f"  {name:<30} failed: {r['error']}")
                 continue
-            print(f"  {name:<30} {r['weights'] / 2**20:10.0f} {r['peak'] / 2**20:8.0f} {r['tok_s']:7.1f} "
-                  f"{r['ms_token']:7.1f} {r['logit_err']:13.4f} {r['agree'] * 100:11.0f}%")
+            weights = "—" if r["weights"] is None else f"{r['weights'] / 2**20:.0f}"
+            error = "—" if r["logit_err"] is None else f"{r['logit_err']:.4f}"
+            print(f"  {name:<30} {weights:>10} {r['peak'] / 2**20:8.0f} {r['tok_s']:7.1f} "
+                  f"{r['ms_token']:7.1f} {error:>13} {r['agree'] * 100:11.0f}%")
 
 
 if __name__ == "__main__":
