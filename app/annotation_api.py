@@ -70,10 +70,11 @@ def input_as_text(inputs: dict[str, Any]) -> str:
 
 
 def dtype_label(model: dict[str, Any]) -> str:
-    """The weights as loaded, e.g. "bfloat16" or "bfloat16, 4-bit nf4"."""
+    """The weights as loaded, e.g. "bfloat16", "bfloat16, 4-bit nf4" or "float32, 8-bit int8-all"."""
     dtype = str(model.get("loaded_dtype") or model.get("dtype") or "")
     quant = model.get("quantization") or "none"
-    return f"{dtype}, 4-bit {quant}" if quant != "none" else dtype
+    bits = "8-bit" if quant.startswith("int8") else "4-bit"
+    return f"{dtype}, {bits} {quant}" if quant != "none" else dtype
 
 
 def provenance(record: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Memory and speed of mT5 in fp32, bf16 and 4 bits: ours next to transformers + bitsandbytes, one table.
+"""Memory and speed of mT5 in fp32, bf16, 4 and 8 bits: ours next to transformers + bitsandbytes, one table.
 
     python bench/memory.py [--shapes mt5-small,mt5-base] [--tokens 32]
 
@@ -36,6 +36,8 @@ CONFIGS = {
     "ours int4 (Linear-only)": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4")),
     "ours int4 + emb + lm_head": ("ours", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
                                                quantize_embeddings=True)),
+    "ours int8 (Linear-only)": ("ours", dict(load_in_8bit=True)),
+    "ours int8 + emb + lm_head": ("ours", dict(load_in_8bit=True, quantize_embeddings=True)),
     "CTranslate2 int8": ("ct2", dict(compute_type="int8")),
 }
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .config import CONFIG_NAME, MT5Config, config_class, family_of, read_json
 from .hub import CheckpointNotFoundError, hub_options, resolve_file
-from .quant import INT4_METHOD, prepare_int4_model
+from .quant import INT4_METHOD, INT8_METHOD, prepare_quantized_model
 
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_NAME, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -220,7 +220,8 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     device_map: a device ("cpu", "cuda", "cuda:1"), a preset ("auto", "balanced", "balanced_low_0",
     "sequential") or {module name: device}; with max_memory and offload_folder for CPU/disk offload.
     4-bit: load_in_4bit=True, bnb_4bit_quant_type="nf4"|"fp4"|"int4", bnb_4bit_compute_dtype,
-    bnb_4bit_use_double_quant, quantize_embeddings (see model.quant).
+    bnb_4bit_use_double_quant, quantize_embeddings (see model.quant). 8-bit: load_in_8bit=True (per-row int8
+    on PyTorch kernels), with quantize_embeddings.
     """
     from .placement import place, warn_slow_dtype
     from .quant import QuantOptions
@@ -269,10 +270,12 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
     with torch.device("meta"):
         model = cls(config)
     saved_quant = config.extra.get("quantization_config") or {}
-    if saved_quant.get("quant_method") == INT4_METHOD:
+    if saved_quant.get("quant_method") in (INT4_METHOD, INT8_METHOD):
         if quantizing:
-            raise ValueError(f"{repo_or_dir} is already quantized to int4: load it without load_in_4bit")
-        prepare_int4_model(model, saved_quant)
+            bits = "int4" if saved_quant["quant_method"] == INT4_METHOD else "int8"
+            raise ValueError(f"{repo_or_dir} is already quantized to {bits}: load it without load_in_4bit / "
+                             "load_in_8bit")
+        prepare_quantized_model(model, saved_quant)
     elif saved_quant:
         raise ValueError(f"{repo_or_dir} holds {saved_quant.get('quant_method')} weights, which this library "
                          "cannot load yet: load the unquantized checkpoint with load_in_4bit=True")
@@ -291,6 +294,8 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
         module_name, _, name = key.rpartition(".")
         module = model.get_submodule(module_name)
         if name in module._buffers:  # quantized weights: kept exactly as stored
+            if tensor.data_ptr() % 64:  # read in place at an odd file offset: kernels want aligned memory
+                tensor = tensor.clone()
             module._buffers[name] = tensor
             continue
         # fp16 overflows in mT5's feed-forward output projection: keep `wo` in fp32 (as transformers does)
@@ -313,10 +318,10 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, max_sh
                     safe_serialization: bool = True) -> None:
     """Writes config.json and the weights (model.safetensors, or shards with an index) that transformers loads."""
     method = (model.config.extra.get("quantization_config") or {}).get("quant_method")
-    if method not in (None, INT4_METHOD):
+    if method not in (None, INT4_METHOD, INT8_METHOD):
         raise ValueError(f"saving {method} 4-bit models is not supported: save the unquantized model and pass "
-                         "load_in_4bit=True when loading, or quantize with bnb_4bit_quant_type='int4', which "
-                         "saves and reloads without re-quantizing")
+                         "load_in_4bit=True when loading, or quantize with bnb_4bit_quant_type='int4' (or "
+                         "load_in_8bit=True), which save and reload without re-quantizing")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.replace(architectures=[type(model).__name__])

@@ -294,12 +294,15 @@ def test_bad_options_are_user_errors(demo):
 def test_dtype_and_int4_options_reach_the_model_layer(demo):
     loaded = load_checkpoint(ModelRequest(str(demo["generation"]), dtype="bfloat16"))
     assert loaded.model.dtype == torch.bfloat16 and loaded.provenance()["loaded_dtype"] == "bfloat16"
-    try:
-        q = load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int4"))
-    except UserError as e:   # a model layer without 4-bit says so clearly
-        assert "4-bit" in str(e) or "int4" in str(e)
-    else:
-        assert q.nbytes < loaded.nbytes * 2
+    from model.quant import Int4Linear, Int8Embedding, Int8Linear
+
+    q = load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int4"))
+    assert type(q.model.encoder.block[0].layer[0].SelfAttention.q) is Int4Linear
+    q8 = load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int8-all"))
+    assert type(q8.model.shared) is Int8Embedding and type(q8.model.lm_head) is Int8Linear
+    assert q8.provenance()["quantization"] == "int8-all"
+    with pytest.raises(UserError, match="Unknown quantization 'int3': use one of none, nf4, fp4, int4, int4-all"):
+        load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int3"))
 
 
 def fake_loader(sizes: dict, calls: list):

@@ -206,8 +206,10 @@ def test_bad_4bit_options_fail_clearly(ckpt, monkeypatch):
         MT5ForConditionalGeneration.from_pretrained(path, bnb_4bit_quant_type="int4")
     with pytest.raises(ValueError, match="must be 'nf4', 'fp4' or 'int4'"):
         MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int3")
-    with pytest.raises(ValueError, match="load_in_8bit is not supported"):
-        MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True)
+    with pytest.raises(ValueError, match="load_in_4bit and load_in_8bit exclude each other"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(ValueError, match=r"\['bnb_4bit_quant_type'\] only apply with load_in_4bit=True, not load_in_8"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True, bnb_4bit_quant_type="int4")
 
 
 def test_int4_layout_follows_weights_loaded_in_place():
@@ -220,3 +222,59 @@ def test_int4_layout_follows_weights_loaded_in_place():
     a(x)  # builds the kernel layout
     a.load_state_dict(b.state_dict())  # same storage, new values
     assert torch.equal(a(x), b(x))
+
+
+# -- 8-bit --------------------------------------------------------------------------------------------------------
+def test_int8_linear_kernel_equals_dequantized_reference_and_bitsandbytes_rounding():
+    from model.quant import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 192, bias=False)
+    q = Int8Linear.from_float(lin)
+    # the weights round as bitsandbytes' LLM.int8 rounds them: same int8 values, scale = row absmax / 127
+    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    cb, scb, _ = bnb_functional.int8_vectorwise_quant(lin.weight.detach())
+    assert torch.equal(q.qweight, cb) and torch.allclose(q.scales * 127, scb)
+    x = torch.randn(3, 128)
+    exact = x @ q.weight.t()
+    got = q(x)
+    assert ((got - exact).norm() / exact.norm()) < 0.01  # bf16 activations
+    assert ((q.weight - lin.weight).abs().max() / lin.weight.abs().max()) < 0.005
+    # a weight at an odd address (as read in place from a safetensors file) crashed the kernel: now realigned
+    odd = torch.empty(q.qweight.numel() + 40, dtype=torch.int8)[40:].view_as(q.qweight)
+    odd.copy_(q.qweight)
+    q.qweight = odd
+    assert q.qweight.data_ptr() % 64 and torch.equal(q(x), got)
+
+
+def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizing(ckpt, tmp_path):
+    from model.quant import Int8Embedding, Int8Linear
+
+    m, path = ckpt
+    ids, mask = inputs()
+    q = MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True)
+    block = q.encoder.block[0]
+    assert type(block.layer[0].SelfAttention.q) is Int8Linear and type(q.lm_head) is torch.nn.Linear
+    assert type(block.layer[1].DenseReluDense.wo) is torch.nn.Linear  # kept full, as in 4-bit
+    full = logits(m, ids, mask)
+    error = ((logits(q, ids, mask) - full).norm() / full.norm()).item()
+    assert 0 < error < 0.02, error
+    prefix = safe_prefix(m, ids, mask)
+    assert q.generate(ids[:1], mask[:1], max_new_tokens=8)[0, : len(prefix)].tolist() == prefix
+
+    e = MT5ForConditionalGeneration.from_pretrained(path, load_in_8bit=True, quantize_embeddings=True)
+    assert type(e.shared) is Int8Embedding and type(e.lm_head) is Int8Linear
+    assert e.config.extra["quantization_config"] == {"quant_method": "mt5studio-int8", "quantize_embeddings": True}
+    sizes = [sum(v for part in x.memory_footprint().values() for v in part.values()) for x in (m, e)]
+    assert sizes[1] < 0.4 * sizes[0], sizes  # int8 weights; wo, the norms and the bias tables stay fp32
+    e_logits = logits(e, ids, mask)
+    assert ((e_logits - full).norm() / full.norm()).item() < 0.03
+    assert e.generate(ids, mask, max_new_tokens=6, num_beams=3).shape[0] == 2  # beams run on an int8 head
+
+    e.save_pretrained(tmp_path / "int8")
+    r = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8")
+    assert type(r.lm_head) is Int8Linear
+    assert all(torch.equal(a, b) for a, b in zip(r.state_dict().values(), e.state_dict().values()))
+    assert torch.equal(logits(r, ids, mask), e_logits)
+    with pytest.raises(ValueError, match="already quantized to int8: load it without load_in_4bit / load_in_8bit"):
+        MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", load_in_8bit=True)

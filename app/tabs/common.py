@@ -83,8 +83,9 @@ def model_picker(ctx: AppContext, task: str) -> ModelPicker:
         with gr.Row():
             dtype = gr.Dropdown(list(DTYPES), value="auto", label="dtype")
             device = gr.Dropdown(devices(), value="auto", label="Device")
-            quant = gr.Dropdown(list(QUANTIZATIONS), value="none", label="4-bit weights",
-                                info="nf4/fp4 need bitsandbytes; int4 runs on PyTorch alone")
+            quant = gr.Dropdown([(label, value) for value, (label, _) in QUANTIZATIONS.items()], value="none",
+                                label="Quantized weights",
+                                info="nf4/fp4 need bitsandbytes; int4 and int8 run on PyTorch alone (fast on CPU)")
     return ModelPicker(source, dtype, device, quant)
 
 
