@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .config import CONFIG_NAME, MT5Config, config_class, family_of, read_json
 from .hub import CheckpointNotFoundError, hub_options, resolve_file
-from .quant import INT4_METHOD, INT8_METHOD, prepare_quantized_model
+from .quant import INT4_METHOD, INT8_METHOD, load_bnb_modules, pop_bnb_modules, prepare_quantized_model
 
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_NAME, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -149,7 +149,9 @@ def map_checkpoint(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
 
 def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: LoadingInfo, source: str) -> None:
     """Raises on missing transformer weights or on unexplained extra keys; records head keys to initialise."""
-    state = model.state_dict()
+    # Modules a quantized checkpoint filled before this (bitsandbytes 4-bit) are real already: only meta
+    # tensors still need the checkpoint's weights.
+    state = {k: v for k, v in model.state_dict().items() if v.is_meta}
     tied = tied_keys(model)
     missing = [k for k in state if k not in mapped and k not in tied]
     info.missing_keys = [k for k in missing if k.startswith(HEAD_PREFIXES)]
@@ -232,7 +234,7 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
     model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant is not None, hub)
     if quant is not None:
-        quant.apply(model)
+        quant.apply(model).eval()   # the new modules too
     if device_map is not None or dtype == torch.float16:
         warn_slow_dtype(dtype, device_map or "cpu")
     if device_map is not None:
@@ -276,9 +278,16 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
             raise ValueError(f"{repo_or_dir} is already quantized to {bits}: load it without load_in_4bit / "
                              "load_in_8bit")
         prepare_quantized_model(model, saved_quant)
+    elif saved_quant.get("quant_method") == "bitsandbytes" and saved_quant.get("load_in_4bit"):
+        if quantizing:
+            raise ValueError(f"{repo_or_dir} is already quantized to 4 bits: load it without load_in_4bit / "
+                             "load_in_8bit")
+        load_bnb_modules(model, pop_bnb_modules(tensors), saved_quant, str(repo_or_dir))
+        model.config.extra["quantization_config"] = dict(saved_quant)
     elif saved_quant:
-        raise ValueError(f"{repo_or_dir} holds {saved_quant.get('quant_method')} weights, which this library "
-                         "cannot load yet: load the unquantized checkpoint with load_in_4bit=True")
+        what = "8-bit bitsandbytes (LLM.int8)" if saved_quant.get("load_in_8bit") else saved_quant.get("quant_method")
+        raise ValueError(f"{repo_or_dir} holds {what} weights, which this library cannot load: load the "
+                         "unquantized checkpoint with load_in_8bit=True or load_in_4bit=True")
     mapped = map_checkpoint(model, tensors, info)
     del tensors
     check_keys(model, mapped, info, str(repo_or_dir))
@@ -317,11 +326,14 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, max_shard_size: int | None = None,
                     safe_serialization: bool = True) -> None:
     """Writes config.json and the weights (model.safetensors, or shards with an index) that transformers loads."""
-    method = (model.config.extra.get("quantization_config") or {}).get("quant_method")
-    if method not in (None, INT4_METHOD, INT8_METHOD):
-        raise ValueError(f"saving {method} 4-bit models is not supported: save the unquantized model and pass "
-                         "load_in_4bit=True when loading, or quantize with bnb_4bit_quant_type='int4' (or "
-                         "load_in_8bit=True), which save and reload without re-quantizing")
+    qconfig = model.config.extra.get("quantization_config") or {}
+    method = qconfig.get("quant_method")
+    if method not in (None, INT4_METHOD, INT8_METHOD, "bitsandbytes"):
+        raise ValueError(f"saving {method} models is not supported: save the unquantized model and quantize "
+                         "when loading")
+    if method == "bitsandbytes" and qconfig.get("quantize_embeddings"):
+        raise ValueError("bitsandbytes cannot save 4-bit embeddings (Embedding4bit): save without "
+                         "quantize_embeddings, or use bnb_4bit_quant_type='int4', whose 4-bit embeddings save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.replace(architectures=[type(model).__name__])

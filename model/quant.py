@@ -3,7 +3,8 @@ own kernels.
 
 - `bnb_4bit_quant_type="nf4" | "fp4"`: bitsandbytes' modules and kernels, on CUDA and (slowly) on CPU. The
   Linear-only default quantizes what transformers quantizes (every Linear but `lm_head` and the fp32-kept `wo`),
-  so outputs match transformers + bitsandbytes.
+  so outputs match transformers + bitsandbytes. They save and load in transformers' bitsandbytes format
+  (`weight` packed, `weight.absmax`, `weight.quant_state.bitsandbytes__nf4`, ...), both ways.
 - `bnb_4bit_quant_type="int4"`: group-wise affine int4 (64 weights share a bf16 scale and zero) run by PyTorch's
   `_weight_int4pack_mm_for_cpu` on CPU (~4x faster than fp32 for mT5's output projection); on other devices
   the weights are dequantized per call (correct, not fast: CUDA's int4pack layout was not verified on a GPU yet,
@@ -99,7 +100,7 @@ class QuantOptions:
             with torch.no_grad():
                 for module in model.modules():
                     for name, p in list(module._parameters.items()):
-                        if p is not None:
+                        if type(p) is nn.Parameter:  # not bitsandbytes' Params4bit: it carries its quant_state
                             module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
         return model
 
@@ -146,8 +147,60 @@ def bnb_module(module: nn.Module, opts: QuantOptions) -> nn.Module:
         if module.bias is not None:
             new.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
     new.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type=opts.quant_type,
-                                   compress_statistics=opts.double_quant, blocksize=64).to(weight.device)
-    return new
+                                   compress_statistics=opts.double_quant, blocksize=64,
+                                   module=new).to(weight.device)   # the module keeps its quant_state
+    return exact_cpu_path(new)
+
+
+def exact_cpu_path(module: nn.Module) -> nn.Module:
+    """Keeps a bitsandbytes module on its exact CPU path (dequantize, fp32 matmul). On CPUs with AVX512-BF16,
+    bitsandbytes repacks an eval-mode Linear4bit at its first call and runs it with bf16 activations: outputs
+    then depend on the machine, and saving after that call inverts the packing lossily when statistics are
+    double-quantized (the reloaded model differs). transformers does take that path, hence the small gap to
+    transformers + bitsandbytes on such CPUs (tests/test_placement.py)."""
+    module.support_avx512bf16_for_cpu = False
+    return module
+
+
+BNB_STATS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state.")
+
+
+def pop_bnb_modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Takes the bitsandbytes 4-bit weights out of a checkpoint's tensors: {module name: its `weight` and
+    `weight.*` statistics}, for every module whose weight has a saved quant_state (transformers' format)."""
+    names = {k.split(".weight.quant_state.")[0] for k in tensors if ".weight.quant_state." in k}
+    out = {}
+    for name in sorted(names):
+        prefix = f"{name}.weight"
+        out[name] = {k: tensors.pop(k) for k in list(tensors)
+                     if k == prefix or (k.startswith(prefix + ".") and k[len(prefix) + 1:].startswith(BNB_STATS))}
+    return out
+
+
+def load_bnb_modules(model: nn.Module, modules: dict[str, dict[str, torch.Tensor]], qconfig: dict[str, Any],
+                     source: str) -> None:
+    """Puts a saved bitsandbytes 4-bit checkpoint's packed weights into bitsandbytes modules, as they are."""
+    bnb = require_bitsandbytes()
+    compute = qconfig.get("bnb_4bit_compute_dtype")
+    compute = getattr(torch, str(compute).replace("torch.", "")) if compute else None
+    for name, stats in modules.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{source} has 4-bit weights for {name}, which this model does not have") from None
+        if not isinstance(old, (nn.Linear, nn.Embedding)) or getattr(old, "bias", None) is not None:
+            raise ValueError(f"{source}: {name} is 4-bit in the checkpoint but is not a bias-free Linear or an "
+                             "Embedding here")
+        data = stats.pop(f"{name}.weight")
+        with torch.device("meta"):
+            if isinstance(old, nn.Embedding):
+                new = bnb.nn.Embedding4bit(old.num_embeddings, old.embedding_dim, dtype=torch.float32)
+            else:
+                new = bnb.nn.Linear4bit(old.in_features, old.out_features, bias=False, compute_dtype=compute)
+        new.weight = bnb.nn.Params4bit.from_prequantized(data, stats, requires_grad=False, device="cpu",
+                                                          module=new)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, exact_cpu_path(new))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -197,6 +197,36 @@ def test_linear_only_4bit_matches_transformers_bitsandbytes(ckpt, tmp_path, quan
     assert gap < 0.15 * quant_error, (gap, quant_error)
 
 
+def test_bitsandbytes_4bit_checkpoints_save_and_load_both_ways(ckpt, tmp_path):
+    """A 4-bit checkpoint saved by transformers loads here as it is, and ours loads in transformers."""
+    bnb = pytest.importorskip("bitsandbytes")
+    m, path = ckpt
+    ids, mask = inputs()
+    batch = tmp_path / "in.safetensors"
+    save_file({"input_ids": ids, "attention_mask": mask, "labels": ids.clone()}, batch)
+    run_reference("ref_quant.py", path, "nf4", batch, tmp_path / "theirs.safetensors", tmp_path / "theirs-nf4")
+    from_theirs = MT5ForConditionalGeneration.from_pretrained(tmp_path / "theirs-nf4")
+    assert type(from_theirs.encoder.block[0].layer[0].SelfAttention.q) is bnb.nn.Linear4bit
+    assert type(from_theirs.lm_head) is torch.nn.Linear
+    ours = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    expected = logits(ours, ids, mask)
+    assert torch.equal(logits(from_theirs, ids, mask), expected)   # their packed weights are ours, bit for bit
+
+    ours.save_pretrained(tmp_path / "ours-nf4")                      # after a forward pass: nothing repacked
+    assert torch.equal(logits(MT5ForConditionalGeneration.from_pretrained(tmp_path / "ours-nf4"), ids, mask),
+                       expected)
+    run_reference("ref_quant.py", tmp_path / "ours-nf4", "saved", batch, tmp_path / "from-ours.safetensors")
+    assert torch.equal(load_file(tmp_path / "from-ours.safetensors")["logits"],
+                       load_file(tmp_path / "theirs.safetensors")["logits"])
+    with pytest.raises(ValueError, match="already quantized to 4 bits"):
+        MT5ForConditionalGeneration.from_pretrained(tmp_path / "ours-nf4", load_in_4bit=True)
+    both = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       quantize_embeddings=True)
+    assert logits(both, ids, mask).isfinite().all()
+    with pytest.raises(ValueError, match="bitsandbytes cannot save 4-bit embeddings"):
+        both.save_pretrained(tmp_path / "both")
+
+
 def test_bad_4bit_options_fail_clearly(ckpt, monkeypatch):
     _, path = ckpt
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
