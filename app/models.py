@@ -10,6 +10,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import model as mt5
@@ -71,6 +72,32 @@ class Loaded:
     family: str
     nbytes: int
     warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line on the weights as loaded, from the model layer's memory_footprint: e.g. "google/mt5-small ·
+        mt5 · 189 MB of weights on cpu (embeddings 64 MB, lm_head 64 MB, transformer 61 MB) · float32 · 4-bit
+        int4, layers + embeddings (smallest)"."""
+        source = self.request.source
+        parts = [Path(source).name if Path(source).exists() else source, self.family]  # a folder: its name
+        try:
+            if self.request.quantization == "none":   # quantized weights are buffers, not parameters
+                parts.append(f"{self.model.num_parameters() / 1e6:.1f}M parameters")
+            footprint = self.model.memory_footprint()
+        except Exception:  # noqa: BLE001 - a model without these reports what it can
+            footprint = {}
+        if footprint:
+            devices = sorted({d for by_device in footprint.values() for d in by_device})
+            order = ["embeddings", "lm_head", "transformer", "heads"]
+            names = sorted(footprint, key=lambda n: order.index(n) if n in order else len(order))
+            pieces = ", ".join(f"{name} {megabytes(sum(footprint[name].values()))}" for name in names)
+            parts.append(f"{megabytes(self.nbytes)} of weights on {'+'.join(devices)} ({pieces})")
+        try:
+            parts.append(str(self.model.dtype).removeprefix("torch."))
+        except Exception:  # noqa: BLE001
+            pass
+        if self.request.quantization != "none":
+            parts.append(QUANTIZATIONS[self.request.quantization][0])
+        return " · ".join(parts)
 
     def provenance(self) -> dict[str, Any]:
         """What an annotation or a result should record about the model."""
@@ -149,6 +176,10 @@ def refuse_missing_head(source: str, head: str, missing: list[str]) -> None:
         raise UserError(f"{source!r}: this checkpoint has no {what} ({shown} not in it), so its outputs would be "
                         f"random. Pick a checkpoint fine-tuned for this task.")
     raise UserError(f"{source!r} lacks weights this model needs ({shown}): pick a complete checkpoint.")
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def weight_bytes(model) -> int:

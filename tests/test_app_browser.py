@@ -70,6 +70,8 @@ def test_summarization_streams_and_shows_attention(page):
     page.locator("#summarize-input textarea").fill(EX["summarization"][2]["text"])
     page.click("#summarize-run")
     page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
+    detail = page.locator("#tab-summarization .status-info .status-detail").first.inner_text()
+    assert "of weights on cpu (embeddings" in detail and "float32" in detail   # the model as loaded
     tab = page.locator("#tab-summarization")
     tab.get_by_text("Attention", exact=True).click()
     tab.locator(".attention-show").click()

@@ -301,6 +301,10 @@ def test_dtype_and_int4_options_reach_the_model_layer(demo):
     q8 = load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int8-all"))
     assert type(q8.model.shared) is Int8Embedding and type(q8.model.lm_head) is Int8Linear
     assert q8.provenance()["quantization"] == "int8-all"
+    line = q8.describe()   # the line under every result
+    assert line.startswith("generation · mt5 · ") and "of weights on cpu (embeddings" in line
+    assert line.endswith("float32 · 8-bit int8, layers + embeddings") and "parameters" not in line
+    assert f"{loaded.model.num_parameters() / 1e6:.1f}M parameters" in loaded.describe()
     with pytest.raises(UserError, match="Unknown quantization 'int3': use one of none, nf4, fp4, int4, int4-all"):
         load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int3"))
 

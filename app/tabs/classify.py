@@ -35,7 +35,8 @@ def build(ctx: AppContext) -> TabHandle:
         run_record = RunRecord(TASK, loaded.provenance(), {}, {"text": text_v}, as_plain(result), result.label,
                                {"source": text_v})
         return {probabilities: result.probabilities,
-                status: status_html(f"Predicted: {result.label}{note}.{cut}", "warn" if cut else "info"),
+                status: status_html(f"Predicted: {result.label}{note}.{cut}", "warn" if cut else "info",
+                                     loaded.describe()),
                 record: dataclasses.asdict(run_record)}
 
     safe_run = guarded(status, run_classify, (probabilities, record))

@@ -112,11 +112,13 @@ def decoding_controls(names: tuple[str, ...] = ("max_new_tokens", "num_beams", "
     return DecodingControls(components)
 
 
-def status_html(message: str = "", kind: str = "info") -> str:
-    """The status line under a tab's button: info, warn or error (errors say what to do)."""
+def status_html(message: str = "", kind: str = "info", detail: str = "") -> str:
+    """The status line under a tab's button: info, warn or error (errors say what to do); `detail` is a
+    smaller second line (the model as loaded, under a result)."""
     if not message:
         return ""
-    return f'<div class="status status-{kind}" role="status">{html.escape(message)}</div>'
+    more = f'<div class="status-detail">{html.escape(detail)}</div>' if detail else ""
+    return f'<div class="status status-{kind}" role="status">{html.escape(message)}{more}</div>'
 
 
 def fail(message: str) -> str:

@@ -54,7 +54,7 @@ def build(ctx: AppContext) -> TabHandle:
         run_record = RunRecord(task, loaded.provenance(), result.settings,
                                {"question": question_v, "context": context_v}, as_plain(result), best.text, what)
         return {answer: best.text, highlighted: gr.HighlightedText(value=result.segments, rtl=is_rtl(context_v)),
-                alternatives: rows, status: status_html(note + cut, "warn" if cut else "info"),
+                alternatives: rows, status: status_html(note + cut, "warn" if cut else "info", loaded.describe()),
                 record: dataclasses.asdict(run_record)}
 
     def switch_mode(mode_v):

@@ -51,7 +51,8 @@ def build(ctx: AppContext) -> TabHandle:
         run_record = RunRecord(TASK, loaded.provenance(), result.settings, {"text": text_v}, as_plain(result),
                                result.text, {"source": text_v, "target": result.raw})
         return {filled: gr.HighlightedText(value=result.segments, rtl=is_rtl(result.text)), raw: result.raw,
-                status: status_html(message, "warn" if notes else "info"), record: dataclasses.asdict(run_record)}
+                status: status_html(message, "warn" if notes else "info", loaded.describe()),
+                record: dataclasses.asdict(run_record)}
 
     inputs = [*picker.components(), text, *controls.inputs()]
     safe_run = guarded(status, run_fill, (filled, raw, record))

@@ -42,7 +42,7 @@ def build(ctx: AppContext) -> TabHandle:
                                                         if result.truncated else "")
         run_record = RunRecord(TASK, loaded.provenance(), result.settings, {"text": text_v}, result.text,
                                result.text, {"source": text_v, "target": result.text})
-        yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info"),
+        yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info", loaded.describe()),
                record: dataclasses.asdict(run_record)}
 
     safe_run = guarded(status, run_summary, (summary, record))

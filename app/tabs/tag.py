@@ -40,7 +40,7 @@ def build(ctx: AppContext) -> TabHandle:
                                " ".join(f"{e.text}/{e.label}" for e in result.entities), {"source": text_v})
         return {tagged: gr.HighlightedText(value=result.segments, rtl=result.rtl), entities: rows,
                 status: status_html(f"{len(result.entities)} entities, {len(result.words)} words.{cut}",
-                                    "warn" if cut else "info"),
+                                    "warn" if cut else "info", loaded.describe()),
                 record: dataclasses.asdict(run_record)}
 
     safe_run = guarded(status, run_tag, (tagged, entities, record))
