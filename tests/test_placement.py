@@ -307,5 +307,9 @@ def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizin
     assert type(r.lm_head) is Int8Linear
     assert all(torch.equal(a, b) for a, b in zip(r.state_dict().values(), e.state_dict().values()))
     assert torch.equal(logits(r, ids, mask), e_logits)
+    off = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", device_map="auto",
+                                                      max_memory={"cpu": "150KB"}, offload_folder=tmp_path / "off")
+    assert "disk" in set(off.hf_device_map.values())
+    assert torch.equal(logits(off, ids, mask), e_logits)   # int8 buffers offloaded and brought back as they are
     with pytest.raises(ValueError, match="already quantized to int8: load it without load_in_4bit / load_in_8bit"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", load_in_8bit=True)
