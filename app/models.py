@@ -79,8 +79,9 @@ class Loaded:
         int4, layers + embeddings (smallest)"."""
         source = self.request.source
         parts = [Path(source).name if Path(source).exists() else source, self.family]  # a folder: its name
+        quantization = self.quantization()
         try:
-            if self.request.quantization == "none":   # quantized weights are buffers, not parameters
+            if quantization == "none":   # quantized weights are buffers, not parameters
                 parts.append(f"{self.model.num_parameters() / 1e6:.1f}M parameters")
             footprint = self.model.memory_footprint()
         except Exception:  # noqa: BLE001 - a model without these reports what it can
@@ -95,14 +96,29 @@ class Loaded:
             parts.append(str(self.model.dtype).removeprefix("torch."))
         except Exception:  # noqa: BLE001
             pass
-        if self.request.quantization != "none":
-            parts.append(QUANTIZATIONS[self.request.quantization][0])
+        if quantization in QUANTIZATIONS:
+            parts.append(QUANTIZATIONS[quantization][0])
+        elif quantization != "none":
+            parts.append(quantization.replace("int8", "8-bit int8").replace("int4", "4-bit int4")
+                         .replace("nf4", "4-bit nf4").replace("fp4", "4-bit fp4"))
         return " · ".join(parts)
+
+    def quantization(self) -> str:
+        """The quantization asked for, else the checkpoint's own ("int8 (checkpoint)"), else "none"."""
+        if self.request.quantization != "none":
+            return self.request.quantization
+        saved = (getattr(getattr(self.model, "config", None), "extra", None) or {}).get("quantization_config") or {}
+        method = saved.get("quant_method")
+        if method == "bitsandbytes":
+            return f"{saved.get('bnb_4bit_quant_type', 'nf4')} (checkpoint)"
+        if method:
+            return f"{method.removeprefix('mt5studio-')} (checkpoint)"
+        return "none"
 
     def provenance(self) -> dict[str, Any]:
         """What an annotation or a result should record about the model."""
-        return {**asdict(self.request), "family": self.family, "loaded_dtype": str(self.model.dtype).removeprefix(
-            "torch."), "parameters": self.model.num_parameters()}
+        return {**asdict(self.request), "quantization": self.quantization(), "family": self.family,
+                "loaded_dtype": str(self.model.dtype).removeprefix("torch."), "parameters": self.model.num_parameters()}
 
 
 @dataclass
@@ -155,6 +171,9 @@ def load_checkpoint(request: ModelRequest, progress: Progress | None = None) -> 
         raise UserError(f"The checkpoint {source!r} is damaged or incomplete: {e}. Download it again or pick "
                         "another.") from e
     except ValueError as e:
+        if "already quantized" in str(e):
+            raise UserError(f"{source!r} is already quantized: set 'Quantized weights' to none to load it as it "
+                            "is.") from e
         raise UserError(f"Cannot use {source!r}: {e}") from e
     except (ImportError, TypeError, RuntimeError, OSError) as e:
         raise UserError(f"Loading {source!r} failed ({type(e).__name__}: {e}). Try dtype 'auto', device "
@@ -274,4 +293,7 @@ def read_generation_config(source: str, revision: str | None = None, policy: "Mo
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
     except ValueError as e:
+        if "already quantized" in str(e):
+            raise UserError(f"{source!r} is already quantized: set 'Quantized weights' to none to load it as it "
+                            "is.") from e
         raise UserError(f"Cannot use {source!r}: {e}") from e

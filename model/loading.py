@@ -154,8 +154,10 @@ def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: Lo
     state = {k: v for k, v in model.state_dict().items() if v.is_meta}
     tied = tied_keys(model)
     missing = [k for k in state if k not in mapped and k not in tied]
-    info.missing_keys = [k for k in missing if k.startswith(HEAD_PREFIXES)]
-    absent = [k for k in missing if not k.startswith(HEAD_PREFIXES)]
+    # A head's parameters can start at random; a quantized head's buffers cannot.
+    buffers = {k for k, _ in model.named_buffers()}
+    info.missing_keys = [k for k in missing if k.startswith(HEAD_PREFIXES) and k not in buffers]
+    absent = [k for k in missing if not k.startswith(HEAD_PREFIXES) or k in buffers]
     if absent:
         raise CheckpointError(f"{source} lacks {len(absent)} weight(s) the model needs: {', '.join(absent[:12])}"
                               f"{' …' if len(absent) > 12 else ''}. Is config.json the one saved with these weights?")
@@ -264,7 +266,8 @@ def with_label_options(config: MT5Config, options: dict[str, Any]) -> MT5Config:
 
 def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype, quantizing: bool,
                    hub: dict) -> tuple[torch.nn.Module, LoadingInfo]:
-    """The meta-device model, in the saved int4 layout if the checkpoint has one, filled with its weights."""
+    """The meta-device model, in the checkpoint's quantized layout if it has one (int4, int8, bitsandbytes 4-bit),
+    filled with its weights."""
     files = weight_files(repo_or_dir, **hub)
     info = LoadingInfo(source_files=[str(f) for f in files])
     tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
@@ -277,12 +280,19 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
             bits = "int4" if saved_quant["quant_method"] == INT4_METHOD else "int8"
             raise ValueError(f"{repo_or_dir} is already quantized to {bits}: load it without load_in_4bit / "
                              "load_in_8bit")
-        prepare_quantized_model(model, saved_quant)
+        prepare_quantized_model(model, saved_quant, dtype)
     elif saved_quant.get("quant_method") == "bitsandbytes" and saved_quant.get("load_in_4bit"):
         if quantizing:
             raise ValueError(f"{repo_or_dir} is already quantized to 4 bits: load it without load_in_4bit / "
                              "load_in_8bit")
-        load_bnb_modules(model, pop_bnb_modules(tensors), saved_quant, str(repo_or_dir))
+        modules, wanted = {}, set(model.state_dict())
+        for name, stats in pop_bnb_modules(tensors).items():   # checkpoint names -> ours, as map_checkpoint does
+            ours = target_key(model, base_key(f"{name}.weight")).removesuffix(".weight")
+            if f"{ours}.weight" in wanted:
+                modules[ours] = {ours + k[len(name):]: v for k, v in stats.items()}
+            else:   # the decoder, or another head's: check_keys judges them with the other extra keys
+                info.unexpected_keys.extend(base_key(k) for k in stats)
+        load_bnb_modules(model, modules, saved_quant, str(repo_or_dir))
         model.config.extra["quantization_config"] = dict(saved_quant)
     elif saved_quant:
         what = "8-bit bitsandbytes (LLM.int8)" if saved_quant.get("load_in_8bit") else saved_quant.get("quant_method")

@@ -683,7 +683,9 @@ class MT5ForConditionalGeneration(EncoderDecoderBase):
         self.post_init()
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        # Quantized with quantize_embeddings, shared and lm_head each hold their own quantized copy.
+        if self.config.tie_word_embeddings and type(self.lm_head) is nn.Linear \
+                and type(self.shared) is nn.Embedding:
             self.lm_head.weight = self.shared.weight
 
     @property

@@ -43,7 +43,7 @@ class QuantOptions:
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> "QuantOptions | None":
-        """Takes the 4-bit options out of from_pretrained's keyword arguments; None when 4-bit is off."""
+        """Takes the 4- and 8-bit options out of from_pretrained's keyword arguments; None when both are off."""
         load4 = options.pop("load_in_4bit", False)
         load8 = options.pop("load_in_8bit", False)
         picked = {k: options.pop(k) for k in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
@@ -88,7 +88,7 @@ class QuantOptions:
         return out
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Replaces the target modules by 4-bit ones, quantizing their weights; records the setting in config."""
+        """Replaces the target modules by quantized ones, quantizing their weights; records the setting in config."""
         for name in self.targets(model):
             parent, _, leaf = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
@@ -191,7 +191,12 @@ def load_bnb_modules(model: nn.Module, modules: dict[str, dict[str, torch.Tensor
         if not isinstance(old, (nn.Linear, nn.Embedding)) or getattr(old, "bias", None) is not None:
             raise ValueError(f"{source}: {name} is 4-bit in the checkpoint but is not a bias-free Linear or an "
                              "Embedding here")
-        data = stats.pop(f"{name}.weight")
+        data = stats.pop(f"{name}.weight", None)
+        present = {k.rsplit(".weight.", 1)[-1] for k in stats}
+        if data is None or not {"absmax", "quant_map"} <= present:
+            lacking = ["weight"] * (data is None) + sorted({"absmax", "quant_map"} - present)
+            raise ValueError(f"{source} is incomplete: the 4-bit weight of {name} lacks "
+                             f"{', '.join(lacking)}. Download it again, or load the unquantized checkpoint")
         with torch.device("meta"):
             if isinstance(old, nn.Embedding):
                 new = bnb.nn.Embedding4bit(old.num_embeddings, old.embedding_dim, dtype=torch.float32)
@@ -387,9 +392,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.qweight.device.type == "cpu":
-            # fp32 activations take a slow scalar path in this kernel; bf16 ones a vectorised one (~10x faster)
-            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16), self.kernel_weight(), self.kernel_scales())
+        if self.qweight.device.type == "cpu" and self.in_features % 64 == 0:
+            # fp32 activations take a slow scalar path in this kernel; bf16 ones a vectorised one (~10x faster).
+            # Other input sizes crash it or give garbage (torch 2.13): those take the dequantizing path.
+            y = torch._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.kernel_weight(),
+                                          self.kernel_scales())
         else:
             y = F.linear(x2.float(), self.weight)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
@@ -420,8 +427,9 @@ class Int8Embedding(nn.Module):
         return rows.to(self.dtype).view(*ids.shape, self.embedding_dim)
 
 
-def prepare_quantized_model(model: nn.Module, qconfig: dict[str, Any]) -> None:
-    """Turns a meta model into the layout of a saved int4 or int8 checkpoint, so its buffers load as they are."""
+def prepare_quantized_model(model: nn.Module, qconfig: dict[str, Any], dtype: torch.dtype) -> None:
+    """Turns a meta model into the layout of a saved int4 or int8 checkpoint, so its buffers load as they are;
+    quantized embeddings return `dtype`, the rest of the model's."""
     int8 = qconfig["quant_method"] == INT8_METHOD
     group = 0 if int8 else int(qconfig["group_size"])
     opts = QuantOptions("int8" if int8 else "int4", None, False, bool(qconfig.get("quantize_embeddings")), group)
@@ -431,8 +439,8 @@ def prepare_quantized_model(model: nn.Module, qconfig: dict[str, Any]) -> None:
         old = getattr(owner, leaf)
         with torch.device("meta"):
             if isinstance(old, nn.Embedding):
-                new = Int8Embedding(old.num_embeddings, old.embedding_dim) if int8 \
-                    else Int4Embedding(old.num_embeddings, old.embedding_dim, group)
+                new = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype) if int8 \
+                    else Int4Embedding(old.num_embeddings, old.embedding_dim, group, dtype)
             else:
                 new = Int8Linear(old.in_features, old.out_features) if int8 \
                     else Int4Linear(old.in_features, old.out_features, group)

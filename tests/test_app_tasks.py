@@ -1,5 +1,6 @@
 """The app's task functions, model cache and attention panel logic, without Gradio, on the demo checkpoints."""
 import json
+import shutil
 import threading
 import time
 import unicodedata
@@ -7,6 +8,7 @@ import unicodedata
 import pytest
 import torch
 
+from app.annotation_api import dtype_label
 from app.assets import load_assets
 from app.attention import AttentionInput, capture, render_html, select
 from app.errors import UserError
@@ -291,7 +293,7 @@ def test_bad_options_are_user_errors(demo):
         load_checkpoint(ModelRequest("  "))
 
 
-def test_dtype_and_int4_options_reach_the_model_layer(demo):
+def test_dtype_and_int4_options_reach_the_model_layer(demo, tmp_path):
     loaded = load_checkpoint(ModelRequest(str(demo["generation"]), dtype="bfloat16"))
     assert loaded.model.dtype == torch.bfloat16 and loaded.provenance()["loaded_dtype"] == "bfloat16"
     from model.quant import Int4Linear, Int8Embedding, Int8Linear
@@ -305,6 +307,16 @@ def test_dtype_and_int4_options_reach_the_model_layer(demo):
     assert line.startswith("generation · mt5 · ") and "of weights on cpu (embeddings" in line
     assert line.endswith("float32 · 8-bit int8, layers + embeddings") and "parameters" not in line
     assert f"{loaded.model.num_parameters() / 1e6:.1f}M parameters" in loaded.describe()
+    # a checkpoint saved quantized loads as it is, and says so (status line and annotations)
+    folder = tmp_path / "generation-int8"
+    shutil.copytree(demo["generation"], folder)   # the tokenizer files, then the int8 weights over the fp32 ones
+    q8.model.save_pretrained(folder)
+    saved = load_checkpoint(ModelRequest(str(folder)))
+    assert saved.provenance()["quantization"] == "int8 (checkpoint)"
+    assert saved.describe().endswith("8-bit int8 (checkpoint)") and "parameters" not in saved.describe()
+    assert dtype_label(saved.provenance()) == "float32, 8-bit int8 (checkpoint)"
+    with pytest.raises(UserError, match="is already quantized: set 'Quantized weights' to none"):
+        load_checkpoint(ModelRequest(str(folder), quantization="int4"))
     with pytest.raises(UserError, match="Unknown quantization 'int3': use one of none, nf4, fp4, int4, int4-all"):
         load_checkpoint(ModelRequest(str(demo["generation"]), quantization="int3"))
 

@@ -305,7 +305,8 @@ def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizin
     e.save_pretrained(tmp_path / "int8")
     r = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8")
     assert type(r.lm_head) is Int8Linear
-    assert all(torch.equal(a, b) for a, b in zip(r.state_dict().values(), e.state_dict().values()))
+    saved, reloaded = e.state_dict(), r.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
     assert torch.equal(logits(r, ids, mask), e_logits)
     off = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", device_map="auto",
                                                       max_memory={"cpu": "150KB"}, offload_folder=tmp_path / "off")
@@ -313,3 +314,66 @@ def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizin
     assert torch.equal(logits(off, ids, mask), e_logits)   # int8 buffers offloaded and brought back as they are
     with pytest.raises(ValueError, match="already quantized to int8: load it without load_in_4bit / load_in_8bit"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", load_in_8bit=True)
+
+
+def test_int8_odd_input_size_takes_the_dequantizing_path():
+    """torch's int8 kernel crashes or returns garbage unless the input size is a multiple of 16."""
+    from model.quant import Int8Linear
+
+    torch.manual_seed(0)
+    q = Int8Linear.from_float(torch.nn.Linear(30, 7, bias=False))
+    x = torch.randn(2, 30)
+    torch.testing.assert_close(q(x), x @ q.weight.t())
+
+
+@pytest.mark.parametrize("options", [dict(load_in_8bit=True, quantize_embeddings=True),
+                                     dict(load_in_4bit=True, bnb_4bit_quant_type="int4", quantize_embeddings=True)])
+def test_tied_umt5_with_quantized_embeddings_saves_and_reloads(tmp_path, options):
+    torch.manual_seed(0)
+    m = UMT5ForConditionalGeneration(UMT5Config(**CFG)).eval()   # UMT5 ties its embeddings by default
+    assert m.config.tie_word_embeddings
+    m.save_pretrained(tmp_path / "fp32")
+    q = UMT5ForConditionalGeneration.from_pretrained(tmp_path / "fp32", **options)
+    ids, mask = inputs()
+    q.save_pretrained(tmp_path / "q")
+    r = UMT5ForConditionalGeneration.from_pretrained(tmp_path / "q")
+    assert torch.equal(logits(r, ids, mask), logits(q, ids, mask))
+    assert torch.equal(r.generate(ids, mask, max_new_tokens=6), q.generate(ids, mask, max_new_tokens=6))
+
+
+def test_quantized_checkpoints_load_into_other_classes_and_keep_their_dtype(ckpt, tmp_path):
+    from model import MT5EncoderModel, MT5Model
+
+    m, path = ckpt
+    ids, mask = inputs()
+    # a bitsandbytes 4-bit generation checkpoint into the encoder-only class: the decoder is an expected extra
+    pytest.importorskip("bitsandbytes")
+    nf4 = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    nf4.save_pretrained(tmp_path / "nf4")
+    enc = MT5EncoderModel.from_pretrained(tmp_path / "nf4")
+    with torch.no_grad():
+        torch.testing.assert_close(enc(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   nf4.encode(ids, mask).last_hidden_state, atol=0, rtol=0)
+    # int8 with embeddings saved in bf16 comes back in bf16 (its embedding too), with the same logits
+    bf = MT5ForConditionalGeneration.from_pretrained(path, dtype="bfloat16", load_in_8bit=True,
+                                                     quantize_embeddings=True)
+    bf.save_pretrained(tmp_path / "bf16-int8")
+    back = MT5ForConditionalGeneration.from_pretrained(tmp_path / "bf16-int8", dtype="auto")
+    assert back.dtype == torch.bfloat16 and back.shared.dtype == torch.bfloat16
+    assert torch.equal(logits(back, ids, mask), logits(bf, ids, mask))
+    # a quantized head cannot start at random: a plain model's int8 checkpoint lacks lm_head for generation
+    MT5Model.from_pretrained(path, load_in_8bit=True, quantize_embeddings=True).save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="lacks 2 weight.*lm_head.qweight, lm_head.scales"):
+        MT5ForConditionalGeneration.from_pretrained(tmp_path / "base")
+
+
+def test_truncated_bitsandbytes_checkpoint_is_reported(ckpt, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    m, path = ckpt
+    MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True).save_pretrained(tmp_path / "nf4")
+    state = load_file(tmp_path / "nf4" / "model.safetensors")
+    del state["encoder.block.0.layer.0.SelfAttention.q.weight.absmax"]
+    save_file(state, tmp_path / "nf4" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="incomplete: the 4-bit weight of encoder.block.0.layer.0.SelfAttention.q "
+                                         "lacks absmax"):
+        MT5ForConditionalGeneration.from_pretrained(tmp_path / "nf4")
