@@ -180,7 +180,11 @@ def pop_bnb_modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, tor
 def load_bnb_modules(model: nn.Module, modules: dict[str, dict[str, torch.Tensor]], qconfig: dict[str, Any],
                      source: str) -> None:
     """Puts a saved bitsandbytes 4-bit checkpoint's packed weights into bitsandbytes modules, as they are."""
-    bnb = require_bitsandbytes()
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise ImportError(f"{source} holds bitsandbytes 4-bit weights: loading them needs bitsandbytes "
+                          "(`pip install bitsandbytes`)") from e
     compute = qconfig.get("bnb_4bit_compute_dtype")
     compute = getattr(torch, str(compute).replace("torch.", "")) if compute else None
     for name, stats in modules.items():

@@ -377,3 +377,12 @@ def test_truncated_bitsandbytes_checkpoint_is_reported(ckpt, tmp_path):
     with pytest.raises(ValueError, match="incomplete: the 4-bit weight of encoder.block.0.layer.0.SelfAttention.q "
                                          "lacks absmax"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "nf4")
+
+
+def test_bitsandbytes_checkpoint_without_bitsandbytes_says_what_to_install(ckpt, tmp_path, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    m, path = ckpt
+    MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True).save_pretrained(tmp_path / "nf4")
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    with pytest.raises(ImportError, match="holds bitsandbytes 4-bit weights: loading them needs bitsandbytes"):
+        MT5ForConditionalGeneration.from_pretrained(tmp_path / "nf4")
