@@ -91,6 +91,10 @@ def place(model: torch.nn.Module, device_map: Any, max_memory: dict | None = Non
     devices = set(device_map.values())
     if devices == {"disk"}:
         raise PlacementError(f"max_memory={max_memory} cannot hold even the first module in memory: allow more")
+    if "disk" in devices and any(type(m).__module__.startswith("bitsandbytes") for m in model.modules()):
+        raise PlacementError("bitsandbytes 4-bit weights cannot be offloaded to disk: use "
+                             "bnb_4bit_quant_type='int4' (or load_in_8bit=True), whose weights offload, or allow "
+                             "more memory")
     if "disk" in devices and offload_folder is None:
         need = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
         raise PlacementError(f"the model ({need:.0f} MiB) does not fit in max_memory={max_memory}: pass "

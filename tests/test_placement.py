@@ -367,6 +367,21 @@ def test_quantized_checkpoints_load_into_other_classes_and_keep_their_dtype(ckpt
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "base")
 
 
+def test_bitsandbytes_weights_refuse_disk_offload_clearly(ckpt, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    m, path = ckpt
+    device_map = {"shared": "cpu", "encoder": "cpu", "decoder.block.0": "cpu", "decoder.block.1": "disk",
+                  "decoder.final_layer_norm": "cpu", "lm_head": "cpu"}
+    with pytest.raises(PlacementError, match="bitsandbytes 4-bit weights cannot be offloaded to disk"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, device_map=device_map,
+                                                    offload_folder=tmp_path / "off")
+    int4 = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int4",
+                                                       device_map=device_map, offload_folder=tmp_path / "off4")
+    ids, mask = inputs()
+    plain = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int4")
+    assert torch.equal(logits(int4, ids, mask), logits(plain, ids, mask))
+
+
 def test_truncated_bitsandbytes_checkpoint_is_reported(ckpt, tmp_path):
     pytest.importorskip("bitsandbytes")
     m, path = ckpt
