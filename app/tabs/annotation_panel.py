@@ -115,6 +115,9 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any) -> AnnotationPan
         return {status: status_html(f"{verb} annotation {new_id[:8]}: it is in the Annotations tab. Saving again "
                                     "updates it."), saved_id: new_id}
 
-    handle.record.change(new_result, handle.record, [*f.judgement(), saved_id, status], api_visibility="private")
+    # Off the queue: behind other users' jobs this reset could land after the annotator started on the new
+    # result and wipe what they typed.
+    handle.record.change(new_result, handle.record, [*f.judgement(), saved_id, status], api_visibility="private",
+                         queue=False)
     save.click(save_it, [handle.record, *f.components(), saved_id], [status, saved_id], api_visibility="private")
     return panel
