@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .models import bits_label
 from .store import Annotation, AnnotationStore
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
@@ -73,8 +74,7 @@ def dtype_label(model: dict[str, Any]) -> str:
     """The weights as loaded, e.g. "bfloat16", "bfloat16, 4-bit nf4" or "float32, 8-bit int8-all"."""
     dtype = str(model.get("loaded_dtype") or model.get("dtype") or "")
     quant = model.get("quantization") or "none"
-    bits = "8-bit" if quant.startswith("int8") else "4-bit"
-    return f"{dtype}, {bits} {quant}" if quant != "none" else dtype
+    return f"{dtype}, {bits_label(quant)}" if quant != "none" else dtype
 
 
 def provenance(record: dict[str, Any]) -> dict[str, Any]:

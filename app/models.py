@@ -96,11 +96,8 @@ class Loaded:
             parts.append(str(self.model.dtype).removeprefix("torch."))
         except Exception:  # noqa: BLE001
             pass
-        if quantization in QUANTIZATIONS:
-            parts.append(QUANTIZATIONS[quantization][0])
-        elif quantization != "none":
-            parts.append(quantization.replace("int8", "8-bit int8").replace("int4", "4-bit int4")
-                         .replace("nf4", "4-bit nf4").replace("fp4", "4-bit fp4"))
+        if quantization != "none":
+            parts.append(QUANTIZATIONS[quantization][0] if quantization in QUANTIZATIONS else bits_label(quantization))
         return " · ".join(parts)
 
     def quantization(self) -> str:
@@ -195,6 +192,11 @@ def refuse_missing_head(source: str, head: str, missing: list[str]) -> None:
         raise UserError(f"{source!r}: this checkpoint has no {what} ({shown} not in it), so its outputs would be "
                         f"random. Pick a checkpoint fine-tuned for this task.")
     raise UserError(f"{source!r} lacks weights this model needs ({shown}): pick a complete checkpoint.")
+
+
+def bits_label(quantization: str) -> str:
+    """A quantization key or a checkpoint's ("int8 (checkpoint)") with its width: "8-bit int8 (checkpoint)"."""
+    return f"{'8-bit' if quantization.startswith('int8') else '4-bit'} {quantization}"
 
 
 def megabytes(n: int) -> str:

@@ -7,7 +7,7 @@ vocabulary from the tokenizer. The random-weight benchmark checkpoints have no t
 strings, so CTranslate2 decodes exactly the ids our models get. The checkpoint is converted once in fp32;
 int8 is CTranslate2's own quantization at load time (`compute_type="int8"`), as its users run it.
 
-Used by bench/generate.py (impl `ct2-float32` / `ct2-int8`) and bench/memory.py (row "CTranslate2 int8").
+Used by bench/generate.py (impl `ct2-float32` / `ct2-int8`, through `Runner`) and bench/memory.py (row "CTranslate2 int8").
 """
 from __future__ import annotations
 
@@ -101,27 +101,6 @@ def rss_peak() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def generate_child(path: str, compute_type: str, repeat: int, cases: dict, new_tokens: int) -> dict:
-    """bench/generate.py's cases on CTranslate2: the same shape of results as its other children."""
-    sys.path.insert(0, str(HERE))
-    from generate import timed
-
-    runner = Runner(path, compute_type)
-    results = {}
-    for name, ((ids, mask), kwargs) in cases.items():
-        out = {}
-
-        def run():
-            out["seq"] = runner.generate(ids, mask, new_tokens, kwargs.get("num_beams", 1))
-
-        seconds = timed(run, repeat)
-        tokens = new_tokens * ids.shape[0]
-        results[name] = {"seconds": seconds, "tok_s": tokens / seconds, "ms_token": seconds / new_tokens * 1e3,
-                         "first": out["seq"][0][:12]}
-    results["peak_rss"] = rss_peak()
-    return results
 
 
 def memory_child(path: str, compute_type: str, ids, tokens: int, reference: list[int], expected: list[int]) -> dict:

@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,36 +73,43 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
         "greedy_b8": (inputs(8, (64, 128), vocab, 2), dict(fixed)),
         "beam4_b1": (inputs(1, (128, 128), vocab, 3), dict(fixed, num_beams=4)),
     }
-    if impl.startswith("ct2-"):
-        import ct2
-
-        print(json.dumps(ct2.generate_child(path, impl.removeprefix("ct2-"), repeat, cases, NEW_TOKENS)))
-        return
-    if impl == "ours":
-        sys.path.insert(0, str(ROOT))
-        import model as lib
+    if impl.startswith("ct2-"):   # no encoder-only call in CTranslate2: no encoder_512
+        runner = ct2.Runner(path, impl.removeprefix("ct2-"))
+        results = time_cases(cases, repeat, lambda ids, mask, kw: runner.generate(ids, mask, NEW_TOKENS,
+                                                                                  kw.get("num_beams", 1)))
     else:
-        import transformers as lib
-    cls = getattr(lib, prefix + "ForConditionalGeneration")
-    m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
-    results = {}
-    with torch.no_grad():
-        for name, ((ids, mask), kwargs) in cases.items():
-            out = {}
-
-            def run():
-                out["seq"] = m.generate(input_ids=ids, attention_mask=mask, **kwargs)
-
-            seconds = timed(run, repeat)
-            tokens = NEW_TOKENS * ids.shape[0]
-            results[name] = {"seconds": seconds, "tok_s": tokens / seconds, "ms_token": seconds / NEW_TOKENS * 1e3,
-                             "first": out["seq"][0, :12].tolist()}
-        ids, mask = inputs(1, (512, 512), vocab, 4)
-        encoder = m.get_encoder() if impl == "transformers" else None
-        run_enc = (lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder else (lambda: m.encode(ids, mask))
-        results["encoder_512"] = {"seconds": timed(run_enc, repeat)}
+        if impl == "ours":
+            sys.path.insert(0, str(ROOT))
+            import model as lib
+        else:
+            import transformers as lib
+        cls = getattr(lib, prefix + "ForConditionalGeneration")
+        m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
+        with torch.no_grad():
+            results = time_cases(cases, repeat, lambda ids, mask, kw: m.generate(input_ids=ids, attention_mask=mask,
+                                                                                 **kw))
+            ids, mask = inputs(1, (512, 512), vocab, 4)
+            encoder = m.get_encoder() if impl == "transformers" else None
+            run_enc = (lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder else (lambda: m.encode(ids, mask))
+            results["encoder_512"] = {"seconds": timed(run_enc, repeat)}
     results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(results))
+
+
+def time_cases(cases: dict, repeat: int, generate: Callable) -> dict:
+    """Times `generate(ids, mask, kwargs)` (sequences, decoder start token first) on every case."""
+    results = {}
+    for name, ((ids, mask), kwargs) in cases.items():
+        out = {}
+
+        def run():
+            out["seq"] = generate(ids, mask, kwargs)
+
+        seconds = timed(run, repeat)
+        tokens = NEW_TOKENS * ids.shape[0]
+        results[name] = {"seconds": seconds, "tok_s": tokens / seconds, "ms_token": seconds / NEW_TOKENS * 1e3,
+                         "first": [int(t) for t in out["seq"][0][:12]]}
+    return results
 
 
 def make_checkpoint(shape: str, workdir: Path) -> tuple[Path, str]:
@@ -131,11 +139,16 @@ def measure(impl: str, path: Path, family: str, repeat: int, dtype: str) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compared(ours: dict, peer: dict):
+    """(case, ours, theirs, "same tokens" | "tokens differ") for every generation case."""
+    for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
+        o, r = ours[case], peer[case]
+        yield case, o, r, "same tokens" if o["first"] == r["first"] else "tokens differ"
+
+
 def report(shape: str, ours: dict, ref: dict, peers: dict[str, dict]) -> None:
     print(f"\n{shape}  (ours | transformers 4.57 | ratio)")
-    for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
-        o, r = ours[case], ref[case]
-        same = "same tokens" if o["first"] == r["first"] else "tokens differ"
+    for case, o, r, same in compared(ours, ref):
         print(f"  {case:<12} {o['tok_s']:7.1f} tok/s {o['ms_token']:7.1f} ms/step | {r['tok_s']:7.1f} tok/s "
               f"{r['ms_token']:7.1f} ms/step | {o['tok_s'] / r['tok_s']:5.2f}x  ({same})")
     o, r = ours["encoder_512"]["seconds"], ref["encoder_512"]["seconds"]
@@ -144,9 +157,7 @@ def report(shape: str, ours: dict, ref: dict, peers: dict[str, dict]) -> None:
           f"{ours['peak_rss'] / ref['peak_rss']:5.2f}x of theirs")
     for name, peer in peers.items():
         print(f"  against {name}  (ours | theirs | ratio; tokens compared with ours)")
-        for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
-            o, r = ours[case], peer[case]
-            same = "same tokens" if o["first"] == r["first"] else "tokens differ"
+        for case, o, r, same in compared(ours, peer):
             print(f"    {case:<10} {o['ms_token']:7.1f} ms/step | {r['ms_token']:7.1f} ms/step | "
                   f"{o['tok_s'] / r['tok_s']:5.2f}x  ({same})")
         print(f"    {'peak RSS':<10} {ours['peak_rss'] / 1e9:7.2f} GB | {peer['peak_rss'] / 1e9:7.2f} GB")

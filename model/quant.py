@@ -357,6 +357,11 @@ def quantize_int8(w: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, to
     return q, scales
 
 
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Rows (R, K) int8 with their scales (R,) -> (R, K) float32."""
+    return q.float() * scales[:, None]
+
+
 class Int8Linear(nn.Module):
     """y = x W^T with W in per-row int8; PyTorch's int8 kernel (bf16 activations) on CPU, dequantized elsewhere."""
 
@@ -378,7 +383,7 @@ class Int8Linear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (out, in), for code that reads `.weight` (dtype checks, inspection)."""
-        return self.qweight.float() * self.scales[:, None]
+        return dequantize_int8(self.qweight, self.scales)
 
     def kernel_scales(self) -> torch.Tensor:
         key = (self.scales.data_ptr(), self.scales._version, self.scales.device)
@@ -423,11 +428,11 @@ class Int8Embedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales[:, None]
+        return dequantize_int8(self.qweight, self.scales)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        rows = self.qweight[flat].float() * self.scales[flat, None]
+        rows = dequantize_int8(self.qweight[flat], self.scales[flat])
         return rows.to(self.dtype).view(*ids.shape, self.embedding_dim)
 
 
