@@ -1,7 +1,28 @@
+"""Shared test settings and fixtures.
+
+Reference tests (marker `reference`) compare with transformers 4.57 in `.venv-ref`. Without that venv they are
+skipped with one reason, except in CI (`CI` set), where a missing reference is a failure.
+"""
 import os
-import sys
-from pathlib import Path
+
+import pytest
+
+from refutil import REF_PYTHON
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Module fixtures that run the reference: every test that uses one is a reference test.
+REFERENCE_FIXTURES = {"reference", "parity"}
+NO_REFERENCE = f"the transformers reference venv {REF_PYTHON} is missing: build it with `bash .ci/setup-reference`"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REFERENCE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.reference)
+    if REF_PYTHON.exists() or os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason=NO_REFERENCE)
+    for item in items:
+        if item.get_closest_marker("reference"):
+            item.add_marker(skip)

@@ -14,8 +14,9 @@ import pytest
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
-                                reason="chromium is not installed: run .ci/setup-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                 reason="chromium is not installed: run .ci/setup-browser")]
 
 from app import server  # noqa: E402
 from app.assets import load_assets  # noqa: E402

@@ -146,6 +146,7 @@ def test_cached_decoding_equals_uncached(tokenizers, family, layers):
     assert torch.equal(fast, naive_greedy(m, ids, mask, 10))
 
 
+@pytest.mark.reference
 def test_full_size_shapes_match_transformers(tmp_path):
     """mt5-small and umt5-small shapes with random weights: greedy and beam tokens equal transformers'."""
     cases, models = [], {}

@@ -182,6 +182,7 @@ PUBLISHED = {
 }
 
 
+@pytest.mark.reference
 def test_parameter_counts_of_published_shapes_equal_transformers(tmp_path):
     cases = [dict(name=n, family=f, cls="ForConditionalGeneration",
                   config=dict(c, d_kv=64, tie_word_embeddings=False)) for n, (f, c) in PUBLISHED.items()]

@@ -178,6 +178,7 @@ def test_int4_kernel_equals_dequantized_reference():
     assert ((q.weight - lin.weight).abs().max() / lin.weight.abs().max()) < 0.1
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
 def test_linear_only_4bit_matches_transformers_bitsandbytes(ckpt, tmp_path, quant_type):
     m, path = ckpt
@@ -198,6 +199,7 @@ def test_linear_only_4bit_matches_transformers_bitsandbytes(ckpt, tmp_path, quan
     assert gap < 0.15 * quant_error, (gap, quant_error)
 
 
+@pytest.mark.reference
 def test_bitsandbytes_4bit_checkpoints_save_and_load_both_ways(ckpt, tmp_path):
     """A 4-bit checkpoint saved by transformers loads here as it is, and ours loads in transformers."""
     bnb = pytest.importorskip("bitsandbytes")
