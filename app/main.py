@@ -9,14 +9,15 @@ from typing import Callable
 import gradio as gr
 
 from . import api
-from .annotation_api import mount as mount_annotation_api
+from .annotation.api import mount as mount_annotation_api
 from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
 from .settings import Settings
-from .store import AnnotationStore
-from .sync import start_sync, sync_status
-from .tabs import annotation_panel, annotations, batch_tab, classify, qa, spans, summarize, tag
+from .annotation.store import AnnotationStore
+from .annotation.sync import start_sync, sync_status
+from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
+from .tabs import classify, qa, spans, summarize, tag
 from .tabs.common import TabHandle
 
 log = logging.getLogger("mt5studio")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import server  # noqa: E402
+from tests import apphost as server  # noqa: E402
 from app.assets import load_assets  # noqa: E402
 from app.demo import build_demo  # noqa: E402
 from app.models import ModelRequest, load_checkpoint  # noqa: E402

@@ -1,8 +1,8 @@
 """Krippendorff's alpha against hand computation and Krippendorff's own published example."""
 import pytest
 
-from app.agreement import agreement, agreement_frame, coincidences, krippendorff_alpha, rating_units
-from app.store import Annotation, item_key
+from app.annotation.agreement import agreement, agreement_frame, coincidences, krippendorff_alpha, rating_units
+from app.annotation.store import Annotation, item_key
 
 # A small table worked by hand: 3 items; item 1 rated 1 and 2, item 2 rated 3, 3, 4 (three annotators),
 # item 3 rated 5 and 4.

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from app.batch import (BatchInput, annotate_row, annotation_for, create_job, delete_job, get_job, get_row, job_progress,
-                       job_rows, list_jobs, load_inputs, next_index, next_unannotated, previous_index,
-                       queue_position, run_batch)
-from app.store import AnnotationStore
+from app.annotation.batch import (BatchInput, annotate_row, annotation_for, create_job, delete_job, get_job, get_row,
+                                  job_progress, job_rows, list_jobs, load_inputs, next_index, next_unannotated,
+                                  previous_index, queue_position, run_batch)
+from app.annotation.store import AnnotationStore
 
 SETTINGS = {"model_id": "google/mt5-small", "model_revision": "main", "family": "mt5", "dtype": "float32",
             "decoding": {"num_beams": 2}, "app_version": "0.1"}

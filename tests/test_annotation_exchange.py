@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.store import Annotation, AnnotationStore, csv_guard, csv_unguard, read_export
+from app.annotation.store import Annotation, AnnotationStore, csv_guard, csv_unguard, read_export
 
 HOSTILE = [
     "Привет, мир", "שלום עולם", "مرحبا بالعالم", "你好，世界", "नमस्ते दुनिया", "Γειά σου", "안녕하세요",

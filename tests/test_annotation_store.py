@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.store import (MAX_COMMENT_BYTES, MIGRATIONS, SCHEMA_VERSION, Annotation, AnnotationStore, default_db_path,
-                       item_key, load_error_categories, migrate)
+from app.annotation.store import (MAX_COMMENT_BYTES, MIGRATIONS, SCHEMA_VERSION, Annotation, AnnotationStore,
+                                  default_db_path, item_key, load_error_categories, migrate)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,8 @@ def test_update_and_delete(store):
 def test_query_filters_and_counts(store):
     day = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
     rows = [("summarize", "m1", "Amina", 1, day), ("summarize", "m2", "Bo", 3, day + dt.timedelta(days=1)),
-            ("answer", "m1", "Amina", 5, day + dt.timedelta(days=2)), ("tag", "m2", "Chen", None, day + dt.timedelta(seconds=1))]
+            ("answer", "m1", "Amina", 5, day + dt.timedelta(days=2)),
+            ("tag", "m2", "Chen", None, day + dt.timedelta(seconds=1))]
     for i, (task, model, who, rating, when) in enumerate(rows):
         store.save(make(task=task, model_id=model, annotator=who, rating=rating, input=f"in {i}",
                         created_at=when.isoformat()))
@@ -184,7 +185,7 @@ def test_twenty_threads_lose_nothing(store):
 CHILD = """
 import sys
 sys.path.insert(0, sys.argv[2])
-from app.store import Annotation, AnnotationStore
+from app.annotation.store import Annotation, AnnotationStore
 store = AnnotationStore(sys.argv[1])
 i = 0
 while True:

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.store import Annotation, AnnotationStore
-from app.sync import hub_scheduler, start_sync, sync_config, sync_status
+from app.annotation.store import Annotation, AnnotationStore
+from app.annotation.sync import hub_scheduler, start_sync, sync_config, sync_status
 
 
 def make(i: int) -> Annotation:
@@ -146,7 +146,7 @@ def no_snapshot(repo_id, token):
 
 def test_existing_snapshot_is_merged_before_the_first_push(store, tmp_path):
     """A Space restarted without persistent storage starts empty: the dataset's snapshot comes back first."""
-    from app.store import Annotation, AnnotationStore
+    from app.annotation.store import Annotation, AnnotationStore
 
     earlier = AnnotationStore(tmp_path / "earlier.db")
     saved = earlier.save(Annotation(task="summarization", model_id="m", input="שלום עולם", output="out",
@@ -164,5 +164,6 @@ def test_unreadable_snapshot_keeps_sync_off_and_the_store_unchanged(store):
 
     env = {"MT5_STUDIO_DATASET_REPO": "me/ann", "HF_TOKEN": "t"}
     before = store.count()
-    assert start_sync(store, env, scheduler_factory=lambda **kw: SimpleNamespace(lock=threading.Lock()), download=unreachable) is None
+    scheduler = lambda **kw: SimpleNamespace(lock=threading.Lock())  # noqa: E731
+    assert start_sync(store, env, scheduler_factory=scheduler, download=unreachable) is None
     assert store.count() == before

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.annotation_api import (NO_RESULT, annotate, export, filters, parse_rating, provenance,
+from app.annotation.api import (NO_RESULT, annotate, export, filters, parse_rating, provenance,
                                 row_output, save_from_record)
-from app.store import AnnotationStore, read_export
+from app.annotation.store import AnnotationStore, read_export
 
 TEXTS = {"input": "مرحبا بالعالم <script>alert(1)</script> 日本語のテキスト", "output": "=SUM(A1) שלום עולם 👋"}
 RECORD = {  # a RunRecord as the tabs keep it (dataclasses.asdict)
@@ -33,7 +33,8 @@ def store(tmp_path, monkeypatch):
 def test_save_from_record_keeps_provenance_and_updates_on_second_save(store):
     ann_id = save_from_record(store, RECORD, "4", TEXTS["output"] + " ✓", ["fluency"], "<b>ok</b>", "  Amina ")
     a = store.get(ann_id)
-    assert (a.task, a.model_id, a.family, a.dtype) == ("summarization", "google/mt5-small", "mt5", "bfloat16, 4-bit nf4")
+    assert (a.task, a.model_id, a.family, a.dtype) == ("summarization", "google/mt5-small", "mt5",
+                                                       "bfloat16, 4-bit nf4")
     assert a.decoding == {"num_beams": 4, "max_new_tokens": 64} and a.app_version == "0.2.0"
     assert (a.input, a.output, a.rating, a.annotator) == (TEXTS["input"], TEXTS["output"], 4, "Amina")
     assert a.corrected_output == TEXTS["output"] + " ✓" and a.comment == "<b>ok</b>"
@@ -82,7 +83,8 @@ def test_annotate_and_export_round_trip_every_format(store, tmp_path):
 def test_filters_from_the_page():
     assert filters("(all)", "", None, "", "", 1, 5) == {}
     f = filters("summarization", "m", "Amina", "2026-01-01", "2026-01-31", 2.0, 4.0)
-    assert f["task"] == "summarization" and str(f["until"]) == "2026-01-31" and (f["min_rating"], f["max_rating"]) == (2, 4)
+    assert f["task"] == "summarization" and str(f["until"]) == "2026-01-31"
+    assert (f["min_rating"], f["max_rating"]) == (2, 4)
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
         filters(since="2026-31-01")
     with pytest.raises(ValueError, match="above"):
@@ -116,8 +118,8 @@ def minimal_context():
 def test_blocks_build(store):
     import gradio as gr
 
-    from app.annotation_api import mount
-    from app.tabs import annotation_panel, annotations, batch_tab
+    from app.annotation.api import mount
+    from app.annotation.tabs import annotations, batch_tab, panel as annotation_panel
     from app.tabs.common import TabHandle, model_picker, mount_panels
 
     ctx = minimal_context()
@@ -146,7 +148,7 @@ def test_endpoints_through_gradio_client(store, tmp_path):
     import gradio as gr
     from gradio_client import Client
 
-    from app.annotation_api import mount
+    from app.annotation.api import mount
 
     with gr.Blocks() as demo:
         mount(store)
@@ -183,8 +185,8 @@ def text_of(update):
 def test_handlers_panel_table_and_queue(store, tmp_path):
     import gradio as gr
 
-    from app.batch import BatchInput, create_job, job_progress
-    from app.tabs import annotation_panel, annotations, batch_tab
+    from app.annotation.batch import BatchInput, create_job, job_progress
+    from app.annotation.tabs import annotations, batch_tab, panel as annotation_panel
     from app.tabs.common import TabHandle, model_picker, mount_panels
 
     ctx = minimal_context()
@@ -240,11 +242,11 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
 def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     """The task tabs of app/main.py with the panel mounted, the two tabs and the endpoints wired as the report
     says, demo checkpoints; a batch of multilingual rows run through summarization and extractive QA."""
-    from app.annotation_api import mount
-    from app.batch import job_progress, job_rows, list_jobs
+    from app.annotation.api import mount
+    from app.annotation.batch import job_progress, job_rows, list_jobs
     from app.main import build_app, prepare
     from app.settings import Settings
-    from app.tabs import annotation_panel, annotations, batch_tab
+    from app.annotation.tabs import annotations, batch_tab, panel as annotation_panel
 
     ctx, _ = prepare(True, Settings(demo_dir=tmp_path / "demo"))
     annotation_panel.register(ctx, store)

@@ -9,7 +9,7 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from app import server  # noqa: E402
+import apphost as server  # noqa: E402
 from app.assets import load_assets  # noqa: E402
 from model.tiny import DEMO_CLASS_LABELS, DEMO_TAG_LABELS  # noqa: E402
 

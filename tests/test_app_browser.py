@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                  reason="chromium is not installed: run .ci/setup-browser")]
 
-from app import server  # noqa: E402
+import apphost as server  # noqa: E402
 from app.assets import load_assets  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parent.parent / "data" / "screenshots"

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 import torch
 
-from app.annotation_api import dtype_label
+from app.annotation.api import dtype_label
 from app.assets import load_assets
 from app.attention import AttentionInput, capture, render_html, select
 from app.errors import UserError

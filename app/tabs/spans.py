@@ -60,7 +60,7 @@ def build(ctx: AppContext) -> TabHandle:
               concurrency_id="models")
     # The marker goes where the cursor was: a script in assets/ (`tasks.next_marker` is the same rule in Python).
     insert.click(None, [text], [text], js=ctx.assets.js["insert_marker"], api_visibility="private")
-    picker.source.change(guarded(status, lambda s: prefill_decoding(controls, status, s, ctx.cache.policy)), [picker.source],
-                         [*controls.inputs(), status], api_visibility="private")
+    prefill = guarded(status, lambda s: prefill_decoding(controls, status, s, ctx.cache.policy))
+    picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
     return handle
 

@@ -8,12 +8,12 @@ from gradio.context import Context
 import pandas as pd
 
 from ..agreement import agreement_frame
-from ..annotation_api import EXPORT_FORMATS, export, filters, judgement
-from ..context import AppContext
+from ..api import EXPORT_FORMATS, export, filters, judgement
+from ...context import AppContext
 from ..store import AnnotationStore
-from ..tasks import is_rtl
-from .annotation_panel import fields, remember_annotator
-from .common import status_html
+from ...tasks import is_rtl
+from .panel import fields, remember_annotator
+from ...tabs.common import status_html
 
 ALL = "(all)"
 # What the table shows (the full record is in the editor and in exports).
@@ -90,8 +90,9 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             export_btn = gr.Button("Export", elem_id="annotations-export")
         export_file = gr.File(label="Download", interactive=False, elem_id="annotations-export-file")
         with gr.Row():
-            upload = gr.File(label="Import an export (JSONL, CSV or Parquet)", file_types=[".jsonl", ".csv", ".parquet"],
-                             type="filepath", elem_id="annotations-import-file")
+            upload = gr.File(label="Import an export (JSONL, CSV or Parquet)",
+                             file_types=[".jsonl", ".csv", ".parquet"], type="filepath",
+                             elem_id="annotations-import-file")
             import_btn = gr.Button("Import", elem_id="annotations-import")
 
     with gr.Accordion("Inter-annotator agreement (Krippendorff's alpha on ratings)", open=False):

@@ -4,7 +4,7 @@ How the UI uses this
 ====================
 One store per process, made at launch (never at import) and passed to the tabs::
 
-    from app.store import AnnotationStore, Annotation
+    from app.annotation.store import AnnotationStore, Annotation
     store = AnnotationStore()            # path: $MT5_STUDIO_DB, else /data/annotations.db on a Space with
                                          # persistent storage, else data/annotations.db under the repo root
 
@@ -45,10 +45,10 @@ An upload (a JSONL export, or a CSV/Parquet export; all-or-nothing; ValueError n
 
 Agreement tables (Krippendorff's alpha on ratings of items judged by two or more annotators)::
 
-    from app.agreement import agreement_frame
+    from app.annotation.agreement import agreement_frame
     df = agreement_frame(store.query(), by="task")      # or by="model_id"; one row per group, then "all"
 
-Batch jobs (`app.batch`), stored in the same database, so they survive a restart::
+Batch jobs (`app.annotation.batch`), stored in the same database, so they survive a restart::
 
     inputs = load_inputs(uploaded_path)                  # list[BatchInput]; ValueError on a bad file
     job = create_job(store, inputs, task="summarization", source=filename,
@@ -60,8 +60,8 @@ Batch jobs (`app.batch`), stored in the same database, so they survive a restart
                                                          # pos.previous_index / next_index / next_unannotated
     annotate_row(store, job.id, index, annotation_for(job, pos.row, annotator="Amina", rating=4, …))
 
-Hub sync (`app.sync`), at launch: `sync = start_sync(store)` (None unless MT5_STUDIO_DATASET_REPO and HF_TOKEN
-are both set); `sync_status(sync)` is a line for the page.
+Hub sync (`app.annotation.sync`), at launch: `sync = start_sync(store)` (None unless MT5_STUDIO_DATASET_REPO and
+HF_TOKEN are both set); `sync_status(sync)` is a line for the page.
 
 Text is stored verbatim, `<script>` included: escaping for HTML is the page's job.
 """
@@ -84,7 +84,7 @@ from typing import Any
 
 import pandas as pd
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES_PATH = REPO_ROOT / "assets" / "error_categories.json"
 ENV_DB = "MT5_STUDIO_DB"
 SPACE_DATA_DIR = Path("/data")
@@ -272,7 +272,8 @@ class _Validator:
             raise ValueError(f"error categories must be a list of category ids, got {cats!r}")
         unknown = [c for c in cats if c not in self.categories]
         if unknown:
-            raise ValueError(f"unknown error categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}: "
+            which = f"categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
+            raise ValueError(f"unknown error {which}: "
                              f"known ones are {', '.join(self.categories)} (assets/error_categories.json)")
         if len(set(cats)) != len(cats):
             raise ValueError(f"error categories repeat an entry: {cats}")
@@ -455,7 +456,7 @@ class AnnotationStore:
 
     def prepare(self, record: Annotation) -> Annotation:
         """A validated copy of `record` with id, item_key and timestamps filled, ready for `insert_annotation`
-        inside a `transaction()` (for callers that write more in the same transaction, like app.batch)."""
+        inside a `transaction()` (for callers that write more in the same transaction, like app.annotation.batch)."""
         self.validator.check(record)
         now = utc_now()
         a = dataclasses.replace(record, annotator=record.annotator.strip(),

@@ -11,11 +11,11 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
-from ..annotation_api import NO_RESULT, save_from_record
-from ..context import AppContext
+from ..api import NO_RESULT, save_from_record
+from ...context import AppContext
 from ..store import AnnotationStore, load_error_categories
-from ..tasks import is_rtl
-from .common import status_html
+from ...tasks import is_rtl
+from ...tabs.common import status_html
 
 ANNOTATOR_KEY = "mt5studio-annotator"   # localStorage key: one name for every tab of this browser
 RATINGS = ["1", "2", "3", "4", "5"]

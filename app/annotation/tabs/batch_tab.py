@@ -1,6 +1,6 @@
 """The Batch tab: a file of inputs run through one task, then walked as an annotation queue; resumable.
 
-Jobs and their results live in the annotation database (`app.batch`), so after a restart the job list offers
+Jobs and their results live in the annotation database (`app.annotation.batch`), so after a restart the job list offers
 every job: running it again finishes the rows not yet processed, and the queue goes on where it stopped.
 """
 from __future__ import annotations
@@ -11,18 +11,18 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
-from .. import __version__
-from ..annotation_api import batch_process, decoding_dict, dtype_label, judgement
-from ..assets import TASKS
+from ... import __version__
+from ..api import batch_process, decoding_dict, dtype_label, judgement
+from ...assets import TASKS
 from ..batch import (annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs, load_inputs,
                      next_unannotated, queue_position, run_batch)
-from ..context import AppContext
-from ..errors import UserError
+from ...context import AppContext
+from ...errors import UserError
 from ..store import AnnotationStore
-from ..tasks import Decoding, is_rtl
-from .annotation_panel import fields, remember_annotator
+from ...tasks import Decoding, is_rtl
+from .panel import fields, remember_annotator
 from .annotations import help_text
-from .common import decoding_controls, model_picker, progress_reporter, status_html
+from ...tabs.common import decoding_controls, model_picker, progress_reporter, status_html
 
 NEEDS_QUESTION = ("question_answering", "generative_qa")
 

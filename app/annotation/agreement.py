@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from app.store import Annotation
+from .store import Annotation
 
 METRICS = ("nominal", "ordinal", "interval", "ratio")
 

@@ -1,4 +1,5 @@
-"""Starts the app in a child process and waits until it serves: for the tests and the benchmark."""
+"""Test and bench harness (not part of the served app): starts `python app.py` in a child process and waits until
+it serves."""
 from __future__ import annotations
 
 import os

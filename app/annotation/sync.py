@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.store import AnnotationStore, export_annotations
+from .store import AnnotationStore, export_annotations
 
 ENV_REPO = "MT5_STUDIO_DATASET_REPO"
 ENV_TOKEN = "HF_TOKEN"

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .models import bits_label
+from .. import __version__
+from ..models import bits_label
 from .store import Annotation, AnnotationStore
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
@@ -92,7 +92,8 @@ def provenance(record: dict[str, Any]) -> dict[str, Any]:
 def judgement(rating: Any, corrected_output: Any, error_categories: Any, comment: Any,
               annotator: Any) -> dict[str, Any]:
     """The judgement fields, normalised (annotator trimmed; the store checks the rest)."""
-    return {"rating": parse_rating(rating), "corrected_output": "" if corrected_output is None else str(corrected_output),
+    return {"rating": parse_rating(rating),
+            "corrected_output": "" if corrected_output is None else str(corrected_output),
             "error_categories": parse_categories(error_categories), "comment": "" if comment is None else str(comment),
             "annotator": "" if annotator is None else str(annotator).strip()}
 
@@ -235,8 +236,8 @@ def row_output(task: str, result: Any) -> str:
 
 
 def batch_process(task: str, loaded: Any, decoding: Any) -> Callable[[Any], str]:
-    """`process(row)` for `app.batch.run_batch`: runs `task`'s function from `app.tasks` on a BatchRow."""
-    from . import tasks
+    """`process(row)` for `app.annotation.batch.run_batch`: runs `task`'s function from `app.tasks` on a BatchRow."""
+    from .. import tasks
 
     def process(row: Any) -> str:
         if task == "summarization":

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
+from .store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
 
 MAX_ROWS = 1000
 TEXT_COLUMNS = ("text", "input")
