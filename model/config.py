@@ -7,11 +7,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .hub import resolve_file
+
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning
+CACHE_IMPLEMENTATIONS = (None, "dynamic")  # our cache grows as it fills: transformers' "dynamic" cache
 
 # Keys whose values transformers writes but which we derive or do not need to keep separately.
 _DERIVED_KEYS = {"dense_act_fn", "is_gated_act", "transformers_version", "_name_or_path"}
@@ -100,6 +106,16 @@ class MT5Config:
         """UMT5 has a relative-bias table in every self-attention layer; mT5 only in block 0."""
         return self.model_type == "umt5"
 
+    @property
+    def return_dict(self) -> bool:
+        """transformers' switch between output objects (True) and tuples (False); kept in `extra`, so a
+        config.json that sets it round-trips and one that does not stays as it was."""
+        return bool(self.extra.get("return_dict", True))
+
+    @return_dict.setter
+    def return_dict(self, value: bool) -> None:
+        self.extra["return_dict"] = bool(value)
+
     # Serialization -----------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MT5Config":
@@ -125,8 +141,6 @@ class MT5Config:
     @classmethod
     def from_pretrained(cls, repo_or_dir: str | os.PathLike, **hub_options: Any) -> "MT5Config":
         """Reads `config.json` from a local directory or a Hub repo (through the huggingface_hub cache)."""
-        from .hub import resolve_file
-
         path = resolve_file(repo_or_dir, CONFIG_NAME, **hub_options)
         return cls.from_dict(read_json(path))
 
@@ -188,3 +202,115 @@ def check_model_type(model_type: str | None, architectures: list[str] | None, cl
 
 def config_class(family: str) -> type[MT5Config]:
     return UMT5Config if family == "umt5" else MT5Config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Decoding settings
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class GenerationConfig:
+    """Decoding settings with transformers' names and defaults (max 20 new tokens, greedy)."""
+
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    max_length: int | None = None       # counts the decoder start token, as in transformers
+    min_length: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: list[list[int]] | None = None
+    eos_token_id: int | list[int] | None = 1
+    pad_token_id: int = 0
+    decoder_start_token_id: int = 0
+    output_scores: bool = False
+    return_dict_in_generate: bool = False
+    seed: int | None = None
+    cache_implementation: str | None = None  # None or "dynamic": see CACHE_IMPLEMENTATIONS
+
+    @classmethod
+    def from_model_config(cls, config: MT5Config, generation_json: dict | None = None) -> "GenerationConfig":
+        """Defaults from the checkpoint: generation_config.json, else decoding keys in config.json (as
+        csebuetnlp/mT5_multilingual_XLSum keeps its 4 beams, max_length 84, ... there)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        source = dict(generation_json) if generation_json else dict(config.extra)
+        values = {k: v for k, v in source.items() if k in names and v is not None}
+        values.setdefault("eos_token_id", config.eos_token_id)
+        values.setdefault("pad_token_id", config.pad_token_id)
+        values.setdefault("decoder_start_token_id", config.decoder_start_token_id)
+        return cls(**values)
+
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, config: MT5Config | None = None,
+                        **hub_options: Any) -> "GenerationConfig":
+        """Reads `generation_config.json` from a local directory or a Hub repo; without one, the decoding keys of
+        `config.json` (read from the same place unless `config` is given). No weights are read."""
+        path = resolve_file(repo_or_dir, GENERATION_CONFIG_NAME, optional=True, **hub_options)
+        if config is None:
+            data = read_json(resolve_file(repo_or_dir, CONFIG_NAME, **hub_options))
+            config = config_class(family_of(data)).from_dict(data)
+        return cls.from_model_config(config, read_json(path) if path is not None else None)
+
+    def updated(self, **changes: Any) -> "GenerationConfig":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"generate() got unknown argument(s) {unknown}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None or k in
+                                            ("max_new_tokens", "max_length", "bad_words_ids", "seed")})
+
+    @property
+    def eos_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
+
+    def total_length(self) -> int:
+        """Decoder length limit, start token included; bounded by MAX_NEW_TOKENS_LIMIT."""
+        if self.max_new_tokens is not None:
+            length = self.max_new_tokens + 1
+        elif self.max_length is not None:
+            length = self.max_length
+        else:
+            length = 21  # transformers: 20 new tokens by default
+        if length - 1 > MAX_NEW_TOKENS_LIMIT:
+            warnings.warn(f"max_new_tokens {length - 1} is above the limit; generating at most "
+                          f"{MAX_NEW_TOKENS_LIMIT}", stacklevel=4)
+            length = MAX_NEW_TOKENS_LIMIT + 1
+        return length
+
+    def min_total_length(self) -> int:
+        if self.min_new_tokens is not None:
+            return self.min_new_tokens + 1
+        return self.min_length
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad setting and the allowed range."""
+        checks = [
+            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+            (self.max_length is None or self.max_length >= 2, "max_length must be at least 2 (start token + 1)"),
+            (self.num_beams >= 1, "num_beams must be at least 1"),
+            (self.num_return_sequences >= 1, "num_return_sequences must be at least 1"),
+            (self.num_return_sequences <= self.num_beams or (self.do_sample and self.num_beams == 1),
+             f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}); "
+             "raise num_beams or use do_sample=True"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
+            (self.length_penalty == self.length_penalty, "length_penalty must be a number"),
+            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
+            (self.cache_implementation in CACHE_IMPLEMENTATIONS,
+             f"cache_implementation={self.cache_implementation!r} is not supported: use None or 'dynamic' (the "
+             "cache grows as decoding goes; static, offloaded and quantized caches are not implemented)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

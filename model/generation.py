@@ -7,115 +7,17 @@ settings give the same tokens.
 """
 from __future__ import annotations
 
-import dataclasses
-import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from .config import MAX_NEW_TOKENS_LIMIT, GenerationConfig  # noqa: F401 (the limit is read from here too)
+from .fast_head import FastHead
 from .modeling import KVCache, padding_mask
 
-BUILD_LOCK = threading.Lock()  # guards the lazily built fast-path copies of a model's head
-MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning
 NEG_INF = float("-inf")
-
-
-@dataclass
-class GenerationConfig:
-    """Decoding settings with transformers' names and defaults (max 20 new tokens, greedy)."""
-
-    max_new_tokens: int | None = None
-    min_new_tokens: int | None = None
-    max_length: int | None = None       # counts the decoder start token, as in transformers
-    min_length: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    bad_words_ids: list[list[int]] | None = None
-    eos_token_id: int | list[int] | None = 1
-    pad_token_id: int = 0
-    decoder_start_token_id: int = 0
-    output_scores: bool = False
-    return_dict_in_generate: bool = False
-    seed: int | None = None
-    cache_implementation: str | None = None  # accepted for transformers compatibility; our cache is always fit
-
-    @classmethod
-    def from_model_config(cls, config, generation_json: dict | None = None) -> "GenerationConfig":
-        """Defaults from the checkpoint: generation_config.json, else decoding keys in config.json (as
-        csebuetnlp/mT5_multilingual_XLSum keeps its 4 beams, max_length 84, ... there)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        source = dict(generation_json) if generation_json else dict(config.extra)
-        values = {k: v for k, v in source.items() if k in names and v is not None}
-        values.setdefault("eos_token_id", config.eos_token_id)
-        values.setdefault("pad_token_id", config.pad_token_id)
-        values.setdefault("decoder_start_token_id", config.decoder_start_token_id)
-        return cls(**values)
-
-    def updated(self, **changes: Any) -> "GenerationConfig":
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise TypeError(f"generate() got unknown argument(s) {unknown}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None or k in
-                                            ("max_new_tokens", "max_length", "bad_words_ids", "seed")})
-
-    @property
-    def eos_ids(self) -> list[int]:
-        if self.eos_token_id is None:
-            return []
-        return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
-
-    def total_length(self) -> int:
-        """Decoder length limit, start token included; bounded by MAX_NEW_TOKENS_LIMIT."""
-        if self.max_new_tokens is not None:
-            length = self.max_new_tokens + 1
-        elif self.max_length is not None:
-            length = self.max_length
-        else:
-            length = 21  # transformers: 20 new tokens by default
-        if length - 1 > MAX_NEW_TOKENS_LIMIT:
-            warnings.warn(f"max_new_tokens {length - 1} is above the limit; generating at most "
-                          f"{MAX_NEW_TOKENS_LIMIT}", stacklevel=4)
-            length = MAX_NEW_TOKENS_LIMIT + 1
-        return length
-
-    def min_total_length(self) -> int:
-        if self.min_new_tokens is not None:
-            return self.min_new_tokens + 1
-        return self.min_length
-
-    def validate(self) -> None:
-        """Raises ValueError naming the bad setting and the allowed range."""
-        checks = [
-            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.max_length is None or self.max_length >= 2, "max_length must be at least 2 (start token + 1)"),
-            (self.num_beams >= 1, "num_beams must be at least 1"),
-            (self.num_return_sequences >= 1, "num_return_sequences must be at least 1"),
-            (self.num_return_sequences <= self.num_beams or (self.do_sample and self.num_beams == 1),
-             f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams ({self.num_beams}); "
-             "raise num_beams or use do_sample=True"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 disables it), got {self.top_k}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be >= 0"),
-            (self.length_penalty == self.length_penalty, "length_penalty must be a number"),
-            (self.early_stopping in (True, False, "never"), "early_stopping must be True, False or 'never'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 @dataclass
@@ -135,112 +37,34 @@ class DecoderState:
     model: Any
     encoder_states: torch.Tensor           # (N, S, D)
     encoder_mask: torch.Tensor | None      # (N, 1, 1, S) additive
+    head: FastHead | None = None           # the output projection: logits, or the greedy argmax
     cache: KVCache = field(init=False)
-    fallbacks: int = 0                     # greedy rows the int8 screen could not decide (rescored in full)
-    packed_head: torch.Tensor | None = None  # beam search: MKL-packed lm_head for `packed_rows` rows
-    packed_rows: int = 0
-    screen: Int8Screen | None | bool = None   # greedy: the model's Int8Screen, looked up at the first step
 
     def __post_init__(self):
         self.cache = KVCache(len(self.model.decoder.block))
+        if self.head is None:
+            self.head = FastHead.for_model(self.model)
 
     @torch.no_grad()
     def states(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (N, 1) at the next position -> decoder states (N, D)."""
         return self.model.decode_step(tokens, self.encoder_states, self.encoder_mask, self.cache)[:, -1, :]
 
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """Exact next-token logits (N, V) in fp32."""
-        if self.packed_head is not None and states.shape[0] == self.packed_rows:
-            return torch.ops.mkl._mkl_linear(states, self.packed_head, self.model.lm_head.weight, None,
-                                             self.packed_rows)
-        return self.model.logits(states[:, None, :])[:, 0, :].float()
-
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.states(tokens))
+        """Exact next-token logits (N, V) in fp32."""
+        return self.head.logits(self.states(tokens))
 
-    def greedy(self, tokens: torch.Tensor, seqs: torch.Tensor, cfg: "GenerationConfig") -> torch.Tensor:
-        """Next tokens (N,) by exact argmax of the processed logits; int8 screening when it is available."""
+    def greedy(self, tokens: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+        """Next tokens (N,) by exact argmax of the processed logits."""
         states = self.states(tokens)
-        if self.screen is None:
-            self.screen = lm_head_screen(self.model) or False  # False: looked up, none applies
-        if not self.screen or cfg.repetition_penalty != 1.0:
-            return process_scores(self.logits(states), seqs, cfg).argmax(-1)
-        # the screen exists only for untied heads, so the states need no d_model**-0.5 scaling
-        picked, undecided = self.screen.argmax(states.float(), lambda approx: process_scores(approx, seqs, cfg))
-        if undecided.any():
-            rows = undecided.nonzero().squeeze(1)
-            self.fallbacks += len(rows)
-            picked[rows] = process_scores(self.logits(states[rows]), seqs[rows], cfg).argmax(-1)
-        return picked
+        if cfg.repetition_penalty != 1.0:  # it rescales scores by their sign: outside the int8 screen's bound
+            return process_scores(self.head.logits(states), seqs, cfg).argmax(-1)
+        return self.head.argmax(states, lambda scores, rows: process_scores(
+            scores, seqs if rows is None else seqs[rows], cfg))
 
 
-class Int8Screen:
-    """Exact greedy argmax at int8 cost, for CPU decoding where the 250k-row output projection dominates.
-
-    int8 weights (per-row scales) give approximate logits several times faster than fp32; the top `candidates`
-    are rescored in fp32 and the best wins *if* a worst-case bound on the int8 error proves that no other token
-    could beat it. Rows where the proof fails are rescored in full. The result is the fp32 argmax, always.
-    Kernel: fbgemm's dynamic int8 linear (activations quantized per call, ~3 ms for mt5-small's head on 2 cores),
-    else `aten._weight_int8pack_mm` with bf16 activations (~6-10 ms).
-    """
-
-    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 16384):
-        rows = weight.shape[0]
-        q = torch.empty(weight.shape, dtype=torch.int8)
-        scale = torch.empty(rows, dtype=torch.float32)
-        self.err = self.l1 = self.l2 = 0.0
-        for start in range(0, rows, chunk):  # chunked: no full-size fp32 temporaries
-            w = weight[start:start + chunk].detach().float()
-            sc = (w.abs().amax(1).clamp(min=1e-30) / 127).to(torch.bfloat16).float()  # bf16: int8pack needs it
-            qc = torch.round(w / sc[:, None]).clamp(-128, 127)
-            deq = qc * sc[:, None]
-            q[start:start + chunk], scale[start:start + chunk] = qc.to(torch.int8), sc
-            self.err = max(self.err, (w - deq).norm(dim=1).max().item())  # weight error, L2 per row
-            self.l1 = max(self.l1, deq.abs().sum(1).max().item())
-            self.l2 = max(self.l2, deq.norm(dim=1).max().item())
-        self.weight, self.candidates = weight, min(candidates, rows - 1)
-        self.packed = fbgemm_pack(q, scale)
-        # int8pack's operands only where fbgemm is missing (fbgemm keeps its own packed copy)
-        self.q, self.scale = (None, None) if self.packed is not None else (q, scale.to(torch.bfloat16))
-
-    def approximate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Approximate logits (N, V) fp32 and the bound (N,) on their activation-side error."""
-        if self.packed is not None:
-            approx = torch.ops.quantized.linear_dynamic(h, self.packed, True)
-            # fbgemm quantizes each row's input to 7 bits over [min(x,0), max(x,0)]: error <= scale/2 per element
-            x_range = h.amax(-1).clamp(min=0) - h.amin(-1).clamp(max=0)
-            return approx, x_range / 127 / 2 * self.l1
-        hb = h.to(torch.bfloat16)
-        approx = torch._weight_int8pack_mm(hb, self.q, self.scale).float()
-        # bf16 activations, and a bf16 result: its rounding (2^-8 relative) is added by the caller's margin
-        return approx, self.l2 * (h - hb.float()).norm(dim=-1) + approx.abs().amax(-1) * 2 ** -7
-
-    def argmax(self, h: torch.Tensor, process) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (N, D) fp32 states -> (tokens (N,), undecided (N,) bool). `process` applies bans to scores."""
-        approx, act_bound = self.approximate(h)
-        top, cand = torch.topk(process(approx), self.candidates + 1, dim=-1)
-        cand, runner_up = cand[:, :-1], top[:, -1]  # runner_up bounds every non-candidate's approximation
-        exact = torch.einsum("nd,nkd->nk", h, self.weight[cand].float())
-        best, where = exact.masked_fill(top[:, :-1] == NEG_INF, NEG_INF).max(-1)
-        h_norm = h.norm(dim=-1)
-        bound = self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm  # + fp32 accumulation
-        decided = (best > runner_up + bound * 1.01 + 1e-5) | (runner_up == NEG_INF)
-        return cand.gather(1, where[:, None]).squeeze(1), ~decided
-
-
-def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor):
-    """fbgemm's prepacked int8 weight, or None where this PyTorch build lacks the quantized engine."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks these quantized-tensor APIs deprecated
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            return torch.ops.quantized.linear_prepack(qw, None)
-    except (RuntimeError, AttributeError):
-        return None
-
-
-def encode_for_generation(model, input_ids, attention_mask, expand: int) -> DecoderState:
+def encode_for_generation(model, input_ids, attention_mask, expand: int,
+                          head: FastHead | None = None) -> DecoderState:
     """Runs the encoder once and repeats its states for beams / return sequences."""
     enc = model.encode(input_ids, attention_mask).last_hidden_state
     mask = padding_mask(attention_mask, enc.dtype) if attention_mask is not None and not bool(
@@ -248,60 +72,7 @@ def encode_for_generation(model, input_ids, attention_mask, expand: int) -> Deco
     if expand > 1:
         enc = enc.repeat_interleave(expand, dim=0)
         mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
-    return DecoderState(model, enc, mask)
-
-
-def packed_lm_head(model, rows: int) -> torch.Tensor | None:
-    """MKL's packed copy of the untied fp32 CPU lm_head for `rows`-row products (beam search: batch x beams).
-
-    Beam search needs every log-probability, so the full fp32 head runs each step; MKL's packed GEMM does that
-    ~1.4x faster than F.linear for a few rows, with the same result. Built once per row count and kept on the
-    model (0.65 GB for mt5-small's head); None where it does not apply.
-    """
-    head = model.lm_head
-    if (type(head) is not torch.nn.Linear or model.config.tie_word_embeddings or model.training
-            or head.weight.device.type != "cpu" or head.weight.dtype != torch.float32
-            or not hasattr(torch.ops.mkl, "_mkl_linear") or getattr(model, "hf_device_map", None)):
-        return None
-    key = (head.weight.data_ptr(), head.weight._version, rows)
-    with BUILD_LOCK:
-        return cached_pack(model, head, key, rows)
-
-
-def cached_pack(model, head: torch.nn.Linear, key: tuple, rows: int) -> torch.Tensor | None:
-    cached = getattr(model, "_mkl_packed_head", None)
-    if cached is None or cached[0] != key:
-        model._mkl_packed_head = None  # free the old pack before building the new one
-        try:
-            cached = (key, torch.ops.mkl._mkl_reorder_linear_weight(head.weight.detach(), rows))
-        except RuntimeError:
-            cached = (key, None)
-        model._mkl_packed_head = cached
-    return cached[1]
-
-
-def lm_head_screen(model) -> Int8Screen | None:
-    """The model's Int8Screen, built on first use (CPU, fp32, untied head); None where it does not apply."""
-    if type(model.lm_head) is not torch.nn.Linear or getattr(model, "hf_device_map", None):
-        return None  # a quantized head is its own fast path; a dispatched one may sit apart from the states
-    weight = model.lm_head.weight
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or model.config.tie_word_embeddings:
-        return None
-    key = (weight.data_ptr(), weight._version)
-    with BUILD_LOCK:  # concurrent requests (the app) build it once
-        return cached_screen(model, weight, key)
-
-
-def cached_screen(model, weight: torch.Tensor, key: tuple) -> Int8Screen | None:
-    screen = getattr(model, "_int8_screen", None)
-    if screen is None or screen[0] != key:
-        try:
-            screen = (key, Int8Screen(weight))
-            screen[1].argmax(torch.zeros(1, weight.shape[1]), lambda s: s)  # the kernel exists for this shape
-        except (RuntimeError, AttributeError):
-            screen = (key, None)
-        model._int8_screen = screen
-    return screen[1]
+    return DecoderState(model, enc, mask, head)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -579,9 +350,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
     batch = input_ids.shape[0]
     if cfg.num_beams > 1:
-        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams)
-        state.packed_rows = batch * cfg.num_beams  # beams need the full fp32 head every step
-        state.packed_head = packed_lm_head(model, state.packed_rows)
+        head = FastHead.for_model(model, rows=batch * cfg.num_beams)  # beams need the full fp32 head every step
+        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams, head)
         out = beam_search(state, cfg, batch, generator)
     else:
         state = encode_for_generation(model, input_ids, attention_mask, cfg.num_return_sequences)

@@ -86,7 +86,8 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} was refused: its pickle holds more than tensors (code or objects), which "
-                              f"is not loaded for safety. Convert it to safetensors from a trusted source. ({e})") from e
+                              "is not loaded for safety. Convert it to safetensors from a trusted source. "
+                              f"({e})") from e
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e}): it may be truncated") from e
     if not isinstance(state, dict):

@@ -276,7 +276,9 @@ def test_defaults_come_from_the_checkpoint(tokenizers, tmp_path):
                                                                  "transformers_version": "4.57.6"}))
     g = MT5ForConditionalGeneration.from_pretrained(tmp_path).generation_config
     assert g.num_beams == 2 and g.max_length is None  # generation_config.json wins over config.json
-    assert m.generate(torch.tensor([[5, 1]]), cache_implementation="static", max_new_tokens=2).shape[1] <= 3
+    assert m.generate(torch.tensor([[5, 1]]), cache_implementation="dynamic", max_new_tokens=2).shape[1] <= 3
+    with pytest.raises(ValueError, match="cache_implementation='static' is not supported: use None or 'dynamic'"):
+        m.generate(torch.tensor([[5, 1]]), cache_implementation="static", max_new_tokens=2)
 
 
 # -- streaming and span filling --------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""model.fast_head: the int8 screen and MKL's packed head give exactly the plain fp32 results, apply only where
+they should, and their cached copies live and die with the model."""
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import MT5Config, MT5ForConditionalGeneration
+from model.config import GenerationConfig
+from model.fast_head import MKL_PACKS, SCREENS, FastHead, Int8Screen, lm_head_screen, packed_lm_head
+from model.generation import encode_for_generation, greedy_or_sample
+
+TINY = dict(vocab_size=512, d_model=64, d_kv=8, d_ff=48, num_layers=2, num_heads=3)
+
+
+def tiny(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return MT5ForConditionalGeneration(MT5Config(**{**TINY, **overrides})).eval()
+
+
+def needs_screen(m):
+    if lm_head_screen(m) is None:
+        pytest.skip("no int8 kernel here (fbgemm and _weight_int8pack_mm both missing)")
+
+
+def test_screen_fallback_rows_equal_the_fp32_argmax():
+    """One candidate per row: the bound often fails, and those rows are rescored in full."""
+    m = tiny()
+    needs_screen(m)
+    weight = m.lm_head.weight
+    h = torch.randn(64, TINY["d_model"])
+    banned = torch.zeros(64, TINY["vocab_size"], dtype=torch.bool)
+    banned[::3, F.linear(h, weight).argmax(-1)[::3]] = True  # bans move some rows' best token
+    process = lambda scores, rows: scores.masked_fill(banned if rows is None else banned[rows], float("-inf"))
+    head = FastHead(m, screen=Int8Screen(weight, candidates=1))
+    with torch.no_grad():
+        tokens = head.argmax(h, process)
+        expected = process(F.linear(h, weight), None).argmax(-1)
+    assert head.fallbacks > 0, "the test must reach the fallback branch"
+    assert torch.equal(tokens, expected)
+
+
+def test_greedy_decoding_with_fallbacks_equals_plain_decoding():
+    m = tiny(1)
+    needs_screen(m)
+    ids = torch.randint(3, TINY["vocab_size"], (4, 9))
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=2, min_new_tokens=4)
+    screened = FastHead(m, screen=Int8Screen(m.lm_head.weight, candidates=1))
+    plain = FastHead(m, screen=False)
+    out = [greedy_or_sample(encode_for_generation(m, ids, None, 1, head), cfg, None).sequences
+           for head in (screened, plain)]
+    assert screened.fallbacks > 0 and plain.fallbacks == 0
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[0], m.generate(ids, generation_config=cfg))  # the default screen (256 candidates)
+
+
+def test_mkl_packed_head_equals_f_linear():
+    if not hasattr(torch.ops.mkl, "_mkl_linear"):
+        pytest.skip("this PyTorch build has no torch.ops.mkl._mkl_linear")
+    m = tiny()
+    head = FastHead.for_model(m, rows=6)
+    if head.packed is None:
+        pytest.skip("MKL could not pack the weight here")
+    h = torch.randn(6, TINY["d_model"])
+    with torch.no_grad():
+        assert torch.equal(head.logits(h), F.linear(h, m.lm_head.weight))
+        assert torch.equal(head.logits(h[:5]), F.linear(h[:5], m.lm_head.weight))  # other row counts: plain
+
+
+def test_fast_paths_only_for_untied_fp32_cpu_heads_not_dispatched():
+    assert lm_head_screen(tiny(tie_word_embeddings=True)) is None
+    assert packed_lm_head(tiny(tie_word_embeddings=True), 4) is None
+    assert lm_head_screen(tiny().to(torch.bfloat16)) is None
+    dispatched = tiny()
+    dispatched.hf_device_map = {"": "cpu"}
+    assert lm_head_screen(dispatched) is None and packed_lm_head(dispatched, 4) is None
+    assert packed_lm_head(tiny().train(), 4) is None
+
+
+def test_caches_go_with_the_model_and_follow_in_place_changes():
+    gc.collect()
+    before = len(SCREENS), len(MKL_PACKS)
+    m = tiny()
+    needs_screen(m)
+    screen = lm_head_screen(m)
+    assert lm_head_screen(m) is screen and SCREENS[m][1] is screen and not hasattr(m, "_int8_screen")
+    with torch.no_grad():
+        m.lm_head.weight.mul_(-1.0)  # in place: same data_ptr, new _version
+    rebuilt = lm_head_screen(m)
+    assert rebuilt is not screen
+    h = torch.randn(8, TINY["d_model"])
+    tokens, undecided = rebuilt.argmax(h, lambda s: s)
+    assert torch.equal(tokens[~undecided], F.linear(h, m.lm_head.weight).argmax(-1)[~undecided])
+    packed_lm_head(m, 4)
+    assert len(MKL_PACKS) == before[1] + hasattr(torch.ops.mkl, "_mkl_linear")
+    assert not hasattr(m, "_mkl_packed_head")
+    alive = weakref.ref(rebuilt)
+    del screen, rebuilt, m
+    gc.collect()
+    assert alive() is None, "the screen outlived its model"
+    assert (len(SCREENS), len(MKL_PACKS)) == before
