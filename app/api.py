@@ -16,26 +16,27 @@ from model.textgen import MARKER, generate_text
 
 from .attention import AttentionInput, select
 from .context import AppContext
-from .errors import UserError
-from .tasks import (Decoding, answer_extractive, answer_generative, as_plain, classify, fill, generative_prompt,
-                    stream_summary, tag)
+from .errors import UserError, describe
+from .models import HEADS
+from .tasklist import TASKS
+from .tasks import Decoding, answer_extractive, answer_generative, as_plain, classify, fill, stream_summary, tag
 
 log = logging.getLogger("mt5studio")
 
 
 def user_errors(fn):
-    """Turns UserErrors into gr.Error (shown to the caller as is) and bugs into a short gr.Error."""
+    """Turns exceptions into gr.Error with `errors.describe`'s message (gradio_client raises it as AppError);
+    bugs are logged with their traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            raise gr.Error(str(e), print_exception=False) from e
         except gr.Error:
             raise
         except Exception as e:  # noqa: BLE001 - reported to the caller
-            log.error("API call failed: %s", traceback.format_exc())
-            raise gr.Error(f"Something went wrong ({type(e).__name__}: {e})", print_exception=False) from e
+            if not isinstance(e, UserError):
+                log.error("API call failed: %s", traceback.format_exc())
+            raise gr.Error(describe(e), print_exception=False) from e
     return wrapper
 
 
@@ -108,17 +109,17 @@ def register(ctx: AppContext) -> None:
         `question` for extractive QA) on `task`'s model. For text-to-text models the decoder reads `target`
         (generated first when empty). kind: encoder | decoder | cross. Returns {kind, layer, head, num_layers,
         num_heads, queries, keys, weights: [[...]] (queries x keys), kinds}."""
-        if task not in ctx.assets.models:
-            raise UserError(f"Unknown task {task!r}: use one of {', '.join(ctx.assets.models)}.")
+        if task not in TASKS:
+            raise UserError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
         loaded = ctx.load(task, model, dtype, device, quantization)
-        source = text
-        if task == "generative_qa" and question:
-            source = generative_prompt(question, text)
-        if hasattr(loaded.model, "lm_head") and not target.strip():
-            target = (fill(loaded, source, Decoding()).raw if MARKER.search(source)
-                      else generate_text(loaded.model, loaded.tokenizer, source)[0])
-        what = AttentionInput(source, question if task == "question_answering" and question else None,
-                              target or None)
+        fields = TASKS[task].fields
+        # a question/context task reads its pair as the task does; without a question, the text alone
+        what = (TASKS[task].attention({"question": question, "context": text}, None)
+                if "question" in fields and question else AttentionInput(text))
+        if HEADS[loaded.head].decoder == "generated" and not target.strip():
+            target = (fill(loaded, what.source, Decoding()).raw if MARKER.search(what.source)
+                      else generate_text(loaded.model, loaded.tokenizer, what.source)[0])
+        what = AttentionInput(what.source, what.question, target or None)
         maps = ctx.attention.get(loaded, what)
         view = select(maps, kind, layer, head)
         kinds = [k for k in ("encoder", "decoder", "cross") if getattr(maps, k) is not None]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-TASKS = ("summarization", "span_filling", "classification", "tagging", "question_answering", "generative_qa")
+DEMO_PREFIX = "demo/"   # the demo checkpoints' short names: "demo/generation", never the server's folder
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Assets:
     css: str
     js: dict[str, str]              # file stem -> source
     help: dict[str, str]            # file stem -> markdown
+    folders: dict[str, Path] = field(default_factory=dict)   # short name -> local checkpoint folder (the demo's)
 
     def example_texts(self) -> list[str]:
         """Every text of every example (the demo tokenizer is trained on these)."""
@@ -36,21 +37,21 @@ class Assets:
         return out
 
     def with_demo_models(self, checkpoints: dict[str, Path]) -> "Assets":
-        """A copy whose defaults are the demo checkpoints (the real ids stay as suggestions)."""
+        """A copy whose defaults are the demo checkpoints (the real ids stay as suggestions), named by short
+        names ("demo/generation") that `folders` maps to their folders: the page, the status line and the
+        annotations show the short name, never a path of the server."""
+        folders = {DEMO_PREFIX + path.name: path for path in checkpoints.values()}
         models = {}
         for task, entry in self.models.items():
-            path = str(checkpoints[self.demo_heads[task]])
-            models[task] = replace(entry, default=path, suggestions=[path, *entry.suggestions])
-        return replace(self, models=models)
+            name = DEMO_PREFIX + checkpoints[self.demo_heads[task]].name
+            models[task] = replace(entry, default=name, suggestions=[name, *entry.suggestions])
+        return replace(self, models=models, folders={**self.folders, **folders})
 
 
 def load_assets(folder: Path = ASSETS) -> Assets:
     examples = json.loads((folder / "examples.json").read_text(encoding="utf-8"))
     registry = json.loads((folder / "models.json").read_text(encoding="utf-8"))
     models = {task: TaskModels(**entry) for task, entry in registry["tasks"].items()}
-    missing = [t for t in TASKS if t not in models]
-    if missing:
-        raise ValueError(f"{folder / 'models.json'} has no entry for {missing}")
     return Assets(
         examples=examples, models=models, demo_heads=registry["demo"],
         css=(folder / "style.css").read_text(encoding="utf-8"),

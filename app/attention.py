@@ -11,7 +11,7 @@ import numpy as np
 from model.textgen import AttentionMaps, capture_attention
 
 from .errors import UserError
-from .models import Loaded
+from .models import HEADS, Loaded
 from .tasks import MAX_INPUT_TOKENS, input_cap, require_text
 
 KINDS = ("encoder", "decoder", "cross")
@@ -35,12 +35,13 @@ def capture(loaded: Loaded, what: AttentionInput, max_input_tokens: int = MAX_IN
     source = what.source[: input_cap(max_input_tokens)]
     # the encoder's ids exactly as the task made them: QA heads read the (question, context) pair
     ids = tokenizer.encode(what.question, source) if what.question is not None else tokenizer.encode(source)
-    if hasattr(model, "lm_head"):                        # text-to-text: the generated tokens on the decoder
+    decoder = HEADS[loaded.head].decoder
+    if decoder == "generated":       # text-to-text: the generated tokens on the decoder
         target = tokenizer.encode(what.target)[:max_input_tokens] if what.target else None
         return capture_attention(model, tokenizer, ids, target, max_input_tokens)
-    if hasattr(model, "classifier"):                     # token classification: encoder only
-        return capture_attention(model, tokenizer, ids, None, max_input_tokens)
-    return capture_attention(model, tokenizer, ids, ids[:max_input_tokens], max_input_tokens)  # decoder reads it
+    if decoder == "input":           # classification and QA heads: the decoder reads the input again
+        return capture_attention(model, tokenizer, ids, ids[:max_input_tokens], max_input_tokens)
+    return capture_attention(model, tokenizer, ids, None, max_input_tokens)   # encoder only
 
 
 @dataclass

@@ -12,6 +12,7 @@ from .assets import Assets
 from .attention import AttentionInput, capture
 from .models import Loaded, ModelCache, ModelPolicy, ModelRequest, Progress
 from .settings import Settings
+from .tasklist import check_registry, task as task_named
 
 
 @dataclass
@@ -60,16 +61,21 @@ class AppContext:
 
     @classmethod
     def create(cls, settings: Settings, assets: Assets, demo: bool = False) -> "AppContext":
+        """The context for `settings` and `assets`; a registry that misses a task or gives it the wrong head is
+        refused here (ValueError saying which)."""
+        check_registry(assets)
         allowed = {e.default for e in assets.models.values()}
         allowed |= {s for e in assets.models.values() for s in e.suggestions}
         policy = ModelPolicy(settings.locked, frozenset(allowed | set(settings.allowed_models)))
-        return cls(settings, assets, ModelCache(settings.cache_models, settings.cache_bytes, policy), demo)
+        cache = ModelCache(settings.cache_models, settings.cache_bytes, policy, offline=settings.offline,
+                           folders=assets.folders)
+        return cls(settings, assets, cache, demo)
 
     def request(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",
                 quantization: str = "none") -> ModelRequest:
         """The request for `task`'s head; an empty source means the task's default checkpoint."""
         entry = self.assets.models[task]
-        return ModelRequest((source or "").strip() or entry.default, entry.head, dtype or "auto",
+        return ModelRequest((source or "").strip() or entry.default, task_named(task).head, dtype or "auto",
                             device or "auto", quantization or "none")
 
     def load(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",

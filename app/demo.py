@@ -1,9 +1,10 @@
 """Offline demo mode: tiny random-weight checkpoints built locally, so every tab works without the Hub."""
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
+
+from huggingface_hub import constants, try_to_load_from_cache
 
 from model.tiny import build_demo_checkpoints
 
@@ -15,15 +16,13 @@ def build_demo(assets: Assets, folder: Path) -> dict[str, Path]:
     return build_demo_checkpoints(folder, assets.example_texts())
 
 
-def hub_unavailable(assets: Assets, timeout: float = 2.0) -> bool:
-    """True when the default checkpoints can be neither read from the local cache nor downloaded: offline
-    (HF_HUB_OFFLINE) with the summarization default not cached, or the Hub's host unreachable."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
+def hub_unavailable(assets: Assets, offline: bool = False, timeout: float = 2.0) -> bool:
+    """True when the default checkpoints can be neither read from the local cache nor downloaded: `offline`
+    (Settings.offline) with the summarization default not cached, or the Hub's host unreachable."""
     default = assets.models["summarization"].default
     if Path(default).is_dir() or isinstance(try_to_load_from_cache(default, "config.json"), str):
         return False
-    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if offline:
         return True
     host = constants.ENDPOINT.split("://")[-1].split("/")[0]
     try:

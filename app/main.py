@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
@@ -19,11 +19,10 @@ from .annotation.sync import start_sync, sync_status
 from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
 from .tabs import classify, qa, spans, summarize, tag
 from .tabs.common import TabHandle
+from .tasklist import TASKS
 
 log = logging.getLogger("mt5studio")
-TABS = (("Summarization", "summarization", summarize.build), ("Span filling", "span_filling", spans.build),
-        ("Classification", "classification", classify.build), ("Token tagging", "tagging", tag.build),
-        ("Question answering", "question_answering", qa.build))
+TABS = (summarize, spans, classify, tag, qa)   # the task tabs in page order; each names its task as TASK
 
 
 @dataclass
@@ -53,9 +52,10 @@ def build_app(ctx: AppContext, demo_reason: str = "",
             mount_annotation_api(store)  # /annotate and /export
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
-            for title, task, build in TABS:
-                with gr.Tab(title, id=task, elem_id=f"tab-{task}"):
-                    handles[task] = build(ctx)
+            for tab in TABS:
+                task = TASKS[tab.TASK]
+                with gr.Tab(task.title, id=task.name, elem_id=f"tab-{task.name}"):
+                    handles[task.name] = tab.build(ctx)
             for title, build in extra_tabs:
                 with gr.Tab(title):
                     build(ctx, handles)
@@ -72,12 +72,10 @@ def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | 
     reason = ""
     if demo_flag or settings.demo:
         reason = "Started with --demo."
-    elif hub_unavailable(assets):
+    elif hub_unavailable(assets, settings.offline):
         reason = "The Hugging Face Hub cannot be reached from here and the default checkpoints are not cached."
-        # Fail fast on unknown ids instead of retrying the network for each one.
-        from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = True
+        # Fail fast on unknown ids instead of retrying the network for each one: the cache reads local files only.
+        settings = replace(settings, offline=True)
     if reason:
         assets = assets.with_demo_models(build_demo(assets, settings.demo_dir))
     return AppContext.create(settings, assets, demo=bool(reason)), reason

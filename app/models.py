@@ -5,15 +5,21 @@ the head a task needs is refused (its head would be random) rather than shown wi
 """
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 import model as mt5
+from model.config import CONFIG_NAME, GenerationConfig, config_class, family_of, read_json
+from model.hub import resolve_file
 
 from .errors import UserError
 
@@ -30,12 +36,23 @@ QUANTIZATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "int8": ("8-bit int8, layers", dict(load_in_8bit=True)),
     "int8-all": ("8-bit int8, layers + embeddings", dict(load_in_8bit=True, quantize_embeddings=True)),
 }
-# Head weights by model-layer task: the names that must come from the checkpoint for its outputs to mean anything.
-HEAD_NAMES = {
-    "classification": ("classification head", "classification_head."),
-    "token-classification": ("token-classification head", "classifier."),
-    "question-answering": ("question-answering head", "qa_outputs."),
-    "generation": ("language-model head", "lm_head."),
+
+
+@dataclass(frozen=True)
+class Head:
+    """A model-layer head (`model.load_model(task=...)`): what the page calls it, the prefix of the weights that
+    must come from the checkpoint for its outputs to mean anything, and what its decoder reads when attention is
+    shown: "generated" (text-to-text: the output), "input" (the input ids again) or "" (encoder only)."""
+    label: str
+    prefix: str
+    decoder: str
+
+
+HEADS = {
+    "generation": Head("language-model head", "lm_head.", "generated"),
+    "classification": Head("classification head", "classification_head.", "input"),
+    "token-classification": Head("token-classification head", "classifier.", ""),
+    "question-answering": Head("question-answering head", "qa_outputs.", "input"),
 }
 Progress = Callable[[float, str], None]
 
@@ -72,6 +89,12 @@ class Loaded:
     family: str
     nbytes: int
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def head(self) -> str:
+        """The model-layer head it was loaded with (a key of HEADS): the tasks check this, not the model's
+        attributes."""
+        return self.request.head
 
     def describe(self) -> str:
         """One line on the weights as loaded, from the model layer's memory_footprint: e.g. "google/mt5-small ·
@@ -138,30 +161,37 @@ def check_request(request: ModelRequest) -> str:
         raise UserError("No model given: type a Hub id (owner/name) or the path of a local checkpoint folder.")
     if request.dtype not in DTYPES:
         raise UserError(f"Unknown dtype {request.dtype!r}: use one of {', '.join(DTYPES)}.")
+    if request.head not in HEADS:
+        raise UserError(f"Unknown head {request.head!r}: use one of {', '.join(HEADS)}.")
     if request.quantization not in QUANTIZATIONS:
         raise UserError(f"Unknown quantization {request.quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
     return source
 
 
-def load_checkpoint(request: ModelRequest, progress: Progress | None = None) -> Loaded:
+def load_checkpoint(request: ModelRequest, progress: Progress | None = None, *, offline: bool = False,
+                    folders: Mapping[str, Path] | None = None) -> Loaded:
     """Loads tokenizer and model for `request`; every failure is a UserError with what to do.
 
-    The config is read first (small): a missing repo or a model of another type is reported before anything
-    large is downloaded."""
+    `offline`: only the local Hugging Face cache is read (`local_files_only`). `folders` maps short names (the
+    demo checkpoints' "demo/generation") to the folders they are read from: messages and the Loaded's request
+    keep the short name, so no server path reaches the page. The config is read first (small): a missing repo
+    or a model of another type is reported before anything large is downloaded."""
     source = check_request(request)
+    where = str((folders or {}).get(source, source))
     say = progress or (lambda fraction, text: None)
     say(0.02, f"Reading the config of {source}")
-    read_generation_config(source, request.revision)
+    read_generation_config(source, request.revision, offline=offline, folders=folders)
     say(0.05, f"Loading the tokenizer of {source}")
     try:
-        tokenizer = mt5.MT5Tokenizer.from_pretrained(source, revision=request.revision)
+        tokenizer = mt5.MT5Tokenizer.from_pretrained(where, revision=request.revision, local_files_only=offline)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"Could not load the tokenizer of {source!r}: {e}") from e
     say(0.2, f"Loading the weights of {source} (downloading them first if they are not cached)")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model, info = mt5.load_model(source, task=request.head, output_loading_info=True, **request.options())
+            model, info = mt5.load_model(where, task=request.head, output_loading_info=True, local_files_only=offline,
+                                         **request.options())
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the weights of {source!r}: {e}") from e
     except mt5.CheckpointError as e:
@@ -185,7 +215,7 @@ def refuse_missing_head(source: str, head: str, missing: list[str]) -> None:
     """A checkpoint whose head weights are not in it would give random outputs: refuse it, by name."""
     if not missing:
         return
-    what, prefix = HEAD_NAMES.get(head, ("model", ""))
+    what, prefix = (HEADS[head].label, HEADS[head].prefix) if head in HEADS else ("model", "")
     head_keys = [k for k in missing if k.removeprefix("transformer.").startswith(prefix)]
     shown = ", ".join((head_keys or missing)[:4])
     if head_keys:
@@ -223,10 +253,14 @@ class ModelCache:
     """
 
     def __init__(self, max_models: int = 3, max_bytes: int = 6 * 2**30, policy: ModelPolicy | None = None,
-                 loader: Callable[[ModelRequest, Progress | None], Loaded] = load_checkpoint):
+                 loader: Callable[[ModelRequest, Progress | None], Loaded] | None = None, *, offline: bool = False,
+                 folders: Mapping[str, Path] | None = None):
+        """`offline`: read only the local Hugging Face cache; `folders`: short names of local checkpoints (the
+        demo's) and where they are (see `load_checkpoint`)."""
         self.max_models, self.max_bytes = max_models, max_bytes
         self.policy = policy or ModelPolicy()
-        self.loader = loader
+        self.offline, self.folders = offline, dict(folders or {})
+        self.loader = loader or functools.partial(load_checkpoint, offline=offline, folders=self.folders)
         self._models: OrderedDict[ModelRequest, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[ModelRequest, threading.Lock] = {}
@@ -260,13 +294,8 @@ class ModelCache:
             dropped = True
         if dropped:
             gc.collect()
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except ImportError:  # pragma: no cover
-                pass
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self._models.values())
@@ -276,21 +305,26 @@ class ModelCache:
         with self._lock:
             return [f"{r.source} ({r.head})" for r in self._models]
 
+    def generation_config(self, source: str) -> GenerationConfig:
+        """`source`'s decoding defaults (json files only), as this cache would load it: the policy checked
+        first, short names resolved, offline kept."""
+        return read_generation_config(source, policy=self.policy, offline=self.offline, folders=self.folders)
 
-def read_generation_config(source: str, revision: str | None = None, policy: "ModelPolicy | None" = None):
+
+def read_generation_config(source: str, revision: str | None = None, policy: ModelPolicy | None = None, *,
+                           offline: bool = False, folders: Mapping[str, Path] | None = None) -> GenerationConfig:
     """The checkpoint's decoding defaults from its json files alone (no weights are read): a
-    `model.generation.GenerationConfig`. Errors are UserErrors; a `policy` refuses unlisted sources first."""
-    from model.config import CONFIG_NAME, config_class, family_of, read_json
-    from model.generation import GenerationConfig
-    from model.hub import resolve_file
-
+    `model.config.GenerationConfig`. Errors are UserErrors; a `policy` refuses unlisted sources first.
+    `offline` and `folders` as for `load_checkpoint`."""
     source = (source or "").strip()
     if policy is not None:
         policy.check(source)
+    where = str((folders or {}).get(source, source))
+    hub = {"revision": revision, "local_files_only": offline}
     try:
-        data = read_json(resolve_file(source, CONFIG_NAME, revision=revision))
+        data = read_json(resolve_file(where, CONFIG_NAME, **hub))
         config = config_class(family_of(data)).from_dict(data)
-        gen_file = resolve_file(source, "generation_config.json", optional=True, revision=revision)
+        gen_file = resolve_file(where, "generation_config.json", optional=True, **hub)
         return GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e

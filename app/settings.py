@@ -29,6 +29,8 @@ class Settings:
     MT5_STUDIO_CONCURRENCY=2       requests run at once (more wait in the queue)
     MT5_STUDIO_DEMO_DIR=data/demo  where demo checkpoints are built and cached
     MT5_STUDIO_DEMO=1              demo mode without the --demo flag
+    MT5_STUDIO_OFFLINE=1           read checkpoints from the local Hugging Face cache only (HF_HUB_OFFLINE=1 too);
+                                   also set when the Hub cannot be reached at start-up
     """
     locked: bool = False
     allowed_models: list[str] = field(default_factory=list)
@@ -37,6 +39,7 @@ class Settings:
     concurrency: int = 2
     demo_dir: Path = ROOT / "data" / "demo"
     demo: bool = False
+    offline: bool = False
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -51,4 +54,5 @@ class Settings:
             concurrency=max(1, _int(env, "MT5_STUDIO_CONCURRENCY", 2)),
             demo_dir=Path(env.get("MT5_STUDIO_DEMO_DIR") or ROOT / "data" / "demo"),
             demo=env.get("MT5_STUDIO_DEMO", "").lower() in truthy,
+            offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
         )

@@ -16,6 +16,7 @@ from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans
 
 from .errors import UserError
 from .models import Loaded
+from .prompts import qa_prompt
 
 MAX_INPUT_TOKENS = 512
 
@@ -82,9 +83,14 @@ def check_decoding(model, decoding: Decoding) -> dict[str, Any]:
     return gen
 
 
+def require_head(loaded: Loaded, head: str, message: str) -> None:
+    """Refuses a model loaded with another head than the task needs (asked of the load, not the model)."""
+    if loaded.head != head:
+        raise UserError(message)
+
+
 def needs_generation(loaded: Loaded, what: str) -> None:
-    if not hasattr(loaded.model, "generate"):
-        raise UserError(f"{what} needs a text-to-text checkpoint (with a language-model head).")
+    require_head(loaded, "generation", f"{what} needs a text-to-text checkpoint (with a language-model head).")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -190,8 +196,7 @@ def label_names(config) -> list[str]:
 
 def classify(loaded: Loaded, text: str, max_input_tokens: int = MAX_INPUT_TOKENS) -> Classification:
     text = require_text(text)
-    if not hasattr(loaded.model, "classification_head"):
-        raise UserError("Classification needs a checkpoint with a classification head.")
+    require_head(loaded, "classification", "Classification needs a checkpoint with a classification head.")
     enc = encode_inputs(loaded.tokenizer, text[: input_cap(max_input_tokens)], max_input_tokens,
                         loaded.model.device)
     with torch.no_grad():
@@ -281,8 +286,7 @@ def entity_type(label: str) -> tuple[str, str]:
 def tag(loaded: Loaded, text: str, max_input_tokens: int = MAX_INPUT_TOKENS) -> Tagging:
     """Tags every word (label of its first piece) and merges B-/I- runs into entities."""
     text = require_text(text)
-    if not hasattr(loaded.model, "classifier"):
-        raise UserError("Token tagging needs a checkpoint with a token-classification head.")
+    require_head(loaded, "token-classification", "Token tagging needs a checkpoint with a token-classification head.")
     cut = text[: input_cap(max_input_tokens)]
     enc = loaded.tokenizer(cut, return_offsets_mapping=True, return_tensors="pt", truncation=True,
                            max_length=max_input_tokens)
@@ -373,9 +377,8 @@ def answer_extractive(loaded: Loaded, question: str, context: str, top_k: int = 
                       max_input_tokens: int = MAX_INPUT_TOKENS) -> QAResult:
     """The best context spans by start x end probability (over the context's tokens only)."""
     question, context = require_qa(question, context)
-    if not hasattr(loaded.model, "qa_outputs"):
-        raise UserError("Extractive answers need a checkpoint with a question-answering head; for a text-to-text "
-                        "checkpoint pick 'generative'.")
+    require_head(loaded, "question-answering", "Extractive answers need a checkpoint with a question-answering "
+                 "head; for a text-to-text checkpoint pick 'generative'.")
     cap = input_cap(max_input_tokens)
     enc = loaded.tokenizer(question[:cap], context[:cap], return_offsets_mapping=True, return_tensors="pt",
                            truncation="only_second", max_length=max_input_tokens)
@@ -422,7 +425,8 @@ def best_spans(start_logits, end_logits, positions: list[int], offsets, context:
 
 
 def generative_prompt(question: str, context: str) -> str:
-    return f"question: {question.strip()} context: {context.strip()}"
+    """What a text-to-text checkpoint reads for a question (`prompts.qa_prompt`, stripped)."""
+    return qa_prompt(question.strip(), context.strip())
 
 
 def answer_generative(loaded: Loaded, question: str, context: str, decoding: Decoding,

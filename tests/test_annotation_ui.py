@@ -275,3 +275,26 @@ def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     assert job_progress(store, qa_job.id).processed == 1
     refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", *decoding)
     assert "question" in "".join(map(str, refused.values())) and len(list_jobs(store)) == 2
+
+
+def test_demo_mode_shows_no_path_of_the_server(store, tmp_path):
+    """Demo checkpoints go by short names ("demo/classification"): the page, the model box, the status line under
+    a result and an exported annotation hold no path of the server's demo folder."""
+    from app.annotation.api import export, save_from_record
+    from app.main import build_app, prepare
+    from app.settings import Settings
+
+    demo_dir = tmp_path / "demo"
+    ctx, reason = prepare(True, Settings(demo_dir=demo_dir))
+    app = build_app(ctx, reason, store=store)
+    handle = app.handles["classification"]
+    assert handle.model.source.value == "demo/classification"
+    page = json.dumps(app.blocks.get_config_file(), default=str)
+    assert str(demo_dir) not in page and "demo/classification" in page
+
+    out = handler(app.blocks, "run_classify")("", "auto", "cpu", "none", "Ada wrote the first program.")
+    status = out[handle.status]
+    assert "demo/classification" in status and str(demo_dir) not in status, status
+    save_from_record(store, out[handle.record], "4", "", [], "", "Amina")
+    exported = export(store, "jsonl", folder=tmp_path / "export").read_text(encoding="utf-8")
+    assert "demo/classification" in exported and str(demo_dir) not in exported

@@ -379,9 +379,10 @@ def test_offline_without_cache_falls_back_to_demo_mode_and_locking_keeps_the_def
     monkeypatch.setenv("MT5_STUDIO_DEMO_DIR", str(tmp_path / "demo"))
     monkeypatch.setenv("MT5_STUDIO_LOCKED", "1")
     ctx, reason = prepare(demo_flag=False)
-    assert ctx.demo and "cannot be reached" in reason
+    assert ctx.demo and "cannot be reached" in reason and ctx.settings.offline and ctx.cache.offline
     default = ctx.assets.models["classification"].default
-    assert default.startswith(str(tmp_path / "demo"))
+    assert default == "demo/classification"   # a short name; the folder stays on the server
+    assert ctx.assets.folders[default].parent == tmp_path / "demo"
     assert ctx.load("classification", "").request.source == default      # allowed: a registry entry
     with pytest.raises(UserError, match="only serves its listed models"):
         ctx.load("classification", "someone/another-model")

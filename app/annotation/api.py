@@ -15,6 +15,8 @@ from typing import Any
 
 from .. import __version__
 from ..models import bits_label
+from ..prompts import qa_prompt
+from ..tasklist import task as task_named
 from .store import Annotation, AnnotationStore
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
@@ -66,7 +68,7 @@ def parse_decoding(value: Any) -> dict[str, Any]:
 def input_as_text(inputs: dict[str, Any]) -> str:
     """A RunRecord's input as one text, as batch rows record it ("question: … context: …" for QA)."""
     if inputs.get("question") or inputs.get("context"):
-        return f"question: {inputs.get('question', '')} context: {inputs.get('context', '')}"
+        return qa_prompt(inputs.get("question", ""), inputs.get("context", ""))
     return str(inputs.get("text", ""))
 
 
@@ -185,6 +187,7 @@ def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, 
 def endpoints(store: AnnotationStore) -> dict[str, Callable]:
     """`annotate` and `export` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`.
     `/export` returns the file itself (a client downloads it), so this imports Gradio's FileData."""
+    # Lazy: the rest of this module is plain functions that the store's tests and scripts use without Gradio.
     from gradio import Error
     from gradio.data_classes import FileData
 
@@ -213,7 +216,7 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
 
 def mount(store: AnnotationStore) -> None:
     """Add the `/annotate` and `/export` endpoints to the page being built (call inside `with gr.Blocks()`)."""
-    import gradio as gr
+    import gradio as gr   # lazy, as in `endpoints`: only the page needs Gradio
 
     eps = endpoints(store)
     gr.api(eps["annotate"], api_name="annotate")
@@ -226,37 +229,15 @@ def mount(store: AnnotationStore) -> None:
 
 def row_output(task: str, result: Any) -> str:
     """A task function's result as the one text a batch row stores and an annotator corrects."""
-    if task in ("question_answering", "generative_qa"):
-        return result.answer.text if result.answer is not None else ""
-    if task == "classification":
-        return result.label
-    if task == "tagging":
-        return "; ".join(f"{e.text} ({e.label})" for e in result.entities)
-    return result.text
+    return task_named(task).as_text(result)
 
 
 def batch_process(task: str, loaded: Any, decoding: Any) -> Callable[[Any], str]:
-    """`process(row)` for `app.annotation.batch.run_batch`: runs `task`'s function from `app.tasks` on a BatchRow."""
-    from .. import tasks
+    """`process(row)` for `app.annotation.batch.run_batch`: runs `task` (app.tasklist) on a BatchRow."""
+    spec = task_named(task)   # ValueError for an unknown task, before any row runs
 
     def process(row: Any) -> str:
-        if task == "summarization":
-            result = None
-            for result in tasks.stream_summary(loaded, row.text, decoding):
-                pass
-        elif task == "span_filling":
-            result = tasks.fill(loaded, row.text, decoding)
-        elif task == "classification":
-            result = tasks.classify(loaded, row.text)
-        elif task == "tagging":
-            result = tasks.tag(loaded, row.text)
-        elif task == "question_answering":
-            result = tasks.answer_extractive(loaded, row.question, row.context)
-        elif task == "generative_qa":
-            result = tasks.answer_generative(loaded, row.question, row.context, decoding)
-        else:
-            raise ValueError(f"unknown task {task!r}")
-        return row_output(task, result)
+        return spec.as_text(spec.run(loaded, row.inputs, decoding))
 
     return process
 

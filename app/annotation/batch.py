@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..prompts import qa_prompt
 from .store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
 
 MAX_ROWS = 1000
@@ -65,10 +66,15 @@ class BatchRow:
         return self.annotation_id is not None
 
     @property
+    def inputs(self) -> dict[str, str]:
+        """The row's inputs by field name, as a task reads them (`app.tasklist.Task.fields`)."""
+        return {"text": self.text, "question": self.question, "context": self.context}
+
+    @property
     def input_text(self) -> str:
         """The input as an annotation records it: the text, or "question: … context: …" for QA rows."""
         if self.question:
-            return f"question: {self.question} context: {self.context}"
+            return qa_prompt(self.question, self.context)
         return self.text
 
 

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import CommitScheduler, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
 from .store import AnnotationStore, export_annotations
 
 ENV_REPO = "MT5_STUDIO_DATASET_REPO"
@@ -103,8 +106,6 @@ def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
     """A CommitScheduler on a private dataset repo that calls `before_push(scheduler)` before each upload. It
     creates the repo if needed and pushes once at once (from its own thread, possibly before this function
     returns), then every `every` minutes and at exit."""
-    from huggingface_hub import CommitScheduler
-
     class SnapshotScheduler(CommitScheduler):
         def push_to_hub(self):
             before_push(self)      # takes self.lock itself; the upload below takes it again
@@ -116,9 +117,6 @@ def hub_scheduler(*, repo_id: str, token: str, folder_path: Path, every: float,
 
 def hub_snapshot(repo_id: str, token: str) -> Path | None:
     """The dataset repo's current snapshot file, or None when the repo or the file does not exist yet."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     try:
         return Path(hf_hub_download(repo_id, SNAPSHOT_NAME, repo_type="dataset", token=token))
     except LocalEntryNotFoundError:

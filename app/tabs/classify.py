@@ -1,14 +1,14 @@
 """Classification: label probabilities as a bar chart, the labels from the checkpoint's id2label."""
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 
-from ..context import AppContext, RunRecord
-from ..tasks import as_plain, classify
+from ..context import AppContext
+from ..tasklist import TASKS
+from ..tasks import Decoding, as_plain
 from . import attention_panel
-from .common import TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, status_html
+from .common import (TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, run_record,
+                     status_html)
 
 TASK = "classification"
 
@@ -29,15 +29,14 @@ def build(ctx: AppContext) -> TabHandle:
 
     def run_classify(source, dtype, device, quant, text_v, progress=gr.Progress()):
         loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
-        result = classify(loaded, text_v)
+        inputs = {"text": text_v}
+        result = TASKS[TASK].run(loaded, inputs, Decoding())
         note = " (multi-label: each probability on its own)" if result.multi_label else ""
         cut = " The text was cut to fit the model's input limit." if result.truncated else ""
-        run_record = RunRecord(TASK, loaded.provenance(), {}, {"text": text_v}, as_plain(result), result.label,
-                               {"source": text_v})
         return {probabilities: result.probabilities,
                 status: status_html(f"Predicted: {result.label}{note}.{cut}", "warn" if cut else "info",
                                      loaded.describe()),
-                record: dataclasses.asdict(run_record)}
+                record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result))}
 
     safe_run = guarded(status, run_classify, (probabilities, record))
     run.click(safe_run, [*picker.components(), text], [probabilities, status, record],

@@ -2,10 +2,10 @@
 tab gives to panels mounted under its result."""
 from __future__ import annotations
 
-import functools
-
 import dataclasses
+import functools
 import html
+import inspect
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -14,9 +14,10 @@ from typing import Any, Callable
 import gradio as gr
 import torch
 
-from ..context import AppContext
-from ..errors import UserError
-from ..models import DTYPES, QUANTIZATIONS, read_generation_config
+from ..context import AppContext, RunRecord
+from ..errors import UserError, describe
+from ..models import DTYPES, QUANTIZATIONS, Loaded, ModelCache
+from ..tasklist import Task
 from ..tasks import Decoding
 
 log = logging.getLogger("mt5studio")
@@ -131,15 +132,10 @@ def guarded(status: gr.HTML, fn: Callable, clear: tuple = ()) -> Callable:
 
     Works for plain handlers and generators; either returns/yields dicts {component: value}.
     """
-    import inspect
-
     def report(e: Exception) -> dict:
-        emptied = {c: None for c in clear}
-        if isinstance(e, UserError):
-            return {**emptied, status: fail(str(e))}
-        log.error("handler failed: %s", traceback.format_exc())
-        return {**emptied, status: fail(f"Something went wrong ({type(e).__name__}: {e}). The app is still "
-                                        "running: try other settings or another checkpoint.")}
+        if not isinstance(e, UserError):
+            log.error("handler failed: %s", traceback.format_exc())
+        return {**{c: None for c in clear}, status: fail(describe(e))}
 
     # functools.wraps keeps fn's signature visible: Gradio reads it to inject gr.Progress() defaults
     if inspect.isgeneratorfunction(fn):
@@ -164,11 +160,11 @@ def progress_reporter(progress: gr.Progress) -> Callable[[float, str], None]:
     return lambda fraction, text: progress(fraction, desc=text)
 
 
-def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str, policy=None) -> dict:
-    """Reads the checkpoint's decoding defaults (json files only) into the controls; a locked deployment's
-    `policy` is checked first, so no other repo is ever read."""
+def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str, cache: ModelCache) -> dict:
+    """Reads the checkpoint's decoding defaults (json files only) into the controls, as `cache` would load it:
+    a locked deployment's policy is checked first, so no other repo is ever read."""
     try:
-        decoding = Decoding.from_config(read_generation_config(source, policy=policy))
+        decoding = Decoding.from_config(cache.generation_config(source))
     except UserError as e:
         return {status: status_html(f"Decoding settings not prefilled: {e}", "warn")}
     return {**controls.prefill(decoding), status: status_html(f"Decoding settings prefilled from {source}'s "
@@ -186,6 +182,14 @@ def mount_panels(ctx: AppContext, handle: TabHandle) -> None:
     with handle.slot:
         for panel in ctx.panels:
             panel(handle)
+
+
+def run_record(task: Task, loaded: Loaded, inputs: dict[str, str], result: Any, output: Any,
+               settings: dict[str, Any] | None = None) -> dict:
+    """A tab's result with its provenance, as its `record` state holds it (what the panels under it read): the
+    text to correct and the attention's input come from the task table."""
+    return dataclasses.asdict(RunRecord(task.name, loaded.provenance(), dict(settings or {}), dict(inputs), output,
+                                        task.as_text(result), dataclasses.asdict(task.attention(inputs, result))))
 
 
 def plain(obj: Any) -> Any:

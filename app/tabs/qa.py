@@ -2,14 +2,14 @@
 or generative (a text-to-text checkpoint answers "question: … context: …")."""
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 
-from ..context import AppContext, RunRecord
-from ..tasks import Decoding, answer_extractive, answer_generative, as_plain, generative_prompt, is_rtl
+from ..context import AppContext
+from ..tasklist import TASKS
+from ..tasks import Decoding, as_plain, is_rtl
 from . import attention_panel
-from .common import TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, status_html
+from .common import (TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, run_record,
+                     status_html)
 
 TASK = "question_answering"
 GENERATIVE = "generative_qa"
@@ -39,23 +39,17 @@ def build(ctx: AppContext) -> TabHandle:
     def run_answer(mode_v, source, dtype, device, quant, question_v, context_v, progress=gr.Progress()):
         task = TASK if mode_v == "extractive" else GENERATIVE
         loaded = ctx.load(task, source, dtype, device, quant, progress_reporter(progress))
-        if mode_v == "extractive":
-            result = answer_extractive(loaded, question_v, context_v)
-            what = {"source": context_v, "question": question_v}
-        else:
-            result = answer_generative(loaded, question_v, context_v, Decoding())
-            what = {"source": generative_prompt(question_v, context_v), "target": result.answer.text}
+        inputs = {"question": question_v, "context": context_v}
+        result = TASKS[task].run(loaded, inputs, Decoding())
         best = result.answer
         rows = [[a.text, round(a.score, 4), a.start, a.end] for a in result.alternatives]
         note = (f"Answer score {best.score:.3f}." if mode_v == "extractive" else
                 "Generated answer" + (" (found in the context)." if best.start >= 0 else " (not verbatim in the "
                                                                                          "context)."))
         cut = " The context was cut to fit the model's input limit." if result.truncated else ""
-        run_record = RunRecord(task, loaded.provenance(), result.settings,
-                               {"question": question_v, "context": context_v}, as_plain(result), best.text, what)
         return {answer: best.text, highlighted: gr.HighlightedText(value=result.segments, rtl=is_rtl(context_v)),
                 alternatives: rows, status: status_html(note + cut, "warn" if cut else "info", loaded.describe()),
-                record: dataclasses.asdict(run_record)}
+                record: run_record(TASKS[task], loaded, inputs, result, as_plain(result), result.settings)}
 
     def switch_mode(mode_v):
         entry = ctx.assets.models[TASK if mode_v == "extractive" else GENERATIVE]

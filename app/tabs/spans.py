@@ -1,15 +1,14 @@
 """Span filling: text with `<extra_id_N>` markers in, the filled text out, each span labelled by its sentinel."""
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 
-from ..context import AppContext, RunRecord
-from ..tasks import as_plain, fill, is_rtl
+from ..context import AppContext
+from ..tasklist import TASKS
+from ..tasks import as_plain, is_rtl
 from . import attention_panel
 from .common import (TabHandle, decoding_controls, examples, guarded, model_picker, mount_panels, prefill_decoding,
-                     progress_reporter, status_html)
+                     progress_reporter, run_record, status_html)
 
 TASK = "span_filling"
 
@@ -38,7 +37,8 @@ def build(ctx: AppContext) -> TabHandle:
 
     def run_fill(source, dtype, device, quant, text_v, *settings, progress=gr.Progress()):
         loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
-        result = fill(loaded, text_v, controls.decoding(list(settings)))
+        inputs = {"text": text_v}
+        result = TASKS[TASK].run(loaded, inputs, controls.decoding(list(settings)))
         notes = []
         empty = [span["marker"] for span in result.spans if not span["text"]]
         if empty:
@@ -48,11 +48,9 @@ def build(ctx: AppContext) -> TabHandle:
         if result.truncated:
             notes.append("the text was cut to fit the model's input limit")
         message = "Done" + (": " + "; ".join(notes) if notes else "") + "."
-        run_record = RunRecord(TASK, loaded.provenance(), result.settings, {"text": text_v}, as_plain(result),
-                               result.text, {"source": text_v, "target": result.raw})
         return {filled: gr.HighlightedText(value=result.segments, rtl=is_rtl(result.text)), raw: result.raw,
                 status: status_html(message, "warn" if notes else "info", loaded.describe()),
-                record: dataclasses.asdict(run_record)}
+                record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result), result.settings)}
 
     inputs = [*picker.components(), text, *controls.inputs()]
     safe_run = guarded(status, run_fill, (filled, raw, record))
@@ -60,7 +58,7 @@ def build(ctx: AppContext) -> TabHandle:
               concurrency_id="models")
     # The marker goes where the cursor was: a script in assets/ (`tasks.next_marker` is the same rule in Python).
     insert.click(None, [text], [text], js=ctx.assets.js["insert_marker"], api_visibility="private")
-    prefill = guarded(status, lambda s: prefill_decoding(controls, status, s, ctx.cache.policy))
+    prefill = guarded(status, lambda s: prefill_decoding(controls, status, s, ctx.cache))
     picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
     return handle
 

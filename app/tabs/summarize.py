@@ -1,15 +1,14 @@
 """Summarization: streamed output, decoding settings prefilled from the checkpoint's own defaults."""
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 
-from ..context import AppContext, RunRecord
-from ..tasks import is_rtl, stream_summary
+from ..context import AppContext
+from ..tasklist import TASKS
+from ..tasks import is_rtl
 from . import attention_panel
 from .common import (TabHandle, decoding_controls, examples, guarded, model_picker, mount_panels, prefill_decoding,
-                     progress_reporter, status_html)
+                     progress_reporter, run_record, status_html)
 
 TASK = "summarization"
 
@@ -35,15 +34,13 @@ def build(ctx: AppContext) -> TabHandle:
         decoding = controls.decoding(list(settings))
         loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
         yield {status: status_html("Summarizing…"), summary: ""}
-        result = None
-        for result in stream_summary(loaded, text_v, decoding):
+        result, inputs = None, {"text": text_v}
+        for result in TASKS[TASK].stream(loaded, inputs, decoding):
             yield {summary: gr.Textbox(value=result.text, rtl=is_rtl(result.text))}
         note = f"{result.input_tokens} input tokens" + (" — the text was cut to fit the model's input limit"
                                                         if result.truncated else "")
-        run_record = RunRecord(TASK, loaded.provenance(), result.settings, {"text": text_v}, result.text,
-                               result.text, {"source": text_v, "target": result.text})
         yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info", loaded.describe()),
-               record: dataclasses.asdict(run_record)}
+               record: run_record(TASKS[TASK], loaded, inputs, result, result.text, result.settings)}
 
     safe_run = guarded(status, run_summary, (summary, record))
     run.click(safe_run, [*picker.components(), text, *controls.inputs()],
@@ -51,7 +48,7 @@ def build(ctx: AppContext) -> TabHandle:
               concurrency_id="models")
     text.submit(safe_run, [*picker.components(), text, *controls.inputs()],
                 [summary, status, record], api_visibility="private", concurrency_id="models")
-    prefill = guarded(status, lambda source: prefill_decoding(controls, status, source, ctx.cache.policy))
+    prefill = guarded(status, lambda source: prefill_decoding(controls, status, source, ctx.cache))
     picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
     handle.extra["prefill"] = (prefill, [picker.source], [*controls.inputs(), status])
     return handle

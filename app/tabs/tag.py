@@ -2,14 +2,14 @@
 text shown right to left."""
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 
-from ..context import AppContext, RunRecord
-from ..tasks import as_plain, tag
+from ..context import AppContext
+from ..tasklist import TASKS
+from ..tasks import Decoding, as_plain
 from . import attention_panel
-from .common import TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, status_html
+from .common import (TabHandle, examples, guarded, model_picker, mount_panels, progress_reporter, run_record,
+                     status_html)
 
 TASK = "tagging"
 
@@ -33,15 +33,14 @@ def build(ctx: AppContext) -> TabHandle:
 
     def run_tag(source, dtype, device, quant, text_v, progress=gr.Progress()):
         loaded = ctx.load(TASK, source, dtype, device, quant, progress_reporter(progress))
-        result = tag(loaded, text_v)
+        inputs = {"text": text_v}
+        result = TASKS[TASK].run(loaded, inputs, Decoding())
         rows = [[e.text, e.label, round(e.score, 3), e.start, e.end] for e in result.entities]
         cut = " The text was cut to fit the model's input limit." if result.truncated else ""
-        run_record = RunRecord(TASK, loaded.provenance(), {}, {"text": text_v}, as_plain(result),
-                               " ".join(f"{e.text}/{e.label}" for e in result.entities), {"source": text_v})
         return {tagged: gr.HighlightedText(value=result.segments, rtl=result.rtl), entities: rows,
                 status: status_html(f"{len(result.entities)} entities, {len(result.words)} words.{cut}",
                                     "warn" if cut else "info", loaded.describe()),
-                record: dataclasses.asdict(run_record)}
+                record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result))}
 
     safe_run = guarded(status, run_tag, (tagged, entities, record))
     run.click(safe_run, [*picker.components(), text], [tagged, entities, status, record],

@@ -13,7 +13,6 @@ from gradio.context import Context
 
 from ... import __version__
 from ..api import batch_process, decoding_dict, dtype_label, judgement
-from ...assets import TASKS
 from ..batch import (annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs, load_inputs,
                      next_unannotated, queue_position, run_batch)
 from ...context import AppContext
@@ -23,8 +22,7 @@ from ...tasks import Decoding, is_rtl
 from .panel import fields, remember_annotator
 from .annotations import help_text
 from ...tabs.common import decoding_controls, model_picker, progress_reporter, status_html
-
-NEEDS_QUESTION = ("question_answering", "generative_qa")
+from ...tasklist import TASKS
 
 
 def job_choices(store: AnnotationStore) -> list[tuple[str, str]]:
@@ -54,8 +52,8 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         with gr.Row():
             upload = gr.File(label="Inputs (CSV or JSONL)", file_types=[".csv", ".jsonl"], type="filepath",
                              elem_id="batch-upload")
-            task = gr.Dropdown(list(TASKS), value=TASKS[0], label="Task", elem_id="batch-task")
-        picker = model_picker(ctx, TASKS[0])
+            task = gr.Dropdown(list(TASKS), value=next(iter(TASKS)), label="Task", elem_id="batch-task")
+        picker = model_picker(ctx, next(iter(TASKS)))
         controls = decoding_controls()
         create = gr.Button("Create job and run", variant="primary", elem_id="batch-create")
     with gr.Row():
@@ -124,10 +122,12 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             return {status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         try:
             inputs = load_inputs(path)
-            if task_v in NEEDS_QUESTION and not all(x.question and x.context for x in inputs):
-                raise ValueError(f"{task_v} needs `question` and `context` columns on every row")
-            if task_v not in NEEDS_QUESTION and not all(x.text for x in inputs):
-                raise ValueError(f"{task_v} needs a `text` column on every row")
+            spec = TASKS[task_v]
+            if any(spec.missing(vars(x)) for x in inputs):
+                columns = " and ".join(f"`{name}`" for name in spec.fields)
+                many = len(spec.fields) > 1
+                raise ValueError(f"{task_v} needs {'' if many else 'a '}{columns} column{'s' if many else ''} "
+                                 "on every row")
             decoding = controls.decoding(list(settings))
             loaded = ctx.load(task_v, source, dtype, device, quant, progress_reporter(progress))
             new = create_job(store, inputs, task=task_v, settings=job_settings(loaded, decoding),
