@@ -194,13 +194,12 @@ def load_checkpoint(request: ModelRequest, progress: Progress | None = None, *, 
                                          **request.options())
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the weights of {source!r}: {e}") from e
+    except mt5.AlreadyQuantizedError as e:   # before CheckpointError, its base: the checkpoint is fine
+        raise already_quantized(source) from e
     except mt5.CheckpointError as e:
         raise UserError(f"The checkpoint {source!r} is damaged or incomplete: {e}. Download it again or pick "
                         "another.") from e
     except ValueError as e:
-        if "already quantized" in str(e):
-            raise UserError(f"{source!r} is already quantized: set 'Quantized weights' to none to load it as it "
-                            "is.") from e
         raise UserError(f"Cannot use {source!r}: {e}") from e
     except (ImportError, TypeError, RuntimeError, OSError) as e:
         raise UserError(f"Loading {source!r} failed ({type(e).__name__}: {e}). Try dtype 'auto', device "
@@ -328,8 +327,11 @@ def read_generation_config(source: str, revision: str | None = None, policy: Mod
         return GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
+    except mt5.AlreadyQuantizedError as e:
+        raise already_quantized(source) from e
     except ValueError as e:
-        if "already quantized" in str(e):
-            raise UserError(f"{source!r} is already quantized: set 'Quantized weights' to none to load it as it "
-                            "is.") from e
         raise UserError(f"Cannot use {source!r}: {e}") from e
+
+
+def already_quantized(source: str) -> UserError:
+    return UserError(f"{source!r} is already quantized: set 'Quantized weights' to none to load it as it is.")

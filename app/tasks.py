@@ -56,7 +56,7 @@ class Decoding:
 
     @classmethod
     def from_config(cls, cfg) -> "Decoding":
-        """From a `model.generation.GenerationConfig`: the values the page is prefilled with."""
+        """From a `model.config.GenerationConfig`: the values the page is prefilled with."""
         values = {f.name: getattr(cfg, f.name, None) for f in dataclasses.fields(cls)}
         if values["max_new_tokens"] is None:
             values["max_new_tokens"] = max(1, (cfg.max_length or 21) - 1)
