@@ -1,10 +1,7 @@
 """mT5 Studio's model layer: mT5 and UMT5 in plain PyTorch, loading the Hub's checkpoints, no transformers."""
 from .config import MT5Config, UMT5Config
 from .hub import CheckpointNotFoundError
-from .loading import CheckpointError, LoadingInfo
-from .modeling import (
-    KVCache,
-    ModelOutput,
+from .heads import (
     MT5EncoderModel,
     MT5ForConditionalGeneration,
     MT5ForQuestionAnswering,
@@ -18,6 +15,8 @@ from .modeling import (
     UMT5ForTokenClassification,
     UMT5Model,
 )
+from .loading import AlreadyQuantizedError, CheckpointError, LoadingInfo
+from .modeling import KVCache, ModelOutput
 from .placement import PlacementError
 from .registry import load_model, model_class
 from .tokenizer import MT5Tokenizer
@@ -28,5 +27,6 @@ __all__ = [
     "MT5ForTokenClassification", "MT5ForQuestionAnswering",
     "UMT5Model", "UMT5ForConditionalGeneration", "UMT5EncoderModel", "UMT5ForSequenceClassification",
     "UMT5ForTokenClassification", "UMT5ForQuestionAnswering",
-    "KVCache", "ModelOutput", "LoadingInfo", "CheckpointError", "CheckpointNotFoundError", "PlacementError",
+    "KVCache", "ModelOutput", "LoadingInfo", "CheckpointError", "AlreadyQuantizedError", "CheckpointNotFoundError",
+    "PlacementError",
 ]

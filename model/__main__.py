@@ -9,6 +9,12 @@ import argparse
 import json
 import sys
 
+from tqdm import tqdm
+
+from .registry import load_model
+from .textgen import clean_ids, encode_inputs
+from .tokenizer import MT5Tokenizer
+
 DECODING = {  # option -> type; names as in transformers' generate()
     "max_new_tokens": int, "min_new_tokens": int, "max_length": int, "num_beams": int, "length_penalty": float,
     "num_return_sequences": int, "temperature": float, "top_k": int, "top_p": float,
@@ -44,9 +50,6 @@ def batches(lines: list[str], size: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from . import MT5Tokenizer, load_model
-    from .textgen import clean_ids, encode_inputs
-
     device = f"cuda:{args.device}" if args.device.isdigit() else args.device
     model = load_model(args.model, task="generation", revision=args.revision, dtype=args.dtype).to(device)
     tokenizer = MT5Tokenizer.from_pretrained(args.model, revision=args.revision)
@@ -57,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     progress = None
     if args.input:
-        from tqdm import tqdm
-
         progress = tqdm(total=len(lines), unit="line", file=sys.stderr)
     per_input = gen.get("num_return_sequences") or 1
     for chunk in batches(lines, args.batch_size):

@@ -18,9 +18,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import CONFIG_NAME, MT5Config, config_class, family_of, read_json
+from .config import CONFIG_NAME, GenerationConfig, MT5Config, config_class, family_of, read_json
 from .hub import CheckpointNotFoundError, hub_options, resolve_file
-from .quant import INT4_METHOD, INT8_METHOD, load_bnb_modules, pop_bnb_modules, prepare_quantized_model
+from .placement import place, warn_slow_dtype
+from .quant import (
+    INT4_METHOD,
+    INT8_METHOD,
+    QuantOptions,
+    load_bnb_modules,
+    pop_bnb_modules,
+    prepare_quantized_model,
+)
 
 SAFE_NAME, SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN_NAME, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -36,6 +44,10 @@ HEAD_PREFIXES = ("lm_head.", "classification_head.", "classifier.", "qa_outputs.
 
 class CheckpointError(ValueError):
     """A checkpoint whose files or weights do not fit the model."""
+
+
+class AlreadyQuantizedError(CheckpointError):
+    """A quantized checkpoint loaded with load_in_4bit / load_in_8bit: it must be loaded as it is."""
 
 
 @dataclass
@@ -228,9 +240,6 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     bnb_4bit_use_double_quant, quantize_embeddings (see model.quant). 8-bit: load_in_8bit=True (per-row int8
     on PyTorch kernels), with quantize_embeddings.
     """
-    from .placement import place, warn_slow_dtype
-    from .quant import QuantOptions
-
     quant = QuantOptions.pop_from(options)
     hub = hub_options(options)
     config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
@@ -242,11 +251,8 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
         warn_slow_dtype(dtype, device_map or "cpu")
     if device_map is not None:
         place(model, device_map, max_memory, offload_folder)
-    generation_json = resolve_file(repo_or_dir, "generation_config.json", optional=True, **hub)
-    if generation_json is not None and hasattr(model, "generate"):
-        from .generation import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_model_config(model.config, read_json(generation_json))
+    if hasattr(model, "generate"):
+        model.generation_config = GenerationConfig.from_pretrained(repo_or_dir, config=model.config, **hub)
     if info.missing_keys:
         warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
                       "random: train this head before trusting its outputs", stacklevel=2)
@@ -279,12 +285,12 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
     if saved_quant.get("quant_method") in (INT4_METHOD, INT8_METHOD):
         if quantizing:
             bits = "int4" if saved_quant["quant_method"] == INT4_METHOD else "int8"
-            raise ValueError(f"{repo_or_dir} is already quantized to {bits}: load it without load_in_4bit / "
+            raise AlreadyQuantizedError(f"{repo_or_dir} is already quantized to {bits}: load it without load_in_4bit / "
                              "load_in_8bit")
         prepare_quantized_model(model, saved_quant, dtype)
     elif saved_quant.get("quant_method") == "bitsandbytes" and saved_quant.get("load_in_4bit"):
         if quantizing:
-            raise ValueError(f"{repo_or_dir} is already quantized to 4 bits: load it without load_in_4bit / "
+            raise AlreadyQuantizedError(f"{repo_or_dir} is already quantized to 4 bits: load it without load_in_4bit / "
                              "load_in_8bit")
         modules, wanted = {}, set(model.state_dict())
         for name, stats in pop_bnb_modules(tensors).items():   # checkpoint names -> ours, as map_checkpoint does

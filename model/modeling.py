@@ -13,10 +13,12 @@ Numerics, stated once:
 - Softmax and RMSNorm run in fp32 and cast back.
 - Masks are additive with finfo(dtype).min (never -inf), combined once with the bias: a fully masked row then
   attends uniformly instead of producing NaN, exactly as transformers does.
-- Logits are scaled by d_model**-0.5 only when lm_head is tied to the shared embedding.
+
+The public classes (task heads, loading, generation, placement) are built on this in `heads.py`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MT5Config, UMT5Config
+from .config import MT5Config
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -399,8 +401,8 @@ class ModelOutput:
     logits: torch.Tensor | None = None
     start_logits: torch.Tensor | None = None
     end_logits: torch.Tensor | None = None
-    past_key_values: KVCache | None = None
     last_hidden_state: torch.Tensor | None = None
+    past_key_values: KVCache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     decoder_hidden_states: tuple[torch.Tensor, ...] | None = None
@@ -415,12 +417,19 @@ class ModelOutput:
             raise TypeError("outputs are read by name (out.logits or out['logits']), not by position")
         return getattr(self, key)
 
+    def to_tuple(self) -> tuple:
+        """The fields that are set, in transformers' order (what its models return with return_dict=False).
+
+        The field order above is that order for every output here: each class sets one of (logits,
+        start/end logits, last_hidden_state) first, then the cache, then hidden states and attentions."""
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------------------
 class PreTrainedModel(nn.Module):
-    """Config handling, weight init, input checks; loading and saving live in `loading.py`."""
+    """Config handling, weight init, input checks; loading, saving and placement are added in `heads.py`."""
 
     config_class = MT5Config
     base_model_prefix = ""  # "transformer" for heads that wrap a whole model, as on the Hub
@@ -473,45 +482,6 @@ class PreTrainedModel(nn.Module):
         shared = base.shared
         return (shared.qweight if hasattr(shared, "qweight") else shared.weight).device
 
-    @classmethod
-    def from_pretrained(cls, repo_or_dir, **options):
-        """Loads a Hub repo id or local directory (see `model.loading.from_pretrained` for the options)."""
-        from .loading import from_pretrained
-
-        return from_pretrained(cls, repo_or_dir, **options)
-
-    def parallelize(self, device_map: dict[int, list[int]] | None = None):
-        """Spreads the blocks over CUDA GPUs ({gpu: [block indices]}, even split when None), transformers' old
-        API; the embedding and heads go with the first GPU."""
-        from .placement import parallelize_map, place
-
-        base = getattr(self, self.base_model_prefix) if self.base_model_prefix else self
-        mapping = parallelize_map(base, device_map)
-        prefix = f"{self.base_model_prefix}." if self.base_model_prefix else ""
-        full = {prefix + k: v for k, v in mapping.items()}
-        for name in ("classification_head", "classifier", "dropout"):
-            if hasattr(self, name) and list(getattr(self, name).parameters()):
-                full[name] = next(iter(mapping.values()))
-        return place(self, full)
-
-    def deparallelize(self):
-        """Undoes parallelize() / a device map: every weight back on the CPU, hooks removed."""
-        from .placement import unplace
-
-        return unplace(self)
-
-    def memory_footprint(self) -> dict[str, dict[str, int]]:
-        """Bytes of weights by component ("embeddings", "lm_head", "transformer", "heads") and device."""
-        from .placement import memory_footprint
-
-        return memory_footprint(self)
-
-    def save_pretrained(self, directory, **options) -> None:
-        """Writes config.json + model.safetensors (sharded with max_shard_size=bytes) that transformers loads."""
-        from .loading import save_pretrained
-
-        save_pretrained(self, directory, **options)
-
     def check_ids(self, ids: torch.Tensor | None, name: str, mask: torch.Tensor | None = None) -> None:
         """Validates token ids at the boundary: integer dtype, 2-D, in range, mask of the same shape."""
         if ids is None:
@@ -547,7 +517,9 @@ def init_parameter(cfg: MT5Config, name: str, p: torch.Tensor, generator: torch.
 
 
 class EncoderDecoderBase(PreTrainedModel):
-    """`shared` embedding, encoder and decoder: what MT5Model, ...ForConditionalGeneration and ...ForQA share."""
+    """`shared` embedding, encoder and decoder: what MT5Model, ...ForConditionalGeneration and ...ForQA share.
+
+    Subclasses call `post_init()` at the end of their own __init__, once their heads exist."""
 
     def __init__(self, config: MT5Config):
         super().__init__(config)
@@ -555,8 +527,6 @@ class EncoderDecoderBase(PreTrainedModel):
         self.shared = embedding(config.vocab_size, config.d_model)
         self.encoder = Stack(config, is_decoder=False, gated=gated)
         self.decoder = Stack(config, is_decoder=True, gated=gated)
-        if type(self) in (MT5Model, UMT5Model):
-            self.post_init()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                output_attentions: bool = False, output_hidden_states: bool = False) -> StackOutput:
@@ -607,8 +577,9 @@ class EncoderDecoderBase(PreTrainedModel):
         ctx = StackContext(cache=cache, encoder_states=encoder_states, encoder_mask=encoder_mask)
         return self.decoder(self.shared(tokens), mask, positions, ctx).last_hidden_state
 
-    def run(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, encoder_outputs,
-            past_key_values, use_cache, output_attentions, output_hidden_states):
+    def run(self, *, decoder_input_ids, input_ids=None, attention_mask=None, decoder_attention_mask=None,
+            encoder_outputs=None, past_key_values=None, use_cache=None, output_attentions=False,
+            output_hidden_states=False):
         """Encoder (unless given) then decoder; returns (encoder StackOutput, decoder StackOutput, cache)."""
         enc = as_stack_output(encoder_outputs)
         if enc is None:
@@ -638,259 +609,3 @@ def as_stack_output(encoder_outputs) -> StackOutput | None:
     if isinstance(encoder_outputs, (tuple, list)) and encoder_outputs:
         return StackOutput(*encoder_outputs[:3])
     raise TypeError("encoder_outputs must be the output of model.encoder/encode(), a tuple or a tensor")
-
-
-def seq2seq_output(enc: StackOutput, dec: StackOutput, cache: KVCache | None, **fields) -> ModelOutput:
-    return ModelOutput(
-        past_key_values=cache, decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
-        cross_attentions=dec.cross_attentions, encoder_last_hidden_state=enc.last_hidden_state,
-        encoder_hidden_states=enc.hidden_states, encoder_attentions=enc.attentions, **fields,
-    )
-
-
-def decoder_inputs(model: PreTrainedModel, decoder_input_ids, labels, input_ids=None) -> torch.Tensor:
-    """The decoder's input: given, else labels shifted right, else (heads) input_ids shifted right."""
-    cfg = model.config
-    source = labels if labels is not None else input_ids
-    if decoder_input_ids is None:
-        if source is None:
-            raise ValueError("pass decoder_input_ids or labels, so the decoder has an input")
-        decoder_input_ids = shift_right(source, cfg.decoder_start_token_id, cfg.pad_token_id)
-    return decoder_input_ids
-
-
-class MT5Model(EncoderDecoderBase):
-    """The bare encoder-decoder: returns the decoder's last hidden state."""
-
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                encoder_outputs=None, past_key_values=None, use_cache=None, output_attentions=False,
-                output_hidden_states=False, return_dict=None) -> ModelOutput:
-        if decoder_input_ids is None:
-            raise ValueError("MT5Model needs decoder_input_ids (start them with decoder_start_token_id "
-                             f"{self.config.decoder_start_token_id})")
-        enc, dec, cache = self.run(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                   encoder_outputs, past_key_values, use_cache, output_attentions,
-                                   output_hidden_states)
-        return seq2seq_output(enc, dec, cache, last_hidden_state=dec.last_hidden_state)
-
-
-class MT5ForConditionalGeneration(EncoderDecoderBase):
-    """Encoder-decoder with the language-model head: text to text, span filling, summarization."""
-
-    def __init__(self, config: MT5Config):
-        super().__init__(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.post_init()
-
-    def tie_weights(self) -> None:
-        # Quantized with quantize_embeddings, shared and lm_head each hold their own quantized copy.
-        if self.config.tie_word_embeddings and type(self.lm_head) is nn.Linear \
-                and type(self.shared) is nn.Embedding:
-            self.lm_head.weight = self.shared.weight
-
-    @property
-    def generation_config(self):
-        """Decoding defaults from the checkpoint (generation_config.json, else config.json)."""
-        from .generation import GenerationConfig
-
-        if getattr(self, "_generation_config", None) is None:
-            self._generation_config = GenerationConfig.from_model_config(self.config)
-        return self._generation_config
-
-    @generation_config.setter
-    def generation_config(self, value) -> None:
-        self._generation_config = value
-
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        """Greedy, sampling or beam search with transformers' argument names; see model.generation."""
-        from .generation import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
-
-    def logits(self, states: torch.Tensor) -> torch.Tensor:
-        """Decoder states (B, T, D) -> logits (B, T, V); scaled only when lm_head is tied to the embedding."""
-        if self.config.tie_word_embeddings:
-            states = states * self.config.d_model ** -0.5
-        return self.lm_head(states)
-
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                labels=None, encoder_outputs=None, past_key_values=None, use_cache=None, output_attentions=False,
-                output_hidden_states=False, return_dict=None) -> ModelOutput:
-        decoder_input_ids = decoder_inputs(self, decoder_input_ids, labels)
-        if labels is not None and use_cache is None:
-            use_cache = False
-        enc, dec, cache = self.run(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                   encoder_outputs, past_key_values, use_cache, output_attentions,
-                                   output_hidden_states)
-        logits = self.logits(dec.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.to(logits.device).view(-1),
-                                   ignore_index=-100)
-        return seq2seq_output(enc, dec, cache, loss=loss, logits=logits)
-
-
-class MT5EncoderModel(PreTrainedModel):
-    """The encoder alone (`shared` + `encoder`)."""
-
-    def __init__(self, config: MT5Config):
-        super().__init__(config)
-        self.shared = embedding(config.vocab_size, config.d_model)
-        self.encoder = Stack(config, is_decoder=False, gated=config.is_gated_act)
-        if type(self) in (MT5EncoderModel, UMT5EncoderModel):
-            self.post_init()
-
-    encode = EncoderDecoderBase.encode
-
-    def forward(self, input_ids=None, attention_mask=None, output_attentions=False, output_hidden_states=False,
-                return_dict=None) -> ModelOutput:
-        if input_ids is None:
-            raise ValueError("pass input_ids")
-        enc = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
-        return ModelOutput(last_hidden_state=enc.last_hidden_state, hidden_states=enc.hidden_states,
-                           attentions=enc.attentions)
-
-
-class ClassificationHead(nn.Module):
-    """dropout -> dense -> tanh -> dropout -> out_proj, on the sentence representation."""
-
-    def __init__(self, config: MT5Config):
-        super().__init__()
-        self.dense = nn.Linear(config.d_model, config.d_model)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.out_proj = nn.Linear(config.d_model, config.num_labels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(x)
-        x = torch.tanh(self.dense(x))
-        return self.out_proj(self.dropout(x))
-
-
-def classification_loss(config: MT5Config, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Loss by problem_type (inferred like transformers when unset): MSE, cross-entropy or BCE."""
-    problem = config.problem_type
-    if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
-    labels = labels.to(logits.device)
-    if problem == "regression":
-        if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
-    if problem == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-
-
-class MT5ForSequenceClassification(PreTrainedModel):
-    """Full encoder-decoder; the head reads the decoder state at the last eos of each row."""
-
-    base_model_prefix = "transformer"
-
-    def __init__(self, config: MT5Config):
-        super().__init__(config)
-        self.transformer = (UMT5Model if config.per_layer_bias else MT5Model)(config)
-        self.classification_head = ClassificationHead(config)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                labels=None, encoder_outputs=None, use_cache=None, output_attentions=False,
-                output_hidden_states=False, return_dict=None) -> ModelOutput:
-        if input_ids is None:
-            raise ValueError("sequence classification needs input_ids: it reads the state at their last eos")
-        decoder_input_ids = decoder_inputs(self, decoder_input_ids, None, input_ids)
-        enc, dec, cache = self.transformer.run(input_ids, attention_mask, decoder_input_ids,
-                                               decoder_attention_mask, encoder_outputs, None,
-                                               False if labels is not None else use_cache,
-                                               output_attentions, output_hidden_states)
-        states = dec.last_hidden_state
-        eos = input_ids.eq(self.config.eos_token_id).to(states.device)
-        counts = eos.sum(1)
-        if counts.min() == 0 or (counts != counts[0]).any():
-            raise ValueError(f"every row must hold the same number of eos tokens (id {self.config.eos_token_id}); "
-                             f"found {counts.tolist()}: tokenize with the model's tokenizer, which appends </s>")
-        sentence = states[eos, :].view(states.shape[0], -1, states.shape[-1])[:, -1, :]
-        logits = self.classification_head(sentence)
-        loss = classification_loss(self.config, logits, labels) if labels is not None else None
-        return seq2seq_output(enc, dec, cache, loss=loss, logits=logits)
-
-
-class MT5ForTokenClassification(PreTrainedModel):
-    """Encoder only; a linear classifier on every token's state."""
-
-    base_model_prefix = "transformer"
-
-    def __init__(self, config: MT5Config):
-        super().__init__(config)
-        self.transformer = (UMT5EncoderModel if config.per_layer_bias else MT5EncoderModel)(config)
-        self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, labels=None, output_attentions=False,
-                output_hidden_states=False, return_dict=None) -> ModelOutput:
-        enc = self.transformer(input_ids, attention_mask, output_attentions, output_hidden_states)
-        logits = self.classifier(self.dropout(enc.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.to(logits.device).view(-1),
-                                   ignore_index=-100)
-        return ModelOutput(loss=loss, logits=logits, hidden_states=enc.hidden_states, attentions=enc.attentions)
-
-
-class MT5ForQuestionAnswering(EncoderDecoderBase):
-    """Extractive QA: start/end logits over the input, read from the decoder fed the shifted input."""
-
-    def __init__(self, config: MT5Config):
-        super().__init__(config)
-        self.qa_outputs = nn.Linear(config.d_model, 2)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-                start_positions=None, end_positions=None, encoder_outputs=None, use_cache=None,
-                output_attentions=False, output_hidden_states=False, return_dict=None) -> ModelOutput:
-        decoder_input_ids = decoder_inputs(self, decoder_input_ids, None, input_ids)
-        labelled = start_positions is not None and end_positions is not None
-        enc, dec, cache = self.run(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                                   encoder_outputs, None, False if labelled else use_cache, output_attentions,
-                                   output_hidden_states)
-        start, end = self.qa_outputs(dec.last_hidden_state).split(1, dim=-1)
-        start, end = start.squeeze(-1).contiguous(), end.squeeze(-1).contiguous()
-        loss = None
-        if labelled:
-            ignored = start.shape[1]  # positions outside the input are ignored, as in transformers
-            s = start_positions.view(-1).clamp(0, ignored).to(start.device)
-            e = end_positions.view(-1).clamp(0, ignored).to(end.device)
-            loss = (F.cross_entropy(start, s, ignore_index=ignored) + F.cross_entropy(end, e, ignore_index=ignored)) / 2
-        return seq2seq_output(enc, dec, cache, loss=loss, start_logits=start, end_logits=end)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# UMT5: the same classes over UMT5Config (a relative-bias table in every self-attention layer).
-# ------------------------------------------------------------------------------------------------------------
-class UMT5Model(MT5Model):
-    config_class = UMT5Config
-
-
-class UMT5ForConditionalGeneration(MT5ForConditionalGeneration):
-    config_class = UMT5Config
-
-
-class UMT5EncoderModel(MT5EncoderModel):
-    config_class = UMT5Config
-
-
-class UMT5ForSequenceClassification(MT5ForSequenceClassification):
-    config_class = UMT5Config
-
-
-class UMT5ForTokenClassification(MT5ForTokenClassification):
-    config_class = UMT5Config
-
-
-class UMT5ForQuestionAnswering(MT5ForQuestionAnswering):
-    config_class = UMT5Config

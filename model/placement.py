@@ -11,6 +11,9 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from accelerate import dispatch_model, infer_auto_device_map
+from accelerate.hooks import remove_hook_from_submodules
+from accelerate.utils import get_balanced_memory
 
 NO_SPLIT = ["Block"]
 PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -63,9 +66,6 @@ def check_map(model: torch.nn.Module, device_map: dict[str, Any]) -> dict[str, s
 
 def infer_map(model: torch.nn.Module, preset: str, max_memory: dict | None, dtype: torch.dtype) -> dict:
     """accelerate's automatic map for a preset ('auto' = 'balanced' over GPUs, then CPU, then disk)."""
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import get_balanced_memory
-
     if max_memory is not None:
         max_memory = {check_device(k) if k not in ("cpu", "disk") else k: v for k, v in max_memory.items()}
     if preset != "sequential" and torch.cuda.device_count() > 1:
@@ -77,8 +77,6 @@ def infer_map(model: torch.nn.Module, preset: str, max_memory: dict | None, dtyp
 def place(model: torch.nn.Module, device_map: Any, max_memory: dict | None = None,
           offload_folder: str | os.PathLike | None = None) -> torch.nn.Module:
     """Places a loaded (CPU) model: a device name, a preset ('auto', 'balanced', ...) or an explicit map."""
-    from accelerate import dispatch_model
-
     if isinstance(device_map, (str, int, torch.device)) and device_map not in PRESETS:
         device = check_device(device_map)
         if device == "disk":
@@ -142,8 +140,6 @@ def parallelize_map(model: torch.nn.Module, device_map: dict[int, list[int]] | N
 
 def unplace(model: torch.nn.Module) -> torch.nn.Module:
     """Removes accelerate's hooks and brings every weight back to the CPU (deparallelize)."""
-    from accelerate.hooks import remove_hook_from_submodules
-
     remove_hook_from_submodules(model)
     if hasattr(model, "hf_device_map"):
         del model.hf_device_map

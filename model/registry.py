@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import modeling
+from . import heads
 from .config import CONFIG_NAME, family_of, read_json
 from .hub import hub_options, resolve_file
 
@@ -26,11 +26,11 @@ def model_class(family: str, task: str | None = None, architectures: list[str] |
         for arch in architectures or []:
             suffix = arch.removeprefix("UMT5").removeprefix("MT5").removeprefix("T5")
             if suffix in TASKS.values():
-                return getattr(modeling, prefix + suffix)
-        return getattr(modeling, prefix + "ForConditionalGeneration")
+                return getattr(heads, prefix + suffix)
+        return getattr(heads, prefix + "ForConditionalGeneration")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(sorted(TASKS))}")
-    return getattr(modeling, prefix + TASKS[task])
+    return getattr(heads, prefix + TASKS[task])
 
 
 def load_model(repo_or_dir: str | os.PathLike, task: str | None = None, **options: Any):

@@ -248,7 +248,8 @@ def capture_attention(model, tokenizer, source: str | list[int], target_ids: lis
         target_ids = list(target_ids) or [tokenizer.eos_token_id]
         start = model.config.decoder_start_token_id
         dec_in = torch.tensor([[start] + target_ids[:-1]], device=model.device)
-        enc_out, dec_out, _ = base.run(ids, None, dec_in, None, None, None, False, True, False)
+        enc_out, dec_out, _ = base.run(input_ids=ids, decoder_input_ids=dec_in, use_cache=False,
+                                       output_attentions=True)
     return AttentionMaps(stack(enc_out.attentions), stack(dec_out.attentions), stack(dec_out.cross_attentions),
                          source_tokens, tokenizer.convert_ids_to_tokens(target_ids))
 

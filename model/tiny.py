@@ -26,6 +26,9 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from .config import MT5Config, UMT5Config
+from .registry import model_class
+
 # The demo's heads. Label names are real ones so the pages look like a fine-tuned model's (the weights are not).
 DEMO_CLASS_LABELS = ["negative", "neutral", "positive"]
 DEMO_TAG_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
@@ -116,9 +119,6 @@ def _write_json(path: Path, obj) -> None:
 # ------------------------------------------------------------------------------------------------------------
 def tiny_model(family: str, task: str, vocab_size: int, seed: int = 0, **config):
     """A randomly initialised model of `family` ('mt5'|'umt5') for `task`, in DEMO_SHAPE unless overridden."""
-    from .config import MT5Config, UMT5Config
-    from .registry import model_class
-
     cfg_class = UMT5Config if family == "umt5" else MT5Config
     cfg = cfg_class(vocab_size=vocab_size, **{**DEMO_SHAPE, **config})
     torch.manual_seed(seed)

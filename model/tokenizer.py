@@ -15,6 +15,10 @@ transformers' ids. UMT5's sentinels are added tokens, found wherever they are, a
 Decoding reproduces `T5Tokenizer.decode` (special tokens, added tokens, byte-fallback pieces, the clean-up of
 spaces before punctuation). Offsets (`return_offsets_mapping=True`, which the slow tokenizer lacks) are character
 spans in the original text, from SentencePiece's own alignment.
+
+A repo with only `tokenizer.json` (what transformers 5 saves) gets `MT5TokenizerFast`, on the `tokenizers`
+library, equal to transformers 4.57's `T5TokenizerFast`; `MT5Tokenizer.from_pretrained` returns it for such a repo.
+Both share `TokenizerBase`, the backend-independent part (batches, truncation, padding, tensors, sentinels).
 """
 import json
 import re
@@ -24,9 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sentencepiece as spm
+import torch
 from sentencepiece import sentencepiece_model_pb2, sentencepiece_pb2
+from tokenizers import Tokenizer
 
-from .hub import CheckpointNotFoundError
+from .hub import CheckpointNotFoundError, resolve_file
 
 SPIECE_UNDERLINE = "▁"
 MARKER = re.compile(r"<extra_id_(\d+)>")
@@ -92,7 +98,187 @@ class _Settings:
     add_prefix_space: bool = True
 
 
-class MT5Tokenizer:
+class TokenizerBase:
+    """The backend-independent half of our tokenizers: transformers' `__call__` (batches, pairs, targets,
+    truncation, `</s>`, padding, tensors, offsets), `batch_decode`, special-token ids and sentinel lookups.
+
+    A backend supplies `_encode_text` (one text -> [(id, (start, end))], no `</s>`), `_token_to_id`,
+    `_id_to_token`, `vocab_size`, `decode` and `save_pretrained`, and sets `eos_token`, `unk_token`,
+    `pad_token`, `model_max_length`, `_sentinels` (n -> id) and `_special_id_set`.
+    """
+
+    # ------------------------------------------------------------------ vocabulary
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.pad_token)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.eos_token)
+
+    @property
+    def unk_token_id(self) -> int:
+        return self.convert_tokens_to_ids(self.unk_token)
+
+    def sentinel_id(self, n: int) -> int:
+        """Id of `<extra_id_{n}>` (mT5: 250099 - n; UMT5: read from the files)."""
+        if n not in self._sentinels:
+            raise ValueError(f"this tokenizer has no <extra_id_{n}>: it has {len(self._sentinels)} sentinels")
+        return self._sentinels[n]
+
+    @property
+    def sentinel_ids(self) -> frozenset:
+        return frozenset(self._sentinels.values())
+
+    def is_sentinel(self, token_id: int) -> bool:
+        return int(token_id) in self.sentinel_ids
+
+    def convert_tokens_to_ids(self, tokens):
+        """Token string(s) -> id(s).
+
+        Unlike transformers, the name `<extra_id_N>` also finds mT5's sentinel piece `▁<extra_id_N>`.
+        """
+        if isinstance(tokens, str):
+            return self._token_to_id(tokens)
+        return [self._token_to_id(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        """Id(s) -> token string(s)."""
+        if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
+            return self._id_to_token(int(ids))
+        ids = _as_id_list(ids)
+        return [self._id_to_token(i) for i in ids if not (skip_special_tokens and i in self._special_id_set)]
+
+    # ------------------------------------------------------------------ encoding
+
+    def tokenize(self, text: str) -> list:
+        """The token strings of `text` (no `</s>`)."""
+        return self.convert_ids_to_tokens([i for i, _ in self._encode_text(text)])
+
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list:
+        """Ids of one text (or pair), `</s>` included: `self(text)["input_ids"]`."""
+        return self(text, text_pair, add_special_tokens=add_special_tokens)["input_ids"]
+
+    # ------------------------------------------------------------------ batches
+
+    def __call__(self, text=None, text_pair=None, text_target=None, *, padding=False, truncation=None,
+                 max_length=None, return_tensors=None, return_offsets_mapping=False, add_special_tokens=True,
+                 padding_side="right") -> BatchEncoding:
+        """Encodes a text or a batch (list) of texts, optionally pairs and targets.
+
+        padding: False | True/"longest" (to the longest row) | "max_length". truncation: None/False |
+        True/"longest_first" | "only_first" | "only_second"; it keeps room for `</s>`. As in transformers,
+        `max_length` without `padding`/`truncation` truncates (longest_first). Returns `input_ids`,
+        `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>` and padding), and `labels` (the
+        target ids, padded with pad id) when `text_target` is given. A single string gives flat lists, or
+        (1, T) tensors with return_tensors="pt".
+        """
+        if text is None and text_target is None:
+            raise ValueError("give `text` or `text_target`")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be None or 'pt', not {return_tensors!r}")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+        plan = self._strategies(padding, truncation, max_length)
+        options = dict(plan=plan, add_special_tokens=add_special_tokens, return_tensors=return_tensors,
+                       return_offsets_mapping=return_offsets_mapping, padding_side=padding_side)
+        targets = self._encode_batch(text_target, None, **options) if text_target is not None else None
+        if text is None:
+            return targets
+        encoded = self._encode_batch(text, text_pair, **options)
+        if targets is not None:
+            encoded["labels"] = targets["input_ids"]
+        return encoded
+
+    def _strategies(self, padding, truncation, max_length) -> tuple:
+        """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
+        if max_length is not None and padding is False and truncation is None:
+            truncation = "longest_first"
+        pad = _mode(padding, {True: "longest", False: None, "do_not_pad": None, "longest": "longest",
+                              "max_length": "max_length"}, "padding")
+        trunc = _mode(truncation, {True: "longest_first", False: None, None: None, "do_not_truncate": None,
+                                   "longest_first": "longest_first", "only_first": "only_first",
+                                   "only_second": "only_second"}, "truncation")
+        if max_length is None:
+            # No limit given: use model_max_length, unless it is transformers' "unlimited" placeholder.
+            huge = self.model_max_length > LARGE_INTEGER
+            if pad == "max_length":
+                pad, max_length = (None, None) if huge else (pad, self.model_max_length)
+            if trunc:
+                trunc, max_length = (None, max_length) if huge else (trunc, self.model_max_length)
+        return pad, trunc, max_length
+
+    def _encode_batch(self, text, text_pair, plan, add_special_tokens, return_tensors, return_offsets_mapping,
+                      padding_side) -> BatchEncoding:
+        """Encodes, truncates, pads and packs one side (inputs or targets) of a call."""
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if text_pair is None:
+            pairs = [None] * len(texts)
+        else:
+            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
+            if len(pairs) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
+        pad, trunc, max_length = plan
+        rows = [self._prepare(self._encode_text(a), None if b is None else self._encode_text(b),
+                              trunc, max_length, add_special_tokens) for a, b in zip(texts, pairs)]
+        rows = self._pad(rows, pad, max_length, padding_side)
+        out = BatchEncoding(input_ids=[[i for i, _, _ in r] for r in rows],
+                            attention_mask=[[m for _, _, m in r] for r in rows])
+        if return_offsets_mapping:
+            out["offset_mapping"] = [[o for _, o, _ in r] for r in rows]
+        if return_tensors == "pt":
+            return _to_tensors(out)
+        if single:
+            out = BatchEncoding({k: v[0] for k, v in out.items()})
+        return out
+
+    def _prepare(self, first: list, second, trunc, max_length, add_special_tokens: bool) -> list:
+        """Truncates a text (or pair) of [(id, offset)] and appends `</s>`: [(id, offset, mask)]."""
+        n_special = (1 if second is None else 2) if add_special_tokens else 0
+        total = len(first) + len(second or []) + n_special
+        if trunc and max_length and total > max_length:
+            first, second = self._truncate_pair(first, second, total - max_length, trunc)
+        if add_special_tokens:
+            first = self._add_eos(first)
+            second = None if second is None else self._add_eos(second)
+        return [(i, o, 1) for i, o in first + (second or [])]
+
+    def _truncate_pair(self, first: list, second, n: int, strategy: str) -> tuple:
+        """Removes n tokens from a text (or pair) by the slow tokenizer's rules (`_truncate`)."""
+        return _truncate(first, second, n, strategy)
+
+    def _add_eos(self, encoded: list) -> list:
+        """Appends `</s>` unless the text already ends with it (T5Tokenizer's `_add_eos_if_not_present`)."""
+        if encoded and encoded[-1][0] == self.eos_token_id:
+            warnings.warn(f"This sequence already has {self.eos_token}: not adding another", stacklevel=2)
+            return encoded
+        return encoded + [(self.eos_token_id, (0, 0))]
+
+    def _pad(self, rows: list, pad, max_length, side: str) -> list:
+        """Pads rows of [(id, offset, mask)] to the longest row or to max_length (never cuts)."""
+        if pad is None or not rows:
+            return rows
+        target = max(map(len, rows)) if pad == "longest" else max_length
+        filler = (self.pad_token_id, (0, 0), 0)
+        padded = []
+        for row in rows:
+            extra = [filler] * max(0, target - len(row))
+            padded.append(row + extra if side == "right" else extra + row)
+        return padded
+
+    # ------------------------------------------------------------------ decoding
+
+    def batch_decode(self, sequences, **kwargs) -> list:
+        """`decode` for each row of a list of id lists or a 2-D tensor."""
+        return [self.decode(row, **kwargs) for row in _as_rows(sequences)]
+
+
+class MT5Tokenizer(TokenizerBase):
     """SentencePiece tokenizer for mT5 and UMT5 checkpoints with a transformers-like API.
 
     Build it with `MT5Tokenizer.from_pretrained(repo_id_or_dir)`. Ids: pad 0, eos 1, unk 2 (read from the files).
@@ -122,13 +308,17 @@ class MT5Tokenizer:
 
     @classmethod
     def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None,
-                        local_files_only: bool = False) -> "MT5Tokenizer":
+                        local_files_only: bool = False) -> "MT5Tokenizer | MT5TokenizerFast":
         """Loads from a local folder or a Hub repo (through the huggingface_hub cache; honours HF_HUB_OFFLINE).
 
         Reads `spiece.model` and, when present, tokenizer_config.json, special_tokens_map.json,
-        added_tokens.json and tokenizer.json (only its "added_tokens").
+        added_tokens.json and tokenizer.json (only its "added_tokens"). A repo without spiece.model but with
+        tokenizer.json gives an `MT5TokenizerFast`. A checkpoint with neither uses the tokenizer of the base
+        model its config.json names (`_name_or_path`) when that one is available, else says what to pass.
         """
         files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir, local_files_only)
+        if files["spiece.model"] is None:
+            return MT5TokenizerFast.from_files(files)
         return cls(files["spiece.model"], _read_settings(files))
 
     def _find_model_sentinels(self, proto) -> dict:
@@ -217,43 +407,6 @@ class MT5Tokenizer:
         """SentencePiece pieces plus the added tokens beyond them (UMT5: 256000 + 300)."""
         return self._size_with(self._added)
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.pad_token)
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.eos_token)
-
-    @property
-    def unk_token_id(self) -> int:
-        return self.convert_tokens_to_ids(self.unk_token)
-
-    def sentinel_id(self, n: int) -> int:
-        """Id of `<extra_id_{n}>` (mT5: 250099 - n; UMT5: read from the files)."""
-        if n not in self._sentinels:
-            raise ValueError(f"this tokenizer has no <extra_id_{n}>: it has {len(self._sentinels)} sentinels")
-        return self._sentinels[n]
-
-    @property
-    def sentinel_ids(self) -> frozenset:
-        return frozenset(self._sentinels.values())
-
-    def is_sentinel(self, token_id: int) -> bool:
-        return int(token_id) in self.sentinel_ids
-
-    def convert_tokens_to_ids(self, tokens):
-        """Token string(s) -> id(s): added tokens, then SentencePiece pieces.
-
-        Unlike transformers, the name `<extra_id_N>` also finds mT5's sentinel piece `▁<extra_id_N>`.
-        """
-        if isinstance(tokens, str):
-            return self._token_to_id(tokens)
-        return [self._token_to_id(t) for t in tokens]
-
     def _token_to_id(self, token: str) -> int:
         if token in self._added_encoder:
             return self._added_encoder[token]
@@ -263,13 +416,6 @@ class MT5Tokenizer:
             return self._sentinels[int(match.group(1))]
         return token_id
 
-    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
-        """Id(s) -> token string(s) (added tokens' text or SentencePiece pieces)."""
-        if isinstance(ids, int) or (hasattr(ids, "ndim") and ids.ndim == 0):
-            return self._id_to_token(int(ids))
-        ids = _as_id_list(ids)
-        return [self._id_to_token(i) for i in ids if not (skip_special_tokens and i in self._special_id_set)]
-
     def _id_to_token(self, token_id: int) -> str:
         if token_id in self._added:
             return self._added[token_id].content
@@ -278,14 +424,6 @@ class MT5Tokenizer:
         return self._sp.id_to_piece(token_id)
 
     # ------------------------------------------------------------------ encoding one text
-
-    def tokenize(self, text: str) -> list:
-        """The token strings of `text` (no `</s>`)."""
-        return self.convert_ids_to_tokens([i for i, _ in self._encode_text(text)])
-
-    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list:
-        """Ids of one text (or pair), `</s>` included: `self(text)["input_ids"]`."""
-        return self(text, text_pair, add_special_tokens=add_special_tokens)["input_ids"]
 
     def _encode_text(self, text: str) -> list:
         """[(id, (start, end))] for one text, offsets in characters of `text`; no `</s>`."""
@@ -376,110 +514,6 @@ class MT5Tokenizer:
     def _is_byte(self, token_id: int) -> bool:
         return token_id < self._sp_size and self._sp.is_byte(token_id)
 
-    # ------------------------------------------------------------------ batches
-
-    def __call__(self, text=None, text_pair=None, text_target=None, *, padding=False, truncation=None,
-                 max_length=None, return_tensors=None, return_offsets_mapping=False, add_special_tokens=True,
-                 padding_side="right") -> BatchEncoding:
-        """Encodes a text or a batch (list) of texts, optionally pairs and targets.
-
-        padding: False | True/"longest" (to the longest row) | "max_length". truncation: None/False |
-        True/"longest_first" | "only_first" | "only_second"; it keeps room for `</s>`. As in transformers,
-        `max_length` without `padding`/`truncation` truncates (longest_first). Returns `input_ids`,
-        `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>` and padding), and `labels` (the
-        target ids, padded with pad id) when `text_target` is given. A single string gives flat lists, or
-        (1, T) tensors with return_tensors="pt".
-        """
-        if text is None and text_target is None:
-            raise ValueError("give `text` or `text_target`")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be None or 'pt', not {return_tensors!r}")
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
-        plan = self._strategies(padding, truncation, max_length)
-        options = dict(plan=plan, add_special_tokens=add_special_tokens, return_tensors=return_tensors,
-                       return_offsets_mapping=return_offsets_mapping, padding_side=padding_side)
-        targets = self._encode_batch(text_target, None, **options) if text_target is not None else None
-        if text is None:
-            return targets
-        encoded = self._encode_batch(text, text_pair, **options)
-        if targets is not None:
-            encoded["labels"] = targets["input_ids"]
-        return encoded
-
-    def _strategies(self, padding, truncation, max_length) -> tuple:
-        """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
-        if max_length is not None and padding is False and truncation is None:
-            truncation = "longest_first"
-        pad = _mode(padding, {True: "longest", False: None, "do_not_pad": None, "longest": "longest",
-                              "max_length": "max_length"}, "padding")
-        trunc = _mode(truncation, {True: "longest_first", False: None, None: None, "do_not_truncate": None,
-                                   "longest_first": "longest_first", "only_first": "only_first",
-                                   "only_second": "only_second"}, "truncation")
-        if max_length is None:
-            # No limit given: use model_max_length, unless it is transformers' "unlimited" placeholder.
-            huge = self.model_max_length > LARGE_INTEGER
-            if pad == "max_length":
-                pad, max_length = (None, None) if huge else (pad, self.model_max_length)
-            if trunc:
-                trunc, max_length = (None, max_length) if huge else (trunc, self.model_max_length)
-        return pad, trunc, max_length
-
-    def _encode_batch(self, text, text_pair, plan, add_special_tokens, return_tensors, return_offsets_mapping,
-                      padding_side) -> BatchEncoding:
-        """Encodes, truncates, pads and packs one side (inputs or targets) of a call."""
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        if text_pair is None:
-            pairs = [None] * len(texts)
-        else:
-            pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
-            if len(pairs) != len(texts):
-                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
-        pad, trunc, max_length = plan
-        rows = [self._prepare(self._encode_text(a), None if b is None else self._encode_text(b),
-                              trunc, max_length, add_special_tokens) for a, b in zip(texts, pairs)]
-        rows = self._pad(rows, pad, max_length, padding_side)
-        out = BatchEncoding(input_ids=[[i for i, _, _ in r] for r in rows],
-                            attention_mask=[[m for _, _, m in r] for r in rows])
-        if return_offsets_mapping:
-            out["offset_mapping"] = [[o for _, o, _ in r] for r in rows]
-        if return_tensors == "pt":
-            return _to_tensors(out)
-        if single:
-            out = BatchEncoding({k: v[0] for k, v in out.items()})
-        return out
-
-    def _prepare(self, first: list, second, trunc, max_length, add_special_tokens: bool) -> list:
-        """Truncates a text (or pair) of [(id, offset)] and appends `</s>`: [(id, offset, mask)]."""
-        n_special = (1 if second is None else 2) if add_special_tokens else 0
-        total = len(first) + len(second or []) + n_special
-        if trunc and max_length and total > max_length:
-            first, second = _truncate(first, second, total - max_length, trunc)
-        if add_special_tokens:
-            first = self._add_eos(first)
-            second = None if second is None else self._add_eos(second)
-        return [(i, o, 1) for i, o in first + (second or [])]
-
-    def _add_eos(self, encoded: list) -> list:
-        """Appends `</s>` unless the text already ends with it (T5Tokenizer's `_add_eos_if_not_present`)."""
-        if encoded and encoded[-1][0] == self.eos_token_id:
-            warnings.warn(f"This sequence already has {self.eos_token}: not adding another", stacklevel=2)
-            return encoded
-        return encoded + [(self.eos_token_id, (0, 0))]
-
-    def _pad(self, rows: list, pad, max_length, side: str) -> list:
-        """Pads rows of [(id, offset, mask)] to the longest row or to max_length (never cuts)."""
-        if pad is None or not rows:
-            return rows
-        target = max(map(len, rows)) if pad == "longest" else max_length
-        filler = (self.pad_token_id, (0, 0), 0)
-        padded = []
-        for row in rows:
-            extra = [filler] * max(0, target - len(row))
-            padded.append(row + extra if side == "right" else extra + row)
-        return padded
-
     # ------------------------------------------------------------------ decoding
 
     def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
@@ -508,10 +542,6 @@ class MT5Tokenizer:
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
             else clean_up_tokenization_spaces
         return clean_up_tokenization(text) if clean else text
-
-    def batch_decode(self, sequences, **kwargs) -> list:
-        """`decode` for each row of a list of id lists or a 2-D tensor."""
-        return [self.decode(row, **kwargs) for row in _as_rows(sequences)]
 
     def _tokens_to_string(self, tokens: list) -> str:
         """`T5Tokenizer.convert_tokens_to_string`: SentencePiece decodes the runs between special tokens."""
@@ -563,6 +593,190 @@ class MT5Tokenizer:
 
     def __repr__(self) -> str:
         return (f"MT5Tokenizer(vocab_size={self.vocab_size}, sentinels={len(self._sentinels)}, "
+                f"model_max_length={self.model_max_length})")
+
+
+class MT5TokenizerFast(TokenizerBase):
+    """mT5 / UMT5 tokenizer read from `tokenizer.json` with the `tokenizers` library, equal to transformers
+    4.57's `T5TokenizerFast`.
+
+    For checkpoints that ship only tokenizer.json: the file is used as it is, because the checkpoint's authors
+    tokenized with exactly it. Ids, tokens, offsets (the library's character spans), sentinels and decodes
+    (`tokenizers`' decode, then transformers' clean-up when `clean_up_tokenization_spaces` is set) are
+    transformers' fast tokenizer's, and so are its `</s>` (always appended, also to a text that already ends
+    with `</s>`) and its truncation rules (`tokenizers`' `truncate_encodings`; an `only_first`/`only_second`
+    cut that the text is too short for raises ValueError).
+
+    A glued mT5 marker (`foo<extra_id_0>bar`) is encoded as tokenizer.json does it, like transformers' fast
+    tokenizer: spelled out (`<`, `extra`, ...), since mT5's sentinels are pieces named `▁<extra_id_N>`. Our
+    SentencePiece `MT5Tokenizer` maps it to the sentinel instead; put a space before mT5 markers to get the
+    sentinel from both. UMT5's sentinels are added tokens, found anywhere by both.
+
+    Deliberate differences from transformers: `convert_tokens_to_ids("<extra_id_N>")` also finds mT5's
+    `▁<extra_id_N>` piece; `decode` drops ids outside the vocabulary (-100 labels, padding rows) where
+    transformers raises; `vocab_size == len(tok)` (added tokens included); tokenizer_config.json's `extra_ids`
+    never invents sentinel tokens missing from tokenizer.json (transformers 4.57 would add them past the
+    vocabulary). Against our `MT5Tokenizer` on a repo with both files, ids are equal except: glued mT5 markers,
+    characters outside the vocabulary (transformers' converter drops SentencePiece's byte fallback, so each is
+    `<unk>` here and its UTF-8 bytes there), a text ending in `</s>`, and pair truncation as above.
+
+    `MT5TokenizerFast.from_pretrained` on a repo with spiece.model but no tokenizer.json refuses (we do not
+    convert): use `MT5Tokenizer.from_pretrained`, which reads spiece.model.
+    """
+
+    def __init__(self, tokenizer_file, settings: _Settings | None = None):
+        self.tokenizer_file = Path(tokenizer_file)
+        try:
+            self._tk = Tokenizer.from_file(str(self.tokenizer_file))
+        except Exception as err:  # tokenizers raises a plain Exception for a file it cannot read
+            raise ValueError(f"{self.tokenizer_file} is not a `tokenizers` tokenizer.json ({err}); expected the "
+                             "tokenizer.json of an mT5/UMT5 repo") from err
+        self._tk.no_truncation()  # truncation and padding are set per call, as transformers does
+        self._tk.no_padding()
+        settings = settings or _Settings(added={}, additional_special_tokens=[])
+        self.model_max_length = settings.model_max_length
+        self.clean_up_tokenization_spaces = settings.clean_up_tokenization_spaces
+        self.eos_token, self.unk_token, self.pad_token = settings.eos_token, settings.unk_token, settings.pad_token
+        self.additional_special_tokens = list(dict.fromkeys(settings.additional_special_tokens))
+        self._sentinels = self._find_sentinels()
+        self.all_special_tokens = list(dict.fromkeys(
+            [self.eos_token, self.unk_token, self.pad_token, *self.additional_special_tokens]))
+        self.all_special_ids = [self.convert_tokens_to_ids(t) for t in self.all_special_tokens]
+        self._special_id_set = set(self.all_special_ids)
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None,
+                        local_files_only: bool = False) -> "MT5TokenizerFast":
+        """Loads tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) from a folder or a Hub repo.
+
+        A checkpoint with no tokenizer files falls back as `MT5Tokenizer.from_pretrained` does.
+        """
+        files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir, local_files_only)
+        if files["tokenizer.json"] is None:
+            raise CheckpointNotFoundError(
+                f"no tokenizer.json in {repo_id_or_dir}, only spiece.model: MT5TokenizerFast does not convert "
+                f"SentencePiece models; load it with MT5Tokenizer.from_pretrained({str(repo_id_or_dir)!r})")
+        return cls.from_files(files)
+
+    @classmethod
+    def from_files(cls, files: dict) -> "MT5TokenizerFast":
+        """Builds from resolved files: {"tokenizer.json": path, "tokenizer_config.json": path or None, ...}."""
+        return cls(files["tokenizer.json"], _read_settings({**files, "tokenizer.json": None}, sentencepiece=False))
+
+    def _find_sentinels(self) -> dict:
+        """n -> id of `<extra_id_n>`: UMT5's added tokens, or mT5's `▁<extra_id_n>` pieces."""
+        found = {}
+        for token, token_id in self._tk.get_vocab(with_added_tokens=True).items():
+            match = MARKER.fullmatch(token.removeprefix(SPIECE_UNDERLINE)) if "<extra_id_" in token else None
+            if match and (int(match.group(1)) not in found or not token.startswith(SPIECE_UNDERLINE)):
+                found[int(match.group(1))] = token_id
+        return found
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of tokenizer.json's vocabulary, added tokens included (transformers' `len(tok)`)."""
+        return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def _token_to_id(self, token: str) -> int:
+        token_id = self._tk.token_to_id(token)
+        if token_id is not None:
+            return token_id
+        match = MARKER.fullmatch(token)
+        if match and int(match.group(1)) in self._sentinels:
+            return self._sentinels[int(match.group(1))]
+        return self._tk.token_to_id(self.unk_token)
+
+    def _id_to_token(self, token_id: int) -> str:
+        token = self._tk.id_to_token(token_id) if token_id >= 0 else None
+        if token is None:
+            raise ValueError(f"id {token_id} is outside the vocabulary (size {self.vocab_size})")
+        return token
+
+    def _encode_text(self, text: str) -> list:
+        """[(id, (start, end))] for one text, offsets in characters of `text`; no `</s>`."""
+        if not isinstance(text, str):
+            raise TypeError(f"expected text as str, got {type(text).__name__}")
+        encoding = self._tk.encode(text, add_special_tokens=False)
+        return list(zip(encoding.ids, encoding.offsets))
+
+    def tokenize(self, text: str) -> list:
+        """The token strings of `text` (no `</s>`), as `tokenizers` gives them: an `<unk>` shows its text."""
+        return self._tk.encode(text, add_special_tokens=False).tokens
+
+    def _add_eos(self, encoded: list) -> list:
+        """tokenizer.json's post-processor (`$A </s>`) appends `</s>` even after a text's own `</s>`."""
+        return encoded + [(self.eos_token_id, (0, 0))]
+
+    def _truncate_pair(self, first: list, second, n: int, strategy: str) -> tuple:
+        """Removes n tokens by `tokenizers`' `truncate_encodings`, as transformers' fast tokenizer does.
+
+        `longest_first` on a pair keeps the shorter text whole if the longer one can take the cut, else
+        budget // 2 tokens of the shorter and the rest of the budget for the longer (the second text on a
+        tie), where the slow tokenizer removes tokens one at a time from the longer.
+        """
+        budget = len(first) + len(second or []) - n
+        if budget <= 0:
+            return first[:0], None if second is None else second[:0]
+        if strategy == "longest_first":
+            if second is None:
+                return first[:budget], None
+            short = min(len(first), len(second))
+            long = short if short > budget else max(short, budget - short)
+            if short + long > budget:
+                short, long = budget // 2, budget // 2 + budget % 2
+            keep_first, keep_second = (long, short) if len(first) > len(second) else (short, long)
+            return first[:keep_first], second[:keep_second]
+        target = first if strategy == "only_first" else second
+        if target is None:
+            raise ValueError("truncation='only_second' needs a second text (text_pair)")
+        if len(target) <= n:
+            raise ValueError(f"cannot remove {n} tokens from a text of {len(target)} with truncation={strategy!r}: "
+                             "raise max_length or use truncation='longest_first'")
+        cut = target[:len(target) - n]
+        return (cut, second) if strategy == "only_first" else (first, cut)
+
+    def decode(self, ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None,
+               spaces_between_special_tokens: bool = True) -> str:
+        """Ids (list, 1-D tensor or array) -> text, as `T5TokenizerFast.decode`.
+
+        Ids outside the vocabulary are dropped. `spaces_between_special_tokens` is accepted and ignored, as
+        by transformers' fast tokenizer.
+        """
+        size = self.vocab_size
+        ids = [i for i in _as_id_list(ids) if 0 <= i < size]
+        text = self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
+            else clean_up_tokenization_spaces
+        return clean_up_tokenization(text) if clean else text
+
+    def save_pretrained(self, folder) -> list:
+        """Writes tokenizer.json (the file as read), tokenizer_config.json and special_tokens_map.json.
+
+        transformers' `T5TokenizerFast.from_pretrained(folder)` loads the result. Returns the paths written.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / "tokenizer.json", folder / "tokenizer_config.json", folder / "special_tokens_map.json"]
+        if paths[0].resolve() != self.tokenizer_file.resolve():
+            shutil.copyfile(self.tokenizer_file, paths[0])
+        specials = {"eos_token": self.eos_token, "unk_token": self.unk_token, "pad_token": self.pad_token}
+        if self.additional_special_tokens:
+            specials["additional_special_tokens"] = self.additional_special_tokens
+        config = {
+            **specials,
+            # T5TokenizerFast invents `extra_ids` sentinels when additional_special_tokens lists none: say how
+            # many are listed (0 for mT5, whose sentinels are pieces).
+            "extra_ids": sum(bool(MARKER.fullmatch(t)) for t in self.additional_special_tokens),
+            "model_max_length": self.model_max_length,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "tokenizer_class": "T5Tokenizer",
+        }
+        paths[1].write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        paths[2].write_text(json.dumps(specials, ensure_ascii=False, indent=2), encoding="utf-8")
+        return paths
+
+    def __repr__(self) -> str:
+        return (f"MT5TokenizerFast(vocab_size={self.vocab_size}, sentinels={len(self._sentinels)}, "
                 f"model_max_length={self.model_max_length})")
 
 
@@ -640,8 +854,6 @@ def _as_rows(sequences) -> list:
 
 def _to_tensors(encoding: BatchEncoding) -> BatchEncoding:
     """Lists of equal-length rows -> torch.long tensors; ragged rows need padding first."""
-    import torch  # only needed for return_tensors="pt"
-
     lengths = {len(row) for row in encoding["input_ids"]}
     if len(lengths) > 1:
         raise ValueError("rows have different lengths: pass padding=True to return tensors")
@@ -654,18 +866,42 @@ def _to_tensors(encoding: BatchEncoding) -> BatchEncoding:
 def _resolve_files(name: str, revision, token, cache_dir, local_files_only: bool = False) -> dict:
     """Local paths of spiece.model and the optional json files (None where absent), from a folder or a Hub repo
     (through model.hub: the cache, HF_HUB_OFFLINE, one CheckpointNotFoundError with a clear message)."""
-    from .hub import resolve_file
-
-    folder = Path(name)
-    if folder.is_dir() and not (folder / "spiece.model").is_file():
-        raise CheckpointNotFoundError(
-            f"no spiece.model in {folder}: an mT5/UMT5 tokenizer needs the SentencePiece model file; "
-            "copy it from the model's Hub repo (or save the tokenizer there with save_pretrained)")
     hub = dict(revision=revision, token=token, cache_dir=cache_dir, local_files_only=local_files_only)
-    files = {"spiece.model": resolve_file(name, "spiece.model", **hub)}
-    for f in OPTIONAL_FILES:
-        files[f] = resolve_file(name, f, optional=True, **hub)
-    return files
+    files = {f: resolve_file(name, f, optional=True, **hub) for f in ("spiece.model", *OPTIONAL_FILES)}
+    if files["spiece.model"] or files["tokenizer.json"]:
+        return files
+    return _base_model_files(name, hub)
+
+
+def _base_model_files(name: str, hub: dict) -> dict:
+    """For a checkpoint saved without tokenizer files: those of the base model its config.json names.
+
+    transformers writes the name a model was loaded from into config.json as `_name_or_path`; for a
+    fine-tune that is usually its base (google/mt5-base, ...), sometimes a training folder that does not exist
+    here. Without a usable base, a CheckpointNotFoundError says which tokenizer to pass.
+    """
+    config_path = resolve_file(name, "config.json", optional=True, **hub)
+    if config_path is None and not Path(name).is_dir():
+        resolve_file(name, "spiece.model", **hub)  # raises why the repo cannot be read (offline, missing, ...)
+    config = _read_json(config_path)
+    base = config.get("_name_or_path")
+    tried = ""
+    if isinstance(base, str) and base.strip() and base != name:
+        base_hub = {**hub, "revision": None}  # the revision named the fine-tune, not its base
+        try:
+            files = {f: resolve_file(base, f, optional=True, **base_hub) for f in ("spiece.model", *OPTIONAL_FILES)}
+        except CheckpointNotFoundError:
+            files = {}
+        if files.get("spiece.model") or files.get("tokenizer.json"):
+            warnings.warn(f"{name} has no tokenizer files: using those of its base model {base} "
+                          "(config.json's _name_or_path)", stacklevel=4)
+            return files
+        tried = f"; its config.json names the base model {base!r}, whose tokenizer is not available here either"
+    family = json.dumps([config.get("model_type"), config.get("architectures")]).lower()
+    example = "google/umt5-small" if "umt5" in family else "google/mt5-small"
+    raise CheckpointNotFoundError(
+        f"no spiece.model in {name}: this checkpoint has no tokenizer files (spiece.model or tokenizer.json)"
+        f"{tried}: pass the tokenizer of its base model, e.g. MT5Tokenizer.from_pretrained({example!r})")
 
 
 def _read_json(path):
@@ -679,7 +915,7 @@ def _token_text(value, default):
     return value["content"] if isinstance(value, dict) else str(value)
 
 
-def _read_settings(files: dict) -> _Settings:
+def _read_settings(files: dict, sentencepiece: bool = True) -> _Settings:
     """Merges the tokenizer files by transformers' `from_pretrained` rules.
 
     tokenizer_config.json's `added_tokens_decoder`, when present, is the whole list of added tokens; otherwise
@@ -703,7 +939,7 @@ def _read_settings(files: dict) -> _Settings:
             added[int(i)] = AddedToken(content, special=content in specials)
         for entry in _read_json(files.get("tokenizer.json")).get("added_tokens", []):
             added[int(entry["id"])] = AddedToken.from_json(entry)
-    if config.get("legacy") is False:
+    if sentencepiece and config.get("legacy") is False:
         warnings.warn("tokenizer_config.json sets legacy=false; this tokenizer encodes with the legacy "
                       "(sentencepiece) rules, which can differ after special tokens", stacklevel=3)
     return _Settings(

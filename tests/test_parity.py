@@ -197,3 +197,47 @@ def test_parameter_counts_of_published_shapes_equal_transformers(tmp_path):
             ours[case["name"]] = cls(cfg_cls(**case["config"])).num_parameters()
     assert ours == ref
     assert ours["mt5-small"] == 300_176_768
+
+
+# transformers' output class for each head, its fields in order: return_dict=False gives the set ones as a tuple.
+SEQ2SEQ_REST = ("past_key_values", "decoder_hidden_states", "decoder_attentions", "cross_attentions",
+                "encoder_last_hidden_state", "encoder_hidden_states", "encoder_attentions")
+TRANSFORMERS_ORDER = {
+    "ForConditionalGeneration": ("loss", "logits", *SEQ2SEQ_REST),                    # Seq2SeqLMOutput
+    "Model": ("last_hidden_state", *SEQ2SEQ_REST),                                    # Seq2SeqModelOutput
+    "EncoderModel": ("last_hidden_state", "hidden_states", "attentions"),              # BaseModelOutput
+    "ForSequenceClassification": ("loss", "logits", *SEQ2SEQ_REST),                   # Seq2SeqSequenceClassifierOutput
+    "ForTokenClassification": ("loss", "logits", "hidden_states", "attentions"),       # TokenClassifierOutput
+    "ForQuestionAnswering": ("loss", "start_logits", "end_logits", *SEQ2SEQ_REST),     # Seq2SeqQuestionAnswering...
+}
+
+
+def same_value(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return type(a) is type(b)  # the KVCache: a new one per call
+
+
+@pytest.mark.parametrize("family", ["mt5", "umt5"])
+@pytest.mark.parametrize("cls", CLASSES)
+def test_return_dict_false_gives_transformers_tuple(family, cls):
+    config = dict(CONFIGS["gated_narrow"], num_labels=2 if cls == "ForQuestionAnswering" else 3)
+    prefix, cfg_cls = ("UMT5", model.UMT5Config) if family == "umt5" else ("MT5", model.MT5Config)
+    torch.manual_seed(0)
+    m = getattr(model, prefix + cls)(cfg_cls(**config)).eval()
+    inputs = dict(make_inputs(cls, config["vocab_size"], config["num_labels"], 0), output_attentions=True,
+                  output_hidden_states=True)
+    with torch.no_grad():
+        out = m(**inputs)
+        as_tuple = m(**inputs, return_dict=False)
+        m.config.return_dict = False  # as transformers: the config's setting when the call gives none
+        by_config, overridden = m(**inputs), m(**inputs, return_dict=True)
+    names = [n for n in TRANSFORMERS_ORDER[cls] if getattr(out, n) is not None]
+    assert isinstance(out, model.ModelOutput) and isinstance(overridden, model.ModelOutput)
+    assert names[0] == ("loss" if cls not in ("Model", "EncoderModel") else "last_hidden_state")
+    for result in (as_tuple, by_config, out.to_tuple()):
+        assert type(result) is tuple and len(result) == len(names)
+        for name, value in zip(names, result):
+            assert same_value(value, getattr(out, name)), name

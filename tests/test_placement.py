@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import MT5Config, MT5ForConditionalGeneration, UMT5Config, UMT5ForConditionalGeneration
+from model import (AlreadyQuantizedError, MT5Config, MT5ForConditionalGeneration, UMT5Config,
+                   UMT5ForConditionalGeneration)
 from model.placement import PlacementError
 from refutil import run_reference
 
@@ -221,7 +222,7 @@ def test_bitsandbytes_4bit_checkpoints_save_and_load_both_ways(ckpt, tmp_path):
     run_reference("ref_quant.py", tmp_path / "ours-nf4", "saved", batch, tmp_path / "from-ours.safetensors")
     assert torch.equal(load_file(tmp_path / "from-ours.safetensors")["logits"],
                        load_file(tmp_path / "theirs.safetensors")["logits"])
-    with pytest.raises(ValueError, match="already quantized to 4 bits"):
+    with pytest.raises(AlreadyQuantizedError, match="already quantized to 4 bits"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "ours-nf4", load_in_4bit=True)
     both = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        quantize_embeddings=True)
@@ -314,7 +315,8 @@ def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizin
                                                       max_memory={"cpu": "150KB"}, offload_folder=tmp_path / "off")
     assert "disk" in set(off.hf_device_map.values())
     assert torch.equal(logits(off, ids, mask), e_logits)   # int8 buffers offloaded and brought back as they are
-    with pytest.raises(ValueError, match="already quantized to int8: load it without load_in_4bit / load_in_8bit"):
+    with pytest.raises(AlreadyQuantizedError,
+                       match="already quantized to int8: load it without load_in_4bit / load_in_8bit"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", load_in_8bit=True)
 
 
