@@ -19,10 +19,10 @@ from .loading import AlreadyQuantizedError, CheckpointError, LoadingInfo
 from .modeling import KVCache, ModelOutput
 from .placement import PlacementError
 from .registry import load_model, model_class
-from .tokenizer import MT5Tokenizer
+from .tokenizer import MT5Tokenizer, MT5TokenizerFast
 
 __all__ = [
-    "MT5Config", "UMT5Config", "MT5Tokenizer", "load_model", "model_class",
+    "MT5Config", "UMT5Config", "MT5Tokenizer", "MT5TokenizerFast", "load_model", "model_class",
     "MT5Model", "MT5ForConditionalGeneration", "MT5EncoderModel", "MT5ForSequenceClassification",
     "MT5ForTokenClassification", "MT5ForQuestionAnswering",
     "UMT5Model", "UMT5ForConditionalGeneration", "UMT5EncoderModel", "UMT5ForSequenceClassification",
