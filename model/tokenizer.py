@@ -920,7 +920,8 @@ def _read_settings(files: dict, sentencepiece: bool = True) -> _Settings:
 
     tokenizer_config.json's `added_tokens_decoder`, when present, is the whole list of added tokens; otherwise
     special_tokens_map.json adds to the config and added_tokens.json and tokenizer.json's "added_tokens" list
-    the added tokens.
+    the added tokens. `sentencepiece=False` (the tokenizer.json backend) skips the warning about `legacy=false`,
+    which only concerns encoding with spiece.model.
     """
     config = _read_json(files.get("tokenizer_config.json"))
     added = {}
