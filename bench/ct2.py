@@ -7,7 +7,8 @@ vocabulary from the tokenizer. The random-weight benchmark checkpoints have no t
 strings, so CTranslate2 decodes exactly the ids our models get. The checkpoint is converted once in fp32;
 int8 is CTranslate2's own quantization at load time (`compute_type="int8"`), as its users run it.
 
-Used by bench/generate.py (impl `ct2-float32` / `ct2-int8`, through `Runner`) and bench/memory.py (row "CTranslate2 int8").
+Used by bench/generate.py (impl `ct2-float32` / `ct2-int8`, through `Runner`) and bench/memory.py
+(row "CTranslate2 int8").
 """
 from __future__ import annotations
 

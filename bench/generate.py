@@ -5,8 +5,9 @@
 2 threads, fp32, fixed seeds; every case generates exactly 64 new tokens (eos is banned until then) so both sides
 do the same work. Each implementation runs in its own subprocess (transformers in .venv-ref) so peak RSS is its
 own; the table prints both and the ratio. CTranslate2 (fp32 and int8, also in .venv-ref; bench/ct2.py) is
-measured on the same ids when .venv-ref has it, and printed with our ratio against it. Cases: greedy batch 1 (128-token input), greedy batch 8 (inputs of
-64-128 tokens, padded), beam 4 batch 1, and the encoder alone at 512 tokens.
+measured on the same ids when .venv-ref has it, and printed with our ratio against it. Cases: greedy batch 1
+(128-token input), greedy batch 8 (inputs of 64-128 tokens, padded), beam 4 batch 1, and the encoder alone at
+512 tokens.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
                                                                                  **kw))
             ids, mask = inputs(1, (512, 512), vocab, 4)
             encoder = m.get_encoder() if impl == "transformers" else None
-            run_enc = (lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder else (lambda: m.encode(ids, mask))
+            run_enc = ((lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder
+                       else (lambda: m.encode(ids, mask)))
             results["encoder_512"] = {"seconds": timed(run_enc, repeat)}
     results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(results))

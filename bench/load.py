@@ -1,4 +1,5 @@
-"""Load time and peak memory (load, then read every weight once): ours vs transformers 4.57 on an mt5-small-shaped random checkpoint (1.2 GB fp32).
+"""Load time and peak memory (load, then read every weight once): ours vs transformers 4.57 on an
+mt5-small-shaped random checkpoint (1.2 GB fp32).
 
     python bench/load.py [--workdir /tmp/mt5-bench-load] [--repeat 3]
 
@@ -91,7 +92,8 @@ def main() -> None:
         sys.exit(f"{REF_PYTHON} missing: run `bash .ci/setup-reference` first")
     dirs = make_checkpoints(Path(args.workdir))
     gb = 1e9
-    print(f"{'format':<12} {'impl':<13} {'load s':>7} {'+read s':>8} {'peak RSS GB':>12} {'added GB':>9} {'added/weights':>14}")
+    print(f"{'format':<12} {'impl':<13} {'load s':>7} {'+read s':>8} {'peak RSS GB':>12} {'added GB':>9} "
+          f"{'added/weights':>14}")
     for fmt, path in dirs.items():
         best = {}
         for _ in range(args.repeat):
@@ -101,10 +103,11 @@ def main() -> None:
                     best[kind] = r
         for kind, r in best.items():
             added = r["peak"] - r["base"]
-            print(f"{fmt:<12} {kind:<13} {r['seconds']:7.2f} {r['touched']:8.2f} {r['peak'] / gb:12.2f} {added / gb:9.2f} "
-                  f"{added / r['weights']:14.2f}")
+            print(f"{fmt:<12} {kind:<13} {r['seconds']:7.2f} {r['touched']:8.2f} {r['peak'] / gb:12.2f} "
+                  f"{added / gb:9.2f} {added / r['weights']:14.2f}")
         ratio = best["transformers"]["touched"] / best["ours"]["touched"]
-        print(f"{fmt:<12} load+read: ours is {ratio:.2f}x transformers' speed; weights {best['ours']['weights'] / gb:.2f} GB")
+        print(f"{fmt:<12} load+read: ours is {ratio:.2f}x transformers' speed; "
+              f"weights {best['ours']['weights'] / gb:.2f} GB")
 
 
 if __name__ == "__main__":
