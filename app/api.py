@@ -18,8 +18,9 @@ from .attention import AttentionInput, select
 from .context import AppContext
 from .errors import UserError, describe
 from .models import HEADS
+from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
-from .tasks import Decoding, answer_extractive, answer_generative, as_plain, classify, fill, stream_summary, tag
+from .tasks import Decoding, answer_extractive, answer_generative, as_plain, fill, stream_summary, tag
 
 log = logging.getLogger("mt5studio")
 
@@ -70,11 +71,21 @@ def register(ctx: AppContext) -> None:
 
     @user_errors
     def classify_text(text: str, model: str = "", dtype: str = "auto", device: str = "auto",
-                      quantization: str = "none") -> dict:
-        """Classifies `text`. Returns {label, probabilities: {label: p} (most probable first), multi_label,
-        truncated, model}."""
+                      quantization: str = "none", labels: str = "", template: str = "", normalize: bool = False,
+                      preset: str = "", hypothesis: str = "") -> dict:
+        """Classifies `text` the way the checkpoint can: a classification head with its own labels, else (a
+        text-to-text checkpoint such as bigscience/mt0-base) rank classification over `labels` (comma-separated,
+        or one per line) with the prompt `template` ({text}, {choices}); `normalize` divides each label's summed
+        log-probability by its token count. Empty labels/template: the `preset`'s (sentiment, topic, nli; default
+        sentiment); for nli, `text` is the premise and `hypothesis` the hypothesis. Returns {label,
+        probabilities: {label: p} (most probable first), method ('rank classification' | 'classification
+        head'), truncated, model; rank classification adds scores (summed log-probs), prompt, normalized}."""
+        p = preset_named(preset or None)
+        inputs = {"premise": text, "hypothesis": hypothesis} if "premise" in p.fields else {"text": text}
         loaded = ctx.load("classification", model, dtype, device, quantization)
-        return {**as_plain(classify(loaded, text)), "model": loaded.provenance()}
+        result = classify_checkpoint(loaded, inputs, labels if labels.strip() else list(p.labels),
+                                     template if template.strip() else p.template, bool(normalize), p)
+        return {**as_plain(result), "method": method_of(result), "model": loaded.provenance()}
 
     @user_errors
     def tag_text(text: str, model: str = "", dtype: str = "auto", device: str = "auto",

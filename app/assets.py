@@ -22,7 +22,9 @@ class TaskModels:
 class Assets:
     examples: dict[str, list[dict]]
     models: dict[str, TaskModels]
-    demo_heads: dict[str, str]      # task -> name of its demo checkpoint (see model.tiny.build_demo_checkpoints)
+    # task -> name of its demo checkpoint (see model.tiny.build_demo_checkpoints), or a list of names: the default
+    # first, then more the task's model box offers (classification: text-to-text, then a classification head)
+    demo_heads: dict[str, str | list[str]]
     css: str
     js: dict[str, str]              # file stem -> source
     help: dict[str, str]            # file stem -> markdown
@@ -43,8 +45,9 @@ class Assets:
         folders = {DEMO_PREFIX + path.name: path for path in checkpoints.values()}
         models = {}
         for task, entry in self.models.items():
-            name = DEMO_PREFIX + checkpoints[self.demo_heads[task]].name
-            models[task] = replace(entry, default=name, suggestions=[name, *entry.suggestions])
+            heads = self.demo_heads[task]
+            names = [DEMO_PREFIX + checkpoints[h].name for h in ([heads] if isinstance(heads, str) else heads)]
+            models[task] = replace(entry, default=names[0], suggestions=[*names, *entry.suggestions])
         return replace(self, models=models, folders={**self.folders, **folders})
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from model.config import CONFIG_NAME, read_json
+from model.hub import resolve_file
+
 from . import __version__
 from .assets import Assets
 from .attention import AttentionInput, capture
@@ -75,8 +78,29 @@ class AppContext:
                 quantization: str = "none") -> ModelRequest:
         """The request for `task`'s head; an empty source means the task's default checkpoint."""
         entry = self.assets.models[task]
-        return ModelRequest((source or "").strip() or entry.default, task_named(task).head, dtype or "auto",
-                            device or "auto", quantization or "none")
+        source = (source or "").strip() or entry.default
+        return ModelRequest(source, self.head_for(task, source), dtype or "auto", device or "auto",
+                            quantization or "none")
+
+    def head_for(self, task: str, source: str) -> str:
+        """The head `task` loads `source` with: the table's, unless the task accepts others (Task.heads) and the
+        checkpoint's config.json names one in `architectures` (read as the cache would: policy first, short
+        names resolved, offline kept). A config that cannot be read leaves the table's head: the load reports
+        what is wrong."""
+        spec = task_named(task)
+        if not spec.heads:
+            return spec.head
+        self.cache.policy.check(source)   # a locked deployment reads no other repo
+        try:
+            where = str(self.cache.folders.get(source, source))
+            data = read_json(resolve_file(where, CONFIG_NAME, local_files_only=self.cache.offline))
+        except Exception:  # noqa: BLE001 - reported by the load itself
+            return spec.head
+        for arch in data.get("architectures") or []:
+            for suffix, head in spec.heads.items():
+                if str(arch).endswith(suffix):
+                    return head
+        return spec.head
 
     def load(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",
              quantization: str = "none", progress: Progress | None = None) -> Loaded:

@@ -8,10 +8,10 @@ file in `assets/help/`, and its entry in `assets/models.json` (and examples in `
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import tasks
+from . import ranking, tasks
 from .assets import Assets
 from .attention import AttentionInput
 from .models import Loaded
@@ -36,6 +36,9 @@ class Task:
     attention: Callable[[Inputs, Any], AttentionInput]          # what the result's attention is computed from
     decodes: bool = False     # it takes decoding settings (a text-to-text head)
     stream: Callable[[Loaded, Inputs, Decoding], Iterator[Any]] | None = None   # results so far, last complete
+    # heads a checkpoint may bring instead of `head`: its config's `architectures` suffix -> head (read by
+    # AppContext.head_for before loading; a classification fine-tune says ...ForSequenceClassification)
+    heads: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def streams(self) -> bool:
@@ -63,6 +66,19 @@ def _summaries(loaded: Loaded, inputs: Inputs, decoding: Decoding) -> Iterator[t
     return tasks.stream_summary(loaded, inputs["text"], decoding)
 
 
+def _classify(loaded: Loaded, inputs: Inputs, decoding: Decoding):
+    """A head checkpoint's own labels, or rank classification with the default preset's labels and template."""
+    preset = ranking.preset_named(None)
+    return ranking.classify_checkpoint(loaded, inputs, list(preset.labels), preset.template, preset=preset)
+
+
+def _classification_attention(inputs: Inputs, result: Any) -> AttentionInput:
+    """Rank classification: the prompt the encoder read, the winning label on the decoder."""
+    if getattr(result, "prompt", ""):
+        return AttentionInput(result.prompt, target=result.label)
+    return AttentionInput(inputs["text"])
+
+
 def _answer_text(result: tasks.QAResult) -> str:
     return result.answer.text if result.answer is not None else ""
 
@@ -76,10 +92,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          run=lambda m, x, d: tasks.fill(m, x["text"], d), decodes=True,
          as_text=lambda r: r.text,
          attention=lambda x, r: AttentionInput(x["text"], target=r.raw if r else None)),
-    Task("classification", "Classification", "classification", TEXT,
-         run=lambda m, x, d: tasks.classify(m, x["text"]),
-         as_text=lambda r: r.label,
-         attention=lambda x, r: AttentionInput(x["text"])),
+    Task("classification", "Classification", "generation", TEXT, run=_classify, as_text=lambda r: r.label,
+         attention=_classification_attention, heads={"ForSequenceClassification": "classification"}),
     Task("tagging", "Token tagging", "token-classification", TEXT,
          run=lambda m, x, d: tasks.tag(m, x["text"]),
          as_text=lambda r: "; ".join(f"{e.text} ({e.label})" for e in r.entities),

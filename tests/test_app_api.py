@@ -134,8 +134,8 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(client, app_se
     assert "Could not find the checkpoint 'nobody/no-such-model'" in error_of(
         client, "text", model="nobody/no-such-model", api_name="/classify")
     assert "not an mT5/UMT5 model" in error_of(client, "text", model=NON_T5_REPO, api_name="/summarize")
-    assert "this checkpoint has no classification head" in error_of(
-        client, "text", model=str(demo_dir / "span-filling"), api_name="/classify")
+    assert "this checkpoint has no language-model head" in error_of(   # neither a head nor text-to-text
+        client, "text", model=str(demo_dir / "question-answering"), api_name="/classify")
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     for f in (demo_dir / "token-classification").iterdir():

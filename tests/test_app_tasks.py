@@ -48,8 +48,8 @@ def test_every_task_has_examples_in_six_languages_with_rtl_and_non_latin_scripts
 def test_registry_names_a_default_for_every_task():
     assert ASSETS.models["summarization"].default == "csebuetnlp/mT5_multilingual_XLSum"
     assert ASSETS.models["span_filling"].default == "google/mt5-small"
-    assert {e.head for e in ASSETS.models.values()} == {"generation", "classification", "token-classification",
-                                                        "question-answering"}
+    assert ASSETS.models["classification"].default == "bigscience/mt0-base"   # rank classification
+    assert {e.head for e in ASSETS.models.values()} == {"generation", "token-classification", "question-answering"}
 
 
 def test_demo_checkpoints_are_reused_when_built_from_the_same_texts(demo):
@@ -381,7 +381,8 @@ def test_offline_without_cache_falls_back_to_demo_mode_and_locking_keeps_the_def
     ctx, reason = prepare(demo_flag=False)
     assert ctx.demo and "cannot be reached" in reason and ctx.settings.offline and ctx.cache.offline
     default = ctx.assets.models["classification"].default
-    assert default == "demo/classification"   # a short name; the folder stays on the server
+    assert default == "demo/generation"   # a short name; the folder stays on the server
+    assert "demo/classification" in ctx.assets.models["classification"].suggestions   # the head path too
     assert ctx.assets.folders[default].parent == tmp_path / "demo"
     assert ctx.load("classification", "").request.source == default      # allowed: a registry entry
     with pytest.raises(UserError, match="only serves its listed models"):
