@@ -107,7 +107,20 @@ def test_classification_chart(page):
     wait_status(page, "classification")
     text = page.locator("#classify-output").inner_text().lower()
     assert all(label in text for label in ("negative", "neutral", "positive"))
+    status = page.locator("#tab-classification .status-info").first.inner_text()
+    assert "rank classification over 3 labels with demo/generation" in status
     shot(page, "3-classification")
+    page.locator("#classify-labels textarea").fill("Sports, Politics, Cooking, Music")
+    page.click("#classify-run")
+    page.locator("#tab-classification .status-info", has_text="over 4 labels").wait_for()
+    assert "Cooking" in page.locator("#classify-output").inner_text()
+    page.emulate_media(color_scheme="dark")
+    shot(page, "3b-classification-dark")
+    page.emulate_media(color_scheme="light")
+    page.locator("#classify-labels textarea").fill("Sports")
+    page.click("#classify-run")
+    page.locator("#tab-classification .status-error", has_text="Only one label").wait_for()
+    page.locator("#classify-labels textarea").fill("positive, neutral, negative")
 
 
 def test_token_tagging_right_to_left(page):
