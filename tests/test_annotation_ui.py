@@ -288,13 +288,15 @@ def test_demo_mode_shows_no_path_of_the_server(store, tmp_path):
     ctx, reason = prepare(True, Settings(demo_dir=demo_dir))
     app = build_app(ctx, reason, store=store)
     handle = app.handles["classification"]
-    assert handle.model.source.value == "demo/classification"
+    assert handle.model.source.value == "demo/generation"   # rank classification with a text-to-text model
     page = json.dumps(app.blocks.get_config_file(), default=str)
     assert str(demo_dir) not in page and "demo/classification" in page
 
-    out = handler(app.blocks, "run_classify")("", "auto", "cpu", "none", "Ada wrote the first program.")
+    # the tab's inputs: model box, preset, text, premise, hypothesis, labels, template, normalise
+    out = handler(app.blocks, "run_classify")("", "auto", "cpu", "none", "sentiment", "Ada wrote the first program.",
+                                              "", "", "positive, negative", "{text} Options: {choices}", False)
     status = out[handle.status]
-    assert "demo/classification" in status and str(demo_dir) not in status, status
+    assert "demo/generation" in status and str(demo_dir) not in status, status
     save_from_record(store, out[handle.record], "4", "", [], "", "Amina")
     exported = export(store, "jsonl", folder=tmp_path / "export").read_text(encoding="utf-8")
-    assert "demo/classification" in exported and str(demo_dir) not in exported
+    assert "demo/generation" in exported and str(demo_dir) not in exported
