@@ -17,6 +17,7 @@ from model.textgen import MARKER, generate_text
 from .attention import AttentionInput, select
 from .context import AppContext
 from .errors import UserError, describe
+from .limits import MAX_ANSWERS
 from .models import HEADS
 from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
@@ -104,9 +105,11 @@ def register(ctx: AppContext) -> None:
         alternatives, segments, truncated, settings, model}."""
         if mode not in ("extractive", "generative"):
             raise UserError(f"Unknown mode {mode!r}: use 'extractive' or 'generative'.")
+        if not 1 <= int(top_k) <= MAX_ANSWERS:
+            raise UserError(f"top_k={top_k!r} is out of range: ask for 1 to {MAX_ANSWERS} answers.")
         if mode == "extractive":
             loaded = ctx.load("question_answering", model, dtype, device, quantization)
-            result = answer_extractive(loaded, question, context, top_k=max(1, int(top_k)))
+            result = answer_extractive(loaded, question, context, top_k=int(top_k))
         else:
             loaded = ctx.load("generative_qa", model, dtype, device, quantization)
             result = answer_generative(loaded, question, context, Decoding(max_new_tokens, num_beams))

@@ -15,6 +15,7 @@ import torch
 from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans, generate_text, stream_text
 
 from .errors import UserError
+from .limits import check_bounds
 from .models import Loaded
 from .prompts import qa_prompt
 
@@ -74,7 +75,9 @@ class Decoding:
 
 
 def check_decoding(model, decoding: Decoding) -> dict[str, Any]:
-    """Validates the settings against the model's config; a bad value is a UserError naming it."""
+    """Validates the settings against the deployment's bounds (`limits.DECODING_BOUNDS`, the page's sliders)
+    and the model's config; a bad value is a UserError naming it."""
+    check_bounds(dataclasses.asdict(decoding))
     gen = decoding.kwargs()
     try:
         model.generation_config.updated(**gen).validate()
@@ -373,16 +376,30 @@ def require_qa(question: str, context: str) -> tuple[str, str]:
     return question, context
 
 
+def check_question(tokenizer, question: str, max_input_tokens: int) -> None:
+    """Refuses a question longer than half the model's input: the context needs the rest, and truncating the
+    context alone (`only_second`) cannot bring an over-long question within the input limit."""
+    allowed = max_input_tokens // 2
+    n = len(tokenizer(question[: input_cap(max_input_tokens)])["input_ids"])
+    if n > allowed:
+        raise UserError(f"The question is {n:,} tokens long; a question may take at most {allowed} of the "
+                        f"model's {max_input_tokens} input tokens (the rest is for the context): shorten it.")
+
+
 def answer_extractive(loaded: Loaded, question: str, context: str, top_k: int = 5, max_answer_tokens: int = 30,
                       max_input_tokens: int = MAX_INPUT_TOKENS) -> QAResult:
     """The best context spans by start x end probability (over the context's tokens only)."""
     question, context = require_qa(question, context)
     require_head(loaded, "question-answering", "Extractive answers need a checkpoint with a question-answering "
                  "head; for a text-to-text checkpoint pick 'generative'.")
+    check_question(loaded.tokenizer, question, max_input_tokens)
     cap = input_cap(max_input_tokens)
     enc = loaded.tokenizer(question[:cap], context[:cap], return_offsets_mapping=True, return_tensors="pt",
                            truncation="only_second", max_length=max_input_tokens)
     ids = enc["input_ids"][0].tolist()
+    if len(ids) > max_input_tokens:   # never reached after check_question; the model must never see more
+        raise UserError(f"The question and context take {len(ids):,} tokens, over the model's "
+                        f"{max_input_tokens}: shorten the question.")
     with torch.no_grad():
         out = loaded.model(input_ids=enc["input_ids"].to(loaded.model.device),
                            attention_mask=enc["attention_mask"].to(loaded.model.device))
@@ -435,6 +452,7 @@ def answer_generative(loaded: Loaded, question: str, context: str, decoding: Dec
     holds it verbatim."""
     question, context = require_qa(question, context)
     needs_generation(loaded, "Generative answers")
+    check_question(loaded.tokenizer, question, max_input_tokens)
     gen = check_decoding(loaded.model, decoding)
     prompt = generative_prompt(question, context)
     cap = input_cap(max_input_tokens)

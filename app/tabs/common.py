@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import gradio as gr
-import torch
+
+from model.placement import available_devices
 
 from ..context import AppContext, RunRecord
 from ..errors import UserError, describe
+from ..limits import DECODING_BOUNDS
 from ..models import DTYPES, QUANTIZATIONS, Loaded, ModelCache
 from ..tasklist import Task
 from ..tasks import Decoding
@@ -49,9 +51,17 @@ class DecodingControls:
         return Decoding(**given)
 
     def prefill(self, decoding: Decoding) -> dict:
-        """Updates setting each control to the checkpoint's default."""
-        return {c: getattr(decoding, name) for name, c in self.components.items()
+        """Updates setting each control to the checkpoint's default, held within the deployment's bounds."""
+        return {c: clamp(name, getattr(decoding, name)) for name, c in self.components.items()
                 if getattr(decoding, name) is not None}
+
+
+def clamp(name: str, value: Any) -> Any:
+    """`value` held within DECODING_BOUNDS[name] (a checkpoint's default may lie beyond what is served)."""
+    bound = DECODING_BOUNDS.get(name)
+    if bound is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return type(value)(min(max(value, bound.low), bound.high))
 
 
 @dataclass
@@ -69,10 +79,8 @@ class TabHandle:
 
 
 def devices() -> list[str]:
-    out = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return out
+    """The device choices: the same list the server checks requests against (`models.check_request`)."""
+    return ["auto", *available_devices()]
 
 
 def model_picker(ctx: AppContext, task: str) -> ModelPicker:
@@ -94,17 +102,19 @@ def decoding_controls(names: tuple[str, ...] = ("max_new_tokens", "num_beams", "
                                                 "length_penalty", "do_sample", "temperature", "top_k", "top_p",
                                                 "repetition_penalty", "seed")) -> DecodingControls:
     """The decoding settings, in an accordion; values start empty-ish and are prefilled from the checkpoint."""
+    b = DECODING_BOUNDS   # the server checks the same bounds (limits.check_bounds)
+    slider = lambda name, value, **kw: gr.Slider(b[name].low, b[name].high, value=value, step=b[name].step,
+                                                 label=b[name].label, **kw)
     make = {
-        "max_new_tokens": lambda: gr.Slider(1, 512, value=64, step=1, label="Max new tokens"),
-        "num_beams": lambda: gr.Slider(1, 8, value=1, step=1, label="Beams",
-                                       info="more than 1: beam search (the output arrives at once)"),
-        "no_repeat_ngram_size": lambda: gr.Slider(0, 6, value=0, step=1, label="No-repeat n-gram size"),
-        "length_penalty": lambda: gr.Slider(-2.0, 3.0, value=1.0, step=0.1, label="Length penalty (beams)"),
+        "max_new_tokens": lambda: slider("max_new_tokens", 64),
+        "num_beams": lambda: slider("num_beams", 1, info="more than 1: beam search (the output arrives at once)"),
+        "no_repeat_ngram_size": lambda: slider("no_repeat_ngram_size", 0),
+        "length_penalty": lambda: slider("length_penalty", 1.0),
         "do_sample": lambda: gr.Checkbox(value=False, label="Sample"),
-        "temperature": lambda: gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature (sampling)"),
-        "top_k": lambda: gr.Slider(0, 200, value=50, step=1, label="Top-k (sampling)"),
-        "top_p": lambda: gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (sampling)"),
-        "repetition_penalty": lambda: gr.Slider(1.0, 3.0, value=1.0, step=0.05, label="Repetition penalty"),
+        "temperature": lambda: slider("temperature", 1.0),
+        "top_k": lambda: slider("top_k", 50),
+        "top_p": lambda: slider("top_p", 1.0),
+        "repetition_penalty": lambda: slider("repetition_penalty", 1.0),
         "seed": lambda: gr.Number(value=-1, precision=0, label="Seed (-1: random)"),
     }
     with gr.Accordion("Decoding settings", open=False):
