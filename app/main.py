@@ -13,7 +13,7 @@ from .annotation.api import mount as mount_annotation_api
 from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
-from .settings import Settings
+from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
 from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
@@ -42,7 +42,8 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         annotation_panel.register(ctx, store)  # before the task tabs, which mount ctx.panels in their slots
         extra_tabs = [("Annotations", lambda c, h: annotations.build(c, store)),
                       ("Batch", lambda c, h: batch_tab.build(c, store)), *extra_tabs]
-    with gr.Blocks(title="mT5 Studio") as blocks:
+    # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.
+    with gr.Blocks(title="mT5 Studio", delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
         if ctx.demo:
             gr.Markdown(ctx.assets.help["demo_banner"].format(reason=demo_reason), elem_classes=["demo-banner"],
@@ -83,7 +84,8 @@ def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | 
 
 def launch(app: App, host: str | None = None, port: int | None = None, **options) -> None:
     app.blocks.queue(default_concurrency_limit=app.context.settings.concurrency, max_size=256)
-    app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css, **options)
+    app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css,
+                      max_file_size=app.context.settings.max_file_bytes, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

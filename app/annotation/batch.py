@@ -18,9 +18,9 @@ from typing import Any
 import pandas as pd
 
 from ..prompts import qa_prompt
+from ..settings import MAX_ROWS
 from .store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
 
-MAX_ROWS = 1000
 TEXT_COLUMNS = ("text", "input")
 
 

@@ -121,7 +121,7 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         if not path:
             return {status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         try:
-            inputs = load_inputs(path)
+            inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
             spec = TASKS[task_v]
             if any(spec.missing(vars(x)) for x in inputs):
                 columns = " and ".join(f"`{name}`" for name in spec.fields)
