@@ -5,7 +5,6 @@ the head a task needs is refused (its head would be random) rather than shown wi
 """
 from __future__ import annotations
 
-import functools
 import gc
 import threading
 import warnings
@@ -19,7 +18,8 @@ import torch
 
 import model as mt5
 from model.config import CONFIG_NAME, GenerationConfig, config_class, family_of, read_json
-from model.hub import resolve_file
+from model.hub import looks_like_path, resolve_file
+from model.placement import available_devices
 
 from .errors import UserError
 
@@ -149,9 +149,19 @@ class ModelPolicy:
 
     def check(self, source: str) -> None:
         if self.locked and source not in self.allowed:
-            names = ", ".join(sorted(self.allowed)) or "none"
+            # Hub ids and short names only: a listed server folder is served but its path is not shown.
+            public = sorted(name for name in self.allowed if not looks_like_path(name) and not Path(name).is_absolute())
+            hidden = len(self.allowed) - len(public)
+            names = ", ".join(public) or "none"
+            more = f" (and {hidden} local checkpoint{'s' if hidden > 1 else ''} of this server)" if hidden else ""
             raise UserError(f"This deployment only serves its listed models, and {source!r} is not one of them. "
-                            f"Pick one of: {names}.")
+                            f"Pick one of: {names}{more}.")
+
+    def token(self, source: str) -> bool | None:
+        """The Hub token argument for `source`: None (the deployment's HF_TOKEN, as huggingface_hub finds it)
+        for the ids the deployment lists, False (download anonymously) for any id a visitor typed, so a
+        visitor cannot reach the owner's private or gated repos through the deployment's token."""
+        return None if source in self.allowed else False
 
 
 def check_request(request: ModelRequest) -> str:
@@ -165,25 +175,51 @@ def check_request(request: ModelRequest) -> str:
         raise UserError(f"Unknown head {request.head!r}: use one of {', '.join(HEADS)}.")
     if request.quantization not in QUANTIZATIONS:
         raise UserError(f"Unknown quantization {request.quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    if request.device not in ("auto", "", *available_devices()):
+        raise UserError(f"Unknown or unusable device {request.device!r}: use one of "
+                        f"{', '.join(['auto', *available_devices()])}.")
     return source
 
 
+def check_size(source: str, config: mt5.MT5Config, request: ModelRequest, max_bytes: int | None) -> None:
+    """Refuses, from config.json alone, a model whose weights would not fit the deployment's model memory
+    (MT5_STUDIO_CACHE_MB): the whole encoder-decoder's parameters at the fewest bytes each can take as asked
+    (4-bit: half a byte), so a model that fits is not refused for its dtype or quantization."""
+    if max_bytes is None:
+        return
+    quant = request.quantization
+    dtype = config.torch_dtype if request.dtype == "auto" else request.dtype
+    per_param = 0.5 if quant.startswith(("nf4", "fp4", "int4")) else 1 if quant.startswith("int8") else (
+        2 if str(dtype).removeprefix("torch.") in ("bfloat16", "float16") else 4)
+    need = int(config.num_parameters() * per_param)
+    if need > max_bytes:
+        raise UserError(f"{source!r} would take at least {megabytes(need)} of weights ({config.num_parameters():,} "
+                        f"parameters in its config.json), more than this deployment's model memory "
+                        f"({megabytes(max_bytes)}, MT5_STUDIO_CACHE_MB): pick a smaller checkpoint"
+                        f"{' or quantize it' if quant == 'none' else ''}.")
+
+
 def load_checkpoint(request: ModelRequest, progress: Progress | None = None, *, offline: bool = False,
-                    folders: Mapping[str, Path] | None = None) -> Loaded:
+                    folders: Mapping[str, Path] | None = None, token: bool | None = False,
+                    max_bytes: int | None = None) -> Loaded:
     """Loads tokenizer and model for `request`; every failure is a UserError with what to do.
 
     `offline`: only the local Hugging Face cache is read (`local_files_only`). `folders` maps short names (the
     demo checkpoints' "demo/generation") to the folders they are read from: messages and the Loaded's request
-    keep the short name, so no server path reaches the page. The config is read first (small): a missing repo
-    or a model of another type is reported before anything large is downloaded."""
+    keep the short name, so no server path reaches the page. `token`: the Hub token argument (False: anonymous,
+    None: the deployment's own; see `ModelPolicy.token`). `max_bytes`: weights larger than this, estimated
+    from config.json, are refused before anything is built. The config is read first (small): a missing repo,
+    a model of another type or one too large is reported before anything large is downloaded."""
     source = check_request(request)
     where = str((folders or {}).get(source, source))
     say = progress or (lambda fraction, text: None)
     say(0.02, f"Reading the config of {source}")
-    read_generation_config(source, request.revision, offline=offline, folders=folders)
+    config, _ = read_configs(source, request.revision, offline=offline, folders=folders, token=token)
+    check_size(source, config, request, max_bytes)
     say(0.05, f"Loading the tokenizer of {source}")
     try:
-        tokenizer = mt5.MT5Tokenizer.from_pretrained(where, revision=request.revision, local_files_only=offline)
+        tokenizer = mt5.MT5Tokenizer.from_pretrained(where, revision=request.revision, local_files_only=offline,
+                                                     token=token)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"Could not load the tokenizer of {source!r}: {e}") from e
     say(0.2, f"Loading the weights of {source} (downloading them first if they are not cached)")
@@ -191,7 +227,7 @@ def load_checkpoint(request: ModelRequest, progress: Progress | None = None, *, 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model, info = mt5.load_model(where, task=request.head, output_loading_info=True, local_files_only=offline,
-                                         **request.options())
+                                         token=token, **request.options())
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the weights of {source!r}: {e}") from e
     except mt5.AlreadyQuantizedError as e:   # before CheckpointError, its base: the checkpoint is fine
@@ -259,7 +295,9 @@ class ModelCache:
         self.max_models, self.max_bytes = max_models, max_bytes
         self.policy = policy or ModelPolicy()
         self.offline, self.folders = offline, dict(folders or {})
-        self.loader = loader or functools.partial(load_checkpoint, offline=offline, folders=self.folders)
+        self.loader = loader or (lambda request, progress: load_checkpoint(
+            request, progress, offline=offline, folders=self.folders, token=self.policy.token(request.source),
+            max_bytes=self.max_bytes))
         self._models: OrderedDict[ModelRequest, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[ModelRequest, threading.Lock] = {}
@@ -313,18 +351,26 @@ class ModelCache:
 def read_generation_config(source: str, revision: str | None = None, policy: ModelPolicy | None = None, *,
                            offline: bool = False, folders: Mapping[str, Path] | None = None) -> GenerationConfig:
     """The checkpoint's decoding defaults from its json files alone (no weights are read): a
-    `model.config.GenerationConfig`. Errors are UserErrors; a `policy` refuses unlisted sources first.
-    `offline` and `folders` as for `load_checkpoint`."""
+    `model.config.GenerationConfig`. Errors are UserErrors; a `policy` refuses unlisted sources first and
+    decides the Hub token (without one: anonymous). `offline` and `folders` as for `load_checkpoint`."""
     source = (source or "").strip()
     if policy is not None:
         policy.check(source)
+    token = policy.token(source) if policy is not None else False
+    return read_configs(source, revision, offline=offline, folders=folders, token=token)[1]
+
+
+def read_configs(source: str, revision: str | None = None, *, offline: bool = False,
+                 folders: Mapping[str, Path] | None = None,
+                 token: bool | None = False) -> tuple[mt5.MT5Config, GenerationConfig]:
+    """config.json and the decoding defaults of `source` (json files only); errors are UserErrors."""
     where = str((folders or {}).get(source, source))
-    hub = {"revision": revision, "local_files_only": offline}
+    hub = {"revision": revision, "local_files_only": offline, "token": token}
     try:
         data = read_json(resolve_file(where, CONFIG_NAME, **hub))
         config = config_class(family_of(data)).from_dict(data)
         gen_file = resolve_file(where, "generation_config.json", optional=True, **hub)
-        return GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
+        return config, GenerationConfig.from_model_config(config, read_json(gen_file) if gen_file else None)
     except mt5.CheckpointNotFoundError as e:
         raise UserError(f"Could not find the checkpoint {source!r}: {e}") from e
     except mt5.AlreadyQuantizedError as e:

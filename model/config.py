@@ -106,6 +106,17 @@ class MT5Config:
         """UMT5 has a relative-bias table in every self-attention layer; mT5 only in block 0."""
         return self.model_type == "umt5"
 
+    def num_parameters(self) -> int:
+        """Parameters of the whole encoder-decoder with its lm_head, from the shape alone (no model built):
+        an upper bound for any head, used to refuse a config too large to serve before anything is built."""
+        d, inner, ffn = self.d_model, self.inner_dim, (3 if self.is_gated_act else 2) * self.d_model * self.d_ff
+        bias = self.relative_attention_num_buckets * self.num_heads
+        enc_bias = bias * (self.num_layers if self.per_layer_bias else 1)
+        dec_bias = bias * (self.num_decoder_layers if self.per_layer_bias else 1)
+        encoder = self.num_layers * (4 * d * inner + ffn + 2 * d) + enc_bias + d
+        decoder = self.num_decoder_layers * (8 * d * inner + ffn + 3 * d) + dec_bias + d
+        return (1 if self.tie_word_embeddings else 2) * self.vocab_size * d + encoder + decoder
+
     @property
     def return_dict(self) -> bool:
         """transformers' switch between output objects (True) and tuples (False); kept in `extra`, so a

@@ -3,7 +3,7 @@ tokens). Every failure becomes one exception that says what was looked for and w
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import hf_hub_download
@@ -19,6 +19,10 @@ from huggingface_hub.errors import (
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint whose files or weights do not fit the model, or that names files it may not."""
+
+
 class CheckpointNotFoundError(FileNotFoundError):
     """A local directory or Hub repo lacks what was asked for, or cannot be reached."""
 
@@ -30,7 +34,14 @@ def hub_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_file(repo_or_dir: str | os.PathLike, filename: str, optional: bool = False,
                  **hub: Any) -> Path | None:
-    """Local path of `filename` in a directory or Hub repo; None if `optional` and the file does not exist."""
+    """Local path of `filename` in a directory or Hub repo; None if `optional` and the file does not exist.
+
+    Names come from index files and callers, so they are checked first: a file name, revision or subfolder that
+    would leave the checkpoint's folder (absolute, `..`) is refused with a CheckpointError."""
+    check_name(filename, "file name", repo_or_dir)
+    for option in ("revision", "subfolder"):
+        if hub.get(option):
+            check_name(str(hub[option]), option, repo_or_dir)
     local = Path(repo_or_dir)
     if local.is_dir():
         path = local / filename
@@ -62,6 +73,15 @@ def resolve_file(repo_or_dir: str | os.PathLike, filename: str, optional: bool =
         raise CheckpointNotFoundError(f"Hub repo {repo!r} has no file {filename}") from e
     except HFValidationError as e:
         raise CheckpointNotFoundError(f"{repo!r} is neither a local directory nor a valid Hub repo id: {e}") from e
+
+
+def check_name(name: str, what: str, source: str | os.PathLike) -> None:
+    """Refuses a name that would leave the checkpoint's folder or cache: absolute, `..`, `~`, a drive, or `\\`."""
+    parts = PurePosixPath(name).parts
+    if (not name or name.startswith(("/", "~")) or "\\" in name or ":" in (parts[0] if parts else "")
+            or ".." in parts or "\0" in name):
+        raise CheckpointError(f"{source}: the {what} {name!r} points outside the checkpoint's folder (absolute or "
+                              "with '..'), so it was refused: a checkpoint may only name files inside itself")
 
 
 def looks_like_path(name: str) -> bool:

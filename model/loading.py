@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import CONFIG_NAME, GenerationConfig, MT5Config, config_class, family_of, read_json
-from .hub import CheckpointNotFoundError, hub_options, resolve_file
-from .placement import place, warn_slow_dtype
+from .hub import CheckpointError, CheckpointNotFoundError, hub_options, resolve_file
+from .placement import check_model_device, place, warn_slow_dtype
 from .quant import (
     INT4_METHOD,
     INT8_METHOD,
@@ -40,10 +41,6 @@ IGNORED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
 # Weights that belong to a task head rather than the transformer: absent ones are initialised (a plain checkpoint
 # loads into a head model), extra ones are dropped (a head checkpoint loads into a plain model).
 HEAD_PREFIXES = ("lm_head.", "classification_head.", "classifier.", "qa_outputs.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint whose files or weights do not fit the model."""
 
 
 class AlreadyQuantizedError(CheckpointError):
@@ -105,6 +102,52 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     yield from state.items()
+
+
+def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from one file without reading its tensors: the safetensors header, or a memory-mapped .bin."""
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({e}): it may be truncated or "
+                                  "corrupt; delete it and download again") from e
+    return {key: tuple(t.shape) for key, t in read_tensors(path)}
+
+
+BLOCK = re.compile(r"^(?:transformer\.)?(encoder|decoder)\.block\.(\d+)\.")
+
+
+def check_config_fits(config: MT5Config, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Compares config.json with the checkpoint's key names and shapes before any model is built: a config
+    that claims far more than its weights (100,000 layers over a 2-layer checkpoint) would otherwise tie up a
+    worker for minutes building modules that the key check then refuses."""
+    blocks: dict[str, set[int]] = {"encoder": set(), "decoder": set()}
+    for key in shapes:
+        m = BLOCK.match(key)
+        if m:
+            blocks[m.group(1)].add(int(m.group(2)))
+    wanted = {"encoder": config.num_layers, "decoder": config.num_decoder_layers}
+    for stack, found in blocks.items():
+        if stack == "decoder" and not found:
+            continue   # an encoder-only checkpoint: the decoder is not loaded
+        # Fewer blocks than the config says is refused here; extra blocks are named by check_keys later.
+        if len(found & set(range(wanted[stack]))) < wanted[stack]:
+            raise CheckpointError(f"{source}: config.json says {wanted[stack]:,} {stack} layer(s) "
+                                  f"({'num_layers' if stack == 'encoder' else 'num_decoder_layers'}) but the "
+                                  f"weights hold {len(found):,}: use the config.json saved with these weights")
+    if config.extra.get("quantization_config"):
+        return   # quantized layouts store other shapes; check_keys judges them once the model is built
+    d, inner = config.d_model, config.inner_dim
+    expect = {"shared.weight": (config.vocab_size, d),
+              "encoder.block.0.layer.0.SelfAttention.q.weight": (inner, d),
+              "encoder.block.0.layer.1.DenseReluDense.wo.weight": (d, config.d_ff)}
+    for key, shape in expect.items():
+        found = shapes.get(key, shapes.get(f"transformer.{key}"))
+        if found is not None and found != shape:
+            raise CheckpointError(f"{source}: config.json and the weights disagree: {key} has shape {found} but "
+                                  f"the config implies {shape} (vocab_size, d_model, num_heads x d_kv, d_ff)")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -240,6 +283,7 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     bnb_4bit_use_double_quant, quantize_embeddings (see model.quant). 8-bit: load_in_8bit=True (per-row int8
     on PyTorch kernels), with quantize_embeddings.
     """
+    check_model_device(device_map)
     quant = QuantOptions.pop_from(options)
     hub = hub_options(options)
     config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
@@ -276,6 +320,7 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
     """The meta-device model, in the checkpoint's quantized layout if it has one (int4, int8, bitsandbytes 4-bit),
     filled with its weights."""
     files = weight_files(repo_or_dir, **hub)
+    check_config_fits(config, {k: s for f in files for k, s in read_shapes(f).items()}, str(repo_or_dir))
     info = LoadingInfo(source_files=[str(f) for f in files])
     tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
     config = match_feed_forward(config, tensors, str(repo_or_dir))

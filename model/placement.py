@@ -23,6 +23,27 @@ class PlacementError(ValueError):
     """A device map that cannot be honoured."""
 
 
+def available_devices() -> list[str]:
+    """The devices a whole model can be placed on here: cpu, each CUDA GPU, mps where it works."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def check_model_device(device_map: Any) -> None:
+    """Refuses, before anything is loaded, a whole-model device that cannot hold it here (meta, disk, a missing
+    GPU, a typo), naming the available ones; presets and explicit maps are checked when placing."""
+    if isinstance(device_map, (str, int, torch.device)) and device_map not in PRESETS:
+        if str(device_map) in ("meta", "disk"):
+            raise PlacementError(f"device {str(device_map)!r} keeps no weight in memory, so the model could not "
+                                 f"run: use one of {', '.join(available_devices())} or a preset "
+                                 f"({', '.join(PRESETS)})")
+        check_device(device_map)
+
+
 def check_device(device: Any) -> str | int:
     """Normalises a device name and checks that it exists here."""
     if isinstance(device, torch.device):
@@ -35,18 +56,19 @@ def check_device(device: Any) -> str | int:
         return device
     if device in ("cpu", "disk", "meta"):
         return device
-    if isinstance(device, str) and device.startswith("cuda"):
+    if isinstance(device, str) and (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
         index = int(device.split(":")[1]) if ":" in device else 0
         if not torch.cuda.is_available():
-            raise PlacementError(f"device {device!r} asked for, but no CUDA GPU is available here: use 'cpu' or "
-                                 "device_map='auto'")
+            raise PlacementError(f"device {device!r} asked for, but no CUDA GPU is available here: use one of "
+                                 f"{', '.join(available_devices())}, or device_map='auto'")
         if index >= torch.cuda.device_count():
-            raise PlacementError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
-                                 "CUDA GPU(s)")
+            raise PlacementError(f"device {device!r} does not exist: available here are "
+                                 f"{', '.join(available_devices())}")
         return index
     if device == "mps" and torch.backends.mps.is_available():
         return device
-    raise PlacementError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N', N, or 'disk'")
+    raise PlacementError(f"unknown device {device!r}: available here are {', '.join(available_devices())} "
+                         "(and 'disk' in a device map)")
 
 
 def check_map(model: torch.nn.Module, device_map: dict[str, Any]) -> dict[str, str | int]:
