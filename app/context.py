@@ -93,7 +93,8 @@ class AppContext:
         self.cache.policy.check(source)   # a locked deployment reads no other repo
         try:
             where = str(self.cache.folders.get(source, source))
-            data = read_json(resolve_file(where, CONFIG_NAME, local_files_only=self.cache.offline))
+            data = read_json(resolve_file(where, CONFIG_NAME, local_files_only=self.cache.offline,
+                                          token=self.cache.policy.token(source)))   # anonymous unless listed
         except Exception:  # noqa: BLE001 - reported by the load itself
             return spec.head
         for arch in data.get("architectures") or []:

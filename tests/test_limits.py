@@ -308,9 +308,12 @@ def test_revisions_and_subfolders_that_leave_the_cache_are_refused(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # 6. HF_TOKEN goes only with the deployment's own ids
 # ------------------------------------------------------------------------------------------------------------
-def test_a_visitor_typed_private_id_is_fetched_without_the_token(client, hub):
-    refused(client, "Some text.", model="owner/private-model", match="owner/private-model", api_name="/summarize")
-    sent = hub.seen("owner/private-model")
+@pytest.mark.parametrize("endpoint", ["/summarize", "/classify"])   # /classify first reads config.json for its head
+def test_a_visitor_typed_private_id_is_fetched_without_the_token(client, hub, endpoint):
+    repo = f"owner/private-model{endpoint.replace('/', '-')}"
+    with pytest.raises(AppError):
+        client.predict("Some text.", model=repo, api_name=endpoint)
+    sent = hub.seen(repo)
     assert sent, "the fake Hub was never asked: HF_ENDPOINT not honoured?"
     assert all(auth is None for auth in sent), sent
 
