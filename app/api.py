@@ -19,9 +19,10 @@ from .context import AppContext
 from .errors import UserError, describe
 from .limits import MAX_ANSWERS
 from .models import HEADS
+from .prompted_tagging import method_of as tagging_method, source_of, tag_checkpoint
 from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
-from .tasks import Decoding, answer_extractive, answer_generative, as_plain, fill, stream_summary, tag
+from .tasks import Decoding, answer_extractive, answer_generative, as_plain, fill, stream_summary
 
 log = logging.getLogger("mt5studio")
 
@@ -90,11 +91,21 @@ def register(ctx: AppContext) -> None:
 
     @user_errors
     def tag_text(text: str, model: str = "", dtype: str = "auto", device: str = "auto",
-                 quantization: str = "none") -> dict:
-        """Tags the words of `text`. Returns {entities: [{text, label, score, start, end}], words, segments,
-        rtl, truncated, model}; offsets are character offsets into `text`."""
+                 quantization: str = "none", entity_types: str = "", template: str = "") -> dict:
+        """Tags `text` the way the checkpoint can: a token-classification head with its own labels, else (a
+        text-to-text checkpoint such as bigscience/mt0-base) zero-shot (approximate): one prompt per entity type
+        (`entity_types`, comma-separated; empty: person, location, organisation, date) with `template` ({text},
+        {type}; empty: the default), each returned string tagged where the text holds it. Returns {entities:
+        [{text, label, score, start, end, source}], words, segments, rtl, truncated, source ('head' | 'prompt'),
+        method, rejected: [{text, type, reason}], model}; the prompt path adds outputs, prompts, how, settings.
+        Offsets are character offsets into `text`."""
         loaded = ctx.load("tagging", model, dtype, device, quantization)
-        return {**as_plain(tag(loaded, text)), "model": loaded.provenance()}
+        result = tag_checkpoint(loaded, text, entity_types if entity_types.strip() else None,
+                                template if template.strip() else None)
+        plain, source = as_plain(result), source_of(result)
+        return {**plain, "entities": [{**e, "source": source} for e in plain["entities"]], "source": source,
+                "method": tagging_method(result), "rejected": plain.get("rejected", []),
+                "model": loaded.provenance()}
 
     @user_errors
     def answer(question: str, context: str, mode: str = "extractive", model: str = "", top_k: int = 5,

@@ -16,6 +16,20 @@ class TaskModels:
     default: str
     suggestions: list[str] = field(default_factory=list)
     note: str = ""
+    # what the default checkpoint is, shown in the model box: licence, size, languages, approach
+    licence: str = ""
+    size: str = ""
+    languages: str = ""
+    approach: str = ""
+    # decoding settings for checkpoints that ship no length of their own (tasks.preset_decoding; mT0)
+    decoding: dict | None = None
+
+    def facts(self) -> str:
+        """One line about the registry's default (the first suggestion that is not a demo checkpoint):
+        "Default bigscience/mt0-base: Apache-2.0 · 580M parameters … · 46 languages (xP3) · …"."""
+        given = [v for v in (self.licence, self.size, self.languages, self.approach) if v]
+        name = next((s for s in self.suggestions if not s.startswith(DEMO_PREFIX)), self.default)
+        return f"Default {name}: {' · '.join(given)}." if given else ""
 
 
 @dataclass

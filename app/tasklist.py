@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import ranking, tasks
+from . import prompted_tagging, ranking, tasks
 from .assets import Assets
 from .attention import AttentionInput
 from .models import Loaded
@@ -94,10 +94,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          attention=lambda x, r: AttentionInput(x["text"], target=r.raw if r else None)),
     Task("classification", "Classification", "generation", TEXT, run=_classify, as_text=lambda r: r.label,
          attention=_classification_attention, heads={"ForSequenceClassification": "classification"}),
-    Task("tagging", "Token tagging", "token-classification", TEXT,
-         run=lambda m, x, d: tasks.tag(m, x["text"]),
+    Task("tagging", "Token tagging", "generation", TEXT,
+         run=lambda m, x, d: prompted_tagging.tag_checkpoint(m, x["text"]),
          as_text=lambda r: "; ".join(f"{e.text} ({e.label})" for e in r.entities),
-         attention=lambda x, r: AttentionInput(x["text"])),
+         attention=lambda x, r: AttentionInput(x["text"]), heads={"ForTokenClassification": "token-classification"}),
     Task("question_answering", "Question answering", "question-answering", QUESTION_CONTEXT,
          run=lambda m, x, d: tasks.answer_extractive(m, x["question"], x["context"]),
          as_text=_answer_text,

@@ -74,6 +74,20 @@ class Decoding:
         return out
 
 
+def ships_no_length(cfg) -> bool:
+    """The checkpoint sets no decoding length of its own (no generation_config.json, no max_length in config.json,
+    or transformers' 20-token default): mT0 is such a checkpoint, and would cut answers at 20 tokens."""
+    return cfg.max_new_tokens is None and cfg.max_length in (None, 20)
+
+
+def preset_decoding(cfg, preset: dict[str, Any] | None) -> Decoding:
+    """The registry's decoding `preset` (assets/models.json "decoding") for a checkpoint that ships no length of
+    its own (`ships_no_length`); otherwise nothing set, so the checkpoint's own defaults apply."""
+    if not preset or not ships_no_length(cfg):
+        return Decoding()
+    return Decoding(**preset)
+
+
 def check_decoding(model, decoding: Decoding) -> dict[str, Any]:
     """Validates the settings against the deployment's bounds (`limits.DECODING_BOUNDS`, the page's sliders)
     and the model's config; a bad value is a UserError naming it."""

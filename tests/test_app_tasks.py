@@ -49,7 +49,8 @@ def test_registry_names_a_default_for_every_task():
     assert ASSETS.models["summarization"].default == "csebuetnlp/mT5_multilingual_XLSum"
     assert ASSETS.models["span_filling"].default == "google/mt5-small"
     assert ASSETS.models["classification"].default == "bigscience/mt0-base"   # rank classification
-    assert {e.head for e in ASSETS.models.values()} == {"generation", "token-classification", "question-answering"}
+    assert ASSETS.models["tagging"].default == "bigscience/mt0-base"           # zero-shot tagging (prompted)
+    assert {e.head for e in ASSETS.models.values()} == {"generation", "question-answering"}
 
 
 def test_demo_checkpoints_are_reused_when_built_from_the_same_texts(demo):

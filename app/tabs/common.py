@@ -87,7 +87,8 @@ def model_picker(ctx: AppContext, task: str) -> ModelPicker:
     entry = ctx.assets.models[task]
     with gr.Accordion("Model", open=False):
         source = gr.Dropdown(entry.suggestions or [entry.default], value=entry.default, allow_custom_value=True,
-                             label="Checkpoint (Hub id or local folder)", info=entry.note,
+                             label="Checkpoint (Hub id or local folder)",
+                             info=" ".join(part for part in (entry.facts(), entry.note) if part),
                              elem_classes=["model-source"])
         with gr.Row():
             dtype = gr.Dropdown(list(DTYPES), value="auto", label="dtype")
