@@ -22,14 +22,16 @@ Both share `TokenizerBase`, the backend-independent part (batches, truncation, p
 """
 import json
 import re
-import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2, sentencepiece_pb2
+from tokenizers import AddedToken as AddedTokenJson
 from tokenizers import Tokenizer
 
 from .hub import CheckpointNotFoundError, resolve_file
@@ -86,9 +88,10 @@ class BatchEncoding(dict):
 
 @dataclass
 class _Settings:
-    """What the tokenizer files say, after transformers' rules for merging them."""
-    added: dict          # id -> AddedToken, in the order transformers builds them
-    additional_special_tokens: list
+    """What the tokenizer files say, after transformers' rules for merging them; field names are the keyword
+    arguments of `T5Tokenizer.__init__` (and of `from_pretrained`, which overrides the files with them)."""
+    added_tokens_decoder: dict = field(default_factory=dict)  # id -> AddedToken, in transformers' build order
+    additional_special_tokens: list | None = None
     eos_token: str = "</s>"
     unk_token: str = "<unk>"
     pad_token: str = "<pad>"
@@ -96,6 +99,28 @@ class _Settings:
     model_max_length: int = VERY_LARGE_INTEGER
     clean_up_tokenization_spaces: bool = False
     add_prefix_space: bool = True
+    legacy: bool | None = None
+    padding_side: str = "right"
+
+    @classmethod
+    def merged(cls, base: "_Settings | None", overrides: dict) -> "_Settings":
+        """`base` with the keyword arguments a caller gave; other transformers kwargs are accepted and ignored."""
+        values = asdict(base) if base else {}
+        if base:
+            values["added_tokens_decoder"] = dict(base.added_tokens_decoder)  # asdict turned tokens into dicts
+        names = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key in names:
+                values[key] = _token_text(value, None) if key.endswith("_token") else value
+        added = values.get("added_tokens_decoder") or {}
+        values["added_tokens_decoder"] = {int(i): t if isinstance(t, AddedToken) else AddedToken.from_json(t)
+                                          for i, t in added.items()}
+        if values.get("additional_special_tokens") is not None:
+            values["additional_special_tokens"] = [_token_text(t, None) for t in values["additional_special_tokens"]]
+        return cls(**values)
+
+
+RETURN_TENSORS = (None, "pt", "np")
 
 
 class TokenizerBase:
@@ -103,14 +128,14 @@ class TokenizerBase:
     truncation, `</s>`, padding, tensors, offsets), `batch_decode`, special-token ids and sentinel lookups.
 
     A backend supplies `_encode_text` (one text -> [(id, (start, end))], no `</s>`), `_token_to_id`,
-    `_id_to_token`, `vocab_size`, `decode` and `save_pretrained`, and sets `eos_token`, `unk_token`,
-    `pad_token`, `model_max_length`, `_sentinels` (n -> id) and `_special_id_set`.
+    `_id_to_token`, `vocab_size`, `__len__`, `get_vocab`, `convert_tokens_to_string`, `decode` and
+    `save_pretrained`, and sets `eos_token`, `unk_token`, `pad_token`, `model_max_length`, `padding_side`,
+    `additional_special_tokens`, `_sentinels` (n -> id) and `_special_id_set`.
     """
 
-    # ------------------------------------------------------------------ vocabulary
+    model_input_names = ["input_ids", "attention_mask"]
 
-    def __len__(self) -> int:
-        return self.vocab_size
+    # ------------------------------------------------------------------ vocabulary
 
     @property
     def pad_token_id(self) -> int:
@@ -137,6 +162,20 @@ class TokenizerBase:
     def is_sentinel(self, token_id: int) -> bool:
         return int(token_id) in self.sentinel_ids
 
+    def get_sentinel_tokens(self) -> list:
+        """transformers' `get_sentinel_tokens`: the additional special tokens, each once.
+
+        Its regex filter keeps every token (`bool(...) is not None` is always true), so mT5 (whose sentinels are
+        pieces, not additional special tokens) gets `[]` and a user's own additional tokens are listed too; its
+        order is a set's (changes from run to run), ours the order of `additional_special_tokens`. For the real
+        sentinels use `sentinel_id(n)` / `sentinel_ids`.
+        """
+        return list(dict.fromkeys(self.additional_special_tokens))
+
+    def get_sentinel_token_ids(self) -> list:
+        """Ids of `get_sentinel_tokens()`, in the same order."""
+        return [self.convert_tokens_to_ids(t) for t in self.get_sentinel_tokens()]
+
     def convert_tokens_to_ids(self, tokens):
         """Token string(s) -> id(s).
 
@@ -159,31 +198,41 @@ class TokenizerBase:
         """The token strings of `text` (no `</s>`)."""
         return self.convert_ids_to_tokens([i for i, _ in self._encode_text(text)])
 
-    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True) -> list:
-        """Ids of one text (or pair), `</s>` included: `self(text)["input_ids"]`."""
-        return self(text, text_pair, add_special_tokens=add_special_tokens)["input_ids"]
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True, padding=False,
+               truncation=None, max_length=None, return_tensors=None, **kwargs):
+        """Ids of one text (or pair), `</s>` included: `self(text, ...)["input_ids"]` (a (1, T) tensor with
+        `return_tensors`). Other keyword arguments (`pad_to_multiple_of`, `padding_side`) go to `__call__`."""
+        return self(text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
+                    max_length=max_length, return_tensors=return_tensors, **kwargs)["input_ids"]
+
+    def encode_plus(self, text: str, text_pair: str | None = None, **kwargs) -> BatchEncoding:
+        """`__call__` on one text (or pair): the same keyword arguments and result."""
+        if not isinstance(text, str) or not (text_pair is None or isinstance(text_pair, str)):
+            raise TypeError("encode_plus takes one text (and optionally one text_pair) as str; call the "
+                            "tokenizer itself for a batch")
+        return self(text, text_pair, **kwargs)
 
     # ------------------------------------------------------------------ batches
 
     def __call__(self, text=None, text_pair=None, text_target=None, *, padding=False, truncation=None,
-                 max_length=None, return_tensors=None, return_offsets_mapping=False, add_special_tokens=True,
-                 padding_side="right") -> BatchEncoding:
+                 max_length=None, pad_to_multiple_of=None, return_tensors=None, return_offsets_mapping=False,
+                 add_special_tokens=True, padding_side=None) -> BatchEncoding:
         """Encodes a text or a batch (list) of texts, optionally pairs and targets.
 
-        padding: False | True/"longest" (to the longest row) | "max_length". truncation: None/False |
-        True/"longest_first" | "only_first" | "only_second"; it keeps room for `</s>`. As in transformers,
-        `max_length` without `padding`/`truncation` truncates (longest_first). Returns `input_ids`,
-        `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>` and padding), and `labels` (the
-        target ids, padded with pad id) when `text_target` is given. A single string gives flat lists, or
-        (1, T) tensors with return_tensors="pt".
+        padding: False | True/"longest" (to the longest row) | "max_length"; `pad_to_multiple_of` rounds the
+        padded length up. truncation: None/False | True/"longest_first" | "only_first" | "only_second"; it keeps
+        room for `</s>`. As in transformers, `max_length` without `padding`/`truncation` truncates
+        (longest_first). Returns `input_ids`, `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>`
+        and padding), and `labels` (the target ids, padded with pad id) when `text_target` is given. A single
+        string gives flat lists, or (1, T) tensors with return_tensors="pt" (torch.long) or "np" (int64).
         """
         if text is None and text_target is None:
             raise ValueError("give `text` or `text_target`")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors must be None or 'pt', not {return_tensors!r}")
+        _check_tensor_kind(return_tensors)
+        padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
-        plan = self._strategies(padding, truncation, max_length)
+        plan = (*self._strategies(padding, truncation, max_length, pad_to_multiple_of), pad_to_multiple_of)
         options = dict(plan=plan, add_special_tokens=add_special_tokens, return_tensors=return_tensors,
                        return_offsets_mapping=return_offsets_mapping, padding_side=padding_side)
         targets = self._encode_batch(text_target, None, **options) if text_target is not None else None
@@ -194,7 +243,7 @@ class TokenizerBase:
             encoded["labels"] = targets["input_ids"]
         return encoded
 
-    def _strategies(self, padding, truncation, max_length) -> tuple:
+    def _strategies(self, padding, truncation, max_length, pad_to_multiple_of=None) -> tuple:
         """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
         if max_length is not None and padding is False and truncation is None:
             truncation = "longest_first"
@@ -210,6 +259,9 @@ class TokenizerBase:
                 pad, max_length = (None, None) if huge else (pad, self.model_max_length)
             if trunc:
                 trunc, max_length = (None, max_length) if huge else (trunc, self.model_max_length)
+        if trunc and pad and pad_to_multiple_of and max_length is not None and max_length % pad_to_multiple_of:
+            raise ValueError(f"Truncation and padding are both activated but truncation length ({max_length}) is "
+                             f"not a multiple of pad_to_multiple_of ({pad_to_multiple_of}).")
         return pad, trunc, max_length
 
     def _encode_batch(self, text, text_pair, plan, add_special_tokens, return_tensors, return_offsets_mapping,
@@ -223,16 +275,16 @@ class TokenizerBase:
             pairs = [text_pair] if isinstance(text_pair, str) else list(text_pair)
             if len(pairs) != len(texts):
                 raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
-        pad, trunc, max_length = plan
+        pad, trunc, max_length, multiple = plan
         rows = [self._prepare(self._encode_text(a), None if b is None else self._encode_text(b),
                               trunc, max_length, add_special_tokens) for a, b in zip(texts, pairs)]
-        rows = self._pad(rows, pad, max_length, padding_side)
+        rows = self._pad(rows, pad, max_length, padding_side, multiple)
         out = BatchEncoding(input_ids=[[i for i, _, _ in r] for r in rows],
                             attention_mask=[[m for _, _, m in r] for r in rows])
         if return_offsets_mapping:
             out["offset_mapping"] = [[o for _, o, _ in r] for r in rows]
-        if return_tensors == "pt":
-            return _to_tensors(out)
+        if return_tensors:
+            return _to_tensors(out, return_tensors)
         if single:
             out = BatchEncoding({k: v[0] for k, v in out.items()})
         return out
@@ -259,17 +311,77 @@ class TokenizerBase:
             return encoded
         return encoded + [(self.eos_token_id, (0, 0))]
 
-    def _pad(self, rows: list, pad, max_length, side: str) -> list:
-        """Pads rows of [(id, offset, mask)] to the longest row or to max_length (never cuts)."""
+    def _pad(self, rows: list, pad, max_length, side: str, multiple=None) -> list:
+        """Pads rows of [(id, offset, mask)] to the longest row or to max_length, rounded up to a multiple of
+        `multiple` (never cuts)."""
         if pad is None or not rows:
             return rows
-        target = max(map(len, rows)) if pad == "longest" else max_length
+        target = _round_up(max(map(len, rows)) if pad == "longest" else max_length, multiple)
         filler = (self.pad_token_id, (0, 0), 0)
         padded = []
         for row in rows:
             extra = [filler] * max(0, target - len(row))
             padded.append(row + extra if side == "right" else extra + row)
         return padded
+
+    def pad(self, encoded_inputs, padding=True, max_length=None, pad_to_multiple_of=None, padding_side=None,
+            return_attention_mask=None, return_tensors=None, verbose: bool = True) -> BatchEncoding:
+        """Pads encodings already made, as `PreTrainedTokenizerBase.pad`.
+
+        encoded_inputs: a BatchEncoding or dict of one row (flat lists) or of a batch (lists of lists, or
+        tensors/arrays, whose kind then becomes the default `return_tensors`), or a list of such dicts.
+        Pads `input_ids` with pad id, `attention_mask` (made if absent) with 0, `token_type_ids` with 0 and
+        `special_tokens_mask` with 1; other keys (`labels`, ...) are left as they are. `verbose` is accepted
+        for compatibility.
+        """
+        if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs and isinstance(encoded_inputs[0], Mapping):
+            encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0]}
+        if "input_ids" not in encoded_inputs:
+            raise ValueError("You should supply an encoding or a list of encodings to this method that includes "
+                             f"input_ids, but you provided {list(encoded_inputs.keys())}")
+        return_attention_mask = True if return_attention_mask is None else return_attention_mask
+        ids = encoded_inputs["input_ids"]
+        if ids is None or len(ids) == 0:
+            if return_attention_mask:
+                encoded_inputs["attention_mask"] = []
+            return encoded_inputs
+        inputs, kind = _as_python_lists(encoded_inputs)
+        return_tensors = kind if return_tensors is None else return_tensors
+        _check_tensor_kind(return_tensors)
+        pad, _, max_length = self._strategies(padding, None, max_length)
+        side = self.padding_side if padding_side is None else padding_side
+        options = dict(max_length=max_length, multiple=pad_to_multiple_of, side=side,
+                       return_attention_mask=return_attention_mask)
+        if inputs["input_ids"] and not isinstance(inputs["input_ids"][0], (list, tuple)):
+            return _to_tensors(BatchEncoding(self._pad_one(inputs, pad, **options)), return_tensors, batch=False)
+        n = len(inputs["input_ids"])
+        if any(len(v) != n for v in inputs.values()):
+            raise ValueError("Some items in the output dictionary have a different batch size than others.")
+        if pad == "longest":
+            pad, options["max_length"] = "max_length", max(len(row) for row in inputs["input_ids"])
+        out = BatchEncoding()
+        for i in range(n):
+            for key, value in self._pad_one({k: v[i] for k, v in inputs.items()}, pad, **options).items():
+                out.setdefault(key, []).append(value)
+        return _to_tensors(out, return_tensors)
+
+    def _pad_one(self, row: dict, pad, max_length, multiple, side, return_attention_mask) -> dict:
+        """One example's lists padded: transformers' `_pad`."""
+        row = dict(row)
+        ids = list(row["input_ids"])
+        target = _round_up(len(ids) if pad == "longest" else max_length, multiple)
+        if return_attention_mask and "attention_mask" not in row:
+            row["attention_mask"] = [1] * len(ids)
+        if pad is None or target is None or len(ids) == target:
+            return row
+        fill = {"input_ids": self.pad_token_id, "token_type_ids": 0, "special_tokens_mask": 1}
+        if return_attention_mask:
+            fill["attention_mask"] = 0
+        for key, value in fill.items():
+            if key in row:
+                extra = [value] * (target - len(row[key]) if key == "input_ids" else target - len(ids))
+                row[key] = list(row[key]) + extra if side == "right" else extra + list(row[key])
+        return row
 
     # ------------------------------------------------------------------ decoding
 
@@ -284,42 +396,58 @@ class MT5Tokenizer(TokenizerBase):
     Build it with `MT5Tokenizer.from_pretrained(repo_id_or_dir)`. Ids: pad 0, eos 1, unk 2 (read from the files).
     """
 
-    def __init__(self, vocab_file, settings: _Settings | None = None):
+    def __init__(self, vocab_file, **kwargs):
+        """`vocab_file`: a spiece.model. Keyword arguments as `T5Tokenizer`'s: `eos_token`, `unk_token`,
+        `pad_token`, `extra_ids` (default: 0 when the model holds sentinel pieces, else 100, invented at
+        len(spiece) - 1 + extra_ids - i as transformers does), `additional_special_tokens`, `legacy`,
+        `add_prefix_space`, `model_max_length`, `clean_up_tokenization_spaces`, `padding_side`,
+        `added_tokens_decoder` (id -> AddedToken); others transformers accepts (`sp_model_kwargs`, ...) are
+        ignored."""
         self.vocab_file = Path(vocab_file)
         model_bytes = self.vocab_file.read_bytes()
+        settings = _Settings.merged(kwargs.pop("_settings", None), kwargs)
+        self.legacy = settings.legacy is not False
         try:
             proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
             self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         except Exception as err:  # protobuf DecodeError, RuntimeError from sentencepiece
             raise ValueError(f"{self.vocab_file} is not a SentencePiece model ({err}); "
                              "expected the `spiece.model` file of an mT5/UMT5 repo") from err
-        settings = settings or _Settings(added={}, additional_special_tokens=[])
+        self._model_bytes = model_bytes  # what save_pretrained writes, so it needs no file left behind
         self._sp_size = self._sp.get_piece_size()
+        if not self.legacy:
+            # transformers' non-legacy processor: SentencePiece adds no dummy prefix; tokenize() adds its own.
+            proto.normalizer_spec.add_dummy_prefix = False
+            self._sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self._dummy_prefix = proto.normalizer_spec.add_dummy_prefix
         self._model_sentinels = self._find_model_sentinels(proto)
         self._sp_encode = self._encoding_processor(proto)
         self.model_max_length = settings.model_max_length
         self.clean_up_tokenization_spaces = settings.clean_up_tokenization_spaces
         self.add_prefix_space = settings.add_prefix_space
+        self.padding_side = settings.padding_side
         self.eos_token, self.unk_token, self.pad_token = settings.eos_token, settings.unk_token, settings.pad_token
+        self._unk_token_length = len(self._sp.encode(self.unk_token))
         self._build_added_tokens(settings)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None,
-                        local_files_only: bool = False) -> "MT5Tokenizer | MT5TokenizerFast":
+                        local_files_only: bool = False, **kwargs) -> "MT5Tokenizer | MT5TokenizerFast":
         """Loads from a local folder or a Hub repo (through the huggingface_hub cache; honours HF_HUB_OFFLINE).
 
         Reads `spiece.model` and, when present, tokenizer_config.json, special_tokens_map.json,
-        added_tokens.json and tokenizer.json (only its "added_tokens"). A repo without spiece.model but with
-        tokenizer.json gives an `MT5TokenizerFast`. A checkpoint with neither uses the tokenizer of the base
-        model its config.json names (`_name_or_path`) when that one is available, else says what to pass.
+        added_tokens.json and tokenizer.json (only its "added_tokens"). Keyword arguments (those of `__init__`:
+        `additional_special_tokens`, `eos_token`, `legacy`, `model_max_length`, ...) override the files, as in
+        transformers. A repo without spiece.model but with tokenizer.json gives an `MT5TokenizerFast`. A
+        checkpoint with neither uses the tokenizer of the base model its config.json names (`_name_or_path`)
+        when that one is available, else says what to pass.
         """
         files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir, local_files_only)
         if files["spiece.model"] is None:
-            return MT5TokenizerFast.from_files(files)
-        return cls(files["spiece.model"], _read_settings(files))
+            return MT5TokenizerFast.from_files(files, **kwargs)
+        return cls(files["spiece.model"], _settings=_read_settings(files), **kwargs)
 
     def _find_model_sentinels(self, proto) -> dict:
         """Sentinels that are pieces of the model itself (mT5): n -> (id, piece name)."""
@@ -345,12 +473,17 @@ class MT5Tokenizer(TokenizerBase):
 
     def _build_added_tokens(self, s: _Settings) -> None:
         """Builds the added-token tables the way `T5Tokenizer.__init__` does, from the files' settings."""
-        added = dict(s.added)
+        added = dict(s.added_tokens_decoder)
         has_added_sentinels = any(MARKER.fullmatch(t.content) for t in added.values())
         extra_ids = s.extra_ids if s.extra_ids is not None else (0 if self._model_sentinels else 100)
-        additional = list(s.additional_special_tokens)
-        if not any("<extra_id_" in t for t in additional):
+        additional = list(s.additional_special_tokens or [])
+        listed = [t for t in additional if "<extra_id_" in t]
+        if not listed:
             additional += [f"<extra_id_{i}>" for i in range(extra_ids)] if not self._model_sentinels else []
+        elif extra_ids > 0 and extra_ids != len(listed):
+            raise ValueError(f"Both extra_ids ({extra_ids}) and additional_special_tokens ({additional}) are provided "
+                             "to T5Tokenizer. In this case the additional_special_tokens must include the extra_ids "
+                             "tokens")
         if not has_added_sentinels and not self._model_sentinels:
             # Old T5-style repos list no ids: transformers puts <extra_id_i> at len(spiece) - 1 + extra_ids - i.
             # When the files do list them we trust the files (transformers would also invent ids here and can
@@ -399,13 +532,28 @@ class MT5Tokenizer(TokenizerBase):
             t for t in self.additional_special_tokens if self.convert_tokens_to_ids(t) >= self._sp_size}
         contents = sorted(self._added_encoder, key=len, reverse=True)  # longest first, like transformers' trie
         self._added_re = re.compile("|".join(map(re.escape, contents))) if contents else None
+        self._len = len(self.get_vocab())  # transformers' total_vocab_size: distinct tokens
 
     # ------------------------------------------------------------------ vocabulary
 
     @property
     def vocab_size(self) -> int:
-        """SentencePiece pieces plus the added tokens beyond them (UMT5: 256000 + 300)."""
-        return self._size_with(self._added)
+        """The SentencePiece model's piece count, as `T5Tokenizer.vocab_size` (UMT5: 256000; `len(tok)` adds the
+        added tokens: 256300)."""
+        return self._sp_size
+
+    def __len__(self) -> int:
+        return self._len
+
+    def get_vocab(self) -> dict:
+        """token -> id: every piece, then the added tokens in id order (transformers' `get_vocab`)."""
+        vocab = {self._id_to_token(i): i for i in range(self._sp_size)}
+        vocab.update({self._added[i].content: i for i in sorted(self._added)})
+        return vocab
+
+    def convert_tokens_to_string(self, tokens: list) -> str:
+        """Token strings -> text, as `T5Tokenizer.convert_tokens_to_string` (special tokens kept as written)."""
+        return self._tokens_to_string(tokens)
 
     def _token_to_id(self, token: str) -> int:
         if token in self._added_encoder:
@@ -420,21 +568,46 @@ class MT5Tokenizer(TokenizerBase):
         if token_id in self._added:
             return self._added[token_id].content
         if not 0 <= token_id < self._sp_size:
-            raise ValueError(f"id {token_id} is outside the vocabulary (size {self.vocab_size})")
+            raise ValueError(f"id {token_id} is outside the vocabulary (size {len(self)})")
         return self._sp.id_to_piece(token_id)
 
     # ------------------------------------------------------------------ encoding one text
 
+    def tokenize(self, text: str) -> list:
+        """The token strings of `text` (no `</s>`), as `T5Tokenizer.tokenize`: text SentencePiece cannot encode
+        (no byte fallback) shows as itself, not as `<unk>`; its id is unk's."""
+        return [token for _, _, token in self._encode_tokens(text)]
+
     def _encode_text(self, text: str) -> list:
         """[(id, (start, end))] for one text, offsets in characters of `text`; no `</s>`."""
+        return [(i, span) for i, span, _ in self._encode_tokens(text)]
+
+    def _encode_tokens(self, text: str) -> list:
+        """[(id, (start, end), token)] for one text: `T5Tokenizer.tokenize` with offsets.
+
+        legacy=False (tokenizer_config.json or a keyword): `▁` in the text is a space, one `▁` starts the text
+        (add_prefix_space), and a part that starts with a space is encoded after the unk token, which is then
+        dropped, so SentencePiece (without its dummy prefix) gives no extra `▁` after a special token.
+        """
         if not isinstance(text, str):
             raise TypeError(f"expected text as str, got {type(text).__name__}")
+        new_rules = not self.legacy and bool(text)
+        shift = 0
+        if new_rules:
+            text = text.replace(SPIECE_UNDERLINE, " ")
+            if self.add_prefix_space:
+                text, shift = SPIECE_UNDERLINE + text, 1
         out = []
         for start, end, added_id in self._split_on_added(text):
             if added_id is not None:
-                out.append((added_id, (start, end)))
+                out.append((added_id, (start, end), self._added[added_id].content))
             else:
-                out += [(i, (s + start, e + start)) for i, (s, e) in self._encode_segment(text[start:end])]
+                out += [(i, (s + start, e + start), piece)
+                        for i, (s, e), piece in self._encode_segment(text[start:end], new_rules)]
+        if new_rules and len(out) > 1 and out[0][2] == SPIECE_UNDERLINE and out[1][2] in self._special_set:
+            out = out[1:]
+        if shift:
+            out = [(i, (max(s - shift, 0), max(e - shift, 0)), piece) for i, (s, e), piece in out]
         return out
 
     def _split_on_added(self, text: str) -> list:
@@ -460,22 +633,31 @@ class MT5Tokenizer(TokenizerBase):
                 left[1] = left[0] + len(text[left[0]:left[1]].rstrip())
         return [tuple(p) for p in parts if p[1] > p[0]]
 
-    def _encode_segment(self, text: str) -> list:
-        """SentencePiece-encodes text holding no added token: [(id, (start, end))] in characters of `text`."""
-        prepared, source = self._space_glued_markers(text)
+    def _encode_segment(self, text: str, new_rules: bool = False) -> list:
+        """SentencePiece-encodes text holding no added token: [(id, (start, end), piece)], spans in characters
+        of `text`. An unknown piece is its text (SentencePiece's piece string for it), with unk's id.
+
+        `new_rules` (legacy=False): a text starting with a space is encoded after the unk token, whose pieces
+        are then dropped (`T5Tokenizer._tokenize`).
+        """
+        prepared, source = self._space_glued_markers(text, new_rules)
+        drop = 0
+        if new_rules and text.startswith((SPIECE_UNDERLINE, " ")):
+            prepared, source = self.unk_token + prepared, [0] * len(self.unk_token) + list(source)
+            drop = self._unk_token_length
         serialized = self._sp_encode.encode(prepared, out_type="serialized_proto")
-        pieces = sentencepiece_pb2.SentencePieceText.FromString(serialized).pieces
+        pieces = list(sentencepiece_pb2.SentencePieceText.FromString(serialized).pieces)
+        pieces = pieces[drop:] if len(pieces) >= drop else pieces
         char_at = _byte_to_char(prepared)
         out = []
         for p in pieces:
             # transformers maps the pieces' text to ids, added tokens first (unknown text stays unk).
             token_id = self._added_encoder.get(p.piece, p.id) if p.id != self._sp.unk_id() else p.id
-            out.append((token_id, (source[char_at[p.begin]], source[char_at[p.end]])))
+            out.append((token_id, (source[char_at[p.begin]], source[char_at[p.end]]), p.piece))
         out = self._share_byte_spans(out)
-        return [(i, _skip_leading_space(text, self._sp.id_to_piece(i) if i < self._sp_size else "", span))
-                for i, span in out]
+        return [(i, _skip_leading_space(text, piece, span), piece) for i, span, piece in out]
 
-    def _space_glued_markers(self, text: str) -> tuple:
+    def _space_glued_markers(self, text: str, new_rules: bool = False) -> tuple:
         """Puts a space before each marker of an mT5 sentinel piece named `▁<extra_id_N>` that lacks one.
 
         Returns the text to encode and, for each of its characters (plus the end), the index in `text`.
@@ -485,7 +667,8 @@ class MT5Tokenizer(TokenizerBase):
             n, p = int(m.group(1)), m.start()
             if not self._model_sentinels.get(n, (0, ""))[1].startswith(SPIECE_UNDERLINE):
                 continue
-            spaced = text[p - 1].isspace() if p > 0 else self._dummy_prefix
+            before = text[p - 1] if p > 0 else ""
+            spaced = (before.isspace() or before == SPIECE_UNDERLINE) if p > 0 else self._dummy_prefix
             if not spaced:
                 inserts.append(p)
         if not inserts:
@@ -506,9 +689,9 @@ class MT5Tokenizer(TokenizerBase):
         """
         out = list(encoded)
         for k in range(len(out) - 2, -1, -1):
-            (i, (s, e)), (j, nxt) = out[k], out[k + 1]
+            (i, (s, e), piece), (j, nxt, _) = out[k], out[k + 1]
             if s == e and self._is_byte(i) and self._is_byte(j) and nxt[0] == s:
-                out[k] = (i, nxt)
+                out[k] = (i, nxt, piece)
         return out
 
     def _is_byte(self, token_id: int) -> bool:
@@ -546,6 +729,8 @@ class MT5Tokenizer(TokenizerBase):
     def _tokens_to_string(self, tokens: list) -> str:
         """`T5Tokenizer.convert_tokens_to_string`: SentencePiece decodes the runs between special tokens."""
         tokens = list(tokens)
+        if not tokens:
+            return ""
         if tokens[0].startswith(SPIECE_UNDERLINE) and self.add_prefix_space:
             tokens[0] = tokens[0][1:]
         out, run, prev_special = "", [], False
@@ -563,13 +748,13 @@ class MT5Tokenizer(TokenizerBase):
     def save_pretrained(self, folder) -> list:
         """Writes spiece.model, tokenizer_config.json and special_tokens_map.json in the Hub's format.
 
-        transformers' `T5Tokenizer.from_pretrained(folder)` loads the result. Returns the paths written.
+        spiece.model is the model this tokenizer holds (the bytes it was built from), so the folder it came from
+        may be gone. transformers' `T5Tokenizer.from_pretrained(folder)` loads the result. Returns the paths.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         model_path = folder / "spiece.model"
-        if model_path.resolve() != self.vocab_file.resolve():
-            shutil.copyfile(self.vocab_file, model_path)
+        model_path.write_bytes(self._model_bytes)
         added_sentinels = [t for t in self._added.values() if MARKER.fullmatch(t.content)]
         specials = {"eos_token": self.eos_token, "unk_token": self.unk_token, "pad_token": self.pad_token}
         if self.additional_special_tokens:
@@ -582,7 +767,9 @@ class MT5Tokenizer(TokenizerBase):
             "added_tokens_decoder": {str(i): asdict(t) for i, t in sorted(self._added.items())},
             "model_max_length": self.model_max_length,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
-            "legacy": True,
+            "legacy": self.legacy,
+            "add_prefix_space": self.add_prefix_space,
+            "padding_side": self.padding_side,
             "sp_model_kwargs": {},
             "tokenizer_class": "T5Tokenizer",
         }
@@ -624,7 +811,11 @@ class MT5TokenizerFast(TokenizerBase):
     convert): use `MT5Tokenizer.from_pretrained`, which reads spiece.model.
     """
 
-    def __init__(self, tokenizer_file, settings: _Settings | None = None):
+    def __init__(self, tokenizer_file, **kwargs):
+        """`tokenizer_file`: a tokenizer.json. Keyword arguments as `T5TokenizerFast`'s: `eos_token`,
+        `unk_token`, `pad_token` (names of tokens in the file), `additional_special_tokens` (a name missing from
+        the file is added as a special token at the next id), `model_max_length`,
+        `clean_up_tokenization_spaces`, `padding_side`; others are ignored."""
         self.tokenizer_file = Path(tokenizer_file)
         try:
             self._tk = Tokenizer.from_file(str(self.tokenizer_file))
@@ -633,11 +824,15 @@ class MT5TokenizerFast(TokenizerBase):
                              "tokenizer.json of an mT5/UMT5 repo") from err
         self._tk.no_truncation()  # truncation and padding are set per call, as transformers does
         self._tk.no_padding()
-        settings = settings or _Settings(added={}, additional_special_tokens=[])
+        settings = _Settings.merged(kwargs.pop("_settings", None), kwargs)
         self.model_max_length = settings.model_max_length
         self.clean_up_tokenization_spaces = settings.clean_up_tokenization_spaces
+        self.padding_side = settings.padding_side
         self.eos_token, self.unk_token, self.pad_token = settings.eos_token, settings.unk_token, settings.pad_token
-        self.additional_special_tokens = list(dict.fromkeys(settings.additional_special_tokens))
+        self.additional_special_tokens = list(dict.fromkeys(settings.additional_special_tokens or []))
+        missing = [t for t in self.additional_special_tokens if self._tk.token_to_id(t) is None]
+        if missing:
+            self._tk.add_special_tokens([AddedTokenJson(t, special=True) for t in missing])
         self._sentinels = self._find_sentinels()
         self.all_special_tokens = list(dict.fromkeys(
             [self.eos_token, self.unk_token, self.pad_token, *self.additional_special_tokens]))
@@ -646,22 +841,24 @@ class MT5TokenizerFast(TokenizerBase):
 
     @classmethod
     def from_pretrained(cls, repo_id_or_dir, revision=None, token=None, cache_dir=None,
-                        local_files_only: bool = False) -> "MT5TokenizerFast":
+                        local_files_only: bool = False, **kwargs) -> "MT5TokenizerFast":
         """Loads tokenizer.json (+ tokenizer_config.json, special_tokens_map.json) from a folder or a Hub repo.
 
-        A checkpoint with no tokenizer files falls back as `MT5Tokenizer.from_pretrained` does.
+        Keyword arguments (those of `__init__`) override the files. A checkpoint with no tokenizer files falls
+        back as `MT5Tokenizer.from_pretrained` does.
         """
         files = _resolve_files(str(repo_id_or_dir), revision, token, cache_dir, local_files_only)
         if files["tokenizer.json"] is None:
             raise CheckpointNotFoundError(
                 f"no tokenizer.json in {repo_id_or_dir}, only spiece.model: MT5TokenizerFast does not convert "
                 f"SentencePiece models; load it with MT5Tokenizer.from_pretrained({str(repo_id_or_dir)!r})")
-        return cls.from_files(files)
+        return cls.from_files(files, **kwargs)
 
     @classmethod
-    def from_files(cls, files: dict) -> "MT5TokenizerFast":
+    def from_files(cls, files: dict, **kwargs) -> "MT5TokenizerFast":
         """Builds from resolved files: {"tokenizer.json": path, "tokenizer_config.json": path or None, ...}."""
-        return cls(files["tokenizer.json"], _read_settings({**files, "tokenizer.json": None}, sentencepiece=False))
+        settings = _read_settings({**files, "tokenizer.json": None})
+        return cls(files["tokenizer.json"], _settings=settings, **kwargs)
 
     def _find_sentinels(self) -> dict:
         """n -> id of `<extra_id_n>`: UMT5's added tokens, or mT5's `▁<extra_id_n>` pieces."""
@@ -674,8 +871,21 @@ class MT5TokenizerFast(TokenizerBase):
 
     @property
     def vocab_size(self) -> int:
-        """Size of tokenizer.json's vocabulary, added tokens included (transformers' `len(tok)`)."""
+        """Size of tokenizer.json's model vocabulary without the added tokens, as `T5TokenizerFast.vocab_size`
+        (`len(tok)` counts them too)."""
+        return self._tk.get_vocab_size(with_added_tokens=False)
+
+    def __len__(self) -> int:
         return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def get_vocab(self) -> dict:
+        """token -> id, added tokens included (`T5TokenizerFast.get_vocab`)."""
+        return self._tk.get_vocab(with_added_tokens=True)
+
+    def convert_tokens_to_string(self, tokens: list) -> str:
+        """Token strings -> text with tokenizer.json's decoder (`T5TokenizerFast.convert_tokens_to_string`)."""
+        decoder = self._tk.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
 
     def _token_to_id(self, token: str) -> int:
         token_id = self._tk.token_to_id(token)
@@ -689,7 +899,7 @@ class MT5TokenizerFast(TokenizerBase):
     def _id_to_token(self, token_id: int) -> str:
         token = self._tk.id_to_token(token_id) if token_id >= 0 else None
         if token is None:
-            raise ValueError(f"id {token_id} is outside the vocabulary (size {self.vocab_size})")
+            raise ValueError(f"id {token_id} is outside the vocabulary (size {len(self)})")
         return token
 
     def _encode_text(self, text: str) -> list:
@@ -742,7 +952,7 @@ class MT5TokenizerFast(TokenizerBase):
         Ids outside the vocabulary are dropped. `spaces_between_special_tokens` is accepted and ignored, as
         by transformers' fast tokenizer.
         """
-        size = self.vocab_size
+        size = len(self)
         ids = [i for i in _as_id_list(ids) if 0 <= i < size]
         text = self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
         clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
@@ -757,8 +967,7 @@ class MT5TokenizerFast(TokenizerBase):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = [folder / "tokenizer.json", folder / "tokenizer_config.json", folder / "special_tokens_map.json"]
-        if paths[0].resolve() != self.tokenizer_file.resolve():
-            shutil.copyfile(self.tokenizer_file, paths[0])
+        self._tk.save(str(paths[0]))  # the tokenizer held (with any tokens added), not a copy of the source file
         specials = {"eos_token": self.eos_token, "unk_token": self.unk_token, "pad_token": self.pad_token}
         if self.additional_special_tokens:
             specials["additional_special_tokens"] = self.additional_special_tokens
@@ -769,6 +978,7 @@ class MT5TokenizerFast(TokenizerBase):
             "extra_ids": sum(bool(MARKER.fullmatch(t)) for t in self.additional_special_tokens),
             "model_max_length": self.model_max_length,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "padding_side": self.padding_side,
             "tokenizer_class": "T5Tokenizer",
         }
         paths[1].write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -852,12 +1062,50 @@ def _as_rows(sequences) -> list:
     return list(sequences)
 
 
-def _to_tensors(encoding: BatchEncoding) -> BatchEncoding:
-    """Lists of equal-length rows -> torch.long tensors; ragged rows need padding first."""
-    lengths = {len(row) for row in encoding["input_ids"]}
-    if len(lengths) > 1:
-        raise ValueError("rows have different lengths: pass padding=True to return tensors")
+def _check_tensor_kind(return_tensors) -> None:
+    if return_tensors not in RETURN_TENSORS:
+        raise ValueError(f"return_tensors must be None, 'pt' or 'np', not {return_tensors!r}")
+
+
+def _round_up(length, multiple):
+    """`length` rounded up to a multiple of `multiple` (None: unchanged)."""
+    if length is None or not multiple or length % multiple == 0:
+        return length
+    return (length // multiple + 1) * multiple
+
+
+def _to_tensors(encoding: BatchEncoding, kind, batch: bool = True) -> BatchEncoding:
+    """Lists of equal-length rows -> torch.long ("pt") or int64 ("np") tensors; ragged rows need padding first.
+
+    `batch=False` (one example, from `pad`) gives 1-D tensors, as transformers does.
+    """
+    if kind is None:
+        return encoding
+    for key, value in encoding.items():
+        if batch and len({len(row) for row in value}) > 1:
+            raise ValueError(f"rows of {key!r} have different lengths: pass padding=True to return tensors")
+    if kind == "np":
+        return BatchEncoding({k: np.asarray(v, dtype=np.int64) for k, v in encoding.items()})
     return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in encoding.items()})
+
+
+def _as_python_lists(encoded: dict) -> tuple:
+    """(a dict of plain lists, the tensor kind found or None), as `pad` reads its input."""
+    ids = encoded["input_ids"]
+    first = ids[0]
+    if isinstance(first, (list, tuple)):
+        first = next((row[0] for row in ids if len(row)), first)
+    if isinstance(first, (int, list, tuple)):
+        return dict(encoded), None
+    if isinstance(first, torch.Tensor):
+        kind = "pt"
+    elif isinstance(first, (np.ndarray, np.generic)):
+        kind = "np"
+    else:
+        raise ValueError(f"type of {first} unknown: {type(first)}. Should be one of a python, numpy, pytorch or "
+                         "tensorflow object.")
+    return {k: v.tolist() if hasattr(v, "tolist") else [x.tolist() if hasattr(x, "tolist") else x for x in v]
+            for k, v in encoded.items()}, kind
 
 
 # ---------------------------------------------------------------------- files
@@ -915,13 +1163,12 @@ def _token_text(value, default):
     return value["content"] if isinstance(value, dict) else str(value)
 
 
-def _read_settings(files: dict, sentencepiece: bool = True) -> _Settings:
+def _read_settings(files: dict) -> _Settings:
     """Merges the tokenizer files by transformers' `from_pretrained` rules.
 
     tokenizer_config.json's `added_tokens_decoder`, when present, is the whole list of added tokens; otherwise
     special_tokens_map.json adds to the config and added_tokens.json and tokenizer.json's "added_tokens" list
-    the added tokens. `sentencepiece=False` (the tokenizer.json backend) skips the warning about `legacy=false`,
-    which only concerns encoding with spiece.model.
+    the added tokens.
     """
     config = _read_json(files.get("tokenizer_config.json"))
     added = {}
@@ -940,14 +1187,12 @@ def _read_settings(files: dict, sentencepiece: bool = True) -> _Settings:
             added[int(i)] = AddedToken(content, special=content in specials)
         for entry in _read_json(files.get("tokenizer.json")).get("added_tokens", []):
             added[int(entry["id"])] = AddedToken.from_json(entry)
-    if sentencepiece and config.get("legacy") is False:
-        warnings.warn("tokenizer_config.json sets legacy=false; this tokenizer encodes with the legacy "
-                      "(sentencepiece) rules, which can differ after special tokens", stacklevel=3)
     return _Settings(
-        added=added, additional_special_tokens=extra,
+        added_tokens_decoder=added, additional_special_tokens=extra,
         eos_token=_token_text(config.get("eos_token"), "</s>"), unk_token=_token_text(config.get("unk_token"), "<unk>"),
         pad_token=_token_text(config.get("pad_token"), "<pad>"), extra_ids=config.get("extra_ids"),
         model_max_length=int(config.get("model_max_length") or VERY_LARGE_INTEGER),
         clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
         add_prefix_space=bool(config.get("add_prefix_space", True)),
+        legacy=config.get("legacy"), padding_side=config.get("padding_side") or "right",
     )

@@ -7,7 +7,7 @@ First each `spm_dir` (spiece.model + json files) is converted: `T5TokenizerFast.
 saved to `out_dir`, which then holds tokenizer.json and spiece.model (what a transformers 4.x fine-tune ships),
 and copied to `json_only_dir` without spiece.model (what transformers 5 saves). Then each case
 loads `T5TokenizerFast.from_pretrained(dir)`. The result: {"name": {"tokens", "ids", "masks", "offsets",
-"decode", "decode_skip", "decode_raw", "calls", "len", "sentinels"}}; a call that raises records {"error": text}.
+"decode", "decode_skip", "decode_raw", "calls", "len", "vocab_size", "sentinels"}}; a call that raises records {"error": text}.
 """
 import json
 import shutil
@@ -46,6 +46,7 @@ def run_case(case: dict) -> dict:
         "decode_raw": [tok.decode(ids, clean_up_tokenization_spaces=False) for ids in decode],
         "calls": [call(tok, c) for c in case.get("calls", [])],
         "len": len(tok),
+        "vocab_size": tok.vocab_size,
         "sentinels": [tok.convert_tokens_to_ids(t) for t in case.get("sentinels", [])],
     }
 
