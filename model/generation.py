@@ -8,7 +8,7 @@ settings give the same tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,8 @@ from .fast_head import FastHead
 from .modeling import KVCache, padding_mask
 
 NEG_INF = float("-inf")
+# transformers' `prefix_allowed_tokens_fn(batch_id, decoder ids so far (L,)) -> allowed next token ids`
+PrefixFn = Callable[[int, torch.Tensor], list[int]]
 
 
 @dataclass
@@ -38,6 +40,7 @@ class DecoderState:
     encoder_states: torch.Tensor           # (N, S, D)
     encoder_mask: torch.Tensor | None      # (N, 1, 1, S) additive
     head: FastHead | None = None           # the output projection: logits, or the greedy argmax
+    allowed: "PrefixMask | None" = None     # prefix_allowed_tokens_fn, when given
     cache: KVCache = field(init=False)
 
     def __post_init__(self):
@@ -58,13 +61,14 @@ class DecoderState:
         """Next tokens (N,) by exact argmax of the processed logits."""
         states = self.states(tokens)
         if cfg.repetition_penalty != 1.0:  # it rescales scores by their sign: outside the int8 screen's bound
-            return process_scores(self.head.logits(states), seqs, cfg).argmax(-1)
+            return process_scores(self.head.logits(states), seqs, cfg, allowed=self.allowed).argmax(-1)
+        # the prefix mask is a ban to -inf like the others, so the screen's proof still holds
         return self.head.argmax(states, lambda scores, rows: process_scores(
-            scores, seqs if rows is None else seqs[rows], cfg))
+            scores, seqs if rows is None else seqs[rows], cfg, allowed=self.allowed, rows=rows))
 
 
-def encode_for_generation(model, input_ids, attention_mask, expand: int,
-                          head: FastHead | None = None) -> DecoderState:
+def encode_for_generation(model, input_ids, attention_mask, expand: int, head: FastHead | None = None,
+                          allowed: "PrefixMask | None" = None) -> DecoderState:
     """Runs the encoder once and repeats its states for beams / return sequences."""
     enc = model.encode(input_ids, attention_mask).last_hidden_state
     mask = padding_mask(attention_mask, enc.dtype) if attention_mask is not None and not bool(
@@ -72,15 +76,38 @@ def encode_for_generation(model, input_ids, attention_mask, expand: int,
     if expand > 1:
         enc = enc.repeat_interleave(expand, dim=0)
         mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
-    return DecoderState(model, enc, mask, head)
+    return DecoderState(model, enc, mask, head, allowed)
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Logits processors (transformers' order: repetition, n-gram, bad words, min length; then the sampling warpers)
+# Logits processors (transformers' order: repetition, n-gram, bad words, min length, prefix_allowed_tokens_fn;
+# then the sampling warpers)
 # ------------------------------------------------------------------------------------------------------------
-def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConfig,
-                   inplace: bool = False) -> torch.Tensor:
-    """scores (N, V), seqs (N, L) the decoder tokens so far (start token included).
+@dataclass(frozen=True)
+class PrefixMask:
+    """transformers' PrefixConstrainedLogitsProcessor: every token `fn(batch_id, row)` does not list gets -inf.
+    Rows are grouped by `num_beams` (batch_id = row // num_beams, as transformers counts them)."""
+    fn: PrefixFn
+    num_beams: int = 1
+
+    def __call__(self, scores: torch.Tensor, seqs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """scores (n, V), seqs (n, L); `rows` (n,) the run's row numbers of these rows (all rows when None)."""
+        mask = torch.full_like(scores, NEG_INF)
+        numbers = range(seqs.shape[0]) if rows is None else rows.tolist()
+        for i, row in enumerate(numbers):
+            batch_id = row // self.num_beams
+            tokens = self.fn(batch_id, seqs[i])
+            if len(tokens) == 0:
+                raise ValueError(f"`prefix_allowed_tokens_fn` returned an empty list for batch ID {batch_id}: "
+                                 "the constraint is unsatisfiable; check the function.")
+            mask[i, tokens] = 0
+        return scores + mask
+
+
+def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConfig, inplace: bool = False,
+                   allowed: PrefixMask | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """scores (N, V), seqs (N, L) the decoder tokens so far (start token included); `allowed` the prefix
+    constraint, `rows` which of the run's rows these are (for its batch ids; all when None).
 
     `inplace=True` lets the bans write into `scores` (the caller owns it), saving a copy per step."""
     if cfg.repetition_penalty != 1.0:
@@ -94,6 +121,8 @@ def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConf
     if seqs.shape[1] < cfg.min_total_length() and cfg.eos_ids:
         scores = scores if inplace else scores.clone()
         scores[:, cfg.eos_ids] = NEG_INF
+    if allowed is not None:
+        scores = allowed(scores, seqs, rows)
     return scores
 
 
@@ -156,7 +185,7 @@ def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Ge
     for _ in range(cfg.total_length() - 1):
         scores = None
         if cfg.do_sample or cfg.output_scores:
-            scores = process_scores(state.step(seqs[:, -1:]), seqs, cfg)
+            scores = process_scores(state.step(seqs[:, -1:]), seqs, cfg, allowed=state.allowed)
         if cfg.do_sample:
             probs = F.softmax(warp_for_sampling(scores, cfg), dim=-1)
             tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -232,7 +261,7 @@ def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int,
         seqs = b.running[:, :, :cur].reshape(batch * k, cur)
         logits = state.step(seqs[:, -1:])
         if full_scores:
-            log_probs = process_scores(F.log_softmax(logits, dim=-1), seqs, cfg)
+            log_probs = process_scores(F.log_softmax(logits, dim=-1), seqs, cfg, allowed=state.allowed)
             if cfg.output_scores:
                 all_scores.append(log_probs)
             if cfg.do_sample:
@@ -242,7 +271,8 @@ def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int,
             cand_scores, cand_seqs, cand_beams = top_continuations(totals, b.running, cur, keep, vocab, cfg,
                                                                    generator)
         else:
-            cand_scores, cand_seqs, cand_beams = top_continuations_fast(logits, seqs, b, cur, keep, cfg)
+            cand_scores, cand_seqs, cand_beams = top_continuations_fast(logits, seqs, b, cur, keep, cfg,
+                                                                        state.allowed)
         hits = torch.isin(cand_seqs[:, :, cur], eos) if len(eos) else torch.zeros_like(cand_scores, dtype=torch.bool)
         hits |= cur + 1 >= max_len
         # the best k candidates that did not stop keep running
@@ -272,7 +302,8 @@ def top_continuations(totals, running, cur, keep, vocab, cfg, generator):
     return scores, seqs, parent
 
 
-def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: GenerationConfig):
+def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: GenerationConfig,
+                           allowed: PrefixMask | None = None):
     """top_continuations for the common case (bans only, no sampling): the same candidates without building
     (B, K*V) log-probs. Bans commute with the per-row log-softmax shift, so each beam's best `keep` tokens are
     found on its logits, and only those get normalised."""
@@ -281,7 +312,7 @@ def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: Gen
     # terms below e^-80 cannot change an fp32 sum that contains 1.
     top_logit = logits.amax(-1, keepdim=True)
     lse = top_logit + (logits - top_logit).clamp_(min=-80.0).exp_().sum(-1, keepdim=True).log()
-    logits = process_scores(logits, seqs, cfg, inplace=True)
+    logits = process_scores(logits, seqs, cfg, inplace=True, allowed=allowed)
     top, tokens = torch.topk(logits, keep, dim=-1)                          # (B*K, keep)
     totals = ((top - lse).view(batch, k, keep) + b.running_scores[:, :, None]).view(batch, k * keep)
     scores, index = torch.topk(totals, keep)                                # (B, keep)
@@ -339,9 +370,13 @@ def finish_beams(b: Beams, cfg: GenerationConfig, batch: int, all_scores: list) 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              generation_config: GenerationConfig | None = None, generator: torch.Generator | None = None,
-             **kwargs: Any) -> torch.Tensor | GenerateOutput:
+             prefix_allowed_tokens_fn: PrefixFn | None = None, **kwargs: Any) -> torch.Tensor | GenerateOutput:
     """transformers-style generate(): returns sequences (N, L) starting with the decoder start token, or a
-    GenerateOutput with `return_dict_in_generate=True` / `output_scores=True`."""
+    GenerateOutput with `return_dict_in_generate=True` / `output_scores=True`.
+
+    `prefix_allowed_tokens_fn(batch_id, ids)` (ids (L,): the row's decoder tokens so far) lists the tokens
+    allowed next; all others get -inf after the other bans (transformers 4.57's PrefixConstrainedLogitsProcessor;
+    batch_id counts inputs under beam search, rows otherwise)."""
     cfg = (generation_config or model.generation_config).updated(**kwargs)
     cfg.validate()
     if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -349,11 +384,13 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if generator is None and cfg.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
     batch = input_ids.shape[0]
+    allowed = PrefixMask(prefix_allowed_tokens_fn, cfg.num_beams) if prefix_allowed_tokens_fn is not None else None
     if cfg.num_beams > 1:
         head = FastHead.for_model(model, rows=batch * cfg.num_beams)  # beams need the full fp32 head every step
-        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams, head)
+        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams, head, allowed)
         out = beam_search(state, cfg, batch, generator)
     else:
-        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_return_sequences)
+        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_return_sequences,
+                                      allowed=allowed)
         out = greedy_or_sample(state, cfg, generator)
     return out if (cfg.return_dict_in_generate or cfg.output_scores) else out.sequences
