@@ -374,3 +374,58 @@ def test_cuda_on_a_cpu_machine_names_the_available_devices(tmp_path):
                                                   num_heads=2)).save_pretrained(folder)
     with pytest.raises(PlacementError, match="no CUDA GPU is available here: use one of cpu"):
         mt5.load_model(folder, device_map="cuda")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4 (cont.). The Batch tab: its row limit when locked, and its Stop button (handlers of the built page: they are
+# private, no API reaches them)
+# ------------------------------------------------------------------------------------------------------------
+def batch_page(root, tmp_path, monkeypatch, **env):
+    from app.annotation.store import AnnotationStore
+    from app.main import build_app, prepare
+    monkeypatch.setenv("MT5_STUDIO_DB", str(tmp_path / "annotations.db"))
+    store = AnnotationStore()
+    ctx, _ = prepare(True, Settings.from_env({"MT5_STUDIO_DEMO_DIR": str(root / "demo"), **env}))
+    blocks = build_app(ctx, store=store).blocks
+    fns = {getattr(f.fn, "__name__", ""): f.fn for f in blocks.fns.values()}
+    return store, fns, ctx
+
+
+DECODING = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() order, max_new_tokens=8
+
+
+def test_a_locked_batch_tab_refuses_a_file_over_its_row_limit(open_server, root, tmp_path, monkeypatch):
+    from app.annotation.batch import list_jobs
+    store, fns, ctx = batch_page(root, tmp_path, monkeypatch, MT5_STUDIO_LOCKED="1")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\n" + "".join(f"row {i}\n" for i in range(201)), encoding="utf-8")
+    out = fns["create_and_run"](str(rows), "summarization", ctx.assets.models["summarization"].default, "auto",
+                                "cpu", "none", *DECODING)
+    assert "No job created: rows.csv has 201 rows; the limit is 200 per batch" in "".join(map(str, out.values()))
+    assert list_jobs(store) == []
+
+
+def test_a_running_batch_job_stops_on_request(open_server, root, tmp_path, monkeypatch):
+    import threading
+    from app.annotation.batch import job_progress, list_jobs
+    store, fns, ctx = batch_page(root, tmp_path, monkeypatch)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text\n" + "".join(f"Row {i} of a long batch to summarize.\n" for i in range(400)),
+                    encoding="utf-8")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(out=fns["create_and_run"](
+        str(rows), "summarization", ctx.assets.models["summarization"].default, "auto", "cpu", "none", *DECODING)))
+    worker.start()
+    deadline = time.monotonic() + 60
+    started = lambda: list_jobs(store) and job_progress(store, list_jobs(store)[0].id).processed
+    while time.monotonic() < deadline and not started():
+        time.sleep(0.05)
+    (job,) = list_jobs(store)
+    asked = fns["stop_it"](None)   # no job picked: the only one running
+    assert "Stopping before the next row" in "".join(map(str, asked.values()))
+    worker.join(60)
+    assert not worker.is_alive()
+    assert "Stopped on request" in "".join(map(str, result["out"].values()))
+    done = job_progress(store, job.id).processed
+    assert 0 < done < 400
+    assert "That job is not running" in "".join(map(str, fns["stop_it"](job.id).values()))

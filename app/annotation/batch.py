@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,6 +304,38 @@ def run_batch(store: AnnotationStore, job_id: str, process: Callable[[BatchRow],
         if progress:
             progress(done, job.total)
     return RunResult(processed, failed, skipped, job.total)
+
+
+class StopRequests:
+    """Stop buttons for running jobs (jobs are shared, as the job list is): `start(job_id)` registers a run
+    and gives the `should_stop` to pass to `run_batch`; `request(job_id)` asks it to stop before its next row
+    (the rows done stay; running the job again resumes); `finish(job_id)` ends the registration. Thread-safe:
+    the Stop click runs beside the running job."""
+
+    def __init__(self):
+        self._running: dict[str, bool] = {}   # job id -> stop asked
+        self._lock = threading.Lock()
+
+    def start(self, job_id: str) -> Callable[[], bool]:
+        with self._lock:
+            self._running[job_id] = False
+        return lambda: self._running.get(job_id, False)
+
+    def request(self, job_id: str) -> bool:
+        """Asks the job to stop; False if it is not running."""
+        with self._lock:
+            if job_id not in self._running:
+                return False
+            self._running[job_id] = True
+            return True
+
+    def finish(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
 
 
 # ---------------------------------------------------------------------------------------------------------------

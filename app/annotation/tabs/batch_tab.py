@@ -13,8 +13,8 @@ from gradio.context import Context
 
 from ... import __version__
 from ..api import batch_process, decoding_dict, dtype_label, judgement
-from ..batch import (annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs, load_inputs,
-                     next_unannotated, queue_position, run_batch)
+from ..batch import (StopRequests, annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs,
+                     load_inputs, next_unannotated, queue_position, run_batch)
 from ...context import AppContext
 from ...errors import UserError
 from ..store import AnnotationStore
@@ -60,6 +60,8 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         job = gr.Dropdown([], value=None, label="Job", elem_id="batch-job", scale=4)
         refresh = gr.Button("Refresh jobs", scale=1)
         resume = gr.Button("Run / resume", scale=1, elem_id="batch-resume")
+        stop = gr.Button("Stop", scale=1, variant="stop", elem_id="batch-stop")
+    stops = StopRequests()
 
     gr.Markdown("### Annotation queue")
     index = gr.State(0)
@@ -109,9 +111,15 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         loaded = ctx.load(job_v.task, req.get("source") or job_v.settings.get("model_id"), req.get("dtype", "auto"),
                           req.get("device", "auto"), req.get("quantization", "none"), progress_reporter(progress))
         decoding = Decoding(**job_v.settings.get("decoding", {}))
-        result = run_batch(store, job_id, batch_process(job_v.task, loaded, decoding),
-                           progress=lambda n, total: progress((n, total), desc=f"{n} of {total} rows processed"))
+        try:
+            result = run_batch(store, job_id, batch_process(job_v.task, loaded, decoding),
+                               progress=lambda n, total: progress((n, total), desc=f"{n} of {total} rows processed"),
+                               should_stop=stops.start(job_id))
+        finally:
+            stops.finish(job_id)
         note = f"Processed {result.processed} row(s) now; {result.skipped} were done before."
+        if result.stopped:
+            note = f"Stopped on request: {note} Run / resume finishes the rest."
         if result.failed:
             note += f" {result.failed} failed (their error is shown on the row; run again to retry)."
         return {**show(job_id, 0, note, "warn" if result.failed else "info"),
@@ -146,6 +154,17 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             return run(job_id, progress)
         except (UserError, KeyError) as e:
             return {status: status_html(f"Not run: {e}", "error")}
+
+    def stop_it(job_id):
+        """Stops the picked job (or the only one running) before its next row; the rows done are kept."""
+        running = stops.running()
+        target = job_id or (running[0] if len(running) == 1 else None)
+        if target not in running:
+            return {status: status_html("That job is not running: pick the running job in the Job list "
+                                        "(Refresh jobs lists a new one) and press Stop.", "warn")}
+        stops.request(target)
+        return {status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
+                                    "finishes the rest)…", "warn")}
 
     def pick(job_id):
         if not job_id:
@@ -199,6 +218,8 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                  concurrency_id="models", **priv)
     resume.click(resume_it, job, [*shown, job], concurrency_id="models", **priv)
     refresh.click(refresh_jobs, job, job, **priv)
+    # Outside the models queue, so it runs while the job holds a worker; the job stops before its next row.
+    stop.click(stop_it, job, status, **priv)
     job.input(pick, job, shown, **priv)
     prev.click(lambda j, i: move(j, i, "prev"), [job, index], shown, **priv)
     nxt.click(lambda j, i: move(j, i, "next"), [job, index], shown, **priv)
