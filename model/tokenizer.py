@@ -339,12 +339,12 @@ class TokenizerBase:
         if "input_ids" not in encoded_inputs:
             raise ValueError("You should supply an encoding or a list of encodings to this method that includes "
                              f"input_ids, but you provided {list(encoded_inputs.keys())}")
-        return_attention_mask = True if return_attention_mask is None else return_attention_mask
         ids = encoded_inputs["input_ids"]
         if ids is None or len(ids) == 0:
             if return_attention_mask:
                 encoded_inputs["attention_mask"] = []
             return encoded_inputs
+        return_attention_mask = True if return_attention_mask is None else return_attention_mask
         inputs, kind = _as_python_lists(encoded_inputs)
         return_tensors = kind if return_tensors is None else return_tensors
         _check_tensor_kind(return_tensors)
@@ -1075,18 +1075,24 @@ def _round_up(length, multiple):
 
 
 def _to_tensors(encoding: BatchEncoding, kind, batch: bool = True) -> BatchEncoding:
-    """Lists of equal-length rows -> torch.long ("pt") or int64 ("np") tensors; ragged rows need padding first.
+    """Lists of equal-length rows -> torch.long ("pt") or int64 ("np") tensors. Ragged rows: ValueError for "pt";
+    for "np" an object array of int64 rows, as transformers gives.
 
     `batch=False` (one example, from `pad`) gives 1-D tensors, as transformers does.
     """
     if kind is None:
         return encoding
+    out = BatchEncoding()
     for key, value in encoding.items():
-        if batch and len({len(row) for row in value}) > 1:
+        ragged = batch and len({len(row) for row in value}) > 1
+        if ragged and kind == "pt":
             raise ValueError(f"rows of {key!r} have different lengths: pass padding=True to return tensors")
-    if kind == "np":
-        return BatchEncoding({k: np.asarray(v, dtype=np.int64) for k, v in encoding.items()})
-    return BatchEncoding({k: torch.tensor(v, dtype=torch.long) for k, v in encoding.items()})
+        if ragged:  # transformers' numpy conversion: an object array of int64 rows
+            out[key] = np.empty(len(value), dtype=object)
+            out[key][:] = [np.asarray(row, dtype=np.int64) for row in value]
+        else:
+            out[key] = np.asarray(value, dtype=np.int64) if kind == "np" else torch.tensor(value, dtype=torch.long)
+    return out
 
 
 def _as_python_lists(encoded: dict) -> tuple:

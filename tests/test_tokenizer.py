@@ -2,19 +2,24 @@
 
 Folders (see tests/reference/spm_util.py): `mt5` (sentinels `▁<extra_id_N>` inside spiece.model, like mT5),
 `umt5` (300 added `<extra_id_N>` in tokenizer_config.json, like UMT5), `umt5_tokjson` (the same listed in
-tokenizer.json), `t5style` (only `extra_ids: 100` in the config: transformers invents the sentinel ids), and
-`mt5_saved` / `umt5_saved` (written by our save_pretrained). The reference runs once, for every folder.
+tokenizer.json), `t5style` (only `extra_ids: 100` in the config: transformers invents the sentinel ids),
+`mt5_saved` / `umt5_saved` (written by our save_pretrained), `mt5_nonlegacy` / `umt5_nonlegacy` (`legacy: false`
+in tokenizer_config.json) and `nobytes` (mT5 style, a model without byte fallback or digits: `<unk>` pieces).
+The reference runs once, for every folder; it also runs the API calls of API_OPS and LOADS.
 """
 import json
 import random
 import re
+import shutil
 import unicodedata
 import warnings
 
 import pytest
 
 from model.tokenizer import MT5Tokenizer
-from reference.spm_util import SENTENCES, train_model, write_mt5_style, write_umt5_style
+from reference.ref_tokenizer_ops import run_load, run_op
+from reference.spm_util import (SENTENCES, train_model, train_model_without_byte_fallback, write_mt5_style,
+                                write_umt5_style)
 from refutil import run_reference
 
 MULTILINGUAL = SENTENCES + [
@@ -37,7 +42,10 @@ MULTILINGUAL = SENTENCES + [
 ]
 GLUED = ["foo<extra_id_0>bar", "<extra_id_0><extra_id_1>", "word<extra_id_7>", "(<extra_id_3>)",
          "中文<extra_id_0>中文"]
-TEXTS = MULTILINGUAL + GLUED
+# Where legacy=False and the unk-as-text rule matter (no offset or round-trip checks: a literal `▁` is a space).
+LEGACY_CASES = ["digits 92000 and ▁ a literal mark, ▁▁ twice", "▁starts with the mark",
+                "after specials </s>x </s> y<pad>z, <extra_id_0>.  <extra_id_1>,x", "</s> first", "<extra_id_0>x"]
+TEXTS = MULTILINGUAL + GLUED + LEGACY_CASES
 
 CALLS = [
     {"text": MULTILINGUAL[:6], "kwargs": {"padding": True}},
@@ -59,7 +67,77 @@ CALLS = [
     {"text": MULTILINGUAL[2], "kwargs": {"truncation": True, "max_length": 1}},
     {"text": MULTILINGUAL[20:26], "text_pair": MULTILINGUAL[14:20],
      "kwargs": {"truncation": "only_first", "max_length": 16}},
+    {"text": MULTILINGUAL[:5], "kwargs": {"padding": True, "pad_to_multiple_of": 8}},
+    {"text": MULTILINGUAL[3:7], "text_pair": MULTILINGUAL[:4],
+     "kwargs": {"padding": "max_length", "truncation": True, "max_length": 24, "pad_to_multiple_of": 6}},
 ]
+
+# API calls run on ours and on transformers' T5Tokenizer (tests/reference/ref_tokenizer_ops.py).
+API_TEXTS = ["Hello <extra_id_0> world", "a b c d e f g", "x", "Москва 92000 ☃", "literal x </s> y"]
+ROWS = {"input_ids": [[5, 6, 7], [8]]}
+API_OPS = [
+    {"method": "vocab_size"}, {"method": "__len__"}, {"method": "get_vocab"},
+    {"method": "get_sentinel_tokens", "sort": True}, {"method": "get_sentinel_token_ids", "sort": True},
+    *[{"method": "tokens_to_string", "args": [t]} for t in API_TEXTS + MULTILINGUAL[:12] + MULTILINGUAL[-4:]],
+    {"method": "convert_tokens_to_string", "args": [["▁a", "</s>", "▁b", "<pad>", "c", "▁<extra_id_0>"]]},
+    {"method": "encode", "args": [API_TEXTS[1]]},
+    {"method": "encode", "args": [API_TEXTS[1], API_TEXTS[0]]},
+    {"method": "encode", "args": [API_TEXTS[1]], "kwargs": {"max_length": 4, "truncation": True}},
+    {"method": "encode", "args": [API_TEXTS[2]], "kwargs": {"padding": "max_length", "max_length": 6}},
+    {"method": "encode", "args": [API_TEXTS[1]], "kwargs": {"max_length": 5}},
+    {"method": "encode", "args": [API_TEXTS[0]], "kwargs": {"return_tensors": "pt"}},
+    {"method": "encode", "args": [API_TEXTS[0]], "kwargs": {"return_tensors": "np"}},
+    {"method": "encode", "args": [API_TEXTS[0]], "kwargs": {"add_special_tokens": False}},
+    {"method": "encode_plus", "args": [API_TEXTS[0]]},
+    {"method": "encode_plus", "args": [API_TEXTS[1], API_TEXTS[2]],
+     "kwargs": {"padding": "max_length", "max_length": 16, "return_tensors": "np"}},
+    {"method": "encode_plus", "args": [API_TEXTS[1]], "kwargs": {"truncation": True, "max_length": 3,
+                                                                "return_tensors": "pt"}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"padding": True, "return_tensors": "np"}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"padding": True, "pad_to_multiple_of": 8}},
+    {"method": "__call__", "args": [API_TEXTS[2]], "kwargs": {"padding": True, "pad_to_multiple_of": 8,
+                                                             "return_tensors": "pt"}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"padding": "max_length", "max_length": 10,
+                                                          "pad_to_multiple_of": 4}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"padding": True, "truncation": True, "max_length": 10,
+                                                          "pad_to_multiple_of": 4}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"padding": True, "truncation": True, "max_length": 8,
+                                                          "pad_to_multiple_of": 4, "padding_side": "left",
+                                                          "return_tensors": "np"}},
+    {"method": "__call__", "args": [API_TEXTS[:2]], "kwargs": {"text_target": API_TEXTS[2:4], "padding": True,
+                                                              "return_tensors": "np"}},
+    {"method": "__call__", "args": [API_TEXTS], "kwargs": {"return_tensors": "np"}},
+    {"method": "__call__", "args": [API_TEXTS[0]], "kwargs": {"return_tensors": "np"}},
+    {"method": "pad", "args": [ROWS]},
+    {"method": "pad", "args": [{**ROWS, "attention_mask": [[1, 1, 1], [1]]}],
+     "kwargs": {"padding": "max_length", "max_length": 5, "pad_to_multiple_of": 4}},
+    {"method": "pad", "args": [[{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]], "kwargs": {"return_tensors": "pt"}},
+    {"method": "pad", "args": [[{"input_ids": [5, 6], "labels": [1, 2, 3]}, {"input_ids": [8], "labels": [4]}]]},
+    {"method": "pad", "args": [{"input_ids": [5, 6, 7]}], "kwargs": {"pad_to_multiple_of": 4, "return_tensors": "np"}},
+    {"method": "pad", "args": [{"input_ids": [5, 6, 7]}], "kwargs": {"return_tensors": "pt"}},
+    {"method": "pad", "args": [ROWS], "kwargs": {"padding_side": "left", "return_tensors": "np"}},
+    {"method": "pad", "args": [[{"input_ids": {"tensor": "pt", "values": [5, 6, 7]}},
+                                {"input_ids": {"tensor": "pt", "values": [8]}}]]},
+    {"method": "pad", "args": [{"input_ids": [{"tensor": "np", "values": [5, 6]}, {"tensor": "np", "values": [7]}]}]},
+    {"method": "pad", "args": [{"attention_mask": [[1]]}]},
+    {"method": "pad", "args": [ROWS], "kwargs": {"padding": False}},
+    {"method": "pad", "args": [ROWS], "kwargs": {"return_attention_mask": False}},
+    {"method": "pad", "args": [{**ROWS, "special_tokens_mask": [[0, 0, 1], [1]], "token_type_ids": [[0, 0, 0], [0]]}],
+     "kwargs": {"max_length": 4, "padding": "max_length"}},
+    {"method": "pad", "args": [{"input_ids": []}]},
+    {"method": "pad", "args": [ROWS], "kwargs": {"padding": "max_length"}},
+]
+LOAD_TEXTS = ["a <sep> b<sep>c <extra_id_0> d", "x <extra_id_1>. y"]
+LOADS = {
+    # (mT5 with "<extra_id_0>" listed: same ids, but transformers' token string drops the piece's `▁`)
+    "mt5": [{"additional_special_tokens": ["<sep>"]}, {"extra_ids": 0, "additional_special_tokens": ["<sep>"]}],
+    "umt5": [{"additional_special_tokens": ["<sep>"]}, {"additional_special_tokens": ["<sep>", "<extra_id_0>"]},
+             {"extra_ids": 0, "additional_special_tokens": ["<sep>"]}],
+    "t5style": [{"extra_ids": 0, "additional_special_tokens": ["<sep>"]},
+                {"additional_special_tokens": ["<sep>", "<extra_id_0>"]}],
+}
+COMMON_LOADS = [{"model_max_length": 8}, {"legacy": False}, {"legacy": True},
+                {"eos_token": "</s>", "unk_token": "<unk>"}]
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +154,12 @@ def folders(tmp_path_factory):
     out["t5style"].mkdir()
     (out["t5style"] / "spiece.model").write_bytes(proto.SerializeToString())
     (out["t5style"] / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 100}))
+    for name in ("mt5", "umt5"):
+        folder = out[f"{name}_nonlegacy"] = (write_mt5_style if name == "mt5" else write_umt5_style)(
+            root / f"{name}_nonlegacy", proto)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "legacy": False}))
+    out["nobytes"] = write_mt5_style(root / "nobytes", train_model_without_byte_fallback())
     for name in ("mt5", "umt5"):
         MT5Tokenizer.from_pretrained(out[name]).save_pretrained(root / f"{name}_saved")
         out[f"{name}_saved"] = root / f"{name}_saved"
@@ -108,15 +192,17 @@ def reference(folders, toks, tmp_path_factory):
     cases = []
     for name, path in folders.items():
         self_added = 300 if name in ("umt5", "umt5_tokjson") else None
+        loads = [{"kwargs": kw, "texts": LOAD_TEXTS} for kw in LOADS.get(name, []) + COMMON_LOADS]
         cases.append({"name": name, "dir": str(path), "self_added_sentinels": self_added, "tokenize": TEXTS,
-                      "decode": decode_cases(toks[name]), "calls": CALLS})
+                      "decode": decode_cases(toks[name]), "calls": CALLS, "ops": API_OPS, "loads": loads})
     (work / "request.json").write_text(json.dumps({"cases": cases}, ensure_ascii=False), encoding="utf-8")
     run_reference("ref_tokenizer.py", work / "request.json", work / "result.json")
     result = json.loads((work / "result.json").read_text(encoding="utf-8"))
     return {case["name"]: {**result[case["name"]], "request": case} for case in cases}
 
 
-ALL = ["mt5", "umt5", "umt5_tokjson", "t5style", "mt5_saved", "umt5_saved"]
+ALL = ["mt5", "umt5", "umt5_tokjson", "t5style", "mt5_saved", "umt5_saved", "mt5_nonlegacy", "umt5_nonlegacy",
+       "nobytes"]
 
 
 # ---------------------------------------------------------------------- vocabulary
@@ -125,8 +211,10 @@ ALL = ["mt5", "umt5", "umt5_tokjson", "t5style", "mt5_saved", "umt5_saved"]
 def test_special_ids_sizes_and_sentinels(toks):
     mt5, umt5, t5 = toks["mt5"], toks["umt5"], toks["t5style"]
     base = mt5._sp_size - 100  # pieces trained; mT5 style adds 100 sentinel pieces after them
-    for tok in toks.values():
+    for name, tok in toks.items():
         assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+        if name == "nobytes":
+            continue  # no byte pieces
         assert tok.convert_ids_to_tokens([0, 1, 2, 3, 258]) == ["<pad>", "</s>", "<unk>", "<0x00>", "<0xFF>"]
     assert mt5.vocab_size == len(mt5) == base + 100
     assert [mt5.sentinel_id(n) for n in (0, 1, 99)] == [base + 99, base + 98, base]
@@ -186,7 +274,7 @@ def test_decoding_matches_transformers(name, toks, reference):
     assert tok.batch_decode(ref["request"]["decode"][:5]) == ref["decode"][:5]
 
 
-@pytest.mark.parametrize("name", ["mt5", "umt5", "t5style"])
+@pytest.mark.parametrize("name", ["mt5", "umt5", "t5style", "mt5_nonlegacy", "umt5_nonlegacy", "nobytes"])
 def test_batches_match_transformers(name, toks, reference):
     tok = toks[name]
     for call, want in zip(CALLS, reference[name]["calls"]):
@@ -351,3 +439,67 @@ def test_loads_a_cached_hub_repo_offline(monkeypatch, folders, tmp_path):
     (tmp_path / "models--tiny--umt5" / "refs" / "main").write_text("0123abcd")
     tok = MT5Tokenizer.from_pretrained("tiny/umt5", cache_dir=tmp_path)
     assert tok.sentinel_id(0) == MT5Tokenizer.from_pretrained(folders["umt5"]).sentinel_id(0)
+
+
+# ---------------------------------------------------------------------- the rest of transformers' API
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_api_calls_match_transformers(name, toks, reference):
+    """get_vocab, sentinel lists, convert_tokens_to_string, encode/encode_plus kwargs, np/pt tensors (dtype and
+    shape), pad_to_multiple_of, pad() on every input form; the same errors."""
+    tok = toks[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for op, want in zip(API_OPS, reference[name]["ops"]):
+            assert run_op(tok, op) == want, op
+
+
+@pytest.mark.parametrize("name", ["mt5", "umt5", "t5style"])
+def test_from_pretrained_keywords_match_transformers(name, folders, reference):
+    """additional_special_tokens / extra_ids / model_max_length / legacy / special tokens given to from_pretrained."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for load, want in zip(reference[name]["request"]["loads"], reference[name]["loads"]):
+            assert run_load(MT5Tokenizer, folders[name], load) == want, load
+
+
+def test_unknown_text_tokenizes_as_itself(toks):
+    tok = toks["nobytes"]
+    assert tok.tokenize("92000") == ["▁", "92000"]
+    assert tok("92000")["input_ids"] == [tok.convert_tokens_to_ids("▁"), tok.unk_token_id, tok.eos_token_id]
+
+
+def test_legacy_false_drops_the_space_after_special_tokens(toks):
+    legacy, new = toks["umt5"], toks["umt5_nonlegacy"]
+    assert not new.legacy and legacy.legacy
+    assert legacy.tokenize("Hello <extra_id_0>.")[-2:] == ["▁", "."]
+    assert new.tokenize("Hello <extra_id_0>.")[-2:] == ["<extra_id_0>", "."]
+    check_offsets(new, "Hello <extra_id_0>. and </s>x")
+    assert MT5Tokenizer.from_pretrained(toks["umt5"].vocab_file.parent, legacy=False).tokenize("a</s>b") == \
+        new.tokenize("a</s>b")
+
+
+@pytest.mark.parametrize("name", ["mt5", "umt5_nonlegacy", "nobytes"])
+def test_save_pretrained_after_the_source_folder_is_gone(name, folders, toks, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(folders[name], source)
+    tok = MT5Tokenizer.from_pretrained(source)
+    shutil.rmtree(source)
+    tok.save_pretrained(tmp_path / "saved")
+    again = MT5Tokenizer.from_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "spiece.model").read_bytes() == (folders[name] / "spiece.model").read_bytes()
+    assert again.legacy == toks[name].legacy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [again(t)["input_ids"] for t in TEXTS] == [toks[name](t)["input_ids"] for t in TEXTS]
+
+
+def test_pad_takes_our_own_batch_encoding(toks):
+    torch = pytest.importorskip("torch")
+    tok = toks["umt5"]
+    rows = [tok(t) for t in API_TEXTS]
+    padded = tok.pad(rows, return_tensors="pt")
+    assert torch.equal(padded["input_ids"], tok(API_TEXTS, padding=True, return_tensors="pt")["input_ids"])
+    assert tok.pad(tok(API_TEXTS), pad_to_multiple_of=8)["input_ids"] == \
+        tok(API_TEXTS, padding=True, pad_to_multiple_of=8)["input_ids"]

@@ -6,7 +6,9 @@ Usage: ref_tokenizer.py REQUEST.json RESULT.json. The request holds a list of ca
 Encoding uses `T5Tokenizer.from_pretrained(dir)`. Decoding does too, unless `self_added_sentinels` is set: then
 the tokenizer is built from spiece.model alone and adds the `<extra_id_N>` tokens itself, because a slow
 T5Tokenizer that reloads UMT5-style added sentinels can decode wrongly (see shared/REFERENCE.md).
-The result mirrors the request: {"name": {"tokenize", "ids", "decode", "decode_skip", "decode_raw", "calls"}}.
+Optional "ops" and "loads" run API calls (tests/reference/ref_tokenizer_ops.py).
+The result mirrors the request: {"name": {"tokenize", "ids", "decode", "decode_skip", "decode_raw", "calls",
+"len", "ops", "loads"}}.
 """
 import json
 import sys
@@ -14,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from transformers import AddedToken, T5Tokenizer
+from ref_tokenizer_ops import run_load, run_op
 from transformers.utils import logging
 
 logging.set_verbosity_error()
@@ -42,6 +45,8 @@ def run_case(case: dict) -> dict:
         "decode_raw": [decoder.decode(ids, clean_up_tokenization_spaces=False) for ids in case.get("decode", [])],
         "calls": [],
         "len": len(decoder),
+        "ops": [run_op(tok, op) for op in case.get("ops", [])],
+        "loads": [run_load(T5Tokenizer, case["dir"], load) for load in case.get("loads", [])],
     }
     for call in case.get("calls", []):
         result = tok(call.get("text"), text_pair=call.get("text_pair"), text_target=call.get("text_target"),

@@ -7,7 +7,9 @@ First each `spm_dir` (spiece.model + json files) is converted: `T5TokenizerFast.
 saved to `out_dir`, which then holds tokenizer.json and spiece.model (what a transformers 4.x fine-tune ships),
 and copied to `json_only_dir` without spiece.model (what transformers 5 saves). Then each case
 loads `T5TokenizerFast.from_pretrained(dir)`. The result: {"name": {"tokens", "ids", "masks", "offsets",
-"decode", "decode_skip", "decode_raw", "calls", "len", "vocab_size", "sentinels"}}; a call that raises records {"error": text}.
+"decode", "decode_skip", "decode_raw", "calls", "len", "vocab_size", "sentinels"}}; a call that raises records
+{"error": text}.
+Optional "ops" and "loads" run API calls (tests/reference/ref_tokenizer_ops.py).
 """
 import json
 import shutil
@@ -16,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from transformers import T5TokenizerFast
+from ref_tokenizer_ops import run_load, run_op
 from transformers.utils import logging
 
 logging.set_verbosity_error()
@@ -48,6 +51,8 @@ def run_case(case: dict) -> dict:
         "len": len(tok),
         "vocab_size": tok.vocab_size,
         "sentinels": [tok.convert_tokens_to_ids(t) for t in case.get("sentinels", [])],
+        "ops": [run_op(tok, op) for op in case.get("ops", [])],
+        "loads": [run_load(T5TokenizerFast, case["dir"], load) for load in case.get("loads", [])],
     }
 
 

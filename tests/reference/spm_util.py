@@ -14,8 +14,10 @@ mT5's conventions: `<pad>` = 0, `</s>` = 1, `<unk>` = 2, byte fallback (`<0x00>`
 - UMT5 style: no sentinels in the model; 300 `<extra_id_N>` added tokens with id = base + 299 - N, listed in
   tokenizer_config.json's `added_tokens_decoder` (and `additional_special_tokens`, `extra_ids: 300`).
 """
+import io
 import random
 
+import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from model.tiny import train_sentencepiece, write_mt5_style, write_umt5_style  # noqa: F401 (re-exported)
@@ -62,3 +64,16 @@ def corpus(seed: int = 0, lines: int = 1500) -> list[str]:
 def train_model(vocab_size: int = 1500) -> model_pb2.ModelProto:
     """Trains the small unigram model on `corpus()` with mT5's special-id layout; returns its proto."""
     return train_sentencepiece(corpus(), vocab_size)
+
+
+def train_model_without_byte_fallback(vocab_size: int = 1000) -> model_pb2.ModelProto:
+    """A unigram model like `train_model`'s but without byte fallback and without digits in its corpus: digits
+    and unseen characters become `<unk>` pieces (which transformers' `tokenize` shows as their text)."""
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([line for line in corpus() if not any(c.isdigit() for c in line)]),
+        model_writer=buf, model_type="unigram", vocab_size=vocab_size, byte_fallback=False,
+        normalization_rule_name="nmt_nfkc", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", num_threads=1, minloglevel=2,
+    )
+    return model_pb2.ModelProto.FromString(buf.getvalue())
