@@ -14,6 +14,7 @@ import gradio as gr
 
 from model.textgen import MARKER, generate_text
 
+from .answering import answer_checkpoint, answer_generative
 from .attention import AttentionInput, select
 from .context import AppContext
 from .errors import UserError, describe
@@ -22,7 +23,7 @@ from .models import HEADS
 from .prompted_tagging import method_of as tagging_method, source_of, tag_checkpoint
 from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
-from .tasks import Decoding, answer_extractive, answer_generative, as_plain, fill, stream_summary
+from .tasks import Decoding, answer_extractive, as_plain, fill, stream_summary
 
 log = logging.getLogger("mt5studio")
 
@@ -108,22 +109,31 @@ def register(ctx: AppContext) -> None:
                 "model": loaded.provenance()}
 
     @user_errors
-    def answer(question: str, context: str, mode: str = "extractive", model: str = "", top_k: int = 5,
+    def answer(question: str, context: str, mode: str = "auto", model: str = "", top_k: int = 5,
                max_new_tokens: int | None = None, num_beams: int | None = None, dtype: str = "auto",
-               device: str = "auto", quantization: str = "none") -> dict:
-        """Answers `question` from `context`: mode 'extractive' (QA head: the span, its score, top_k
-        alternatives) or 'generative' (text-to-text). Returns {mode, answer: {text, score, start, end},
-        alternatives, segments, truncated, settings, model}."""
-        if mode not in ("extractive", "generative"):
-            raise UserError(f"Unknown mode {mode!r}: use 'extractive' or 'generative'.")
+               device: str = "auto", quantization: str = "none", template: str = "",
+               constrained: bool = False) -> dict:
+        """Answers `question` from `context`. mode 'auto': the checkpoint decides (a question-answering head:
+        extractive; a text-to-text checkpoint such as bigscience/mt0-base: generative); 'extractive' needs a QA
+        head (the span, its score, top_k alternatives); 'generative' answers the prompt `template` ({context},
+        {question}; empty: xP3's), with `constrained` only runs of the context's tokens. Returns {mode, method
+        ('extractive head' | 'generative' | 'generative, constrained'), answer: {text, score, start, end, how
+        ('span' | 'exact' | 'normalized' | 'fuzzy' | 'token span' | ''), found}, alternatives, segments,
+        truncated, prompt, settings, model}; start/end are character offsets into `context` (-1 when not found)."""
+        if mode not in ("auto", "extractive", "generative"):
+            raise UserError(f"Unknown mode {mode!r}: use 'auto', 'extractive' or 'generative'.")
         if not 1 <= int(top_k) <= MAX_ANSWERS:
             raise UserError(f"top_k={top_k!r} is out of range: ask for 1 to {MAX_ANSWERS} answers.")
+        decoding = Decoding(max_new_tokens, num_beams)
         if mode == "extractive":
             loaded = ctx.load("question_answering", model, dtype, device, quantization)
             result = answer_extractive(loaded, question, context, top_k=int(top_k))
-        else:
+        elif mode == "generative":
             loaded = ctx.load("generative_qa", model, dtype, device, quantization)
-            result = answer_generative(loaded, question, context, Decoding(max_new_tokens, num_beams))
+            result = answer_generative(loaded, question, context, decoding, template, bool(constrained))
+        else:
+            loaded = ctx.load("question_answering", model, dtype, device, quantization)
+            result = answer_checkpoint(loaded, question, context, decoding, template, bool(constrained), int(top_k))
         return {**as_plain(result), "model": loaded.provenance()}
 
     @user_errors

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import prompted_tagging, ranking, tasks
+from . import answering, prompted_tagging, ranking, tasks
 from .assets import Assets
 from .attention import AttentionInput
 from .models import Loaded
@@ -79,6 +79,14 @@ def _classification_attention(inputs: Inputs, result: Any) -> AttentionInput:
     return AttentionInput(inputs["text"])
 
 
+def _qa_attention(inputs: Inputs, result: Any) -> AttentionInput:
+    """A generated answer: the prompt the encoder read, the answer on the decoder; else (a QA head) the question
+    and context as the head reads them."""
+    if getattr(result, "prompt", ""):
+        return AttentionInput(result.prompt, target=result.answer.text if result.answer else None)
+    return AttentionInput(inputs["context"], question=inputs["question"])
+
+
 def _answer_text(result: tasks.QAResult) -> str:
     return result.answer.text if result.answer is not None else ""
 
@@ -99,14 +107,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          as_text=lambda r: "; ".join(f"{e.text} ({e.label})" for e in r.entities),
          attention=lambda x, r: AttentionInput(x["text"]), heads={"ForTokenClassification": "token-classification"}),
     Task("question_answering", "Question answering", "question-answering", QUESTION_CONTEXT,
-         run=lambda m, x, d: tasks.answer_extractive(m, x["question"], x["context"]),
-         as_text=_answer_text,
-         attention=lambda x, r: AttentionInput(x["context"], question=x["question"])),
+         run=lambda m, x, d: answering.answer_checkpoint(m, x["question"], x["context"]),
+         as_text=_answer_text, attention=_qa_attention, heads={"ForConditionalGeneration": "generation"}),
     Task("generative_qa", "Question answering (generative)", "generation", QUESTION_CONTEXT,
-         run=lambda m, x, d: tasks.answer_generative(m, x["question"], x["context"], d), decodes=True,
+         run=lambda m, x, d: answering.answer_generative(m, x["question"], x["context"], d), decodes=True,
          as_text=_answer_text,
-         attention=lambda x, r: AttentionInput(tasks.generative_prompt(x["question"], x["context"]),
-                                               target=r.answer.text if r else None)),
+         attention=lambda x, r: _qa_attention(x, r) if r else AttentionInput(answering.render(
+             answering.default_template(), x["question"].strip(), x["context"].strip()))),
 )}
 
 

@@ -12,12 +12,11 @@ from typing import Any, Iterator
 
 import torch
 
-from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans, generate_text, stream_text
+from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans, stream_text
 
 from .errors import UserError
 from .limits import check_bounds
 from .models import Loaded
-from .prompts import qa_prompt
 
 MAX_INPUT_TOKENS = 512
 
@@ -368,9 +367,11 @@ def highlight(text: str, marks: list[tuple[int, int, str]]) -> list[tuple[str, s
 @dataclass
 class Answer:
     text: str
-    score: float
-    start: int       # character offsets in the context
+    score: float     # extractive: p(start) p(end); generative: the alignment's score (0 when not found)
+    start: int       # character offsets in the context (-1 when not found in it)
     end: int
+    how: str = "span"     # "span" (a QA head's) | "exact" | "normalized" | "fuzzy" | "token span" | "" (not found)
+    found: bool = True    # the answer lies in the context at [start, end)
 
 
 @dataclass
@@ -381,6 +382,8 @@ class QAResult:
     segments: list[tuple[str, str | None]]     # the context with the answer highlighted
     truncated: bool
     settings: dict[str, Any] = field(default_factory=dict)
+    method: str = "extractive head"            # | "generative" | "generative, constrained"
+    prompt: str = ""                           # generative: what the encoder read
 
 
 def require_qa(question: str, context: str) -> tuple[str, str]:
@@ -453,31 +456,6 @@ def best_spans(start_logits, end_logits, positions: list[int], offsets, context:
         seen.add((start, end))
         answers.append(Answer(context[start:end], float(scores[flat]), start, end))
     return answers
-
-
-def generative_prompt(question: str, context: str) -> str:
-    """What a text-to-text checkpoint reads for a question (`prompts.qa_prompt`, stripped)."""
-    return qa_prompt(question.strip(), context.strip())
-
-
-def answer_generative(loaded: Loaded, question: str, context: str, decoding: Decoding,
-                      max_input_tokens: int = MAX_INPUT_TOKENS) -> QAResult:
-    """A text-to-text checkpoint answers "question: … context: …"; the answer is highlighted where the context
-    holds it verbatim."""
-    question, context = require_qa(question, context)
-    needs_generation(loaded, "Generative answers")
-    check_question(loaded.tokenizer, question, max_input_tokens)
-    gen = check_decoding(loaded.model, decoding)
-    prompt = generative_prompt(question, context)
-    cap = input_cap(max_input_tokens)
-    enc = encode_inputs(loaded.tokenizer, prompt[:cap], max_input_tokens)
-    text = generate_text(loaded.model, loaded.tokenizer, prompt[:cap], max_input_tokens,
-                         **{**gen, "num_return_sequences": 1})[0].strip()
-    found = context.lower().find(text.lower()) if text else -1
-    answer = Answer(text, 1.0, found, found + len(text)) if found >= 0 else Answer(text, 1.0, -1, -1)
-    marks = [(found, found + len(text), "answer")] if found >= 0 else []
-    return QAResult("generative", answer, [], highlight(context, marks), enc.truncated[0] or len(prompt) > cap,
-                    gen)
 
 
 # ------------------------------------------------------------------------------------------------------------

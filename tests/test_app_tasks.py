@@ -14,7 +14,7 @@ from app.attention import AttentionInput, capture, render_html, select
 from app.errors import UserError
 from app.models import Loaded, ModelCache, ModelPolicy, ModelRequest, load_checkpoint, read_generation_config
 from app.settings import Settings
-from app import tasks
+from app import answering, tasks
 from model.tiny import DEMO_CLASS_LABELS, DEMO_TAG_LABELS, build_demo_checkpoints, tiny_model
 
 ASSETS = load_assets()
@@ -187,8 +187,8 @@ def test_extractive_answer_is_a_span_of_the_context(demo, cache):
 
 
 def test_generative_answer(demo, cache):
-    result = tasks.answer_generative(get(cache, demo, "generation"), "Where?", "In Kenya.",
-                                     tasks.Decoding(max_new_tokens=5))
+    result = answering.answer_generative(get(cache, demo, "generation"), "Where?", "In Kenya.",
+                                         tasks.Decoding(max_new_tokens=5))
     assert result.mode == "generative" and isinstance(result.answer.text, str)
 
 
