@@ -14,7 +14,8 @@ import pytest
 from model.tokenizer import MT5Tokenizer, MT5TokenizerFast
 from reference.spm_util import train_model, write_mt5_style, write_umt5_style
 from refutil import run_reference
-from test_tokenizer import CALLS, GLUED, MULTILINGUAL, decode_cases, offline
+from reference.ref_tokenizer_ops import run_op
+from test_tokenizer import API_OPS, CALLS, GLUED, MULTILINGUAL, decode_cases, offline
 
 TEXTS = MULTILINGUAL + GLUED
 FAMILIES = ["mt5", "umt5"]
@@ -48,7 +49,7 @@ def reference(folders, slow):
         marker = "▁<extra_id_{}>" if name == "mt5" else "<extra_id_{}>"
         cases.append({"name": name, "dir": str(root / f"{name}_json"), "tokenize": TEXTS,
                       "decode": decode_cases(slow[name]), "calls": CALLS + OFFSET_CALLS,
-                      "sentinels": [marker.format(n) for n in range(N_SENTINELS[name])]})
+                      "sentinels": [marker.format(n) for n in range(N_SENTINELS[name])], "ops": API_OPS})
     request = {"convert": convert, "cases": cases}
     (work / "request.json").write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
     run_reference("ref_tokenizer_fast.py", work / "request.json", work / "result.json")
@@ -116,6 +117,18 @@ def test_batches_match(name, fast, reference):
                 tok(call.get("text"), **args)
             continue
         assert as_lists(tok(call.get("text"), **args)) == want, call
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_api_calls_match(name, fast, reference):
+    """get_vocab, sentinel lists, convert_tokens_to_string, encode/encode_plus, tensors, pad(), as T5TokenizerFast."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for op, want in zip(API_OPS, reference[name]["ops"]):
+            got = run_op(fast[name], op)
+            if op["method"] == "get_vocab":  # the `tokenizers` vocabulary is a hash map: its order is arbitrary
+                got, want = got["items"], want["items"]
+            assert got == want, op
 
 
 @pytest.mark.parametrize("name", FAMILIES)
