@@ -1,7 +1,8 @@
 """mT5 / UMT5 tokenizer on the `sentencepiece` library, equal to transformers 4.57's slow `T5Tokenizer`.
 
 Encoding follows `T5Tokenizer` with its default `legacy=True` (what a plain `from_pretrained` gives for the Hub's
-mT5 and UMT5 repos, whose configs carry no `legacy` key): the text is split on the *added* tokens (`<pad>`,
+mT5 and UMT5 repos, whose configs carry no `legacy` key), or its `legacy=False` rules when tokenizer_config.json or
+a keyword says so (no dummy-prefix `▁` after a special token): the text is split on the *added* tokens (`<pad>`,
 `</s>`, `<unk>`, UMT5's `<extra_id_N>`), honouring their `lstrip`/`rstrip` flags, and every other piece of text is
 encoded by SentencePiece on its own, dummy-prefix `▁` included. `</s>` ends every text; a pair is `a </s> b </s>`.
 
@@ -801,7 +802,7 @@ class MT5TokenizerFast(TokenizerBase):
 
     Deliberate differences from transformers: `convert_tokens_to_ids("<extra_id_N>")` also finds mT5's
     `▁<extra_id_N>` piece; `decode` drops ids outside the vocabulary (-100 labels, padding rows) where
-    transformers raises; `vocab_size == len(tok)` (added tokens included); tokenizer_config.json's `extra_ids`
+    transformers raises; tokenizer_config.json's `extra_ids`
     never invents sentinel tokens missing from tokenizer.json (transformers 4.57 would add them past the
     vocabulary). Against our `MT5Tokenizer` on a repo with both files, ids are equal except: glued mT5 markers,
     characters outside the vocabulary (transformers' converter drops SentencePiece's byte fallback, so each is
