@@ -17,12 +17,11 @@ from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
 from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
-from .tabs import classify, qa, spans, summarize, tag
+from .tabs import task_tabs
 from .tabs.common import TabHandle
 from .tasklist import TASKS
 
 log = logging.getLogger("mt5studio")
-TABS = (summarize, spans, classify, tag, qa)   # the task tabs in page order; each names its task as TASK
 
 
 @dataclass
@@ -53,7 +52,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
             mount_annotation_api(store)  # /annotate and /export
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
-            for tab in TABS:
+            for tab in task_tabs():
                 task = TASKS[tab.TASK]
                 with gr.Tab(task.title, id=task.name, elem_id=f"tab-{task.name}"):
                     handles[task.name] = tab.build(ctx)
