@@ -17,6 +17,7 @@ from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
 from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
+from .annotation.tabs.identity import AnnotatorName
 from .tabs import task_tabs
 from .tabs.common import TabHandle
 from .tasklist import TASKS
@@ -37,10 +38,11 @@ def build_app(ctx: AppContext, demo_reason: str = "",
     """Lays out the page. `ctx.panels` are mounted under every result; `extra_tabs` (title, build(ctx,
     handles)) come after the task tabs. With a `store`, the annotation panel goes under every result and the
     Annotations and Batch tabs and the /annotate and /export endpoints are added."""
+    annotator = AnnotatorName()   # one name in every annotator box of the page
     if store is not None:
-        annotation_panel.register(ctx, store)  # before the task tabs, which mount ctx.panels in their slots
+        annotation_panel.register(ctx, store, annotator)  # before the task tabs, which mount ctx.panels in their slots
         extra_tabs = [("Annotations", lambda c, h: annotations.build(c, store)),
-                      ("Batch", lambda c, h: batch_tab.build(c, store)), *extra_tabs]
+                      ("Batch", lambda c, h: batch_tab.build(c, store, annotator)), *extra_tabs]
     # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.
     with gr.Blocks(title="mT5 Studio", delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
@@ -59,6 +61,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
             for title, build in extra_tabs:
                 with gr.Tab(title):
                     build(ctx, handles)
+        annotator.link(blocks)   # after every tab: the boxes are all known
         prefill, inputs, outputs = handles["summarization"].extra["prefill"]
         blocks.load(prefill, inputs, outputs, api_visibility="private")
     return App(blocks, handles, ctx)

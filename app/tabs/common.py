@@ -99,6 +99,12 @@ def model_picker(ctx: AppContext, task: str) -> ModelPicker:
     return ModelPicker(source, dtype, device, quant)
 
 
+# The decoding settings in rows a reader takes in at once: length and beams, sampling, penalties and seed.
+DECODING_ROWS = (("max_new_tokens", "num_beams", "no_repeat_ngram_size", "length_penalty"),
+                 ("do_sample", "temperature", "top_k", "top_p"),
+                 ("repetition_penalty", "seed"))
+
+
 def decoding_controls(names: tuple[str, ...] = ("max_new_tokens", "num_beams", "no_repeat_ngram_size",
                                                 "length_penalty", "do_sample", "temperature", "top_k", "top_p",
                                                 "repetition_penalty", "seed")) -> DecodingControls:
@@ -118,10 +124,18 @@ def decoding_controls(names: tuple[str, ...] = ("max_new_tokens", "num_beams", "
         "repetition_penalty": lambda: slider("repetition_penalty", 1.0),
         "seed": lambda: gr.Number(value=-1, precision=0, label="Seed (-1: random)"),
     }
+    made: dict[str, gr.components.Component] = {}
     with gr.Accordion("Decoding settings", open=False):
-        with gr.Row():
-            components = {name: make[name]() for name in names}
-    return DecodingControls(components)
+        for group in DECODING_ROWS:
+            present = [name for name in group if name in names]
+            if present:
+                with gr.Row(equal_height=True):
+                    made.update({name: make[name]() for name in present})
+        rest = [name for name in names if name not in made]
+        if rest:
+            with gr.Row(equal_height=True):
+                made.update({name: make[name]() for name in rest})
+    return DecodingControls({name: made[name] for name in names})   # in `names` order: values() zips by it
 
 
 def status_html(message: str = "", kind: str = "info", detail: str = "") -> str:
@@ -182,10 +196,15 @@ def prefill_decoding(controls: DecodingControls, status: gr.HTML, source: str, c
                                                               "defaults.")}
 
 
+def example_label(lang: str, text: str, chars: int = 40) -> str:
+    """An example button's label: the language and the text's start, "…" only when the text was cut."""
+    return f"{lang}: {text if len(text) <= chars else text[:chars].rstrip() + '…'}"
+
+
 def examples(assets, task: str, inputs: list, fields: tuple[str, ...] = ("text",)) -> gr.Examples:
     rows = assets.examples[task]
     return gr.Examples([[row[f] for f in fields] for row in rows], inputs=inputs,
-                       example_labels=[f"{row['lang']}: {row[fields[0]][:40]}…" for row in rows],
+                       example_labels=[example_label(row["lang"], row[fields[0]]) for row in rows],
                        label="Examples", examples_per_page=10)
 
 

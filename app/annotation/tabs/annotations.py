@@ -1,6 +1,7 @@
 """The Annotations tab: every saved judgement in a filtered table; edit, delete, export, import, agreement."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -10,18 +11,20 @@ import pandas as pd
 from ..agreement import agreement_frame
 from ..api import EXPORT_FORMATS, export, filters, judgement
 from ...context import AppContext
-from ..store import AnnotationStore
+from ..store import Annotation, AnnotationStore
 from ...tasks import is_rtl
-from .panel import fields, remember_annotator
+from .panel import fields
 from ...tabs.common import status_html
 
 ALL = "(all)"
-# What the table shows (the full record is in the editor and in exports).
-TABLE_COLUMNS = ["id", "task", "model_id", "annotator", "rating", "error_categories", "output", "corrected_output",
-                 "comment", "created_at"]
-PREVIEW_CHARS = 200
+# What the table shows, by store column (the full record is in the editor and in exports).
+TABLE_COLUMNS = {"id": "id", "created_at": "saved (UTC)", "task": "task", "model_id": "model",
+                 "annotator": "annotator", "rating": "rating", "error_categories": "errors", "output": "output",
+                 "corrected_output": "corrected", "comment": "comment"}
+SHORT_ID = 8          # characters of the id shown (the editor and exports have all 32)
+PREVIEW_CHARS = 90    # of each text: rows stay a few lines high, so ten or more fit in the table's height
 # Narrow columns for short values so the texts get the room (the header words would otherwise wrap per letter).
-COLUMN_WIDTHS = ["9%", "9%", "13%", "8%", "6%", "10%", "15%", "12%", "10%", "8%"]
+COLUMN_WIDTHS = ["7%", "9%", "8%", "9%", "7%", "5%", "9%", "17%", "17%", "12%"]
 
 
 BATCH_MARK = "<!-- batch"
@@ -34,13 +37,38 @@ def help_text(ctx: AppContext, part: str) -> str:
     return before.strip() if part == "annotations" else after.partition("-->")[2].strip()
 
 
-def table_frame(store: AnnotationStore, **query: Any) -> pd.DataFrame:
-    """The table's rows: newest first as the store gives them, long texts cut for display, every cell text."""
-    df = store.query_frame(**query)[TABLE_COLUMNS].copy()
+@dataclass
+class TableView:
+    """The table as shown (`frame`: newest first, short ids, cut texts) and the full id of each shown id."""
+    frame: pd.DataFrame
+    ids: dict[str, str]
+
+
+def model_name(model_id: str) -> str:
+    """The checkpoint's last path part: "google/mt5-small" -> "mt5-small", a local folder's name, never its path."""
+    return model_id.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model_id
+
+
+def minute(time: str) -> str:
+    """Canonical UTC text to the minute: "2026-01-31T12:00:00.123456Z" -> "2026-01-31 12:00"."""
+    return time[:16].replace("T", " ")
+
+
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS].rstrip() + "…"
+
+
+def table_frame(store: AnnotationStore, **query: Any) -> TableView:
+    """The table's rows, newest first, every cell text: short id, model name, time to the minute, texts cut."""
+    df = store.query_frame(**query)[list(TABLE_COLUMNS)].iloc[::-1].reset_index(drop=True)
+    ids = {i[:SHORT_ID]: i for i in df["id"]}
+    df["id"] = df["id"].str[:SHORT_ID]
+    df["created_at"] = df["created_at"].map(minute)
+    df["model_id"] = df["model_id"].map(model_name)
     for col in ("output", "corrected_output", "comment"):
-        df[col] = df[col].map(lambda t: t if len(t) <= PREVIEW_CHARS else t[:PREVIEW_CHARS] + "…")
+        df[col] = df[col].map(preview)
     df["rating"] = df["rating"].map(lambda r: "" if pd.isna(r) else str(int(r)))
-    return df
+    return TableView(df.rename(columns=TABLE_COLUMNS), ids)
 
 
 def agreement_tables(store: AnnotationStore, **query: Any) -> dict[str, pd.DataFrame]:
@@ -49,9 +77,9 @@ def agreement_tables(store: AnnotationStore, **query: Any) -> dict[str, pd.DataF
 
 
 def build(ctx: AppContext, store: AnnotationStore) -> None:
-    """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
+    """Lays out the tab (call inside a `gr.Tab`) and wires its events. Each message shows under the buttons
+    that caused it: filters above the table, editing under the editor, export and import in their section."""
     gr.Markdown(help_text(ctx, "annotations"), elem_classes=["tab-help"])
-    status = gr.HTML(elem_id="annotations-status")
 
     with gr.Accordion("Filters", open=True):
         with gr.Row():
@@ -67,22 +95,27 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         refresh = gr.Button("Apply filters / refresh", elem_id="annotations-refresh")
     filter_inputs = [task, model, annotator_f, since, until, min_rating, max_rating]
 
-    summary = gr.HTML()
-    table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), interactive=False, wrap=True, max_height=420,
-                         column_widths=COLUMN_WIDTHS,
-                         datatype="str", label="Annotations (select a row to edit it)", elem_id="annotations-table")
+    summary = gr.HTML(elem_id="annotations-summary")   # the count, or why the filters were not applied
+    shown_ids = gr.State({})                            # short id shown -> full id
+    table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS.values())), interactive=False, wrap=True,
+                         max_height=900, column_widths=COLUMN_WIDTHS, datatype="str",
+                         label="Annotations, newest first (select a row to edit it)", elem_id="annotations-table")
 
     with gr.Accordion("Edit the selected annotation", open=True):
         selected = gr.State(None)
+        armed = gr.State(None)      # the id "Delete" was pressed for once: a second press deletes it
+        deleted = gr.State(None)    # the last record deleted, as a dict: Undo saves it again
         with gr.Row():
             sel_input = gr.Textbox(label="Input", lines=3, interactive=False)
             sel_output = gr.Textbox(label="Model output", lines=3, interactive=False)
         provenance = gr.JSON(label="Provenance", open=False)
+        # the record's own annotator (not the name remembered for new annotations)
         f = fields("annotations-edit")
         with gr.Row():
             update = gr.Button("Save changes", variant="primary", elem_id="annotations-update")
             delete = gr.Button("Delete", variant="stop", elem_id="annotations-delete")
-    remember_annotator(f.annotator)
+            undo = gr.Button("Undo delete", visible=False, elem_id="annotations-undo")
+        status = gr.HTML(elem_id="annotations-status")
 
     with gr.Accordion("Export and import", open=False):
         with gr.Row():
@@ -94,6 +127,7 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                              file_types=[".jsonl", ".csv", ".parquet"], type="filepath",
                              elem_id="annotations-import-file")
             import_btn = gr.Button("Import", elem_id="annotations-import")
+        io_status = gr.HTML(elem_id="annotations-io-status")
 
     with gr.Accordion("Inter-annotator agreement (Krippendorff's alpha on ratings)", open=False):
         gr.Markdown("Items rated by two or more annotators; the filters above apply.")
@@ -108,29 +142,34 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         try:
             query = filters(task_v, model_v, annotator_v, since_v, until_v, lo, hi)
         except ValueError as e:
-            return {status: status_html(f"Filters not applied: {e}", "error")}
-        df = table_frame(store, **query)
+            return {summary: status_html(f"Filters not applied: {e}", "error")}
+        view = table_frame(store, **query)
         n = store.count(**query)
         tables = agreement_tables(store, **query)
-        shown = f"showing the newest {len(df)}" if len(df) < n else "showing all"
-        return {table: df, summary: status_html(f"{n} annotation(s) match ({shown}); {store.count()} in the store."),
+        return {table: view.frame, shown_ids: view.ids,
+                summary: status_html(f"{n} annotation(s) match; {store.count()} in the store."),
                 task: choices("task", task_v), model: choices("model_id", model_v),
                 annotator_f: choices("annotator", annotator_v), by_task: tables["task"], by_model: tables["model"]}
 
-    refresh_outputs = [table, summary, task, model, annotator_f, by_task, by_model, status]
+    refresh_outputs = [table, shown_ids, summary, task, model, annotator_f, by_task, by_model]
 
-    def select(df: pd.DataFrame, evt: gr.SelectData):
-        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        ann_id = str(df.iloc[row]["id"]) if df is not None and 0 <= row < len(df) else ""
-        a = store.get(ann_id) if ann_id else None
+    def disarmed() -> dict:
+        """Updates that put "Delete" back to a first press (made in the handler: in the layout it would add one)."""
+        return {armed: None, delete: gr.Button("Delete")}
+
+    def select(ids: dict[str, str], evt: gr.SelectData):
+        # the row's own values: right even when the table was sorted by a column in the page
+        short = str(evt.row_value[0]) if evt.row_value else ""
+        a = store.get(ids.get(short, "")) if short else None
         if a is None:
-            return {selected: None, status: status_html("That annotation is gone: refresh the table.", "warn")}
+            return {selected: None, **disarmed(),
+                    status: status_html("That annotation is gone: refresh the table.", "warn")}
         prov = {k: v for k, v in a.to_dict().items()
                 if k not in ("input", "output", "rating", "corrected_output", "error_categories", "comment")}
         return {selected: a.id, sel_input: gr.Textbox(value=a.input, rtl=is_rtl(a.input)),
                 sel_output: gr.Textbox(value=a.output, rtl=is_rtl(a.output)), provenance: prov,
                 **f.fill(a.rating, a.corrected_output, a.error_categories, a.comment), f.annotator: a.annotator,
-                status: status_html(f"Editing {a.id[:8]} by {a.annotator}.")}
+                **disarmed(), status: status_html(f"Editing {a.id[:SHORT_ID]} by {a.annotator}.")}
 
     def save_changes(ann_id, rating, corrected, categories, comment, annotator):
         if not ann_id:
@@ -144,40 +183,63 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             return {status: status_html("That annotation is gone: refresh the table.", "warn")}
         except ValueError as e:
             return {status: status_html(f"Not saved: {e}", "error")}
-        return {status: status_html(f"Saved changes to {ann_id[:8]}.")}
+        # a save ends the chance to undo the last delete
+        return {deleted: None, undo: gr.Button(visible=False), **disarmed(),
+                status: status_html(f"Saved changes to {ann_id[:SHORT_ID]}.")}
 
-    def delete_it(ann_id):
+    def delete_it(ann_id, armed_id):
+        """First press: asks for confirmation. Second press (same row): deletes, keeping the record for Undo."""
         if not ann_id:
-            return {status: status_html("Select a row of the table first.", "warn")}
-        gone = store.delete(ann_id)
-        return {selected: None, status: status_html(f"Deleted {ann_id[:8]}." if gone else "It was already deleted.")}
+            return {**disarmed(), status: status_html("Select a row of the table first.", "warn")}
+        if armed_id != ann_id:
+            return {armed: ann_id, delete: gr.Button("Confirm delete?"),
+                    status: status_html(f"Delete {ann_id[:SHORT_ID]}? Press \"Confirm delete?\" to delete it "
+                                        "(Undo puts it back until the next save), or select another row.", "warn")}
+        record = store.get(ann_id)
+        if record is None or not store.delete(ann_id):
+            return {selected: None, **disarmed(), status: status_html("It was already deleted.", "warn")}
+        return {selected: None, **disarmed(), deleted: record.to_dict(), undo: gr.Button(visible=True),
+                status: status_html(f"Deleted {ann_id[:SHORT_ID]}. \"Undo delete\" puts it back (until the "
+                                    "next save).")}
+
+    def undo_it(record):
+        if not record:
+            return {undo: gr.Button(visible=False), status: status_html("Nothing to undo.", "warn")}
+        try:
+            # the same record again: id, times and provenance as they were
+            ann_id = store.save(Annotation.from_dict(record))
+        except ValueError as e:
+            return {status: status_html(f"Not restored: {e}", "error")}
+        return {deleted: None, undo: gr.Button(visible=False), status: status_html(f"Restored {ann_id[:SHORT_ID]}.")}
 
     def export_it(fmt_v, *filter_values):
         try:
             path = export(store, fmt_v, *filter_values)
         except ValueError as e:
-            return {status: status_html(f"Not exported: {e}", "error")}
-        return {export_file: str(path), status: status_html(f"Exported to {path.name}.")}
+            return {io_status: status_html(f"Not exported: {e}", "error")}
+        return {export_file: str(path), io_status: status_html(f"Exported to {path.name}.")}
 
     def import_it(path):
         if not path:
-            return {status: status_html("Choose a file to import first.", "warn")}
+            return {io_status: status_html("Choose a file to import first.", "warn")}
         try:
             result = store.import_file(path)
         except ValueError as e:
-            return {status: status_html(f"Nothing imported: {e}", "error")}
-        return {status: status_html(f"Imported: {result.message}")}
+            return {io_status: status_html(f"Nothing imported: {e}", "error")}
+        return {io_status: status_html(f"Imported: {result.message}")}
 
     priv = {"api_visibility": "private"}
     refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
-    table.select(select, table, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator, status],
-                 **priv)
-    update.click(save_changes, [selected, *f.components()], status, **priv).then(
+    table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
+                                     armed, delete, status], **priv)
+    update.click(save_changes, [selected, *f.components()], [deleted, undo, armed, delete, status], **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
-    delete.click(delete_it, selected, [selected, status], **priv).then(
+    delete.click(delete_it, [selected, armed], [selected, armed, deleted, delete, undo, status], **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
-    export_btn.click(export_it, [fmt, *filter_inputs], [export_file, status], **priv)
-    import_btn.click(import_it, upload, status, **priv).then(refresh_all, filter_inputs, refresh_outputs, **priv)
+    undo.click(undo_it, deleted, [deleted, undo, status], **priv).then(
+        refresh_all, filter_inputs, refresh_outputs, **priv)
+    export_btn.click(export_it, [fmt, *filter_inputs], [export_file, io_status], **priv)
+    import_btn.click(import_it, upload, io_status, **priv).then(refresh_all, filter_inputs, refresh_outputs, **priv)
     root = Context.root_block
     if root is not None:
         root.load(refresh_all, filter_inputs, refresh_outputs, **priv)

@@ -19,7 +19,8 @@ from ...context import AppContext
 from ...errors import UserError
 from ..store import AnnotationStore
 from ...tasks import Decoding, is_rtl
-from .panel import fields, remember_annotator
+from .identity import AnnotatorName
+from .panel import fields
 from .annotations import help_text
 from ...tabs.common import decoding_controls, model_picker, progress_reporter, status_html
 from ...tasklist import TASKS
@@ -44,10 +45,11 @@ def job_settings(loaded: Any, decoding: Decoding) -> dict[str, Any]:
             "request": {k: prov.get(k) for k in ("source", "dtype", "device", "quantization")}}
 
 
-def build(ctx: AppContext, store: AnnotationStore) -> None:
-    """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
+def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
+    """Lays out the tab (call inside a `gr.Tab`) and wires its events; `name` keeps the queue's annotator box
+    in step with the page's others. Each message shows under the buttons that caused it: the new job's, the
+    job row's, the queue's."""
     gr.Markdown(help_text(ctx, "batch"), elem_classes=["tab-help"])
-    status = gr.HTML(elem_id="batch-status")
     with gr.Accordion("New job", open=True):
         with gr.Row():
             upload = gr.File(label="Inputs (CSV or JSONL)", file_types=[".csv", ".jsonl"], type="filepath",
@@ -56,11 +58,13 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         picker = model_picker(ctx, next(iter(TASKS)))
         controls = decoding_controls()
         create = gr.Button("Create job and run", variant="primary", elem_id="batch-create")
+        create_status = gr.HTML(elem_id="batch-create-status")
     with gr.Row():
         job = gr.Dropdown([], value=None, label="Job", elem_id="batch-job", scale=4)
         refresh = gr.Button("Refresh jobs", scale=1)
         resume = gr.Button("Run / resume", scale=1, elem_id="batch-resume")
         stop = gr.Button("Stop", scale=1, variant="stop", elem_id="batch-stop")
+    job_status = gr.HTML(elem_id="batch-job-status")
     stops = StopRequests()
 
     gr.Markdown("### Annotation queue")
@@ -71,21 +75,24 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         row_input = gr.Textbox(label="Input", lines=4, interactive=False, elem_id="batch-input")
         row_output = gr.Textbox(label="Model output", lines=4, interactive=False, elem_id="batch-output")
     f = fields("batch")
-    remember_annotator(f.annotator)
+    if name is not None:
+        name.remember(f.annotator)
     with gr.Row():
         prev = gr.Button("◀ Previous", elem_id="batch-prev")
         save = gr.Button("Save and next", variant="primary", elem_id="batch-save")
         nxt = gr.Button("Next ▶", elem_id="batch-next")
         skip = gr.Button("Next not annotated", elem_id="batch-next-unannotated")
+    status = gr.HTML(elem_id="batch-status")   # the queue's messages
 
-    def show(job_id: str | None, i: int | None, note: str = "", kind: str = "info") -> dict:
-        """Everything the queue shows at row `i` of the job: input, output, an earlier judgement or a fresh one."""
+    def show(job_id: str | None, i: int | None, note: str = "", kind: str = "info", where: gr.HTML = status) -> dict:
+        """Everything the queue shows at row `i` of the job: input, output, an earlier judgement or a fresh one;
+        `note` goes to the status line `where` (the one under the button pressed)."""
         if not job_id:
-            return {done: status_html("Pick or create a job."), status: status_html(note, kind)}
+            return {done: status_html("Pick or create a job."), where: status_html(note, kind)}
         try:
             pos = queue_position(store, job_id, int(i or 0))
         except (KeyError, IndexError) as e:
-            return {status: status_html(f"{e}", "error")}
+            return {where: status_html(f"{e}", "error")}
         row = pos.row
         output = row.output if row.processed else ""
         if row.error and not row.processed:
@@ -101,11 +108,11 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         line = f"{pos.label} · {pos.position_label}" + (" · annotated" if row.annotated else "")
         return {index: pos.index, done: status_html(line), row_input: gr.Textbox(value=text, rtl=is_rtl(text)),
                 row_output: gr.Textbox(value=output, rtl=is_rtl(output), placeholder=output_note), **judged,
-                status: status_html(note or output_note, kind if note else ("warn" if output_note else "info"))}
+                where: status_html(note or output_note, kind if note else ("warn" if output_note else "info"))}
 
     shown = [index, done, row_input, row_output, *f.judgement(), status]
 
-    def run(job_id: str, progress: gr.Progress) -> dict:
+    def run(job_id: str, progress: gr.Progress, where: gr.HTML) -> dict:
         job_v = get_job(store, job_id)
         req = job_v.settings.get("request", {})
         loaded = ctx.load(job_v.task, req.get("source") or job_v.settings.get("model_id"), req.get("dtype", "auto"),
@@ -122,12 +129,12 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             note = f"Stopped on request: {note} Run / resume finishes the rest."
         if result.failed:
             note += f" {result.failed} failed (their error is shown on the row; run again to retry)."
-        return {**show(job_id, 0, note, "warn" if result.failed else "info"),
+        return {**show(job_id, 0, note, "warn" if result.failed else "info", where),
                 job: gr.Dropdown(choices=job_choices(store), value=job_id)}
 
     def create_and_run(path, task_v, source, dtype, device, quant, *settings, progress=gr.Progress()):
         if not path:
-            return {status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
+            return {create_status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         try:
             inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
             spec = TASKS[task_v]
@@ -141,39 +148,39 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             new = create_job(store, inputs, task=task_v, settings=job_settings(loaded, decoding),
                              source=Path(path).name)
         except (ValueError, UserError) as e:
-            return {status: status_html(f"No job created: {e}", "error")}
+            return {create_status: status_html(f"No job created: {e}", "error")}
         try:
-            return run(new.id, progress)
+            return run(new.id, progress, create_status)
         except UserError as e:
-            return {status: status_html(f"Job created but not run: {e}", "error")}
+            return {create_status: status_html(f"Job created but not run: {e}", "error")}
 
     def resume_it(job_id, progress=gr.Progress()):
         if not job_id:
-            return {status: status_html("Pick a job to run or resume.", "warn")}
+            return {job_status: status_html("Pick a job to run or resume.", "warn")}
         try:
-            return run(job_id, progress)
+            return run(job_id, progress, job_status)
         except (UserError, KeyError) as e:
-            return {status: status_html(f"Not run: {e}", "error")}
+            return {job_status: status_html(f"Not run: {e}", "error")}
 
     def stop_it(job_id):
         """Stops the picked job (or the only one running) before its next row; the rows done are kept."""
         running = stops.running()
         target = job_id or (running[0] if len(running) == 1 else None)
         if target not in running:
-            return {status: status_html("That job is not running: pick the running job in the Job list "
-                                        "(Refresh jobs lists a new one) and press Stop.", "warn")}
+            return {job_status: status_html("That job is not running: pick the running job in the Job list "
+                                            "(Refresh jobs lists a new one) and press Stop.", "warn")}
         stops.request(target)
-        return {status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
-                                    "finishes the rest)…", "warn")}
+        return {job_status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
+                                        "finishes the rest)…", "warn")}
 
     def pick(job_id):
         if not job_id:
-            return show(None, 0)
+            return show(None, 0, where=job_status)
         p = job_progress(store, job_id)
         start = next_unannotated(store, job_id, -1)
         start = 0 if start is None else start
         note = "" if p.processed == p.total else f"{p.total - p.processed} row(s) not processed yet: Run / resume."
-        return show(job_id, start, note, "warn" if note else "info")
+        return show(job_id, start, note, "warn" if note else "info", job_status)
 
     def move(job_id, i, where):
         if not job_id:
@@ -214,13 +221,13 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
 
     priv = {"api_visibility": "private"}
     task.change(task_models, task, picker.source, **priv)
-    create.click(create_and_run, [upload, task, *picker.components(), *controls.inputs()], [*shown, job],
-                 concurrency_id="models", **priv)
-    resume.click(resume_it, job, [*shown, job], concurrency_id="models", **priv)
+    create.click(create_and_run, [upload, task, *picker.components(), *controls.inputs()],
+                 [*shown, create_status, job], concurrency_id="models", **priv)
+    resume.click(resume_it, job, [*shown, job_status, job], concurrency_id="models", **priv)
     refresh.click(refresh_jobs, job, job, **priv)
     # Outside the models queue, so it runs while the job holds a worker; the job stops before its next row.
-    stop.click(stop_it, job, status, **priv)
-    job.input(pick, job, shown, **priv)
+    stop.click(stop_it, job, job_status, **priv)
+    job.input(pick, job, [*shown, job_status], **priv)
     prev.click(lambda j, i: move(j, i, "prev"), [job, index], shown, **priv)
     nxt.click(lambda j, i: move(j, i, "next"), [job, index], shown, **priv)
     skip.click(lambda j, i: move(j, i, "skip"), [job, index], shown, **priv)

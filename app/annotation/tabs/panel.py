@@ -9,15 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from gradio.context import Context
 
 from ..api import NO_RESULT, save_from_record
 from ...context import AppContext
 from ..store import AnnotationStore, load_error_categories
 from ...tasks import is_rtl
 from ...tabs.common import status_html
+from .identity import AnnotatorName
 
-ANNOTATOR_KEY = "mt5studio-annotator"   # localStorage key: one name for every tab of this browser
 RATINGS = ["1", "2", "3", "4", "5"]
 
 
@@ -62,17 +61,6 @@ def fields(prefix: str, annotator: gr.Textbox | None = None) -> JudgementFields:
     return JudgementFields(rating, corrected, categories, comment, annotator)
 
 
-def remember_annotator(annotator: gr.Textbox) -> gr.BrowserState:
-    """Keeps the annotator's name in the browser's localStorage: restored when the page loads, stored on edit."""
-    saved = gr.BrowserState("", storage_key=ANNOTATOR_KEY)
-    annotator.change(lambda name: (name or "").strip(), annotator, saved, api_visibility="private",
-                     queue=False)
-    root = Context.root_block   # the page being built; None outside `with gr.Blocks()`
-    if root is not None:
-        root.load(lambda name: name or "", saved, annotator, api_visibility="private", queue=False)
-    return saved
-
-
 @dataclass
 class AnnotationPanel:
     fields: JudgementFields
@@ -81,12 +69,12 @@ class AnnotationPanel:
     saved_id: gr.State     # the id this result was saved as: saving again updates it
 
 
-def register(ctx: AppContext, store: AnnotationStore) -> None:
-    """Mount the panel under every task tab's result."""
-    ctx.panels.append(lambda handle: build(ctx, store, handle))
+def register(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
+    """Mount the panel under every task tab's result; `name` (linked by the page) keeps one annotator name."""
+    ctx.panels.append(lambda handle: build(ctx, store, handle, name))
 
 
-def build(ctx: AppContext, store: AnnotationStore, handle: Any) -> AnnotationPanel:
+def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorName | None = None) -> AnnotationPanel:
     """The panel for one tab. `handle.record` is a gr.State holding the last RunRecord as a dict (None before the
     first run); a new result prefills the corrected output and clears the judgement."""
     prefix = f"{handle.task}-annotation"
@@ -96,7 +84,8 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any) -> AnnotationPan
             save = gr.Button("Save annotation", variant="secondary", elem_id=f"{prefix}-save")
         status = gr.HTML(elem_id=f"{prefix}-status")
     saved_id = gr.State(None)
-    remember_annotator(f.annotator)
+    if name is not None:
+        name.remember(f.annotator)
     panel = AnnotationPanel(f, save, status, saved_id)
 
     def new_result(record):
