@@ -125,9 +125,32 @@ def test_hostile_text_stored_verbatim(store):
     assert got.input == got.output == got.comment == got.corrected_output == text
 
 
-def test_categories_come_from_assets():
-    ids = [c.id for c in load_error_categories()]
-    assert ids == ["accuracy", "fluency", "wrong_language", "hallucination", "omission", "terminology", "other"]
+def test_categories_come_from_assets_per_task():
+    generation = ["accuracy", "fluency", "wrong_language", "hallucination", "omission", "terminology", "other"]
+    assert [c.id for c in load_error_categories("summarization")] == generation
+    assert [c.id for c in load_error_categories("span_filling")] == generation
+    assert [c.id for c in load_error_categories("tagging")] == ["wrong_label", "wrong_boundary", "missed_entity",
+                                                                "other"]
+    assert [c.id for c in load_error_categories("classification")] == ["wrong_label", "ambiguous_item", "other"]
+    for qa in ("question_answering", "generative_qa"):
+        assert [c.id for c in load_error_categories(qa)] == ["wrong_span", "not_answerable", "partially_correct",
+                                                             "other"]
+    every = [c.id for c in load_error_categories()]     # no task, or one the file does not list: all, once each
+    assert every[:7] == generation and len(every) == len(set(every)) == 14
+    assert all(c.help for c in load_error_categories())
+    # the task's own help text: "wrong_label" means one thing for tagging, another for classification
+    assert load_error_categories("tagging")[0].help != load_error_categories("classification")[0].help
+
+
+def test_categories_are_checked_per_task(store):
+    with pytest.raises(ValueError, match="unknown error category 'fluency' for classification"):
+        store.save(make(task="classification", error_categories=["fluency"]))
+    with pytest.raises(ValueError, match="unknown error category 'wrong_span' for tagging"):
+        store.save(make(task="tagging", error_categories=["wrong_span"]))
+    assert store.count() == 0
+    store.save(make(task="question_answering", error_categories=["partially_correct"]))
+    store.save(make(task="a task of a script", error_categories=["wrong_label", "fluency"]))
+    assert store.count() == 2
 
 
 def test_default_db_path(tmp_path):
@@ -145,9 +168,10 @@ def test_v1_database_is_migrated(tmp_path):
                  "'2025-01-01T00:00:00.000000Z', '0.0')")
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         old = store.get("old1")
         assert (old.family, old.error_categories, old.comment, old.rating) == ("umt5", ["other"], "kept", 3)
+        assert (old.protocol, old.spans, old.esa_score, old.mqm_score) == ("", [], None, None)
         assert store.read("SELECT COUNT(*) FROM batch_jobs")[0][0] == 0
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")

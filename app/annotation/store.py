@@ -9,8 +9,10 @@ One store per process, made at launch (never at import) and passed to the tabs::
                                          # persistent storage, else data/annotations.db under the repo root
 
 Saving from a task tab. The tab supplies the provenance it knows; the store fills id, item_key and the UTC
-times. Error categories: `load_error_categories()` gives (id, label, help) for a CheckboxGroup whose values are
-the ids. There is no version constant in the app yet: pass whatever the app defines as `app_version`::
+times. Error categories: `load_error_categories(task)` gives that task's (id, label, help) for a CheckboxGroup
+whose values are the ids (no task: every category). Error spans and the ESA / MQM protocols: `app.annotation.spans`
+(the store checks the spans against the texts and computes the MQM score). There is no version constant in the
+app yet: pass whatever the app defines as `app_version`::
 
     ann_id = store.save(Annotation(
         task="summarization", model_id="google/mt5-small", model_revision="main", family="mt5",  # or "umt5"
@@ -19,12 +21,16 @@ the ids. There is no version constant in the app yet: pass whatever the app defi
         input=text, output=model_output,
         rating=4,  # or None
         corrected_output=edited_text, error_categories=["fluency"],
-        comment="", annotator="Amina", app_version=app_version))
+        comment="", annotator="Amina", app_version=app_version,
+        protocol="mqm",            # "esa", "mqm" or "" (categories only)
+        spans=[{"start": 0, "end": 4, "side": "output", "category": "accuracy", "severity": "major"}],
+        esa_score=None))           # ESA: 0–100; mqm_score is computed from the spans (None unless MQM)
     # ValueError with a message fit to show as-is (gr.Warning) when a field is invalid; nothing is saved.
 
 Editing and deleting from the table (only the judgement fields can change; provenance cannot)::
 
-    store.update(ann_id, rating=5, comment="…", corrected_output="…", error_categories=[…], annotator="…")
+    store.update(ann_id, rating=5, comment="…", corrected_output="…", error_categories=[…], annotator="…",
+                 protocol="esa", spans=[…], esa_score=70)
     store.delete(ann_id)                 # False when it was already gone
 
 A table with filters (dates: `datetime`, `date` or ISO text; a `date` as `until` includes that whole day)::
@@ -42,6 +48,8 @@ A download button (CSV, JSONL or Parquet, picked from the suffix or `fmt`)::
 An upload (a JSONL export, or a CSV/Parquet export; all-or-nothing; ValueError naming the line on a bad file)::
 
     result = store.import_file(uploaded_path)   # ImportResult(added, updated, skipped); result.message
+    # Spans travel as a JSON column in CSV, as a list of {start, end, side, category, severity} in JSONL/Parquet;
+    # exports made before spans existed (no protocol/spans/score columns) import as "categories only".
 
 Agreement tables (Krippendorff's alpha on ratings of items judged by two or more annotators)::
 
@@ -80,9 +88,11 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
+
+from .spans import Protocols, check_scores, check_spans, load_protocols, mqm_score
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CATEGORIES_PATH = REPO_ROOT / "assets" / "error_categories.json"
@@ -118,13 +128,38 @@ class ErrorCategory:
     help: str = ""
 
 
-def load_error_categories(path: Path = CATEGORIES_PATH) -> list[ErrorCategory]:
-    """The configurable error categories from `assets/error_categories.json`, in display order."""
+def load_error_categories(task: str | None = None, path: Path = CATEGORIES_PATH) -> list[ErrorCategory]:
+    """The error categories offered for `task` (its group in `assets/error_categories.json`), in display order;
+    for no task, or a task the file does not list, every category once (first group's wording)."""
+    groups = _category_groups(path)
+    data_tasks = json.loads(Path(path).read_text(encoding="utf-8"))["tasks"]
+    if task in data_tasks:
+        return groups[data_tasks[task]]
+    seen: dict[str, ErrorCategory] = {}
+    for cats in groups.values():
+        for c in cats:
+            seen.setdefault(c.id, c)
+    return list(seen.values())
+
+
+def categories_by_task(path: Path = CATEGORIES_PATH) -> dict[str, list[str]]:
+    """Task -> the category ids allowed for it (what the store checks); tasks not listed allow every id."""
+    tasks = json.loads(Path(path).read_text(encoding="utf-8"))["tasks"]
+    return {t: [c.id for c in load_error_categories(t, path)] for t in tasks}
+
+
+def _category_groups(path: Path) -> dict[str, list[ErrorCategory]]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    cats = [ErrorCategory(c["id"], c.get("label", c["id"]), c.get("help", "")) for c in data["categories"]]
-    if len({c.id for c in cats}) != len(cats):
-        raise ValueError(f"{path}: category ids must be unique")
-    return cats
+    groups = {}
+    for name, entries in data["groups"].items():
+        cats = [ErrorCategory(c["id"], c.get("label", c["id"]), c.get("help", "")) for c in entries]
+        if len({c.id for c in cats}) != len(cats):
+            raise ValueError(f"{path}: category ids must be unique within group {name!r}")
+        groups[name] = cats
+    unknown = sorted(set(data["tasks"].values()) - set(groups))
+    if unknown:
+        raise ValueError(f"{path}: tasks refer to group(s) {', '.join(unknown)} that are not defined")
+    return groups
 
 
 def utc_now() -> str:
@@ -167,7 +202,11 @@ class Annotation:
 
     `decoding` is the generation settings as a JSON object; `error_categories` are ids from
     `assets/error_categories.json`; times are canonical UTC text (see `utc_now`). `item_key` groups
-    judgements of the same (task, model, input, output) by several annotators, for agreement."""
+    judgements of the same (task, model, input, output) by several annotators, for agreement.
+
+    `protocol` is "esa", "mqm" or "" (categories only); `spans` are error spans, {start, end, side, category,
+    severity} with Python character offsets into `output` or `input` (see app.annotation.spans); `esa_score` is
+    the ESA 0–100 score, `mqm_score` the MQM penalty computed from the spans (None unless MQM)."""
     task: str
     model_id: str
     input: str
@@ -182,6 +221,10 @@ class Annotation:
     error_categories: list[str] = field(default_factory=list)
     comment: str = ""
     app_version: str = ""
+    protocol: str = ""
+    spans: list[dict[str, Any]] = field(default_factory=list)
+    esa_score: int | None = None
+    mqm_score: float | None = None
     id: str = ""
     item_key: str = ""
     created_at: str = ""
@@ -196,6 +239,7 @@ class Annotation:
         prefix = f"{where}: " if where else ""
         if not isinstance(row, dict):
             raise ValueError(f"{prefix}expected a JSON object, got {type(row).__name__}")
+        row = {**{k: v for k, v in OPTIONAL_FIELDS.items() if k not in row}, **row}   # exports before spans
         missing = [f for f in FIELDS if f not in row]
         if missing:
             raise ValueError(f"{prefix}missing field(s) {', '.join(missing)}: an export has all of {', '.join(FIELDS)}")
@@ -205,21 +249,35 @@ class Annotation:
         for name in FIELDS:
             kind = _FIELD_TYPES[name]
             value = row[name]
-            ok = (value is None or (isinstance(value, int) and not isinstance(value, bool))) if kind is int \
-                else isinstance(value, kind)
+            if kind is int:
+                ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            elif kind is float:
+                ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            else:
+                ok = isinstance(value, kind)
             if not ok:
-                raise ValueError(f"{prefix}field `{name}` must be {_TYPE_WORDS[kind]}, got {json.dumps(value)[:60]}")
-        return cls(**{name: row[name] for name in FIELDS})
+                words = _TYPE_WORDS.get(name, _TYPE_WORDS[kind])
+                raise ValueError(f"{prefix}field `{name}` must be {words}, got {json.dumps(value)[:60]}")
+        values = {name: row[name] for name in FIELDS}
+        if values["mqm_score"] is not None:
+            values["mqm_score"] = float(values["mqm_score"])
+        return cls(**values)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Annotation))
-_FIELD_TYPES = {f: str for f in FIELDS} | {"decoding": dict, "rating": int, "error_categories": list}
-_TYPE_WORDS = {str: "text", dict: "a JSON object", int: "an integer 1–5 or null", list: "a list of category ids"}
-EDITABLE = ("rating", "corrected_output", "error_categories", "comment", "annotator")
+_FIELD_TYPES = {f: str for f in FIELDS} | {"decoding": dict, "rating": int, "error_categories": list,
+                                           "spans": list, "esa_score": int, "mqm_score": float}
+_TYPE_WORDS = {str: "text", dict: "a JSON object", int: "an integer 1–5 or null", list: "a list of category ids",
+               float: "a number or null", "spans": "a list of {start, end, side, category, severity} objects",
+               "esa_score": "an integer 0–100 or null"}
+# Fields added after the first exports were made: a file without them imports with these values.
+OPTIONAL_FIELDS = {"protocol": "", "spans": [], "esa_score": None, "mqm_score": None}
+EDITABLE = ("rating", "corrected_output", "error_categories", "comment", "annotator", "protocol", "spans",
+            "esa_score")
 # Column order of exports and tables: who/what first, provenance after.
 EXPORT_COLUMNS = ("id", "item_key", "task", "model_id", "model_revision", "family", "dtype", "decoding", "input",
-                  "output", "rating", "corrected_output", "error_categories", "comment", "annotator", "created_at",
-                  "updated_at", "app_version")
+                  "output", "rating", "corrected_output", "error_categories", "protocol", "spans", "esa_score",
+                  "mqm_score", "comment", "annotator", "created_at", "updated_at", "app_version")
 assert sorted(EXPORT_COLUMNS) == sorted(FIELDS)
 
 
@@ -229,11 +287,34 @@ def item_key(task: str, model_id: str, input: str, output: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-class _Validator:
-    """Boundary checks with messages fit to show to the annotator."""
+def span_texts(a: Annotation) -> dict[str, str]:
+    """The texts an annotation's spans may mark, by side. (A comparison record would add "A" and "B".)"""
+    return {"output": a.output, "input": a.input}
 
-    def __init__(self, categories: Sequence[str]):
-        self.categories = tuple(categories)
+
+class _Validator:
+    """Boundary checks with messages fit to show to the annotator.
+
+    `categories`: the ids allowed for every task, or task -> ids (a task not in it allows `fallback`)."""
+
+    def __init__(self, categories: Sequence[str] | Mapping[str, Sequence[str]],
+                 fallback: Sequence[str] = (), protocols: Protocols | None = None):
+        if isinstance(categories, Mapping):
+            self.by_task = {t: tuple(c) for t, c in categories.items()}
+            self.categories = tuple(fallback)
+        else:
+            self.by_task, self.categories = {}, tuple(categories)
+        self.protocols = protocols or load_protocols()
+
+    def allowed(self, task: str) -> tuple[str, ...]:
+        return self.by_task.get(task, self.categories)
+
+    def spans(self, a: Annotation) -> list[dict[str, Any]]:
+        """`a.spans` checked against its texts and protocol, normalised and sorted (ValueError otherwise)."""
+        protocol = a.protocol if isinstance(a.protocol, str) else repr(a.protocol)
+        spans = check_spans(a.spans, span_texts(a), protocol, self.allowed(a.task), self.protocols)
+        check_scores(protocol, spans, a.esa_score, a.mqm_score, self.protocols)
+        return spans
 
     def check(self, a: Annotation) -> None:
         for name in ("task", "model_id"):
@@ -247,7 +328,7 @@ class _Validator:
         if a.family not in FAMILIES:
             raise ValueError(f"family {a.family!r} is not one of {', '.join(FAMILIES)}")
         self.check_rating(a.rating)
-        self.check_categories(a.error_categories)
+        self.check_categories(a.error_categories, a.task)
         self.check_comment(a.comment)
         for name in ("input", "output", "corrected_output"):
             size = len(getattr(a, name).encode("utf-8"))
@@ -259,6 +340,7 @@ class _Validator:
             raise ValueError(f"decoding settings are not plain JSON (numbers, text, lists): {e}") from None
         if len(blob.encode("utf-8")) > MAX_DECODING_BYTES:
             raise ValueError(f"decoding settings are over {MAX_DECODING_BYTES:,} bytes as JSON")
+        self.spans(a)
 
     @staticmethod
     def check_rating(rating: Any) -> None:
@@ -267,14 +349,16 @@ class _Validator:
         if isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5:
             raise ValueError(f"rating must be a whole number from 1 to 5, or empty; got {rating!r}")
 
-    def check_categories(self, cats: Any) -> None:
+    def check_categories(self, cats: Any, task: str = "") -> None:
         if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
             raise ValueError(f"error categories must be a list of category ids, got {cats!r}")
-        unknown = [c for c in cats if c not in self.categories]
+        allowed = self.allowed(task)
+        unknown = [c for c in cats if c not in allowed]
         if unknown:
             which = f"categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
-            raise ValueError(f"unknown error {which}: "
-                             f"known ones are {', '.join(self.categories)} (assets/error_categories.json)")
+            scope = f" for {task}" if task in self.by_task else ""
+            raise ValueError(f"unknown error {which}{scope}: "
+                             f"known ones are {', '.join(allowed)} (assets/error_categories.json)")
         if len(set(cats)) != len(cats):
             raise ValueError(f"error categories repeat an entry: {cats}")
 
@@ -318,6 +402,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
             output TEXT, error TEXT, processed_at TEXT,
             annotation_id TEXT REFERENCES annotations (id) ON DELETE SET NULL,
             PRIMARY KEY (job_id, idx))""",
+    ),
+    # v3: error spans (JSON list) and the ESA / MQM protocol and scores
+    (
+        "ALTER TABLE annotations ADD COLUMN protocol TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE annotations ADD COLUMN spans TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE annotations ADD COLUMN esa_score INTEGER CHECK (esa_score BETWEEN 0 AND 100)",
+        "ALTER TABLE annotations ADD COLUMN mqm_score REAL",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -376,8 +467,10 @@ class AnnotationStore:
     def __init__(self, path: str | Path | None = None, *, categories: Sequence[str] | None = None):
         self.path = Path(path) if path is not None else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        ids = [c.id for c in load_error_categories()] if categories is None else list(categories)
-        self.validator = _Validator(ids)
+        if categories is None:
+            self.validator = _Validator(categories_by_task(), [c.id for c in load_error_categories()])
+        else:
+            self.validator = _Validator(list(categories))
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -461,15 +554,22 @@ class AnnotationStore:
         now = utc_now()
         a = dataclasses.replace(record, annotator=record.annotator.strip(),
                                 error_categories=list(record.error_categories), decoding=dict(record.decoding))
+        self._fill_spans(a)
         a.id = a.id or uuid.uuid4().hex
         a.item_key = item_key(a.task, a.model_id, a.input, a.output)
         a.created_at = parse_time(a.created_at) if a.created_at else now
         a.updated_at = parse_time(a.updated_at) if a.updated_at else a.created_at
         return a
 
+    def _fill_spans(self, a: Annotation) -> None:
+        """Spans normalised and sorted; the MQM score computed from them (None for another protocol)."""
+        a.spans = self.validator.spans(a)
+        a.mqm_score = mqm_score(a.spans, self.validator.protocols) if a.protocol == "mqm" else None
+
     def update(self, ann_id: str, **changes: Any) -> Annotation:
-        """Change the judgement fields (rating, corrected_output, error_categories, comment, annotator) of one
-        annotation; stamps `updated_at`. Returns the updated record. KeyError if no such id."""
+        """Change the judgement fields (rating, corrected_output, error_categories, comment, annotator, protocol,
+        spans, esa_score) of one annotation; stamps `updated_at` and recomputes the MQM score. Returns the updated
+        record. KeyError if no such id."""
         bad = sorted(set(changes) - set(EDITABLE))
         if bad:
             raise ValueError(f"cannot change {', '.join(bad)}: only {', '.join(EDITABLE)} are editable "
@@ -479,13 +579,17 @@ class AnnotationStore:
             if current is None:
                 raise KeyError(f"no annotation with id {ann_id!r}")
             new = dataclasses.replace(current, **changes)
+            if "mqm_score" not in changes:
+                new.mqm_score = None     # recomputed from the (new) spans
             self.validator.check(new)
+            self._fill_spans(new)
             new.annotator = new.annotator.strip()
             new.updated_at = utc_now()
             conn.execute("UPDATE annotations SET rating=?, corrected_output=?, error_categories=?, comment=?, "
-                         "annotator=?, updated_at=? WHERE id=?",
+                         "annotator=?, protocol=?, spans=?, esa_score=?, mqm_score=?, updated_at=? WHERE id=?",
                          (new.rating, new.corrected_output, json.dumps(new.error_categories, ensure_ascii=False),
-                          new.comment, new.annotator, new.updated_at, ann_id))
+                          new.comment, new.annotator, new.protocol, json.dumps(new.spans, ensure_ascii=False),
+                          new.esa_score, new.mqm_score, new.updated_at, ann_id))
         return new
 
     def delete(self, ann_id: str) -> bool:
@@ -533,10 +637,12 @@ class AnnotationStore:
         return [r[0] for r in self.read(f"SELECT DISTINCT {column} FROM annotations ORDER BY {column}")]
 
     def query_frame(self, **filters: Any) -> pd.DataFrame:
-        """`query(**filters)` as a display-ready DataFrame: categories joined by ", ", decoding as JSON text."""
+        """`query(**filters)` as a display-ready DataFrame: categories joined by ", ", decoding and spans as
+        JSON text."""
         df = records_to_frame(self.query(**filters))
         df["error_categories"] = df["error_categories"].map(", ".join)
         df["decoding"] = df["decoding"].map(lambda d: json.dumps(d, ensure_ascii=False, sort_keys=True))
+        df["spans"] = df["spans"].map(lambda s: json.dumps(s, ensure_ascii=False))
         return df
 
     # -- export and import
@@ -564,6 +670,7 @@ class AnnotationStore:
             if a.id in seen:
                 raise ValueError(f"{where}: id {a.id} appears twice in the file (first at {seen[a.id]})")
             seen[a.id] = where
+            self._fill_spans(a)
             if not a.id.strip():
                 raise ValueError(f"{where}: `id` is empty")
             if a.item_key != item_key(a.task, a.model_id, a.input, a.output):
@@ -601,6 +708,7 @@ def _to_row(a: Annotation) -> dict[str, Any]:
     row = a.to_dict()
     row["decoding"] = json.dumps(a.decoding, ensure_ascii=False)
     row["error_categories"] = json.dumps(a.error_categories, ensure_ascii=False)
+    row["spans"] = json.dumps(a.spans, ensure_ascii=False)
     return row
 
 
@@ -608,6 +716,7 @@ def _from_row(row: sqlite3.Row) -> Annotation:
     d = {k: row[k] for k in FIELDS}
     d["decoding"] = json.loads(d["decoding"])
     d["error_categories"] = json.loads(d["error_categories"])
+    d["spans"] = json.loads(d["spans"])
     return Annotation(**d)
 
 
@@ -647,9 +756,11 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def records_to_frame(records: Sequence[Annotation]) -> pd.DataFrame:
     """Annotations as a DataFrame in export column order; `decoding` dicts and category lists kept as objects,
-    `rating` as nullable Int64."""
+    `rating` and `esa_score` as nullable Int64, `mqm_score` as nullable Float64."""
     df = pd.DataFrame([a.to_dict() for a in records], columns=list(EXPORT_COLUMNS))
     df["rating"] = df["rating"].astype("Int64")
+    df["esa_score"] = df["esa_score"].astype("Int64")
+    df["mqm_score"] = df["mqm_score"].astype("Float64")
     return df
 
 
@@ -673,9 +784,12 @@ def export_annotations(records: Sequence[Annotation], path: str | Path, fmt: str
             for a in records:
                 f.write(json.dumps({c: getattr(a, c) for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
     elif fmt == "csv":
-        for col in ("decoding", "error_categories"):
+        for col in ("decoding", "error_categories", "spans"):
             df[col] = df[col].map(lambda v: json.dumps(v, ensure_ascii=False))
-        text_cols = [c for c in EXPORT_COLUMNS if c != "rating"]
+        # Scores as exact text: repr of a float reads back as the same float.
+        df["esa_score"] = [str(a.esa_score) if a.esa_score is not None else "" for a in records]
+        df["mqm_score"] = [repr(a.mqm_score) if a.mqm_score is not None else "" for a in records]
+        text_cols = [c for c in EXPORT_COLUMNS if c not in ("rating", "esa_score", "mqm_score")]
         df[text_cols] = df[text_cols].map(csv_guard)
         # utf-8-sig: Excel needs the BOM to read UTF-8; pandas strips it again on read. QUOTE_ALL: the csv module
         # leaves a bare CR unquoted when the line terminator is LF, and readers then split the row there.
@@ -718,13 +832,27 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
             row["rating"] = int(rating) if rating != "" else None
         except ValueError:
             raise ValueError(f"{where}: field `rating` must be an integer 1–5 or empty, got {rating!r}") from None
-        if "error_categories" in row:
-            row["error_categories"] = _json_field(row["error_categories"], "error_categories", where)
+        for name in ("error_categories", "spans"):
+            if name in row:
+                row[name] = _json_field(row[name], name, where)
+        for name, kind in (("esa_score", int), ("mqm_score", float)):
+            text = row.get(name, "")
+            try:
+                row[name] = kind(text) if text != "" else None
+            except ValueError:
+                raise ValueError(f"{where}: field `{name}` must be a number or empty, got {text!r}") from None
     else:
         rating = row.get("rating")
         row["rating"] = None if pd.isna(rating) else int(rating)
         if "error_categories" in row and row["error_categories"] is not None:
             row["error_categories"] = [str(c) for c in row["error_categories"]]
+        for name, kind in (("esa_score", int), ("mqm_score", float)):
+            if name in row:
+                row[name] = None if pd.isna(row[name]) else kind(row[name])
+        if "spans" in row and row["spans"] is not None:
+            # Parquet gives a list of structs back as an array of dicts with numpy numbers
+            row["spans"] = [{k: (int(v) if k in ("start", "end") else str(v)) for k, v in dict(s).items()}
+                            for s in row["spans"]]
     if "decoding" in row:
         row["decoding"] = _json_field(row["decoding"], "decoding", where)
     return row
