@@ -212,8 +212,10 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     # the table: refresh, select, edit, export, a malformed import changes nothing, delete
     shown = handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5)
     (df,) = [v for v in shown.values() if hasattr(v, "iloc")][:1]
-    assert list(df["id"]) == [ann_id]
-    picked = handler(demo, "select")(df, gr.SelectData(None, {"index": [0, 2], "value": "x"}))
+    (ids,) = [v for v in shown.values() if isinstance(v, dict)]
+    assert list(df["id"]) == [ann_id[:8]] and ids == {ann_id[:8]: ann_id}   # short ids shown
+    picked = handler(demo, "select")(ids, gr.SelectData(None, {"index": [0, 2], "value": "x",
+                                                               "row_value": list(df.iloc[0])}))
     assert ann_id in picked.values()
     handler(demo, "save_changes")(ann_id, "2", "fixed again", [], "ok", "Amina")
     assert (store.get(ann_id).rating, store.get(ann_id).corrected_output) == (2, "fixed again")
@@ -223,7 +225,14 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     bad.write_text('{"id": "x"}\nnot json\n', encoding="utf-8")
     msg = "".join(map(str, handler(demo, "import_it")(str(bad)).values()))
     assert "Nothing imported" in msg and store.count() == 1
-    handler(demo, "delete_it")(ann_id)
+    asked = handler(demo, "delete_it")(ann_id, None)   # the first press asks
+    assert store.count() == 1 and "Confirm delete?" in "".join(map(str, asked.values()))
+    gone = handler(demo, "delete_it")(ann_id, ann_id)
+    assert store.count() == 0
+    (kept,) = [v for v in gone.values() if isinstance(v, dict)]
+    handler(demo, "undo_it")(kept)                     # Undo puts the same record back
+    assert store.get(ann_id).to_dict() == kept
+    handler(demo, "delete_it")(ann_id, ann_id)
     assert store.count() == 0
 
     # the batch queue (a job stored with its outputs, as after a run): save and move on
