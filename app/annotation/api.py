@@ -1,5 +1,6 @@
 """The annotation UI's work as plain functions (no Gradio): turning a result into an Annotation, saving, filtering,
-exporting, and running a batch row through a task. The `/annotate` and `/export` endpoints and the tabs call these.
+exporting, importing, and running a batch row through a task. The `/annotate`, `/export` and `/import` endpoints
+and the tabs call these.
 
 Every function takes the `AnnotationStore` first; the endpoints bind it (see `endpoints`).
 """
@@ -17,7 +18,8 @@ from .. import __version__
 from ..models import bits_label
 from ..prompts import qa_prompt
 from ..tasklist import task as task_named
-from .store import Annotation, AnnotationStore
+from .spans import parse_score, parse_spans, stored_protocol
+from .store import Annotation, AnnotationStore, ImportResult
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
 NO_RESULT = "There is no result to annotate yet: run the task first, then rate and save it."
@@ -92,21 +94,37 @@ def provenance(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def judgement(rating: Any, corrected_output: Any, error_categories: Any, comment: Any,
-              annotator: Any) -> dict[str, Any]:
-    """The judgement fields, normalised (annotator trimmed; the store checks the rest)."""
-    return {"rating": parse_rating(rating),
-            "corrected_output": "" if corrected_output is None else str(corrected_output),
-            "error_categories": parse_categories(error_categories), "comment": "" if comment is None else str(comment),
-            "annotator": "" if annotator is None else str(annotator).strip()}
+              annotator: Any, *, protocol: Any = None, spans: Any = None, esa_score: Any = None) -> dict[str, Any]:
+    """The judgement fields, normalised (annotator trimmed; the store checks the rest). The span fields are
+    included only when `protocol` is given, so an editor without spans leaves stored spans as they are."""
+    out = {"rating": parse_rating(rating),
+           "corrected_output": "" if corrected_output is None else str(corrected_output),
+           "error_categories": parse_categories(error_categories), "comment": "" if comment is None else str(comment),
+           "annotator": "" if annotator is None else str(annotator).strip()}
+    if protocol is not None:
+        out |= span_fields(protocol, spans, esa_score)
+    return out
+
+
+def span_fields(protocol: Any, spans: Any, esa_score: Any) -> dict[str, Any]:
+    """protocol, spans and ESA score as the store takes them: "none" is stored as "", spans may be JSON text, the
+    score a number box's float. An ESA score given with another protocol is kept, so the store refuses it."""
+    score = parse_score(esa_score, "ESA score")
+    if isinstance(score, float):
+        raise ValueError(f"the ESA score must be a whole number from 0 to 100, got {esa_score!r}")
+    return {"protocol": stored_protocol(protocol), "spans": parse_spans(spans), "esa_score": score}
 
 
 def save_from_record(store: AnnotationStore, record: dict[str, Any] | None, rating: Any, corrected_output: Any,
-                     error_categories: Any, comment: Any, annotator: Any, ann_id: str | None = None) -> str:
+                     error_categories: Any, comment: Any, annotator: Any, ann_id: str | None = None, *,
+                     protocol: Any = None, spans: Any = None, esa_score: Any = None) -> str:
     """Save a judgement of a tab's result with the result's provenance; with `ann_id` (this result was already
-    saved) update that annotation instead. Returns the id. ValueError with a message fit for the page."""
+    saved) update that annotation instead. With `protocol` ("esa", "mqm", "none"), also its spans and ESA score.
+    Returns the id. ValueError with a message fit for the page."""
     if not record:
         raise ValueError(NO_RESULT)
-    fields = judgement(rating, corrected_output, error_categories, comment, annotator)
+    fields = judgement(rating, corrected_output, error_categories, comment, annotator, protocol=protocol,
+                       spans=spans, esa_score=esa_score)
     if not fields["annotator"]:
         raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
     if ann_id and store.get(ann_id) is not None:
@@ -116,29 +134,42 @@ def save_from_record(store: AnnotationStore, record: dict[str, Any] | None, rati
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The API: /annotate and /export
+# The API: /annotate, /export and /import
 
 
 def annotate(store: AnnotationStore, task: str, model_id: str, input_text: str, output_text: str,
              rating: int | None = None, corrected_output: str | None = None,
              error_categories: Sequence[str] | str | None = None, comment: str = "", annotator: str = "",
              model_revision: str = "", family: str = "mt5", dtype: str = "",
-             decoding: dict[str, Any] | str | None = None, app_version: str = __version__) -> dict[str, Any]:
-    """Save one annotation given as text; `corrected_output` None means "the output as it is".
+             decoding: dict[str, Any] | str | None = None, app_version: str = __version__, protocol: str = "",
+             spans: Sequence[dict[str, Any]] | str | None = None, esa_score: Any = None,
+             mqm_score: Any = None) -> dict[str, Any]:
+    """Save one annotation given as text; `corrected_output` None means "the output as it is". `spans`: a list
+    of {start, end, side, category, severity} (Python character offsets into output_text or input_text), or its
+    JSON text; `protocol` "esa" (with `esa_score` 0–100) or "mqm" (the score is computed; a `mqm_score` given
+    must match it), "" for none.
 
-    Returns {"id": the new id, or "" when nothing was saved, "message": what happened}; an invalid field gives
-    an empty id and the store's message (nothing is saved), so an API client sees why."""
-    try:
-        fields = judgement(rating, output_text if corrected_output is None else corrected_output,
-                           error_categories, comment, annotator)
-        ann_id = store.save(Annotation(task=str(task or ""), model_id=str(model_id or ""), input=str(input_text or ""),
-                                       output=str(output_text or ""), model_revision=str(model_revision or ""),
-                                       family=str(family or "mt5"), dtype=str(dtype or ""),
-                                       decoding=parse_decoding(decoding), app_version=str(app_version or ""),
-                                       **fields))
-    except ValueError as e:
-        return {"id": "", "message": f"Not saved: {e}"}
-    return {"id": ann_id, "message": f"Saved annotation {ann_id}."}
+    Returns {"id", "item_key", "message", "protocol", "spans" (as stored: sorted), "esa_score", "mqm_score"}.
+    ValueError with the store's message when a field is invalid: nothing is saved."""
+    fields = judgement(rating, output_text if corrected_output is None else corrected_output,
+                       error_categories, comment, annotator, protocol=protocol or "", spans=spans,
+                       esa_score=esa_score)
+    ann_id = store.save(Annotation(task=str(task or ""), model_id=str(model_id or ""), input=str(input_text or ""),
+                                   output=str(output_text or ""), model_revision=str(model_revision or ""),
+                                   family=str(family or "mt5"), dtype=str(dtype or ""),
+                                   decoding=parse_decoding(decoding), app_version=str(app_version or ""),
+                                   mqm_score=parse_score(mqm_score, "MQM score"), **fields))
+    a = store.get(ann_id)
+    return {"id": a.id, "item_key": a.item_key, "message": f"Saved annotation {a.id}.", "protocol": a.protocol,
+            "spans": a.spans, "esa_score": a.esa_score, "mqm_score": a.mqm_score}
+
+
+def import_export_file(store: AnnotationStore, path: str | Path) -> dict[str, Any]:
+    """Import an export file (CSV, JSONL or Parquet), all or nothing. Returns {"added", "updated", "skipped",
+    "message"}; ValueError naming the bad line or row (nothing imported)."""
+    result: ImportResult = store.import_file(path)
+    return {"added": result.added, "updated": result.updated, "skipped": result.skipped,
+            "message": f"Imported {Path(path).name}: {result.message}."}
 
 
 def filters(task: str | None = None, model: str | None = None, annotator: str | None = None,
@@ -185,20 +216,49 @@ def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, 
 
 
 def endpoints(store: AnnotationStore) -> dict[str, Callable]:
-    """`annotate` and `export` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`.
-    `/export` returns the file itself (a client downloads it), so this imports Gradio's FileData."""
+    """`annotate`, `export` and `import` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`.
+    `/export` returns the file itself (a client downloads it) and `/import` takes one, so this imports Gradio's
+    FileData. Every refusal raises gradio.Error: a client gets an exception with the message, never a quiet
+    "success" with nothing saved."""
     # Lazy: the rest of this module is plain functions that the store's tests and scripts use without Gradio.
     from gradio import Error
     from gradio.data_classes import FileData
+    from gradio.utils import get_upload_folder, is_in_or_equal
 
     def annotate_endpoint(task: str, model_id: str, input_text: str, output_text: str, rating: int | None = None,
                           corrected_output: str | None = None, error_categories: list[str] | None = None,
                           comment: str = "", annotator: str = "", model_revision: str = "", family: str = "mt5",
-                          dtype: str = "", decoding: str = "", app_version: str = __version__) -> dict:
-        """Save one annotation. error_categories: ids from assets/error_categories.json; decoding: JSON text.
-        Returns {"id", "message"}; the id is empty when nothing was saved."""
-        return annotate(store, task, model_id, input_text, output_text, rating, corrected_output,
-                        error_categories, comment, annotator, model_revision, family, dtype, decoding, app_version)
+                          dtype: str = "", decoding: str = "", app_version: str = __version__, protocol: str = "",
+                          spans: list[dict] | str | None = None, esa_score: int | None = None,
+                          mqm_score: float | None = None) -> dict:
+        """Save one annotation. error_categories: ids from assets/error_categories.json (per task); decoding:
+        JSON text; protocol: "esa", "mqm" or ""; spans: [{start, end, side ("output"/"input"), category,
+        severity (minor/major/critical)}] with Python character offsets; esa_score 0–100 (ESA); mqm_score is
+        computed (a value given must match). Returns {"id", "item_key", "message", "protocol", "spans",
+        "esa_score", "mqm_score"}; raises an error saying what was wrong when nothing was saved."""
+        try:
+            return annotate(store, task, model_id, input_text, output_text, rating, corrected_output,
+                            error_categories, comment, annotator, model_revision, family, dtype, decoding,
+                            app_version, protocol, spans, esa_score, mqm_score)
+        except ValueError as e:
+            raise Error(f"Not saved: {e}") from None
+
+    def import_endpoint(file: FileData) -> dict:
+        """Import an export file (CSV, JSONL or Parquet: what /export gives), all or nothing; ids already here
+        are kept unless the file's copy was edited later. Returns {"added", "updated", "skipped", "message"}."""
+        path = file.get("path") if isinstance(file, dict) else getattr(file, "path", None)
+        name = (file.get("orig_name") if isinstance(file, dict) else getattr(file, "orig_name", None)) or ""
+        # The payload is not preprocessed (gr.api): accept only a file the client uploaded, never a server path.
+        if not path or not is_in_or_equal(path, get_upload_folder()):
+            raise Error("Nothing imported: send the file itself (gradio_client.handle_file(path)), not a path on "
+                        "the server")
+        try:
+            result = import_export_file(store, path)
+        except ValueError as e:
+            raise Error(f"Nothing imported: {e}") from None
+        if name:
+            result["message"] = result["message"].replace(Path(path).name, name, 1)
+        return result
 
     def export_endpoint(fmt: str = "jsonl", task: str = "", model: str = "", annotator: str = "", since: str = "",
                         until: str = "", min_rating: int | None = None, max_rating: int | None = None):
@@ -211,16 +271,20 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
 
     export_endpoint.__annotations__["return"] = FileData   # a real class: Gradio reads it to type the endpoint
 
-    return {"annotate": annotate_endpoint, "export": export_endpoint}
+    import_endpoint.__annotations__["file"] = FileData
+
+    return {"annotate": annotate_endpoint, "export": export_endpoint, "import": import_endpoint}
 
 
 def mount(store: AnnotationStore) -> None:
-    """Add the `/annotate` and `/export` endpoints to the page being built (call inside `with gr.Blocks()`)."""
+    """Add the `/annotate`, `/export` and `/import` endpoints to the page being built (inside `with
+    gr.Blocks()`)."""
     import gradio as gr   # lazy, as in `endpoints`: only the page needs Gradio
 
     eps = endpoints(store)
     gr.api(eps["annotate"], api_name="annotate")
     gr.api(eps["export"], api_name="export")
+    gr.api(eps["import"], api_name="import")
 
 
 # ---------------------------------------------------------------------------------------------------------------
