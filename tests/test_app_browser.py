@@ -152,6 +152,42 @@ def test_question_answering_extractive(page):
     shot(page, "5-question-answering")
 
 
+def test_question_answering_generative_highlights_the_answer(page):
+    """A text-to-text checkpoint answers from the passage only: the status names the method and the match, and
+    the answer is highlighted in the passage (light and dark)."""
+    open_tab(page, "Question answering")
+    tab = page.locator("#tab-question_answering")
+    tab.get_by_text("Model", exact=True).first.click()
+    source = tab.locator(".model-source input").first
+    source.click()
+    source.fill("demo/generation")
+    source.press("Enter")
+    row = EX["question_answering"][0]
+    page.locator("#qa-question textarea, #qa-question input").first.fill(row["question"])
+    page.locator("#qa-context textarea").fill(row["context"])
+    page.locator("#qa-constrained input").check()
+    page.click("#qa-run")
+    status = tab.locator(".status", has_text="constrained to runs of the passage")
+    status.wait_for()
+    assert "Generated answer found in the passage at characters" in status.inner_text()
+    assert "demo/generation" in status.inner_text()
+    output = page.locator("#qa-output")
+    assert "answer" in output.inner_text()
+    marked = output.locator(".token.highlighted")
+    assert marked.count() == 1 and marked.locator(".label").text_content() == "answer"
+    assert marked.locator(".text").inner_text() in row["context"]
+    shot(page, "5b-question-answering-generative", "#tab-question_answering")
+    page.emulate_media(color_scheme="dark")
+    shot(page, "5c-question-answering-generative-dark", "#tab-question_answering")
+    page.emulate_media(color_scheme="light")
+    tab.get_by_text("Prompt template (text-to-text checkpoints)").click()
+    page.locator("#qa-template textarea").fill("{context} What?")
+    page.click("#qa-run")
+    tab.locator(".status-error", has_text="has no {question} placeholder").wait_for()
+    page.locator("#qa-template textarea").fill("")
+    page.locator("#qa-constrained input").uncheck()
+
+
 def test_bad_input_shows_a_clear_message(page):
     open_tab(page, "Classification")
     page.locator("#classify-input textarea").fill("")

@@ -35,7 +35,7 @@ def build(ctx: AppContext) -> TabHandle:
     answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
     highlighted = gr.HighlightedText(label="The answer in the context", show_legend=False, elem_id="qa-output")
     alternatives = gr.Dataframe(headers=["answer", "score", "start", "end"], label="Top alternatives",
-                                interactive=False, wrap=True)
+                                interactive=False, wrap=True, visible=False, elem_id="qa-alternatives")
     record = gr.State(None)
     slot = gr.Column()
     handle = TabHandle(TASK, {"question": question, "context": context},
@@ -54,7 +54,8 @@ def build(ctx: AppContext) -> TabHandle:
         settings = {**result.settings, "method": result.method}
         return {answer: result.answer.text,
                 highlighted: gr.HighlightedText(value=result.segments, rtl=is_rtl(context_v)),
-                alternatives: rows, status: status_html(message, kind, loaded.describe()),
+                alternatives: gr.Dataframe(value=rows, visible=bool(rows)),
+                status: status_html(message, kind, loaded.describe()),
                 record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result), settings)}
 
     safe_run = guarded(status, run_answer, (answer, highlighted, alternatives, record))
