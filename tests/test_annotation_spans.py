@@ -118,6 +118,21 @@ def test_overlaps_of_different_categories_are_fine_and_touching_spans_do_not_ove
     assert "".join(p for p, _ in segments("abcdefghij", ok)) == "abcdefghij"
 
 
+def test_rendered_view_is_escaped_and_its_text_is_the_text():
+    import html
+    import re
+
+    from app.annotation.spans import render_html
+
+    text = "<script>alert(1)</script> & 👋 שלום"
+    spans = [at(text, "alert", "", "major"), at(text, "👋 ש", "accuracy", "critical"), at(text, "👋", "")]
+    out = render_html(text, spans, "output", title="Output")
+    assert "<script>" not in out and out.count("<mark") == 3
+    inner = out.split('data-span-side="output"', 1)[1].split(">", 1)[1].rsplit("</div></div>", 1)[0]
+    assert html.unescape(re.sub(r"<[^>]+>", "", inner)) == text   # what a DOM range counts is the text
+    assert 'class="span-mark span-critical"' in out               # the worst severity where spans overlap
+
+
 def test_utf16_offsets_from_the_browser():
     text = "a👋b👩‍👩‍👧c שלום"
     # JavaScript: "a👋b".length == 4; the emoji is one Python character and two UTF-16 units
@@ -218,3 +233,199 @@ def test_bad_spans_in_an_import_change_nothing(tmp_path, breakage, message):
         with pytest.raises(ValueError, match=message):
             dst.import_file(path)
         assert dst.query() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The panel of the real app (app/main.py, demo checkpoints) on a real SQLite file
+
+
+RECORD = {  # a summarization RunRecord as the tabs keep it
+    "task": "summarization",
+    "model": {"source": "demo/generation", "head": "generation", "dtype": "auto", "device": "cpu",
+              "quantization": "none", "revision": None, "family": "mt5", "loaded_dtype": "float32"},
+    "settings": {"num_beams": 1, "max_new_tokens": 8}, "input": {"text": SOURCE}, "output": OUTPUT,
+    "output_text": OUTPUT, "attention": {}, "time": "2026-01-01T00:00:00+00:00", "app_version": "0.2.0",
+}
+
+
+def panel_handlers(blocks, task):
+    """The panel handlers of one task tab (every tab has its own panel: told apart by their components' ids)."""
+    def ids(fn):
+        out = set()
+        for cell in fn.__closure__ or ():
+            try:
+                out.add(str(getattr(cell.cell_contents, "elem_id", "") or ""))
+            except ValueError:   # an empty cell
+                pass
+        return out
+
+    found = {}
+    for f in blocks.fns.values():
+        fn = f.fn
+        if fn is not None and any(i.startswith(f"{task}-annotation") for i in ids(fn)):
+            found[fn.__name__] = fn
+    return found
+
+
+def selection(text, piece, occurrence=0):
+    """What span_select.js sends for a mouse selection of `piece` in `text`: UTF-16 offsets and the text."""
+    start = text.index(piece)
+    for _ in range(occurrence):
+        start = text.index(piece, start + 1)
+    return index_to_utf16(text, start), index_to_utf16(text, start + len(piece)), piece
+
+
+def spans_of(update):
+    (value,) = [v for v in update.values() if isinstance(v, list)]
+    return value
+
+
+def message(update):
+    return " ".join(str(v) for v in update.values() if isinstance(v, str))
+
+
+@pytest.fixture
+def real_app(tmp_path):
+    from app.main import build_app, prepare
+    from app.settings import Settings
+
+    ctx, reason = prepare(True, Settings(demo_dir=tmp_path / "demo"))
+    with AnnotationStore(tmp_path / "app.db") as store:
+        yield build_app(ctx, reason, store=store), store
+
+
+def test_panel_marks_saves_and_round_trips_esa_and_mqm(real_app, tmp_path):
+    import gradio as gr
+
+    from app.annotation.api import export
+
+    app, store = real_app
+    h = panel_handlers(app.blocks, "summarization")
+    assert {"new_result", "add_span", "change_span", "remove_span", "switch_protocol", "save_it"} <= set(h)
+    shown = h["new_result"](RECORD, "esa")
+    views = [v for v in shown.values() if isinstance(v, str) and "data-span-side" in v]
+    assert len(views) == 2 and 'data-span-side="input" dir="rtl"' in "".join(views)   # the Arabic input
+
+    # ESA: a span after an emoji (UTF-16 offsets from the browser), one in the input, a bad one refused
+    spans = []
+    for side, text, piece, cat, sev in [("output", OUTPUT, "this is", "accuracy", "major"),
+                                        ("output", OUTPUT, "👋", "", "minor"),
+                                        ("input", SOURCE, "日本語のテキスト", "omission", "critical")]:
+        s16, e16, picked = selection(text, piece)
+        update = h["add_span"](RECORD, side, s16, e16, picked, cat, sev, spans, "esa")
+        assert "Added" in message(update), message(update)
+        spans = spans_of(update)
+    assert [OUTPUT[s["start"]:s["end"]] for s in spans if s["side"] == "output"] == ["👋", "this is"]
+    overlap = h["add_span"](RECORD, "output", *selection(OUTPUT, "is a"), "accuracy", "minor", spans, "esa")
+    assert "overlaps" in message(overlap) and not [v for v in overlap.values() if isinstance(v, list)]
+    stale = h["add_span"](RECORD, "output", 0, 4, "not the text", "accuracy", "minor", spans, "esa")
+    assert "does not match" in message(stale)
+    nothing = h["add_span"](RECORD, "", -1, -1, "", "accuracy", "minor", spans, "esa")
+    assert "Select a stretch" in message(nothing)
+    # change the emoji span's severity, then remove it and add it back
+    changed = spans_of(h["change_span"](RECORD, 0, "", "major", spans, "esa"))
+    assert changed[0]["severity"] == "major" and len(changed) == 3
+    assert len(spans_of(h["remove_span"](RECORD, 0, changed, "esa"))) == 2
+    saved = h["save_it"](RECORD, "3", OUTPUT, ["fluency"], "ok", "Amina", None, "esa", changed, 64.0)
+    assert "with 3 span(s)" in message(saved), message(saved)
+    (esa,) = store.query()
+    assert (esa.protocol, esa.esa_score, esa.mqm_score, esa.spans) == ("esa", 64, None, changed)
+
+    # MQM: the typology; the score by hand
+    switched = h["switch_protocol"](RECORD, [], "mqm")
+    (dropdown,) = [v for v in switched.values() if isinstance(v, gr.Dropdown)]
+    assert [c for _, c in dropdown.choices][-1] == "non_translation"
+    mqm_spans = []
+    for side, text, piece, cat, sev in [("output", OUTPUT, "שלום", "accuracy", "major"),          # 5
+                                        ("output", OUTPUT, ",", "fluency/punctuation", "minor"),  # 0.1
+                                        ("output", OUTPUT, "translate", "style", "minor"),        # 1
+                                        ("output", OUTPUT, "translate", "terminology", "critical"),  # 5
+                                        ("input", SOURCE, "هذا نص", "accuracy", "minor")]:        # 1
+        update = h["add_span"](RECORD, side, *selection(text, piece), cat, sev, mqm_spans, "mqm")
+        assert "Added" in message(update), message(update)
+        mqm_spans = spans_of(update)
+        assert "MQM score" in message(update)
+    wrong = h["add_span"](RECORD, "output", *selection(OUTPUT, "text"), "omission", "minor", mqm_spans, "mqm")
+    assert "not one of the MQM categories" in message(wrong)
+    h["save_it"](RECORD, None, "", [], "", "Yuki", None, "mqm", mqm_spans, None)
+    mqm = store.query(annotator="Yuki")[0]
+    assert mqm.mqm_score == pytest.approx(5 + 0.1 + 1 + 5 + 1) == 12.1
+
+    # categories only, as before: spans without a protocol are refused, nothing saved
+    refused = h["save_it"](RECORD, "4", "", [], "", "Dan", None, "none", mqm_spans, None)
+    assert "spans need a protocol" in message(refused) and store.count() == 2
+
+    for fmt in ("csv", "jsonl", "parquet"):
+        path = export(store, fmt, folder=tmp_path / fmt)
+        with AnnotationStore(tmp_path / f"again-{fmt}.db") as again:
+            assert again.import_file(path).added == 2
+            assert again.query() == store.query()
+
+
+def test_panel_offers_the_tasks_own_categories(real_app):
+    app, _ = real_app
+    page = json.dumps(app.blocks.get_config_file(), default=str)
+    for cat in ("wrong_boundary", "missed_entity", "ambiguous_item", "not_answerable", "partially_correct"):
+        assert f'"{cat}"' in page
+    config = app.blocks.get_config_file()
+    by_id = {c["props"].get("elem_id"): c["props"] for c in config["components"] if c.get("props")}
+    tagging = [v for _, v in by_id["tagging-annotation-categories"]["choices"]]
+    assert tagging == ["wrong_label", "wrong_boundary", "missed_entity", "other"]
+    classification = [v for _, v in by_id["classification-annotation-categories"]["choices"]]
+    assert classification == ["wrong_label", "ambiguous_item", "other"]
+    help_lines = by_id["question_answering-annotation-category-help"]["value"].splitlines()
+    assert len(help_lines) == 4 and help_lines[0].startswith("- **Wrong span**: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /annotate with spans, /import, and refusals through gradio_client on a real server
+
+
+def test_annotate_with_spans_and_import_through_gradio_client(tmp_path):
+    import gradio as gr
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from app.annotation.api import endpoints, mount
+
+    with AnnotationStore(tmp_path / "server.db") as store:
+        with gr.Blocks() as demo:
+            mount(store)
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+        try:
+            client = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "downloads"))
+            esa = client.predict("summarization", "google/mt5-small", SOURCE, OUTPUT, 4, None, ["fluency"], "",
+                                 "Amina", "main", "mt5", "float32", "{}", "0.2.0", "esa", ESA_SPANS, 55,
+                                 api_name="/annotate")
+            assert esa["id"] and esa["protocol"] == "esa" and esa["esa_score"] == 55 and esa["mqm_score"] is None
+            assert esa["spans"] == store.get(esa["id"]).spans and len(esa["spans"]) == 3
+            mqm = client.predict(task="summarization", model_id="google/mt5-small", input_text=SOURCE,
+                                 output_text=OUTPUT, annotator="Yuki", protocol="mqm",
+                                 spans=json.dumps(MQM_SPANS, ensure_ascii=False), api_name="/annotate")
+            assert mqm["mqm_score"] == pytest.approx(MQM_BY_HAND) and set(mqm) == {
+                "id", "item_key", "message", "protocol", "spans", "esa_score", "mqm_score"}
+
+            before = store.query()
+            for bad, why in [([span(0, 999, "accuracy")], "outside the output"),
+                             ([span(0, 4, "accuracy", "fatal")], "unknown severity 'fatal'"),
+                             ([span(0, 4, "accuracy"), span(2, 6, "accuracy")], "overlaps")]:
+                with pytest.raises(AppError, match=f"Not saved: .*{why}"):
+                    client.predict("summarization", "m", SOURCE, OUTPUT, None, None, [], "", "Dan", "", "mt5", "",
+                                   "", "", "esa", bad, None, api_name="/annotate")
+            assert store.query() == before
+
+            exported = client.predict("parquet", api_name="/export")
+            store.delete(esa["id"])
+            result = client.predict(handle_file(exported), api_name="/import")
+            assert (result["added"], result["updated"], result["skipped"]) == (1, 0, 1), result
+            assert store.query() == before
+            broken = tmp_path / "broken.jsonl"
+            broken.write_text('{"id": "x"}\n', encoding="utf-8")
+            with pytest.raises(AppError, match="Nothing imported: .*missing field"):
+                client.predict(handle_file(str(broken)), api_name="/import")
+            assert store.query() == before
+        finally:
+            demo.close()
+        # a path on the server is not a file sent by the client
+        with pytest.raises(gr.Error, match="send the file itself"):
+            endpoints(store)["import"]({"path": str(tmp_path / "server.db")})

@@ -256,3 +256,41 @@ def describe(span: Mapping[str, Any], text: str, labels: Mapping[str, str] | Non
     cat = span["category"]
     return {"side": span["side"], "from": span["start"], "to": span["end"], "text": text[span["start"]:span["end"]],
             "category": (labels or {}).get(cat, cat) or "—", "severity": span["severity"]}
+
+
+SEVERITY_RANK = {"minor": 0, "major": 1, "critical": 2}
+# Translucent fills read on light and dark backgrounds; the underline style tells severities apart without colour.
+_MARK_STYLE = {
+    "minor": "background: rgba(234, 179, 8, 0.30); border-bottom: 2px dotted rgb(202, 138, 4);",
+    "major": "background: rgba(249, 115, 22, 0.40); border-bottom: 2px solid rgb(234, 88, 12);",
+    "critical": "background: rgba(220, 38, 38, 0.45); border-bottom: 3px double rgb(185, 28, 28);",
+}
+
+
+def render_html(text: str, spans: Sequence[Mapping[str, Any]], side: str, *, title: str = "", rtl: bool = False,
+                labels: Mapping[str, str] | None = None) -> str:
+    """`text` as HTML with the spans of `side` highlighted (`<mark>`, the worst severity's colour where spans
+    overlap, category and severity as a tooltip). The text is escaped and nothing else is put inside the
+    `[data-span-side]` element, so a DOM range's length in it is a UTF-16 offset into `text` (what
+    assets/span_select.js reads)."""
+    import html
+
+    mine = [s for s in spans if s["side"] == side]
+    parts = []
+    for piece, covering in segments(text, mine):
+        escaped = html.escape(piece, quote=False)
+        if not covering:
+            parts.append(escaped)
+            continue
+        worst = max((mine[i]["severity"] for i in covering), key=lambda v: SEVERITY_RANK.get(v, 0))
+        tip = "; ".join(f"{mine[i]['severity']}: {(labels or {}).get(mine[i]['category'], mine[i]['category']) or '—'}"
+                        for i in covering)
+        parts.append(f'<mark class="span-mark span-{worst}" title="{html.escape(tip)}" '
+                     f'style="{_MARK_STYLE.get(worst, "")} color: inherit; padding: 0;">{escaped}</mark>')
+    head = f'<div class="span-view-title" style="font-size: 0.85em; opacity: 0.8;">{html.escape(title)}</div>' \
+        if title else ""
+    direction = "rtl" if rtl else "auto"
+    return (f'<div class="span-view">{head}<div class="span-text" data-span-side="{html.escape(side)}" '
+            f'dir="{direction}" style="white-space: pre-wrap; line-height: 1.7; padding: 6px 8px; '
+            f'border: 1px solid rgba(128, 128, 128, 0.35); border-radius: 6px; user-select: text; '
+            f'cursor: text;">{"".join(parts)}</div></div>')
