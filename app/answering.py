@@ -28,6 +28,7 @@ REGISTRY_FILE = ASSETS / "models.json"
 PLACEHOLDER = re.compile(r"\{(context|question)\}")
 EXTRACTIVE, GENERATIVE, CONSTRAINED = "extractive head", "generative", "generative, constrained"
 NOT_FOUND = "not found in the passage"
+MAX_TEMPLATE_CHARS = 2000   # a template is an instruction around the inputs, not a second passage
 TOKEN_SPAN = "token span"   # a constrained answer whose decoded text align could not place: its tokens' offsets
 
 
@@ -48,6 +49,9 @@ def check_template(template: str | None) -> str:
     if not isinstance(template, str) or not template.strip():
         raise UserError("The prompt template is empty: write one with {context} where the passage goes and "
                         "{question} where the question goes (clear the box to get the default back).")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise UserError(f"The prompt template is {len(template):,} characters long; at most {MAX_TEMPLATE_CHARS:,} "
+                        "are allowed: put the passage in the Context box, not in the template.")
     used = PLACEHOLDER.findall(template)
     for name in ("context", "question"):
         if name not in used:

@@ -111,10 +111,22 @@ def test_a_long_passage_is_cut_keeping_question_and_instruction(gen):
     ("Where?", "In Kenya.", "{context} What?", "has no {question} placeholder"),
     ("Where?", "In Kenya.", "{context} {question} {question}", "holds {question} 2 times"),
     ("Where? " * 2000, "In Kenya.", None, "The question is"),
+    ("Where?", "In Kenya.", "{context} {question}" + "x" * 3000, "at most 2,000 are allowed"),
 ])
 def test_bad_input_gets_a_clear_message(gen, question, context, template, message):
     with pytest.raises(UserError, match=message.replace("{", r"\{").replace("}", r"\}").replace("?", r"\?")):
         answering.answer_generative(gen, question, context, template=template, constrained=True)
+
+
+def test_attention_of_a_generated_answer_reads_the_prompt(ctx, gen):
+    from app.tasklist import TASKS
+    row = EX[0]
+    result = answering.answer_checkpoint(gen, row["question"], row["context"], Decoding(max_new_tokens=4),
+                                         constrained=True)
+    what = TASKS["question_answering"].attention(row, result)
+    assert what.source == result.prompt and what.target == result.answer.text and what.question is None
+    maps = ctx.attention.get(gen, what)
+    assert maps.cross is not None
 
 
 def test_an_empty_template_means_xp3s(gen):
