@@ -22,9 +22,9 @@ TABLE_COLUMNS = {"id": "id", "created_at": "saved (UTC)", "task": "task", "model
                  "annotator": "annotator", "rating": "rating", "error_categories": "errors", "output": "output",
                  "corrected_output": "corrected", "comment": "comment"}
 SHORT_ID = 8          # characters of the id shown (the editor and exports have all 32)
-PREVIEW_CHARS = 90    # of each text: rows stay a few lines high, so ten or more fit in the table's height
+PREVIEW_CHARS = 80    # of each text: rows stay a few lines high, so ten or more fit in the table's height
 # Narrow columns for short values so the texts get the room (the header words would otherwise wrap per letter).
-COLUMN_WIDTHS = ["7%", "9%", "8%", "9%", "7%", "5%", "9%", "17%", "17%", "12%"]
+COLUMN_WIDTHS = ["7%", "8%", "10%", "9%", "8%", "5%", "8%", "17%", "16%", "12%"]
 
 
 BATCH_MARK = "<!-- batch"
