@@ -304,7 +304,8 @@ def test_panel_marks_saves_and_round_trips_esa_and_mqm(real_app, tmp_path):
     assert {"new_result", "add_span", "change_span", "remove_span", "switch_protocol", "save_it"} <= set(h)
     shown = h["new_result"](RECORD, "esa")
     views = [v for v in shown.values() if isinstance(v, str) and "data-span-side" in v]
-    assert len(views) == 2 and 'data-span-side="input" dir="rtl"' in "".join(views)   # the Arabic input
+    (view_in,) = [v for v in views if 'data-span-side="input"' in v]
+    assert len(views) == 2 and 'data-span-panel="summarization-annotation" dir="rtl"' in view_in  # Arabic
 
     # ESA: a span after an emoji (UTF-16 offsets from the browser), one in the input, a bad one refused
     spans = []

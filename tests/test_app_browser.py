@@ -238,3 +238,74 @@ def test_annotation_is_saved_and_exported(page):
     assert any(r["comment"] == comment and r["rating"] == 4 and r["annotator"] == "Ana" and
                r["task"] == "summarization" for r in rows)
     shot(page, "8-annotations-tab")
+
+
+def test_error_span_by_mouse_selection(page):
+    """Select a stretch of the summarization output with the mouse, add it as a major ESA span, save: the span
+    is highlighted, listed and stored with Python offsets of the selected text (light and dark screenshots)."""
+    page.emulate_media(color_scheme="light")
+    open_tab(page, "Summarization")
+    page.locator("#summarize-input textarea").fill(EX["summarization"][1]["text"])
+    page.click("#summarize-run")
+    page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
+    panel = page.locator("#summarization-annotation")
+    if not page.locator("#summarization-annotation-protocol").is_visible():
+        panel.get_by_text("Annotate this result").click()
+    view = page.locator('#summarization-annotation-view-output [data-span-side="output"]')
+    page.wait_for_function("""() => {
+        const out = document.querySelector('#summarize-output textarea');
+        const view = document.querySelector('#summarization-annotation-view-output [data-span-side="output"]');
+        return out && view && out.value.trim() !== '' && view.textContent === out.value;
+    }""", timeout=TIMEOUT)
+    # a real drag over the first word-like stretch of the output (its characters' boxes from a DOM range)
+    view.scroll_into_view_if_needed()
+    box = view.evaluate("""(el) => {
+        const node = el.firstChild, text = node.textContent;
+        let a = 0;
+        while (a < text.length && /\\s/.test(text[a])) a++;
+        const b = Math.min(text.length, a + 6);
+        const r = document.createRange();
+        r.setStart(node, a); r.setEnd(node, b);
+        const rects = r.getClientRects(), first = rects[0], last = rects[rects.length - 1];
+        return {x0: first.left + 1, y0: first.top + first.height / 2, x1: last.right - 1,
+                y1: last.top + last.height / 2};
+    }""")
+    page.mouse.move(box["x0"], box["y0"])
+    page.mouse.down()
+    page.mouse.move(box["x1"], box["y1"], steps=8)
+    page.mouse.up()
+    selected = page.evaluate("() => window.getSelection().toString()")
+    assert selected.strip(), "the drag selected nothing"
+    page.locator("#summarization-annotation-span-severity").get_by_text("Major", exact=True).click()
+    page.click("#summarization-annotation-add-span")
+    mark = page.locator("#summarization-annotation-view-output mark.span-major")
+    mark.wait_for()
+    assert mark.inner_text() == selected.strip()
+    playwright.expect(page.locator("#summarization-annotation-spans")).to_contain_text(selected.strip())
+    page.locator("#summarization-annotation-esa-score input").fill("70")
+    page.locator("#summarization-annotation-annotator textarea, #summarization-annotation-annotator input").first \
+        .fill("Ana")
+    page.click("#summarization-annotation-save")
+    page.locator("#summarization-annotation-status", has_text="with 1 span(s)").wait_for()
+    shot(page, "9a-error-span-light", "#summarization-annotation")
+    page.emulate_media(color_scheme="dark")
+    shot(page, "9b-error-span-dark", "#summarization-annotation")
+    page.emulate_media(color_scheme="light")
+    output = page.locator("#summarize-output textarea").input_value()
+    # the stored span marks exactly the selected text, in Python offsets
+    open_tab(page, "Annotations")
+    if not page.locator("#annotations-export").is_visible():   # the accordion may be open from a test before
+        page.locator("#tab-annotations, .tabitem:visible").get_by_text("Export and import").first.click()
+    before = page.evaluate("() => (document.querySelector('#annotations-export-file a') || {}).href || ''")
+    page.click("#annotations-export")
+    page.wait_for_function("""(before) => {
+        const a = document.querySelector('#annotations-export-file a');
+        return a && a.href && a.href !== before;
+    }""", arg=before, timeout=TIMEOUT)   # a new file, not the one a test before exported
+    with page.expect_download() as download:
+        page.locator("#annotations-export-file a").first.click()
+    rows = [json.loads(line) for line in open(download.value.path(), encoding="utf-8")]
+    (row,) = [r for r in rows if r["spans"]]
+    (span,) = row["spans"]
+    assert (row["protocol"], row["esa_score"], span["side"], span["severity"]) == ("esa", 70, "output", "major")
+    assert output[span["start"]:span["end"]] == selected.strip() and row["output"] == output

@@ -268,11 +268,11 @@ _MARK_STYLE = {
 
 
 def render_html(text: str, spans: Sequence[Mapping[str, Any]], side: str, *, title: str = "", rtl: bool = False,
-                labels: Mapping[str, str] | None = None) -> str:
+                labels: Mapping[str, str] | None = None, panel: str = "") -> str:
     """`text` as HTML with the spans of `side` highlighted (`<mark>`, the worst severity's colour where spans
     overlap, category and severity as a tooltip). The text is escaped and nothing else is put inside the
     `[data-span-side]` element, so a DOM range's length in it is a UTF-16 offset into `text` (what
-    assets/span_select.js reads)."""
+    assets/span_track.js reads). `panel` names the panel the view belongs to (a page has one per task tab)."""
     import html
 
     mine = [s for s in spans if s["side"] == side]
@@ -291,6 +291,7 @@ def render_html(text: str, spans: Sequence[Mapping[str, Any]], side: str, *, tit
         if title else ""
     direction = "rtl" if rtl else "auto"
     return (f'<div class="span-view">{head}<div class="span-text" data-span-side="{html.escape(side)}" '
+            f'data-span-panel="{html.escape(panel)}" '
             f'dir="{direction}" style="white-space: pre-wrap; line-height: 1.7; padding: 6px 8px; '
             f'border: 1px solid rgba(128, 128, 128, 0.35); border-radius: 6px; user-select: text; '
             f'cursor: text;">{"".join(parts)}</div></div>')

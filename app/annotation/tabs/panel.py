@@ -5,8 +5,9 @@ comment, save with provenance.
 The judgement fields (`fields`) are shared with the Annotations and Batch tabs.
 
 Error spans: the output and the input are drawn as HTML with the spans highlighted (`spans.render_html`); the
-annotator selects a stretch with the mouse and presses "Add span": `assets/span_select.js` reads the selection
-(UTF-16 offsets and the selected text) into hidden boxes, and `add_span` converts the offsets to Python
+annotator selects a stretch with the mouse and presses "Add span": `assets/span_track.js` (loaded with the views)
+keeps the last selection made in a view, `assets/span_select.js` hands it (UTF-16 offsets and the selected text)
+to hidden boxes, and `add_span` converts the offsets to Python
 indices, checks the text matches and validates the spans as the store will. The protocol (categories only,
 ESA, MQM) is a dropdown of the panel; it starts as `default` of `assets/annotation_protocols.json` (the
 project's choice) and stays as chosen for the next results.
@@ -140,9 +141,9 @@ def score_line(protocols: Protocols, protocol: str, spans: list[dict[str, Any]])
                        "non-translation 25; Freitag et al. 2021)")
 
 
-def span_js(ctx: AppContext) -> str:
-    """assets/span_select.js (from the loaded assets, else the file: a test context may carry no scripts)."""
-    return ctx.assets.js.get("span_select") or (ASSETS / "span_select.js").read_text(encoding="utf-8")
+def span_js(ctx: AppContext, name: str) -> str:
+    """assets/<name>.js (from the loaded assets, else the file: a test context may carry no scripts)."""
+    return ctx.assets.js.get(name) or (ASSETS / f"{name}.js").read_text(encoding="utf-8")
 
 
 def register(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
@@ -170,10 +171,14 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
                                       elem_id=f"{prefix}-esa-score")
             protocol_help = gr.Markdown(protocols.get(start_protocol).help, elem_classes=["protocol-help"],
                                         elem_id=f"{prefix}-protocol-help")
-            view_out = gr.HTML(render_html("", [], "output", title="Output"), elem_id=f"{prefix}-view-output")
-            view_in = gr.HTML(render_html("", [], "input", title="Input"), elem_id=f"{prefix}-view-input")
+            track = span_js(ctx, "span_track")
+            view_out = gr.HTML(render_html("", [], "output", title="Output", panel=prefix), js_on_load=track,
+                               elem_id=f"{prefix}-view-output")
+            view_in = gr.HTML(render_html("", [], "input", title="Input", panel=prefix), js_on_load=track,
+                              elem_id=f"{prefix}-view-input")
             with gr.Row():
-                span_cat = gr.Dropdown(span_choices(protocols, start_protocol, task), value=None,
+                span_cat = gr.Dropdown(span_choices(protocols, start_protocol, task),
+                                       value=None if protocols.get(start_protocol).categories else "",
                                        label="Span category", elem_id=f"{prefix}-span-category")
                 span_sev = gr.Radio([(s.label, s.id) for s in protocols.severities], value="minor",
                                     label="Severity", info=" · ".join(f"{s.label}: {s.help}"
@@ -189,6 +194,7 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
                                  elem_id=f"{prefix}-spans")
             mqm_line = gr.HTML(elem_id=f"{prefix}-mqm-score")
             # What span_select.js reads from the page's selection: UTF-16 offsets and the text.
+            sel_panel = gr.Textbox(prefix, visible="hidden", elem_id=f"{prefix}-sel-panel")
             sel_side = gr.Textbox(visible="hidden", elem_id=f"{prefix}-sel-side")
             sel_start = gr.Number(-1, visible="hidden", precision=0, elem_id=f"{prefix}-sel-start")
             sel_end = gr.Number(-1, visible="hidden", precision=0, elem_id=f"{prefix}-sel-end")
@@ -209,9 +215,9 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
         rtl = {side: is_rtl(text) for side, text in texts.items()}
         return {spans: spans_v, picked: None, table: span_table(spans_v, texts, labels),
                 view_out: render_html(texts["output"], spans_v, "output", title="Output: select a stretch to mark "
-                                      "an error", rtl=rtl["output"], labels=labels),
+                                      "an error", rtl=rtl["output"], labels=labels, panel=prefix),
                 view_in: render_html(texts["input"], spans_v, "input", title="Input: select what the output "
-                                     "leaves out (omissions)", rtl=rtl["input"], labels=labels),
+                                     "leaves out (omissions)", rtl=rtl["input"], labels=labels, panel=prefix),
                 mqm_line: score_line(protocols, protocol_v, spans_v),
                 span_status: status_html(message, kind) if message else ""}
 
@@ -285,7 +291,8 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
     def switch_protocol(record, spans_v, protocol_v):
         p = protocols.get(stored_protocol(protocol_v))
         out = {**shown(record, spans_v, protocol_v), protocol_help: p.help,
-               span_cat: gr.Dropdown(choices=span_choices(protocols, protocol_v, task), value=None),
+               span_cat: gr.Dropdown(choices=span_choices(protocols, protocol_v, task),
+                                     value=None if p.categories else ""),
                esa_score: gr.Number(visible=p.id == "esa")}
         try:
             checked(record, spans_v, protocol_v)
@@ -314,8 +321,8 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
     # result and wipe what they typed.
     handle.record.change(new_result, [handle.record, protocol], [*f.judgement(), saved_id, status, esa_score,
                                                                   *span_outputs], queue=False, **priv)
-    add.click(None, [sel_side, sel_start, sel_end, sel_text], [sel_side, sel_start, sel_end, sel_text],
-              js=span_js(ctx), queue=False, **priv).then(
+    selection = [sel_panel, sel_side, sel_start, sel_end, sel_text]
+    add.click(None, selection, selection, js=span_js(ctx, "span_select"), queue=False, **priv).then(
         add_span, [handle.record, sel_side, sel_start, sel_end, sel_text, span_cat, span_sev, spans, protocol],
         span_outputs, queue=False, **priv)
     table.select(pick_span, spans, [picked, span_cat, span_sev, span_status], queue=False, **priv)
