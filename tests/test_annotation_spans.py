@@ -250,13 +250,16 @@ RECORD = {  # a summarization RunRecord as the tabs keep it
 
 def panel_handlers(blocks, task):
     """The panel handlers of one task tab (every tab has its own panel: told apart by their components' ids)."""
-    def ids(fn):
+    def ids(fn, depth=2):
         out = set()
         for cell in fn.__closure__ or ():
             try:
-                out.add(str(getattr(cell.cell_contents, "elem_id", "") or ""))
+                value = cell.cell_contents
             except ValueError:   # an empty cell
-                pass
+                continue
+            out.add(str(getattr(value, "elem_id", "") or ""))
+            if depth and callable(value) and getattr(value, "__closure__", None):
+                out |= ids(value, depth - 1)    # a helper of the panel (recall uses earlier_shown)
         return out
 
     found = {}
@@ -276,8 +279,12 @@ def selection(text, piece, occurrence=0):
 
 
 def spans_of(update):
-    (value,) = [v for v in update.values() if isinstance(v, list)]
-    return value
+    """The spans state in a handler's updates (the only list of dicts; the error categories are a list too)."""
+    lists = [v for v in update.values() if isinstance(v, list)]
+    assert lists, update
+    spans = [v for v in lists if v and isinstance(v[0], dict)]
+    assert len(spans) <= 1
+    return spans[0] if spans else []
 
 
 def message(update):
@@ -331,6 +338,15 @@ def test_panel_marks_saves_and_round_trips_esa_and_mqm(real_app, tmp_path):
     assert "with 3 span(s)" in message(saved), message(saved)
     (esa,) = store.query()
     assert (esa.protocol, esa.esa_score, esa.mqm_score, esa.spans) == ("esa", 64, None, changed)
+    # the same output again (run again, or after a reload): Amina's judgement and spans come back
+    again = h["new_result"](RECORD, "mqm", "Amina")
+    values = [v for v in again.values() if isinstance(v, (str, int))]
+    assert spans_of(again) == changed and esa.id in values and "annotated this output before" in message(again)
+    assert "esa" in values and 64 in values
+    fresh = h["new_result"](RECORD, "mqm", "Someone else")
+    assert spans_of(fresh) == [] and esa.id not in [v for v in fresh.values() if isinstance(v, str)]
+    assert spans_of(h["recall"](RECORD, "Amina", [], None)) == changed   # the name typed after the result
+    assert h["recall"](RECORD, "Amina", changed, None) == {}               # work under way is never replaced
 
     # MQM: the typology; the score by hand
     switched = h["switch_protocol"](RECORD, [], "mqm")

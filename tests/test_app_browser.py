@@ -292,6 +292,25 @@ def test_error_span_by_mouse_selection(page):
     shot(page, "9b-error-span-dark", "#summarization-annotation")
     page.emulate_media(color_scheme="light")
     output = page.locator("#summarize-output textarea").input_value()
+
+    # reload; the same input gives the same output, and the saved span comes back highlighted
+    page.reload()
+    page.wait_for_selector("#summarize-run")
+    open_tab(page, "Summarization")
+    page.locator("#summarize-input textarea").fill(EX["summarization"][1]["text"])
+    page.click("#summarize-run")
+    page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
+    if not page.locator("#summarization-annotation-protocol").is_visible():
+        panel.get_by_text("Annotate this result").click()
+    name = page.locator("#summarization-annotation-annotator textarea, #summarization-annotation-annotator input") \
+        .first
+    if name.input_value() != "Ana":   # the name typed after the result came recalls the judgement too
+        name.fill("Ana")
+    page.locator("#summarization-annotation-status", has_text="annotated this output before").wait_for()
+    again = page.locator("#summarization-annotation-view-output mark.span-major")
+    again.wait_for()
+    assert again.inner_text() == selected.strip()
+    shot(page, "9c-error-span-after-reload", "#summarization-annotation")
     # the stored span marks exactly the selected text, in Python offsets
     open_tab(page, "Annotations")
     if not page.locator("#annotations-export").is_visible():   # the accordion may be open from a test before

@@ -10,7 +10,9 @@ keeps the last selection made in a view, `assets/span_select.js` hands it (UTF-1
 to hidden boxes, and `add_span` converts the offsets to Python
 indices, checks the text matches and validates the spans as the store will. The protocol (categories only,
 ESA, MQM) is a dropdown of the panel; it starts as `default` of `assets/annotation_protocols.json` (the
-project's choice) and stays as chosen for the next results.
+project's choice) and stays as chosen for the next results. A result the annotator already judged (the same
+output of the same model for the same input, run again or after a reload) comes back with that judgement and
+its spans, and saving updates it.
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..api import NO_RESULT, input_as_text, save_from_record
+from ..api import NO_RESULT, input_as_text, provenance, save_from_record
 from ...assets import ASSETS
 from ...context import AppContext
 from ..spans import (Protocols, check_spans, describe, load_protocols, mqm_score, render_html, stored_protocol,
                      utf16_to_index)
-from ..store import AnnotationStore, ErrorCategory, load_error_categories
+from ..store import Annotation, AnnotationStore, ErrorCategory, item_key, load_error_categories
 from ...tasks import is_rtl
 from ...tabs.common import status_html
 from .identity import AnnotatorName
@@ -119,6 +121,17 @@ def span_choices(protocols: Protocols, protocol: str, task: str) -> list[tuple[s
     if p.categories:
         return [(c.label, c.id) for c in p.categories]
     return [(NO_CATEGORY, ""), *((c.label, c.id) for c in load_error_categories(task))]
+
+
+def earlier_annotation(store: AnnotationStore, record: dict[str, Any] | None, annotator: Any) -> Annotation | None:
+    """The newest annotation `annotator` saved of this very output (same task, model, input and output), if any:
+    a result run again (after a reload, say) shows that judgement and its spans, and saving updates it."""
+    name = str(annotator or "").strip()
+    if not record or not name:
+        return None
+    p = provenance(record)
+    found = store.query(item_key=item_key(p["task"], p["model_id"], p["input"], p["output"]), annotator=name)
+    return found[-1] if found else None
 
 
 def span_labels(protocols: Protocols, task: str) -> dict[str, str]:
@@ -223,11 +236,28 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
 
     span_outputs = [spans, picked, table, view_out, view_in, mqm_line, span_status]
 
-    def new_result(record, protocol_v=start_protocol):
+    def earlier_shown(record, earlier):
+        kept = earlier.protocol or "none"
+        return {**f.fill(earlier.rating, earlier.corrected_output, earlier.error_categories, earlier.comment),
+                saved_id: earlier.id, esa_score: earlier.esa_score, protocol: kept,
+                **shown(record, earlier.spans, kept),
+                status: status_html(f"You annotated this output before ({earlier.id[:8]}): your judgement and "
+                                    "spans are shown; saving updates it.")}
+
+    def new_result(record, protocol_v=start_protocol, annotator_v=None):
         if not record:
             return {saved_id: None}
+        earlier = earlier_annotation(store, record, annotator_v)
+        if earlier is not None:
+            return earlier_shown(record, earlier)
         return {**f.fill(corrected=record.get("output_text", "")), saved_id: None, status: "", esa_score: None,
                 **shown(record, [], protocol_v)}
+
+    def recall(record, annotator_v, spans_v, ann_id):
+        """The name typed (or restored) after the result came: show that annotator's earlier judgement of it,
+        unless spans were marked or the result saved already (nothing typed since is overwritten then)."""
+        earlier = None if spans_v or ann_id else earlier_annotation(store, record, annotator_v)
+        return earlier_shown(record, earlier) if earlier is not None else {}
 
     def checked(record, new_spans, protocol_v):
         return check_spans(new_spans, record_texts(record), stored_protocol(protocol_v), task_cats, protocols)
@@ -319,9 +349,11 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
     priv = {"api_visibility": "private"}
     # Off the queue: behind other users' jobs this reset could land after the annotator started on the new
     # result and wipe what they typed.
-    handle.record.change(new_result, [handle.record, protocol], [*f.judgement(), saved_id, status, esa_score,
-                                                                  *span_outputs], queue=False, **priv)
+    handle.record.change(new_result, [handle.record, protocol, f.annotator],
+                         [*f.judgement(), saved_id, status, esa_score, protocol, *span_outputs], queue=False, **priv)
     selection = [sel_panel, sel_side, sel_start, sel_end, sel_text]
+    f.annotator.change(recall, [handle.record, f.annotator, spans, saved_id],
+                       [*f.judgement(), saved_id, status, esa_score, protocol, *span_outputs], queue=False, **priv)
     add.click(None, selection, selection, js=span_js(ctx, "span_select"), queue=False, **priv).then(
         add_span, [handle.record, sel_side, sel_start, sel_end, sel_text, span_cat, span_sev, spans, protocol],
         span_outputs, queue=False, **priv)
