@@ -39,6 +39,7 @@ MULTILINGUAL = SENTENCES + [
     "high marker <extra_id_99> and beyond <extra_id_300> and <extra_id_1000>",
     "literal specials x </s> y <pad> z <unk> end",
     "ends with eos</s>",
+    "Habari ya dunia! Kujifunza kwa mashine ni tawi la akili bandia.",  # Swahili
 ]
 GLUED = ["foo<extra_id_0>bar", "<extra_id_0><extra_id_1>", "word<extra_id_7>", "(<extra_id_3>)",
          "中文<extra_id_0>中文"]
