@@ -244,6 +244,11 @@ class GenerationConfig:
     return_dict_in_generate: bool = False
     seed: int | None = None
     cache_implementation: str | None = None  # None or "dynamic": see CACHE_IMPLEMENTATIONS
+    use_cache: bool = True                   # False: each step decodes the whole prefix again (same tokens, slow)
+    output_attentions: bool = False          # with return_dict_in_generate: per-step attention weights
+    output_hidden_states: bool = False       # with return_dict_in_generate: per-step hidden states
+    output_logits: bool | None = None        # with return_dict_in_generate: per-step raw logits
+    remove_invalid_values: bool = False      # transformers' InfNanRemoveLogitsProcessor, after the other bans
 
     @classmethod
     def from_model_config(cls, config: MT5Config, generation_json: dict | None = None) -> "GenerationConfig":
@@ -282,23 +287,24 @@ class GenerationConfig:
             return []
         return [self.eos_token_id] if isinstance(self.eos_token_id, int) else list(self.eos_token_id)
 
-    def total_length(self) -> int:
-        """Decoder length limit, start token included; bounded by MAX_NEW_TOKENS_LIMIT."""
+    def total_length(self, prompt: int = 1) -> int:
+        """Decoder length limit, the `prompt` decoder tokens given (the start token, or decoder_input_ids)
+        included; bounded by MAX_NEW_TOKENS_LIMIT new tokens. As transformers: max_length counts the prompt."""
         if self.max_new_tokens is not None:
-            length = self.max_new_tokens + 1
+            length = self.max_new_tokens + prompt
         elif self.max_length is not None:
             length = self.max_length
         else:
-            length = 21  # transformers: 20 new tokens by default
-        if length - 1 > MAX_NEW_TOKENS_LIMIT:
-            warnings.warn(f"max_new_tokens {length - 1} is above the limit; generating at most "
+            length = 20 + prompt  # transformers: 20 new tokens by default
+        if length - prompt > MAX_NEW_TOKENS_LIMIT:
+            warnings.warn(f"max_new_tokens {length - prompt} is above the limit; generating at most "
                           f"{MAX_NEW_TOKENS_LIMIT}", stacklevel=4)
-            length = MAX_NEW_TOKENS_LIMIT + 1
+            length = MAX_NEW_TOKENS_LIMIT + prompt
         return length
 
-    def min_total_length(self) -> int:
+    def min_total_length(self, prompt: int = 1) -> int:
         if self.min_new_tokens is not None:
-            return self.min_new_tokens + 1
+            return self.min_new_tokens + prompt
         return self.min_length
 
     def validate(self) -> None:

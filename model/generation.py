@@ -3,10 +3,15 @@
 The encoder runs once. The decoder's self-attention K/V grow in a cache, cross-attention K/V are computed once,
 relative-bias rows are computed only for the new position, and beam search reorders only the filled part of the
 self-attention cache. Argument names, defaults and results follow transformers 4.57's `generate()`, so the same
-settings give the same tokens.
+settings give the same tokens, and `return_dict_in_generate=True` gives its output classes, field for field.
+
+Compatibility is translated at the edge (`generate`, `run_encoder`, `decoder_prompt`): what is only for the dict
+output (attentions, hidden states, raw logits, beam indices) is computed only when asked for, so the fast paths
+(the int8 screen, MKL-packed beams) run unchanged otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -15,19 +20,85 @@ import torch.nn.functional as F
 
 from .config import MAX_NEW_TOKENS_LIMIT, GenerationConfig  # noqa: F401 (the limit is read from here too)
 from .fast_head import FastHead
-from .modeling import KVCache, padding_mask
+from .modeling import KVCache, StackContext, StackOutput, as_stack_output, causal_mask, padding_mask
 
 NEG_INF = float("-inf")
 # transformers' `prefix_allowed_tokens_fn(batch_id, decoder ids so far (L,)) -> allowed next token ids`
 PrefixFn = Callable[[int, torch.Tensor], list[int]]
 
 
+class OutputFields:
+    """transformers' ModelOutput reading: `out.name`, `out["name"]`, `out[i]` / `to_tuple()` / `keys()` over the
+    fields that are set, in declaration order (transformers' order)."""
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key: str | int | slice):
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+
 @dataclass
-class GenerateOutput:
-    """`sequences` (N, L) start with the decoder start token; `scores` per step (N, V) when asked."""
+class GenerateEncoderDecoderOutput(OutputFields):
+    """Greedy / sampling result (transformers' class of the same name). `sequences` (N, L) start with the decoder
+    prompt; per step t: `scores[t]` processed (and, sampling, warped) (N, V), `logits[t]` raw (N, V),
+    `decoder_attentions[t][layer]` (N, H, T_t, K_t), `cross_attentions[t][layer]` (N, H, T_t, S),
+    `decoder_hidden_states[t][layer + 1]` (N, T_t, D) (T_t: positions fed that step, 1 once cached); encoder ones
+    per layer (B, H, S, S) / (B, S, D), not repeated for return sequences."""
     sequences: torch.Tensor
     scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    cross_attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    decoder_hidden_states: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    past_key_values: KVCache | None = None
+
+
+@dataclass
+class GenerateBeamEncoderDecoderOutput(OutputFields):
+    """Beam search result (transformers' class): as above over the B*beams running rows, plus
+    `sequences_scores` (N,) (with output_scores) and `beam_indices` (N, generated) the row each token came from."""
+    sequences: torch.Tensor
     sequences_scores: torch.Tensor | None = None
+    scores: tuple[torch.Tensor, ...] | None = None
+    logits: tuple[torch.Tensor, ...] | None = None
+    beam_indices: torch.Tensor | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    decoder_attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    cross_attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    decoder_hidden_states: tuple[tuple[torch.Tensor, ...], ...] | None = None
+    past_key_values: KVCache | None = None
+
+
+GenerateOutput = GenerateEncoderDecoderOutput | GenerateBeamEncoderDecoderOutput
+
+
+@dataclass
+class StepRecord:
+    """What the dict output asked to keep from each decoder step (nothing is computed for it otherwise)."""
+    attentions: bool = False
+    hidden_states: bool = False
+    logits: bool = False
+    decoder_attentions: list = field(default_factory=list)
+    cross_attentions: list = field(default_factory=list)
+    decoder_hidden_states: list = field(default_factory=list)
+    raw_logits: list = field(default_factory=list)
+
+    def fields(self) -> dict[str, tuple | None]:
+        """The per-step fields of the output classes."""
+        return dict(logits=tuple(self.raw_logits) if self.logits else None,
+                    decoder_attentions=tuple(self.decoder_attentions) if self.attentions else None,
+                    cross_attentions=tuple(self.cross_attentions) if self.attentions else None,
+                    decoder_hidden_states=tuple(self.decoder_hidden_states) if self.hidden_states else None)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -41,6 +112,8 @@ class DecoderState:
     encoder_mask: torch.Tensor | None      # (N, 1, 1, S) additive
     head: FastHead | None = None           # the output projection: logits, or the greedy argmax
     allowed: "PrefixMask | None" = None     # prefix_allowed_tokens_fn, when given
+    use_cache: bool = True                 # False: every step decodes the whole sequence again
+    record: StepRecord | None = None       # what the dict output keeps per step
     cache: KVCache = field(init=False)
 
     def __post_init__(self):
@@ -49,17 +122,43 @@ class DecoderState:
             self.head = FastHead.for_model(self.model)
 
     @torch.no_grad()
-    def states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (N, 1) at the next position -> decoder states (N, D)."""
-        return self.model.decode_step(tokens, self.encoder_states, self.encoder_mask, self.cache)[:, -1, :]
+    def states(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs (N, L) the decoder tokens so far -> decoder states (N, D) at the last position.
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        Only the tokens after the cached ones are fed: the whole prompt at the first step, then one token."""
+        if not self.use_cache:
+            self.cache = KVCache(len(self.model.decoder.block))
+        new = seqs[:, self.cache.get_seq_length():]
+        if self.record is None or not (self.record.attentions or self.record.hidden_states):
+            return self.model.decode_step(new, self.encoder_states, self.encoder_mask, self.cache)[:, -1, :]
+        out = self.decode_with_outputs(new)
+        if self.record.attentions:
+            self.record.decoder_attentions.append(out.attentions)
+            self.record.cross_attentions.append(out.cross_attentions)
+        if self.record.hidden_states:
+            self.record.decoder_hidden_states.append(out.hidden_states)
+        return out.last_hidden_state[:, -1, :]
+
+    def decode_with_outputs(self, new: torch.Tensor) -> StackOutput:
+        """decode_step with attention weights / hidden states: new (N, T) after the cached positions."""
+        past, n = self.cache.get_seq_length(), new.shape[1]
+        positions = torch.arange(past, past + n, device=new.device)
+        mask = causal_mask(positions, past + n, None, new.shape[0], self.encoder_states.dtype) \
+            if n > 1 else None
+        ctx = StackContext(cache=self.cache, encoder_states=self.encoder_states, encoder_mask=self.encoder_mask,
+                           need_weights=self.record.attentions)
+        return self.model.decoder(self.model.shared(new), mask, positions, ctx, self.record.hidden_states)
+
+    def step(self, seqs: torch.Tensor) -> torch.Tensor:
         """Exact next-token logits (N, V) in fp32."""
-        return self.head.logits(self.states(tokens))
+        logits = self.head.logits(self.states(seqs))
+        if self.record is not None and self.record.logits:
+            self.record.raw_logits.append(logits.clone())  # callers may process `logits` in place
+        return logits
 
-    def greedy(self, tokens: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    def greedy(self, seqs: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
         """Next tokens (N,) by exact argmax of the processed logits."""
-        states = self.states(tokens)
+        states = self.states(seqs)
         if cfg.repetition_penalty != 1.0:  # it rescales scores by their sign: outside the int8 screen's bound
             return process_scores(self.head.logits(states), seqs, cfg, allowed=self.allowed).argmax(-1)
         # the prefix mask is a ban to -inf like the others, so the screen's proof still holds
@@ -68,15 +167,17 @@ class DecoderState:
 
 
 def encode_for_generation(model, input_ids, attention_mask, expand: int, head: FastHead | None = None,
-                          allowed: "PrefixMask | None" = None) -> DecoderState:
-    """Runs the encoder once and repeats its states for beams / return sequences."""
-    enc = model.encode(input_ids, attention_mask).last_hidden_state
+                          allowed: "PrefixMask | None" = None, *, encoder: StackOutput | None = None,
+                          use_cache: bool = True, record: StepRecord | None = None) -> DecoderState:
+    """Runs the encoder once (unless its output `encoder` is given) and repeats its states for beams / return
+    sequences."""
+    enc = (encoder if encoder is not None else model.encode(input_ids, attention_mask)).last_hidden_state
     mask = padding_mask(attention_mask, enc.dtype) if attention_mask is not None and not bool(
         attention_mask.all()) else None
     if expand > 1:
         enc = enc.repeat_interleave(expand, dim=0)
         mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
-    return DecoderState(model, enc, mask, head, allowed)
+    return DecoderState(model, enc, mask, head, allowed, use_cache, record)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -123,7 +224,17 @@ def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConf
         scores[:, cfg.eos_ids] = NEG_INF
     if allowed is not None:
         scores = allowed(scores, seqs, rows)
+    if cfg.remove_invalid_values:
+        scores = remove_invalid_values(scores)
     return scores
+
+
+def remove_invalid_values(scores: torch.Tensor) -> torch.Tensor:
+    """transformers' InfNanRemoveLogitsProcessor: nan -> 0, +-inf -> the dtype's largest / smallest value."""
+    info = torch.finfo(scores.dtype)
+    out = torch.where(scores != scores, 0.0, scores)
+    out = torch.where(scores == float("inf"), info.max, out)
+    return torch.where(scores == NEG_INF, info.min, out)
 
 
 def ban_repeated_ngrams(scores: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
@@ -174,25 +285,38 @@ def warp_for_sampling(scores: torch.Tensor, cfg: GenerationConfig, keep: int = 1
 # ------------------------------------------------------------------------------------------------------------
 # Greedy and sampling
 # ------------------------------------------------------------------------------------------------------------
+def start_tokens(state: DecoderState, cfg: GenerationConfig) -> torch.Tensor:
+    """The default decoder prompt: the start token, (N, 1)."""
+    return torch.full((state.encoder_states.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long,
+                      device=state.encoder_states.device)
+
+
+def keeps_scores(cfg: GenerationConfig) -> bool:
+    """transformers returns (so computes) per-step scores only in the dict output."""
+    return cfg.output_scores and cfg.return_dict_in_generate
+
+
 def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Generator | None,
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yields (next tokens (N,), processed scores (N, V)) each step until every row ends or the limit."""
-    n = state.encoder_states.shape[0]
-    device = state.encoder_states.device
-    seqs = torch.full((n, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+                 prompt: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yields (next tokens (N,), processed (and, sampling, warped) scores (N, V) or None) each step until every
+    row ends or the limit. `prompt` (N, P): the decoder tokens to continue (the start token by default)."""
+    seqs = start_tokens(state, cfg) if prompt is None else prompt
+    n, device = seqs.shape[0], seqs.device
     unfinished = torch.ones(n, dtype=torch.bool, device=device)
     eos = torch.tensor(cfg.eos_ids, device=device)
-    for _ in range(cfg.total_length() - 1):
+    full = cfg.do_sample or keeps_scores(cfg) or cfg.remove_invalid_values or (
+        state.record is not None and state.record.logits)
+    for _ in range(max(cfg.total_length(seqs.shape[1]) - seqs.shape[1], 1)):  # transformers: at least one
         scores = None
-        if cfg.do_sample or cfg.output_scores:
-            scores = process_scores(state.step(seqs[:, -1:]), seqs, cfg, allowed=state.allowed)
+        if full:
+            scores = process_scores(state.step(seqs), seqs, cfg, allowed=state.allowed)
         if cfg.do_sample:
-            probs = F.softmax(warp_for_sampling(scores, cfg), dim=-1)
-            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            scores = warp_for_sampling(scores, cfg)
+            tokens = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         elif scores is not None:
             tokens = scores.argmax(-1)
         else:
-            tokens = state.greedy(seqs[:, -1:], seqs, cfg)
+            tokens = state.greedy(seqs, cfg)
         tokens = torch.where(unfinished, tokens, cfg.pad_token_id)
         seqs = torch.cat([seqs, tokens[:, None]], 1)
         yield tokens, scores
@@ -202,16 +326,15 @@ def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Ge
             return
 
 
-def greedy_or_sample(state: DecoderState, cfg: GenerationConfig,
-                     generator: torch.Generator | None) -> GenerateOutput:
-    start = torch.full((state.encoder_states.shape[0], 1), cfg.decoder_start_token_id, dtype=torch.long,
-                       device=state.encoder_states.device)
-    tokens, scores = [start], []
-    for step_tokens, step_scores in sample_steps(state, cfg, generator):
+def greedy_or_sample(state: DecoderState, cfg: GenerationConfig, generator: torch.Generator | None,
+                     prompt: torch.Tensor | None = None) -> GenerateEncoderDecoderOutput:
+    tokens, scores = [start_tokens(state, cfg) if prompt is None else prompt], []
+    for step_tokens, step_scores in sample_steps(state, cfg, generator, tokens[0]):
         tokens.append(step_tokens[:, None])
-        if cfg.output_scores:
-            scores.append(step_scores)
-    return GenerateOutput(torch.cat(tokens, 1), tuple(scores) if cfg.output_scores else None)
+        scores.append(step_scores)
+    record = state.record.fields() if state.record is not None else {}
+    return GenerateEncoderDecoderOutput(torch.cat(tokens, 1), tuple(scores) if keeps_scores(cfg) else None,
+                                        **record)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -227,6 +350,9 @@ class Beams:
     finished_lengths: torch.Tensor  # (B, K) generated tokens of each finished hypothesis
     is_finished: torch.Tensor      # (B, K) bool: slot holds a real finished hypothesis
     improvable: torch.Tensor       # (B, 1) bool: a running beam may still beat the finished ones
+    prompt_len: int = 1            # decoder tokens given before the search (start token, decoder_input_ids)
+    running_rows: torch.Tensor | None = None   # (B, K, L - P) int32: row of each token's parent (dict output)
+    finished_rows: torch.Tensor | None = None  # (B, K, L - P)
 
 
 def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -236,36 +362,48 @@ def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, index.expand(*index.shape[:2], *t.shape[2:]), dim=1)
 
 
-def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int,
-                generator: torch.Generator | None) -> GenerateOutput:
-    k, max_len = cfg.num_beams, cfg.total_length()
+def start_beams(prompt: torch.Tensor, cfg: GenerationConfig, batch: int, max_len: int, track_rows: bool) -> Beams:
+    """prompt (B*K, P) -> the search's initial state; only the first beam of each input may expand at step one."""
+    k, p, device = cfg.num_beams, prompt.shape[1], prompt.device
+    fill = (cfg.pad_token_id or cfg.eos_ids[0]) if cfg.eos_ids else -1  # transformers' fill for ended beams
+    running = torch.full((batch, k, max_len), fill, dtype=torch.long, device=device)
+    running[:, :, :p] = prompt.view(batch, k, p)
+    rows = torch.full((batch, k, max_len - p), -1, dtype=torch.int32, device=device) if track_rows else None
+    b = Beams(running=running, running_scores=torch.zeros(batch, k, device=device), finished=running.clone(),
+              finished_scores=torch.full((batch, k), -1e9, device=device),
+              finished_lengths=torch.zeros(batch, k, dtype=torch.long, device=device),
+              is_finished=torch.zeros(batch, k, dtype=torch.bool, device=device),
+              improvable=torch.ones(batch, 1, dtype=torch.bool, device=device), prompt_len=p,
+              running_rows=rows, finished_rows=None if rows is None else rows.clone())
+    b.running_scores[:, 1:] = -1e9
+    return b
+
+
+def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int, generator: torch.Generator | None,
+                prompt: torch.Tensor | None = None) -> GenerateBeamEncoderDecoderOutput:
+    """`prompt` (B*K, P): the decoder tokens every beam continues (the start token by default)."""
+    prompt = start_tokens(state, cfg) if prompt is None else prompt
+    k, p = cfg.num_beams, prompt.shape[1]
+    max_len = cfg.total_length(p)
+    if max_len <= p:
+        raise ValueError(f"decoder_input_ids already hold {p} tokens but max_length is {max_len}: raise "
+                         "max_length or use max_new_tokens")
     device = state.encoder_states.device
     keep = max(2, 1 + len(cfg.eos_ids)) * k  # candidates per step, so k live beams remain after some finish
     first_k = torch.arange(keep, device=device) < k
-    fill = cfg.pad_token_id
-    b = Beams(
-        running=torch.full((batch, k, max_len), fill, dtype=torch.long, device=device),
-        running_scores=torch.zeros(batch, k, device=device),
-        finished=torch.full((batch, k, max_len), fill, dtype=torch.long, device=device),
-        finished_scores=torch.full((batch, k), -1e9, device=device),
-        finished_lengths=torch.zeros(batch, k, dtype=torch.long, device=device),
-        is_finished=torch.zeros(batch, k, dtype=torch.bool, device=device),
-        improvable=torch.ones(batch, 1, dtype=torch.bool, device=device),
-    )
-    b.running[:, :, 0] = cfg.decoder_start_token_id
-    b.running_scores[:, 1:] = -1e9  # all beams start identical: only the first may expand at step one
+    b = start_beams(prompt, cfg, batch, max_len, track_rows=cfg.return_dict_in_generate)
     eos = torch.tensor(cfg.eos_ids, device=device)
     all_scores = []
-    full_scores = cfg.output_scores or cfg.do_sample or cfg.repetition_penalty != 1.0
-    for cur in range(1, max_len):
+    full_scores = keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or cfg.remove_invalid_values
+    for cur in range(p, max_len):
         seqs = b.running[:, :, :cur].reshape(batch * k, cur)
-        logits = state.step(seqs[:, -1:])
+        logits = state.step(seqs)
         if full_scores:
             log_probs = process_scores(F.log_softmax(logits, dim=-1), seqs, cfg, allowed=state.allowed)
-            if cfg.output_scores:
-                all_scores.append(log_probs)
             if cfg.do_sample:
                 log_probs = warp_for_sampling(log_probs, cfg, keep=keep)
+            if keeps_scores(cfg):
+                all_scores.append(log_probs)
             vocab = log_probs.shape[-1]
             totals = (log_probs.view(batch, k, vocab) + b.running_scores[:, :, None]).view(batch, k * vocab)
             cand_scores, cand_seqs, cand_beams = top_continuations(totals, b.running, cur, keep, vocab, cfg,
@@ -275,14 +413,21 @@ def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int,
                                                                         state.allowed)
         hits = torch.isin(cand_seqs[:, :, cur], eos) if len(eos) else torch.zeros_like(cand_scores, dtype=torch.bool)
         hits |= cur + 1 >= max_len
+        cand_rows = None
+        if b.running_rows is not None:  # transformers' beam_indices: the flat row each new token extends
+            cand_rows = gather(b.running_rows, cand_beams).clone()
+            cand_rows[:, :, cur - p] = (cand_beams + torch.arange(batch, device=device)[:, None] * k).int()
         # the best k candidates that did not stop keep running
         live_scores = cand_scores + hits.float() * -1e9
         best = torch.topk(live_scores, k).indices
         b.running, b.running_scores = gather(cand_seqs, best), gather(live_scores, best)
+        if cand_rows is not None:
+            b.running_rows = gather(cand_rows, best)
         parent = gather(cand_beams, best)
-        add_finished(b, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg)
+        add_finished(b, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg, cand_rows)
         # parents stay within each input's group, whose cross-attention K/V rows are identical: keep those
-        state.cache.reorder((parent + torch.arange(batch, device=device)[:, None] * k).view(-1), cross=False)
+        if state.use_cache:
+            state.cache.reorder((parent + torch.arange(batch, device=device)[:, None] * k).view(-1), cross=False)
         b.improvable = still_improvable(b, cur + 1, max_len, cfg)
         if not done_searching(b, hits, cfg):
             break
@@ -322,26 +467,30 @@ def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: Gen
     return scores, out, parent
 
 
-def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig) -> None:
+def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig,
+                 cand_rows: torch.Tensor | None = None) -> None:
     """Merges newly finished candidates into the k best finished hypotheses (length-penalised scores)."""
-    scores = cand_scores / (cur ** cfg.length_penalty)  # `cur` generated tokens, eos included
+    generated = cur + 1 - b.prompt_len  # tokens after the prompt, eos included
+    scores = cand_scores / (generated ** cfg.length_penalty)
     full = b.is_finished.all(-1, keepdim=True) & (cfg.early_stopping is True)
     scores = scores + full.float() * -1e9 + (~b.improvable).float() * -1e9 + (~just_finished).float() * -1e9
-    lengths = torch.full_like(cand_scores, cur, dtype=torch.long)
+    lengths = torch.full_like(cand_scores, generated, dtype=torch.long)
     merged_scores = torch.cat([b.finished_scores, scores], 1)
     top = torch.topk(merged_scores, b.finished.shape[1]).indices
     b.finished = gather(torch.cat([b.finished, cand_seqs], 1), top)
     b.finished_scores = gather(merged_scores, top)
     b.finished_lengths = gather(torch.cat([b.finished_lengths, lengths], 1), top)
     b.is_finished = gather(torch.cat([b.is_finished, just_finished], 1), top)
+    if cand_rows is not None:
+        b.finished_rows = gather(torch.cat([b.finished_rows, cand_rows], 1), top)
 
 
 def still_improvable(b: Beams, cur_len: int, max_len: int, cfg: GenerationConfig) -> torch.Tensor:
     """Can the best running beam still beat the worst finished one? (transformers' heuristic)"""
     if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
-        length = max_len - 1
+        length = max_len - b.prompt_len
     else:
-        length = cur_len - 1
+        length = cur_len - b.prompt_len
     best_running = b.running_scores[:, :1] / (length ** cfg.length_penalty)
     worst_finished = torch.where(b.is_finished, b.finished_scores.min(1, keepdim=True).values,
                                  torch.tensor(-1e9, device=b.finished_scores.device))
@@ -355,42 +504,112 @@ def done_searching(b: Beams, hits: torch.Tensor, cfg: GenerationConfig) -> bool:
     return improvement_possible and open_beam and not bool(hits.all())
 
 
-def finish_beams(b: Beams, cfg: GenerationConfig, batch: int, all_scores: list) -> GenerateOutput:
+def finish_beams(b: Beams, cfg: GenerationConfig, batch: int, all_scores: list
+                 ) -> GenerateBeamEncoderDecoderOutput:
     n = cfg.num_return_sequences
     seqs = b.finished[:, :n].reshape(batch * n, -1)
-    lengths = b.finished_lengths[:, :n].reshape(-1)
-    seqs = seqs[:, : int(lengths.max()) + 1]
-    return GenerateOutput(seqs, tuple(all_scores) if cfg.output_scores else None,
-                          b.finished_scores[:, :n].reshape(-1))
+    generated = int(b.finished_lengths[:, :n].max())
+    rows = None if b.finished_rows is None else b.finished_rows[:, :n].reshape(batch * n, -1)[:, :generated]
+    scores = keeps_scores(cfg)
+    return GenerateBeamEncoderDecoderOutput(seqs[:, : b.prompt_len + generated],
+                                            b.finished_scores[:, :n].reshape(-1) if scores else None,
+                                            tuple(all_scores) if scores else None, beam_indices=rows)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+def generate(model, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
              generation_config: GenerationConfig | None = None, generator: torch.Generator | None = None,
-             prefix_allowed_tokens_fn: PrefixFn | None = None, **kwargs: Any) -> torch.Tensor | GenerateOutput:
-    """transformers-style generate(): returns sequences (N, L) starting with the decoder start token, or a
-    GenerateOutput with `return_dict_in_generate=True` / `output_scores=True`.
+             prefix_allowed_tokens_fn: PrefixFn | None = None, *, inputs_embeds: torch.Tensor | None = None,
+             encoder_outputs: Any = None, decoder_input_ids: torch.Tensor | None = None,
+             **kwargs: Any) -> torch.Tensor | GenerateOutput:
+    """transformers-style generate(): returns sequences (N, L) starting with the decoder prompt, or with
+    `return_dict_in_generate=True` a GenerateEncoderDecoderOutput / GenerateBeamEncoderDecoderOutput (beams)
+    whose fields (`scores`, `logits`, attentions, hidden states, `past_key_values`) follow output_scores,
+    output_logits, output_attentions, output_hidden_states and use_cache as in transformers 4.57.
+
+    The encoder input is `input_ids` (B, S), or `inputs_embeds` (B, S, D), or `encoder_outputs` from a previous
+    `model.encode()` / encoder call (then `attention_mask` is the one it was run with). `decoder_input_ids`
+    (B, P): decoding continues after them (the start token is put first when no row begins with it).
 
     `prefix_allowed_tokens_fn(batch_id, ids)` (ids (L,): the row's decoder tokens so far) lists the tokens
     allowed next; all others get -inf after the other bans (transformers 4.57's PrefixConstrainedLogitsProcessor;
     batch_id counts inputs under beam search, rows otherwise)."""
     cfg = (generation_config or model.generation_config).updated(**kwargs)
     cfg.validate()
-    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError("generate() needs input_ids of shape (batch, length) with length >= 1")
+    if attention_mask is None and input_ids is not None and encoder_outputs is None:
+        attention_mask = inferred_attention_mask(input_ids, cfg)
+    want = cfg.return_dict_in_generate
+    enc = run_encoder(model, input_ids, inputs_embeds, attention_mask, encoder_outputs,
+                      attentions=want and cfg.output_attentions, hidden_states=want and cfg.output_hidden_states)
+    batch, device = enc.last_hidden_state.shape[0], enc.last_hidden_state.device
     if generator is None and cfg.seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
-    batch = input_ids.shape[0]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    expand = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
+    prompt = decoder_prompt(decoder_input_ids, batch, cfg, device).repeat_interleave(expand, dim=0)
+    cfg = dataclasses.replace(cfg, min_length=cfg.min_total_length(prompt.shape[1]), min_new_tokens=None)
     allowed = PrefixMask(prefix_allowed_tokens_fn, cfg.num_beams) if prefix_allowed_tokens_fn is not None else None
+    record = StepRecord(cfg.output_attentions, cfg.output_hidden_states, bool(cfg.output_logits)) if want else None
+    head = FastHead.for_model(model, rows=batch * cfg.num_beams) if cfg.num_beams > 1 else None  # full fp32 head
+    state = encode_for_generation(model, None, attention_mask, expand, head, allowed, encoder=enc,
+                                  use_cache=cfg.use_cache, record=record)
     if cfg.num_beams > 1:
-        head = FastHead.for_model(model, rows=batch * cfg.num_beams)  # beams need the full fp32 head every step
-        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_beams, head, allowed)
-        out = beam_search(state, cfg, batch, generator)
+        out = beam_search(state, cfg, batch, generator, prompt)
     else:
-        state = encode_for_generation(model, input_ids, attention_mask, cfg.num_return_sequences,
-                                      allowed=allowed)
-        out = greedy_or_sample(state, cfg, generator)
-    return out if (cfg.return_dict_in_generate or cfg.output_scores) else out.sequences
+        out = greedy_or_sample(state, cfg, generator, prompt)
+    if not want:
+        return out.sequences
+    for name, value in record.fields().items():
+        setattr(out, name, value)
+    out.encoder_attentions = enc.attentions if cfg.output_attentions else None
+    out.encoder_hidden_states = enc.hidden_states if cfg.output_hidden_states else None
+    out.past_key_values = state.cache if cfg.use_cache else None
+    return out
+
+
+def inferred_attention_mask(input_ids: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor | None:
+    """transformers' mask when none is given: pad tokens masked, if the input holds any and pad is not eos."""
+    pad = cfg.pad_token_id
+    if input_ids.dim() != 2 or pad is None or pad in cfg.eos_ids or not bool((input_ids == pad).any()):
+        return None
+    return input_ids.ne(pad).long()
+
+
+def run_encoder(model, input_ids, inputs_embeds, attention_mask, encoder_outputs, attentions: bool,
+                hidden_states: bool) -> StackOutput:
+    """The encoder's output from whichever input was given (transformers' order: encoder_outputs first)."""
+    if encoder_outputs is not None:
+        return as_stack_output(encoder_outputs)
+    if inputs_embeds is not None:
+        if inputs_embeds.dim() != 3:
+            raise ValueError(f"inputs_embeds must be (batch, length, d_model), got shape {tuple(inputs_embeds.shape)}")
+        positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        return model.encoder(inputs_embeds, padding_mask(attention_mask, inputs_embeds.dtype), positions,
+                             StackContext(need_weights=attentions), hidden_states)
+    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError("generate() needs input_ids of shape (batch, length) with length >= 1 (or inputs_embeds, "
+                         "or encoder_outputs)")
+    if attentions or hidden_states:
+        return model.encode(input_ids, attention_mask, attentions, hidden_states)
+    return model.encode(input_ids, attention_mask)
+
+
+def decoder_prompt(decoder_input_ids: torch.Tensor | None, batch: int, cfg: GenerationConfig,
+                   device: torch.device) -> torch.Tensor:
+    """(B, P) decoder tokens to continue: the start token, or decoder_input_ids with the start token put first
+    when no row begins with it (transformers' rule)."""
+    start = torch.full((batch, 1), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    if decoder_input_ids is None:
+        return start
+    ids = torch.as_tensor(decoder_input_ids, device=device).long()
+    if ids.dim() == 1:
+        ids = ids[None].expand(batch, -1)
+    if ids.dim() != 2 or ids.shape[0] != batch:
+        raise ValueError(f"decoder_input_ids must be (batch={batch}, length), got shape {tuple(ids.shape)}")
+    if ids.shape[1] == 0:
+        return start
+    if bool((ids[:, 0] != cfg.decoder_start_token_id).all()):
+        ids = torch.cat([start, ids], 1)
+    return ids

@@ -111,7 +111,7 @@ def test_memory_footprint_by_component(ckpt):
 # -- dtypes -------------------------------------------------------------------------------------------------------
 def safe_prefix(m, ids, mask, steps=8):
     """fp32 greedy tokens, cut before the first step whose top-2 margin is too thin for half precision."""
-    out = m.generate(ids[:1], mask[:1], max_new_tokens=steps, output_scores=True)
+    out = m.generate(ids[:1], mask[:1], max_new_tokens=steps, output_scores=True, return_dict_in_generate=True)
     tokens = out.sequences[0].tolist()
     for i, scores in enumerate(out.scores):
         top = scores[0].topk(2).values
