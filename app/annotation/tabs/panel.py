@@ -257,7 +257,8 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
         """The name typed (or restored) after the result came: show that annotator's earlier judgement of it,
         unless spans were marked or the result saved already (nothing typed since is overwritten then)."""
         earlier = None if spans_v or ann_id else earlier_annotation(store, record, annotator_v)
-        return earlier_shown(record, earlier) if earlier is not None else {}
+        # gr.skip(): nothing changes (an empty dict would be taken as one value for all the outputs)
+        return earlier_shown(record, earlier) if earlier is not None else {status: gr.skip()}
 
     def checked(record, new_spans, protocol_v):
         return check_spans(new_spans, record_texts(record), stored_protocol(protocol_v), task_cats, protocols)
@@ -352,8 +353,10 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
     handle.record.change(new_result, [handle.record, protocol, f.annotator],
                          [*f.judgement(), saved_id, status, esa_score, protocol, *span_outputs], queue=False, **priv)
     selection = [sel_panel, sel_side, sel_start, sel_end, sel_text]
+    # No progress overlay: it runs at every keystroke of the name and would cover the rating being clicked.
     f.annotator.change(recall, [handle.record, f.annotator, spans, saved_id],
-                       [*f.judgement(), saved_id, status, esa_score, protocol, *span_outputs], queue=False, **priv)
+                       [*f.judgement(), saved_id, status, esa_score, protocol, *span_outputs], queue=False,
+                       show_progress="hidden", **priv)
     add.click(None, selection, selection, js=span_js(ctx, "span_select"), queue=False, **priv).then(
         add_span, [handle.record, sel_side, sel_start, sel_end, sel_text, span_cat, span_sev, spans, protocol],
         span_outputs, queue=False, **priv)
