@@ -68,8 +68,9 @@ def test_annotate_and_export_round_trip_every_format(store, tmp_path):
     assert a.corrected_output == TEXTS["output"] and a.error_categories == ["accuracy", "omission"]
     second = annotate(store, "classification", "demo/cls", "טקסט", "positive", annotator="Dan", rating=None)
     assert store.get(second["id"]).rating is None
-    bad = annotate(store, "summarization", "m", "in", "out", rating=9, annotator="Dan")
-    assert bad["id"] == "" and "rating" in bad["message"] and store.count() == 2
+    with pytest.raises(ValueError, match="rating"):
+        annotate(store, "summarization", "m", "in", "out", rating=9, annotator="Dan")
+    assert store.count() == 2
     for fmt in ("csv", "jsonl", "parquet"):
         path = export(store, fmt, folder=tmp_path / fmt)
         assert path.suffix == f".{fmt}" and path.parent == tmp_path / fmt
@@ -141,12 +142,13 @@ def test_blocks_build(store):
     assert {"annotate", "export"} <= names
     # every handler of these tabs is private: only the two endpoints are public
     public = {d.get("api_name") for d in config["dependencies"] if d.get("api_visibility", "public") == "public"}
-    assert public == {"annotate", "export"}
+    assert public == {"annotate", "export", "import"}
 
 
 def test_endpoints_through_gradio_client(store, tmp_path):
     import gradio as gr
     from gradio_client import Client
+    from gradio_client.exceptions import AppError
 
     from app.annotation.api import mount
 
@@ -159,8 +161,8 @@ def test_endpoints_through_gradio_client(store, tmp_path):
                                "تصحيح <script>x</script>", ["fluency"], "+cmd", "Amina", "main", "umt5",
                                "bfloat16", '{"num_beams": 4}', api_name="/annotate")
         assert saved["id"], saved
-        bad = client.predict("summarization", "m", "in", "out", 9, None, [], "", "Amina", api_name="/annotate")
-        assert bad["id"] == "" and "rating" in bad["message"]
+        with pytest.raises(AppError, match="Not saved: rating"):   # a script cannot lose it silently
+            client.predict("summarization", "m", "in", "out", 9, None, [], "", "Amina", api_name="/annotate")
         path = client.predict("jsonl", api_name="/export")
         records = [r for _, r in read_export(path)]
         assert len(records) == 1 and records[0] == store.get(saved["id"])
