@@ -5,6 +5,7 @@ Unknown keys are kept (in `extra`) and written back on save; nothing is guessed 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import warnings
@@ -22,7 +23,56 @@ CACHE_IMPLEMENTATIONS = (None, "dynamic")  # our cache grows as it fills: transf
 # Keys whose values transformers writes but which we derive or do not need to keep separately.
 _DERIVED_KEYS = {"dense_act_fn", "is_gated_act", "transformers_version", "_name_or_path"}
 
+# transformers' T5 attribute_map (the same for mT5 and UMT5), plus `dtype`, 4.57's name for torch_dtype.
+ATTRIBUTE_MAP = {"hidden_size": "d_model", "num_attention_heads": "num_heads", "num_hidden_layers": "num_layers",
+                 "head_dim": "d_kv", "dtype": "torch_dtype"}
+# PretrainedConfig's common attributes with its defaults (4.57): kept in `extra` when set, else read from here.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False,
+    "pruned_heads": {}, "chunk_size_feed_forward": 0, "is_decoder": False, "cross_attention_hidden_size": None,
+    "add_cross_attention": False, "tie_encoder_decoder": False, "finetuning_task": None,
+    "task_specific_params": None, "prefix": None, "bos_token_id": None, "sep_token_id": None,
+    "tf_legacy_loss": False, "use_bfloat16": False, "max_length": 20, "min_length": 0, "do_sample": False,
+    "early_stopping": False, "num_beams": 1, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0,
+    "repetition_penalty": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "num_return_sequences": 1, "output_scores": False,
+    "return_dict_in_generate": False, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "remove_invalid_values": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "num_beam_groups": 1, "diversity_penalty": 0.0,
+}
+# The decoding keys of that list: transformers moves non-default ones from config.json to generation_config.json.
+GENERATION_KEYS = tuple(list(COMMON_DEFAULTS)[list(COMMON_DEFAULTS).index("max_length"):])
 
+
+def accepts_pretrained_kwargs(cls):
+    """Lets the dataclass __init__ take what PretrainedConfig's takes: aliases (hidden_size, dtype, ...) set
+    their fields after __init__ as transformers does (so num_hidden_layers=3 leaves num_decoder_layers at the
+    default num_layers' value, as there), any other keyword (bos_token_id, return_dict, ...) goes into `extra`."""
+    init = cls.__init__
+    names = set(cls.__dataclass_fields__)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        extra = dict(kwargs.pop("extra", None) or {})
+        known, aliased = {}, {}
+        for key, value in kwargs.items():
+            if key in names:
+                known[key] = value
+            elif key in ATTRIBUTE_MAP:
+                aliased[ATTRIBUTE_MAP[key]] = value
+            elif key not in _DERIVED_KEYS:
+                extra[key] = value
+        if "torch_dtype" in aliased:  # `dtype` is only a newer name: it goes through __post_init__
+            known.setdefault("torch_dtype", aliased.pop("torch_dtype"))
+        init(self, *args, **known, extra=extra)
+        for key, value in aliased.items():
+            setattr(self, key, value)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@accepts_pretrained_kwargs
 @dataclass
 class MT5Config:
     """Configuration of an mT5 model. Defaults are google/mt5-small's shape."""
@@ -59,6 +109,8 @@ class MT5Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.torch_dtype is not None and not isinstance(self.torch_dtype, str):  # a torch.dtype
+            self.torch_dtype = str(self.torch_dtype).removeprefix("torch.")
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_layers
         parts = self.feed_forward_proj.split("-")
@@ -117,26 +169,65 @@ class MT5Config:
         decoder = self.num_decoder_layers * (8 * d * inner + ffn + 3 * d) + dec_bias + d
         return (1 if self.tie_word_embeddings else 2) * self.vocab_size * d + encoder + decoder
 
-    @property
-    def return_dict(self) -> bool:
-        """transformers' switch between output objects (True) and tuples (False); kept in `extra`, so a
-        config.json that sets it round-trips and one that does not stays as it was."""
-        return bool(self.extra.get("return_dict", True))
+    # PretrainedConfig's attributes: aliases map to fields; other names live in `extra` (so a config.json that
+    # sets them round-trips and one that does not stays as it was), unset ones read transformers' defaults.
+    def __getattr__(self, name: str) -> Any:  # called only when normal lookup fails
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        if name in ATTRIBUTE_MAP:
+            return getattr(self, ATTRIBUTE_MAP[name])
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        if name in COMMON_DEFAULTS:
+            default = COMMON_DEFAULTS[name]
+            return dict(default) if isinstance(default, dict) else default
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    @return_dict.setter
-    def return_dict(self, value: bool) -> None:
-        self.extra["return_dict"] = bool(value)
+    def __setattr__(self, name: str, value: Any) -> None:
+        name = ATTRIBUTE_MAP.get(name, name)
+        if name not in self.__dataclass_fields__:
+            self.extra[name] = value
+            return
+        initialised = "extra" in self.__dict__
+        if initialised and name == "num_labels" and (self.id2label is None or len(self.id2label) != value):
+            # transformers: new label count, new default names
+            object.__setattr__(self, "id2label", {i: f"LABEL_{i}" for i in range(value)})
+            object.__setattr__(self, "label2id", {v: k for k, v in self.id2label.items()})
+        if initialised and name == "id2label" and value is not None:
+            value = {int(k): v for k, v in value.items()}
+            object.__setattr__(self, "num_labels", len(value))
+        object.__setattr__(self, name, value)
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict and not self.torchscript
 
     # Serialization -----------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MT5Config":
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        data = dict(data)
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> "MT5Config":
+        """From a config.json dict; `kwargs` override its values (as in transformers)."""
+        data = {**data, **kwargs}
         family = data.pop("model_type", None)
         check_model_type(family, data.get("architectures"), cls)
-        known = {k: data[k] for k in names if k in data}
-        extra = {k: v for k, v in data.items() if k not in names and k not in _DERIVED_KEYS}
-        return cls(**known, extra=extra)
+        if "dtype" in data:   # 4.57 writes `dtype`, older versions `torch_dtype`
+            dtype = data.pop("dtype")
+            data["torch_dtype"] = data.get("torch_dtype") or dtype
+        return cls(**data)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "MT5Config":
+        return cls.from_dict(read_json(path))
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON with sorted keys as transformers writes it; use_diff drops values left at None."""
+        data = self.to_dict()
+        if use_diff:
+            data = {k: v for k, v in data.items() if v is not None}
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_json_file(self, path: str | os.PathLike, use_diff: bool = True) -> None:
+        Path(path).write_text(self.to_json_string(use_diff), encoding="utf-8")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_type": self.model_type}
@@ -163,6 +254,7 @@ class MT5Config:
         return dataclasses.replace(self, **changes)
 
 
+@accepts_pretrained_kwargs
 @dataclass
 class UMT5Config(MT5Config):
     """Configuration of a UMT5 model (google/umt5-small's shape); transformers' UMT5Config defaults to tied."""
@@ -249,6 +341,9 @@ class GenerationConfig:
     output_hidden_states: bool = False       # with return_dict_in_generate: per-step hidden states
     output_logits: bool | None = None        # with return_dict_in_generate: per-step raw logits
     remove_invalid_values: bool = False      # transformers' InfNanRemoveLogitsProcessor, after the other bans
+    # True when these settings were derived from config.json, written into generation_config.json as transformers
+    # does (its generate() then re-derives them when the model config changes).
+    _from_model_config: bool = field(default=False, repr=False, compare=False)
 
     @classmethod
     def from_model_config(cls, config: MT5Config, generation_json: dict | None = None) -> "GenerationConfig":
@@ -260,6 +355,7 @@ class GenerationConfig:
         values.setdefault("eos_token_id", config.eos_token_id)
         values.setdefault("pad_token_id", config.pad_token_id)
         values.setdefault("decoder_start_token_id", config.decoder_start_token_id)
+        values["_from_model_config"] = bool(generation_json.get("_from_model_config")) if generation_json else True
         return cls(**values)
 
     @classmethod
@@ -272,6 +368,33 @@ class GenerationConfig:
             data = read_json(resolve_file(repo_or_dir, CONFIG_NAME, **hub_options))
             config = config_class(family_of(data)).from_dict(data)
         return cls.from_model_config(config, read_json(path) if path is not None else None)
+
+    # transformers' defaults where they differ from ours (we fill the token ids from the model config).
+    _TRANSFORMERS_DEFAULTS: ClassVar[dict[str, Any]] = {"eos_token_id": None, "pad_token_id": None,
+                                                        "decoder_start_token_id": None}
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The settings that differ from transformers' GenerationConfig() defaults, keys sorted, as
+        generation_config.json holds them (with `_from_model_config` when derived from config.json)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = self._TRANSFORMERS_DEFAULTS.get(f.name, f.default)
+            if f.name == "_from_model_config":
+                if value:
+                    out[f.name] = True
+            elif value != default:
+                out[f.name] = value
+        return dict(sorted(out.items()))
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        data = self.to_diff_dict() if use_diff else {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes generation_config.json (only non-default values, as transformers writes it)."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        (Path(directory) / GENERATION_CONFIG_NAME).write_text(self.to_json_string(), encoding="utf-8")
 
     def updated(self, **changes: Any) -> "GenerationConfig":
         names = {f.name for f in dataclasses.fields(self)}

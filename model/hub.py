@@ -16,7 +16,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+HUB_OPTIONS = ("revision", "subfolder", "token", "cache_dir", "local_files_only", "force_download")
 
 
 class CheckpointError(ValueError):
@@ -44,6 +44,8 @@ def resolve_file(repo_or_dir: str | os.PathLike, filename: str, optional: bool =
             check_name(str(hub[option]), option, repo_or_dir)
     local = Path(repo_or_dir)
     if local.is_dir():
+        if hub.get("subfolder"):  # as on the Hub: the checkpoint sits in that folder of the directory
+            local = local / str(hub["subfolder"])
         path = local / filename
         if path.is_file():
             return path

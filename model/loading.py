@@ -19,7 +19,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import CONFIG_NAME, GenerationConfig, MT5Config, config_class, family_of, read_json
+from .config import (
+    COMMON_DEFAULTS,
+    CONFIG_NAME,
+    GENERATION_KEYS,
+    GenerationConfig,
+    MT5Config,
+    config_class,
+    family_of,
+    read_json,
+)
 from .hub import CheckpointError, CheckpointNotFoundError, hub_options, resolve_file
 from .placement import check_model_device, place, warn_slow_dtype
 from .quant import (
@@ -52,6 +61,13 @@ class LoadingInfo:
     """What loading did beyond a one-to-one copy, by key name."""
     missing_keys: list[str] = field(default_factory=list)      # initialised at random (task heads only)
     unexpected_keys: list[str] = field(default_factory=list)   # present in the checkpoint, not used
+    # skipped and initialised (ignore_mismatched_sizes=True); their (checkpoint, model) shapes alongside
+    mismatched_keys: list[str] = field(default_factory=list)
+    mismatched_shapes: list[tuple[tuple, tuple]] = field(default_factory=list)
+
+    def __getitem__(self, key: str):
+        """transformers returns a dict: info["missing_keys"] reads the same."""
+        return getattr(self, key)
     source_files: list[str] = field(default_factory=list)
 
 
@@ -119,7 +135,8 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 BLOCK = re.compile(r"^(?:transformer\.)?(encoder|decoder)\.block\.(\d+)\.")
 
 
-def check_config_fits(config: MT5Config, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+def check_config_fits(config: MT5Config, shapes: dict[str, tuple[int, ...]], source: str,
+                      ignore_mismatched_sizes: bool = False) -> None:
     """Compares config.json with the checkpoint's key names and shapes before any model is built: a config
     that claims far more than its weights (100,000 layers over a 2-layer checkpoint) would otherwise tie up a
     worker for minutes building modules that the key check then refuses."""
@@ -137,7 +154,7 @@ def check_config_fits(config: MT5Config, shapes: dict[str, tuple[int, ...]], sou
             raise CheckpointError(f"{source}: config.json says {wanted[stack]:,} {stack} layer(s) "
                                   f"({'num_layers' if stack == 'encoder' else 'num_decoder_layers'}) but the "
                                   f"weights hold {len(found):,}: use the config.json saved with these weights")
-    if config.extra.get("quantization_config"):
+    if config.extra.get("quantization_config") or ignore_mismatched_sizes:
         return   # quantized layouts store other shapes; check_keys judges them once the model is built
     d, inner = config.d_model, config.inner_dim
     expect = {"shared.weight": (config.vocab_size, d),
@@ -203,8 +220,12 @@ def map_checkpoint(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
     return mapped
 
 
-def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: LoadingInfo, source: str) -> None:
-    """Raises on missing transformer weights or on unexplained extra keys; records head keys to initialise."""
+def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: LoadingInfo, source: str,
+               ignore_mismatched_sizes: bool = False) -> None:
+    """Raises on missing transformer weights or on unexplained extra keys; records head keys to initialise.
+
+    Weights whose shape differs from the model's are an error, or with `ignore_mismatched_sizes` are dropped from
+    `mapped` (so they get initialised) and listed in info.mismatched_keys, as transformers does."""
     # Modules a quantized checkpoint filled before this (bitsandbytes 4-bit) are real already: only meta
     # tensors still need the checkpoint's weights.
     state = {k: v for k, v in model.state_dict().items() if v.is_meta}
@@ -226,6 +247,10 @@ def check_keys(model: torch.nn.Module, mapped: dict[str, torch.Tensor], info: Lo
                               f"{', '.join(unexplained[:12])}{' …' if len(unexplained) > 12 else ''}. "
                               "Does config.json (num_layers, feed_forward_proj, ...) match the weights?")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
+    if ignore_mismatched_sizes:
+        for k in [k for k, t in mapped.items() if tuple(t.shape) != shapes[k]]:
+            info.mismatched_keys.append(k)
+            info.mismatched_shapes.append((tuple(mapped.pop(k).shape), shapes[k]))
     wrong = [f"{k} has shape {tuple(t.shape)} but the config implies {shapes[k]}"
              for k, t in mapped.items() if tuple(t.shape) != shapes[k]]
     if wrong:
@@ -284,11 +309,12 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     on PyTorch kernels), with quantize_embeddings.
     """
     check_model_device(device_map)
+    ignore_mismatched = bool(options.pop("ignore_mismatched_sizes", False))
     quant = QuantOptions.pop_from(options)
     hub = hub_options(options)
     config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
-    model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant is not None, hub)
+    model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant is not None, hub, ignore_mismatched)
     if quant is not None:
         quant.apply(model).eval()   # the new modules too
     if device_map is not None or dtype == torch.float16:
@@ -300,27 +326,41 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     if info.missing_keys:
         warnings.warn(f"{cls.__name__}: {', '.join(info.missing_keys)} not in the checkpoint, initialised at "
                       "random: train this head before trusting its outputs", stacklevel=2)
+    if info.mismatched_keys:
+        lines = "\n".join(f"- {k}: found shape {tuple(a)} in the checkpoint and {tuple(b)} in the model instantiated"
+                          for k, (a, b) in zip(info.mismatched_keys, info.mismatched_shapes))
+        warnings.warn(f"Some weights of {cls.__name__} were not initialized from the model checkpoint at "
+                      f"{repo_or_dir} and are newly initialized because the shapes did not match:\n{lines}\nYou "
+                      "should probably TRAIN this model on a down-stream task to be able to use it for predictions "
+                      "and inference.", stacklevel=2)
     return (model, info) if output_loading_info else model
 
 
 def with_label_options(config: MT5Config, options: dict[str, Any]) -> MT5Config:
-    """Applies num_labels / id2label / label2id / problem_type overrides; anything else left is an error."""
+    """Applies num_labels / id2label / label2id / problem_type overrides, then (as transformers) any other
+    keyword that names a config attribute (output_attentions=True, ...); anything else left is an error."""
     if "num_labels" in options:  # new labels: drop the old names
         config = config.replace(num_labels=options.pop("num_labels"), id2label=None, label2id=None)
     for key in ("id2label", "label2id", "problem_type"):
         if key in options:
             config = config.replace(**{key: options.pop(key)})
+    attributes = [k for k in options if k != "extra" and hasattr(config, k)]
+    if attributes:
+        config = config.replace()
+        for key in attributes:
+            setattr(config, key, options.pop(key))
     if options:
         raise TypeError(f"from_pretrained got unknown option(s) {sorted(options)}")
     return config
 
 
 def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype, quantizing: bool,
-                   hub: dict) -> tuple[torch.nn.Module, LoadingInfo]:
+                   hub: dict, ignore_mismatched_sizes: bool = False) -> tuple[torch.nn.Module, LoadingInfo]:
     """The meta-device model, in the checkpoint's quantized layout if it has one (int4, int8, bitsandbytes 4-bit),
     filled with its weights."""
     files = weight_files(repo_or_dir, **hub)
-    check_config_fits(config, {k: s for f in files for k, s in read_shapes(f).items()}, str(repo_or_dir))
+    check_config_fits(config, {k: s for f in files for k, s in read_shapes(f).items()}, str(repo_or_dir),
+                      ignore_mismatched_sizes)
     info = LoadingInfo(source_files=[str(f) for f in files])
     tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
     config = match_feed_forward(config, tensors, str(repo_or_dir))
@@ -352,7 +392,7 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
                          "unquantized checkpoint with load_in_8bit=True or load_in_4bit=True")
     mapped = map_checkpoint(model, tensors, info)
     del tensors
-    check_keys(model, mapped, info, str(repo_or_dir))
+    check_keys(model, mapped, info, str(repo_or_dir), ignore_mismatched_sizes)
     assign(model, mapped, dtype)
     return model.eval(), info
 
@@ -400,6 +440,12 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, max_sh
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.replace(architectures=[type(model).__name__])
     config.torch_dtype = str(model.dtype).removeprefix("torch.")
+    if hasattr(model, "generate"):
+        # As transformers: decoding defaults go to generation_config.json; config.json keeps them as null.
+        for key in GENERATION_KEYS:
+            if config.extra.get(key, COMMON_DEFAULTS[key]) != COMMON_DEFAULTS[key]:
+                config.extra[key] = None
+        model.generation_config.save_pretrained(directory)
     config.save_pretrained(directory)
     skip = tied_keys(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in skip}

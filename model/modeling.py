@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,19 +113,25 @@ class Attention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.d_kv).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, T, D) queries' input; k, v (B, H, S, K) projected keys/values; bias (B|1, H|1, T, S) additive.
+                need_weights: bool = False, head_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) queries' input; k, v (B, H, S, K) projected keys/values; bias (B|1, H|1, T, S) additive;
+        head_mask (1, H, 1, 1) multiplies the attention probabilities (transformers' head masking).
 
-        Returns the output (B, T, D) and, when asked, the attention weights (B, H, T, S).
+        Returns the output (B, T, D) and, when asked, the attention weights (B, H, T, S), after dropout and the
+        head mask, as transformers returns them.
         """
         q = self.split_heads(self.q(x))
         p = self.dropout if self.training else 0.0
-        if need_weights:
+        if need_weights or head_mask is not None:  # SDPA cannot scale probabilities per head
             scores = q @ k.transpose(-1, -2)
             if bias is not None:
                 scores = scores + bias
             weights = F.softmax(scores.float(), dim=-1).type_as(scores)
-            out = F.dropout(weights, p=p, training=self.training) @ v
+            weights = F.dropout(weights, p=p, training=self.training)
+            if head_mask is not None:
+                weights = weights * head_mask
+            out = weights @ v
         else:
             weights = None
             if bias is not None and bias.dtype != q.dtype:
@@ -221,6 +228,24 @@ class KVCache:
         """Number of decoder positions already cached."""
         return self.lengths[0]
 
+    # transformers users index the cache: len() layers, cache[i] = (self k, self v, cross k, cross v), each
+    # (B, H, S, K) — views of the filled part, no copies.
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, layer: int) -> tuple[torch.Tensor | None, ...]:
+        n = self.lengths[layer]
+        k, v = self.self_k[layer], self.self_v[layer]
+        return (None if k is None else k[:, :, :n], None if v is None else v[:, :, :n],
+                self.cross_k[layer], self.cross_v[layer])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def to_legacy_cache(self) -> tuple[tuple[torch.Tensor | None, ...], ...]:
+        """The old tuple-of-tuples format: one (self k, self v, cross k, cross v) per layer."""
+        return tuple(self)
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds k, v (B, H, T, K) after the cached positions; returns views of all positions (B, H, S, K)."""
         start, end = self.lengths[layer], self.lengths[layer] + k.shape[2]
@@ -276,7 +301,8 @@ class Block(nn.Module):
         k, v = attn.split_heads(attn.k(x)), attn.split_heads(attn.v(x))
         if ctx.cache is not None:
             k, v = ctx.cache.append(index, k, v)
-        out, self_w = attn(x, k, v, bias, ctx.need_weights)
+        head_mask = None if ctx.head_mask is None else ctx.head_mask[index]
+        out, self_w = attn(x, k, v, bias, ctx.need_weights, head_mask)
         h = h + sa.dropout(out)
         cross_w = None
         if self.is_decoder:
@@ -297,7 +323,8 @@ class Block(nn.Module):
         mask = ctx.encoder_mask
         if mask is not None and mask.device != h.device:  # blocks may sit on different devices (device_map)
             mask = mask.to(h.device)
-        out, weights = attn(ca.layer_norm(h), k, v, mask, ctx.need_weights)
+        head_mask = None if ctx.cross_head_mask is None else ctx.cross_head_mask[index]
+        out, weights = attn(ca.layer_norm(h), k, v, mask, ctx.need_weights, head_mask)
         return h + ca.dropout(out), weights
 
 
@@ -308,6 +335,8 @@ class StackContext:
     encoder_states: torch.Tensor | None = None  # (B, S, D)
     encoder_mask: torch.Tensor | None = None    # (B, 1, 1, S) additive
     need_weights: bool = False
+    head_mask: torch.Tensor | None = None        # (L, 1, H, 1, 1) self-attention probabilities' multipliers
+    cross_head_mask: torch.Tensor | None = None  # (L, 1, H, 1, 1) the same for cross-attention
 
 
 @dataclass
@@ -412,10 +441,36 @@ class ModelOutput:
     encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
     encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
-    def __getitem__(self, key: str):
+    # Read like transformers' ModelOutput (an ordered dict of the fields that are set): by name, by position or
+    # slice of to_tuple(); iteration, len(), `in` and keys() see the set fields only.
+    def __getitem__(self, key: str | int | slice):
         if not isinstance(key, str):
-            raise TypeError("outputs are read by name (out.logits or out['logits']), not by position")
+            return self.to_tuple()[key]
+        if getattr(self, key, None) is None:
+            raise KeyError(key)
         return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and getattr(self, key, None) is not None
 
     def to_tuple(self) -> tuple:
         """The fields that are set, in transformers' order (what its models return with return_dict=False).
@@ -532,9 +587,14 @@ class EncoderDecoderBase(PreTrainedModel):
                output_attentions: bool = False, output_hidden_states: bool = False) -> StackOutput:
         """Runs the encoder once: input_ids (B, S) -> last_hidden_state (B, S, D)."""
         self.check_ids(input_ids, "input_ids", attention_mask)
-        embeds = self.shared(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        ctx = StackContext(need_weights=output_attentions)
+        return self.encode_embeds(self.shared(input_ids), attention_mask, output_attentions, output_hidden_states)
+
+    def encode_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      output_attentions: bool = False, output_hidden_states: bool = False,
+                      head_mask: torch.Tensor | None = None) -> StackOutput:
+        """The encoder on embeddings (B, S, D); head_mask (L, 1, H, 1, 1) or None."""
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        ctx = StackContext(need_weights=output_attentions, head_mask=head_mask)
         return self.encoder(embeds, padding_mask(attention_mask, embeds.dtype), positions, ctx,
                             output_hidden_states)
 
@@ -545,23 +605,36 @@ class EncoderDecoderBase(PreTrainedModel):
         """Runs the decoder on new tokens (B, T) after the cached ones; returns states (B, T, D).
 
         `attention_mask` is the encoder's (B, S) padding mask; `decoder_attention_mask` covers cached + new
-        positions (B, past + T).
+        positions (B, past + T), or is a 4-D additive mask (B, 1|H, T, past + T) used as given (transformers'
+        custom masks: it replaces the causal mask).
         """
         self.check_ids(decoder_input_ids, "decoder_input_ids")
+        return self.decode_embeds(self.shared(decoder_input_ids), encoder_states, attention_mask,
+                                  decoder_attention_mask, cache, output_attentions, output_hidden_states)
+
+    def decode_embeds(self, embeds: torch.Tensor, encoder_states: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                      cache: KVCache | None = None, output_attentions: bool = False,
+                      output_hidden_states: bool = False, head_mask: torch.Tensor | None = None,
+                      cross_head_mask: torch.Tensor | None = None) -> StackOutput:
+        """`decode` on embeddings (B, T, D); head masks (L, 1, H, 1, 1) or None."""
         past = cache.get_seq_length() if cache is not None else 0
-        batch, new = decoder_input_ids.shape
-        if decoder_attention_mask is not None and decoder_attention_mask.shape[-1] not in (new, past + new):
-            raise ValueError(f"decoder_attention_mask covers {decoder_attention_mask.shape[-1]} positions; expected "
+        batch, new = embeds.shape[:2]
+        dec_mask = decoder_attention_mask
+        if dec_mask is not None and dec_mask.shape[-1] not in (new, past + new):
+            raise ValueError(f"decoder_attention_mask covers {dec_mask.shape[-1]} positions; expected "
                              f"{past + new} (cached {past} + new {new})")
-        if decoder_attention_mask is not None and decoder_attention_mask.shape[-1] == new and past:
-            decoder_attention_mask = F.pad(decoder_attention_mask, (past, 0), value=1)
-        embeds = self.shared(decoder_input_ids)
+        if dec_mask is not None and dec_mask.dim() == 2 and dec_mask.shape[-1] == new and past:
+            dec_mask = F.pad(dec_mask, (past, 0), value=1)
         positions = torch.arange(past, past + new, device=embeds.device)
         mask = None
-        if new > 1 or decoder_attention_mask is not None:
-            mask = causal_mask(positions, past + new, decoder_attention_mask, batch, embeds.dtype)
+        if dec_mask is not None and dec_mask.dim() == 4:
+            mask = dec_mask.to(embeds.dtype)
+        elif new > 1 or dec_mask is not None:
+            mask = causal_mask(positions, past + new, dec_mask, batch, embeds.dtype)
         ctx = StackContext(cache=cache, encoder_states=encoder_states,
-                           encoder_mask=padding_mask(attention_mask, embeds.dtype), need_weights=output_attentions)
+                           encoder_mask=padding_mask(attention_mask, embeds.dtype), need_weights=output_attentions,
+                           head_mask=head_mask, cross_head_mask=cross_head_mask)
         return self.decoder(embeds, mask, positions, ctx, output_hidden_states)
 
     def decode_step(self, tokens: torch.Tensor, encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
@@ -579,21 +652,40 @@ class EncoderDecoderBase(PreTrainedModel):
 
     def run(self, *, decoder_input_ids, input_ids=None, attention_mask=None, decoder_attention_mask=None,
             encoder_outputs=None, past_key_values=None, use_cache=None, output_attentions=False,
-            output_hidden_states=False):
-        """Encoder (unless given) then decoder; returns (encoder StackOutput, decoder StackOutput, cache)."""
+            output_hidden_states=False, inputs_embeds=None, decoder_inputs_embeds=None, head_mask=None,
+            decoder_head_mask=None, cross_attn_head_mask=None):
+        """Encoder (unless given) then decoder; returns (encoder StackOutput, decoder StackOutput, cache).
+
+        Embeddings stand in for ids when given; head masks come prepared, (L, 1, H, 1, 1) (see heads.py)."""
         enc = as_stack_output(encoder_outputs)
         if enc is None:
-            if input_ids is None:
+            if inputs_embeds is not None:
+                enc = self.encode_embeds(inputs_embeds, attention_mask, output_attentions, output_hidden_states,
+                                         head_mask)
+            elif input_ids is None:
                 raise ValueError("pass input_ids (or encoder_outputs from a previous call)")
-            enc = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
+            elif head_mask is not None:
+                self.check_ids(input_ids, "input_ids", attention_mask)
+                enc = self.encode_embeds(self.shared(input_ids), attention_mask, output_attentions,
+                                         output_hidden_states, head_mask)
+            else:
+                enc = self.encode(input_ids, attention_mask, output_attentions, output_hidden_states)
         use_cache = self.config.use_cache and not self.training if use_cache is None else use_cache
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache(len(self.decoder.block))
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError("past_key_values must be the KVCache a previous call of this model returned")
-        dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
-                          cache, output_attentions, output_hidden_states)
+        if decoder_inputs_embeds is None and decoder_head_mask is None and cross_attn_head_mask is None:
+            dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
+                              cache, output_attentions, output_hidden_states)
+        else:
+            if decoder_inputs_embeds is None:
+                self.check_ids(decoder_input_ids, "decoder_input_ids")
+                decoder_inputs_embeds = self.shared(decoder_input_ids)
+            dec = self.decode_embeds(decoder_inputs_embeds, enc.last_hidden_state, attention_mask,
+                                     decoder_attention_mask, cache, output_attentions, output_hidden_states,
+                                     decoder_head_mask, cross_attn_head_mask)
         return enc, dec, cache
 
 
