@@ -6,6 +6,7 @@ Needs `.ci/setup-browser` (apt chromium, pip playwright); skipped where chromium
 """
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -138,6 +139,54 @@ def test_token_tagging_right_to_left(page):
     tab.locator(".attention-show").click()
     tab.locator("table.attn-map td").first.wait_for()
     shot(page, "4-token-tagging")
+
+
+def test_token_tagging_zero_shot_aligns_or_rejects(page):
+    """A text-to-text checkpoint is prompted once per entity type: the status says "Zero-shot (approximate)",
+    and what the model returned is either highlighted in the text or listed as rejected, the counts in the status
+    matching the page (light and dark); no entity types is a clear error."""
+    page.emulate_media(color_scheme="light")
+    open_tab(page, "Token tagging")
+    tab = page.locator("#tab-tagging")
+    tab.get_by_text("Model", exact=True).first.click()
+    source = tab.locator(".model-source input").first
+    source.click()
+    source.fill("demo/generation")
+    source.press("Enter")
+    text = EX["tagging"][0]["text"]
+    page.locator("#tag-input textarea").fill(text)
+    types = page.locator("#tag-types textarea, #tag-types input").first
+    default_types = types.input_value()
+    types.fill("person, location")
+    page.click("#tag-run")
+    status = tab.locator(".status", has_text="Zero-shot (approximate)")
+    status.wait_for()
+    line = status.inner_text()
+    assert "over 2 entity types" in line and "prompted demo/generation" in line
+    found = int(re.search(r"(\d+) entities over", line).group(1))
+    refused = re.search(r"(\d+) returned strings not in the text \(rejected\)", line)
+    refused = int(refused.group(1)) if refused else 0
+    marked = page.locator("#tag-output .token.highlighted")
+    rejected = page.locator("#tag-rejected")
+    if refused:   # the table's rows are a virtual body of div[role=row], rendered after the table shows
+        rejected.locator(".virtual-body [role=row]").first.wait_for()
+    rows = rejected.evaluate("""el => [...el.querySelectorAll('.virtual-body [role=row]')]
+        .map(row => [...row.querySelectorAll('[role=gridcell]')].map(cell => cell.innerText.trim()))""") \
+        if rejected.is_visible() else []
+    assert found + refused > 0, line                  # the model returned something: aligned or rejected
+    assert marked.count() == found, (line, marked.all_inner_texts())
+    assert len(rows) == refused, (line, rows)
+    assert all(r[1] in ("person", "location") and r[2] for r in rows), rows
+    for i in range(found):
+        assert marked.nth(i).locator(".text").inner_text() in text
+    shot(page, "4b-tagging-zero-shot", "#tab-tagging")
+    page.emulate_media(color_scheme="dark")
+    shot(page, "4c-tagging-zero-shot-dark", "#tab-tagging")
+    page.emulate_media(color_scheme="light")
+    types.fill("")
+    page.click("#tag-run")
+    tab.locator(".status-error", has_text="No entity types given: type at least one").wait_for()
+    types.fill(default_types)
 
 
 def test_question_answering_extractive(page):
