@@ -26,3 +26,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("reference"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """One `python app.py --demo` for the API tests that only read (its own demo checkpoints and database)."""
+    import apphost
+
+    root = tmp_path_factory.mktemp("demo-app")
+    env = {"MT5_STUDIO_DEMO_DIR": str(root / "demo"), "MT5_STUDIO_DB": str(root / "annotations.db")}
+    srv = apphost.start(root / "server.log", env=env)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_client(demo_server):
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(demo_server.url, verbose=False)

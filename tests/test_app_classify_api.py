@@ -4,17 +4,12 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-import apphost as server  # noqa: E402
 from model.tiny import DEMO_CLASS_LABELS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    root = tmp_path_factory.mktemp("classify-app")
-    env = {"MT5_STUDIO_DEMO_DIR": str(root / "demo"), "MT5_STUDIO_DB": str(root / "annotations.db")}
-    srv = server.start(root / "server.log", env=env)
-    yield gradio_client.Client(srv.url, verbose=False)
-    srv.stop()
+def client(demo_client):
+    return demo_client  # the session's demo server (tests/conftest.py)
 
 
 def test_classify_takes_labels_template_and_normalize(client):

@@ -140,13 +140,8 @@ gradio_client = pytest.importorskip("gradio_client")
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    import apphost as server
-    root = tmp_path_factory.mktemp("qa-app")
-    env = {"MT5_STUDIO_DEMO_DIR": str(root / "demo"), "MT5_STUDIO_DB": str(root / "annotations.db")}
-    srv = server.start(root / "server.log", env=env)
-    yield gradio_client.Client(srv.url, verbose=False)
-    srv.stop()
+def client(demo_client):
+    return demo_client  # the session's demo server (tests/conftest.py)
 
 
 def test_answer_endpoint_parameters(client):

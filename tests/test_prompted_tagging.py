@@ -195,14 +195,8 @@ def test_mt0_preset_applies_only_without_decoding_defaults(ctx, tmp_path):
 
 # --- through the real server ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    gradio_client = pytest.importorskip("gradio_client")
-    import apphost as server
-    root = tmp_path_factory.mktemp("tag-app")
-    env = {"MT5_STUDIO_DEMO_DIR": str(root / "demo"), "MT5_STUDIO_DB": str(root / "annotations.db")}
-    srv = server.start(root / "server.log", env=env)
-    yield gradio_client.Client(srv.url, verbose=False)
-    srv.stop()
+def client(demo_client):
+    return demo_client  # the session's demo server (tests/conftest.py)
 
 
 def test_tag_api_prompted_path(client):
