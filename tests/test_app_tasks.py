@@ -252,6 +252,25 @@ def test_heatmap_html_windows_long_inputs():
     assert 'title="▁t280 → ▁t0: 0.0033"' in html
 
 
+def test_attention_panel_clears_the_map_on_a_new_result():
+    """A new result (another text, another checkpoint) must not leave the previous result's map on show."""
+    from types import SimpleNamespace
+    import gradio as gr
+    from app.tabs import attention_panel
+
+    with gr.Blocks() as blocks:
+        handle = SimpleNamespace(record=gr.State())
+        panel = attention_panel.build(None, handle)
+    resets = [f for f in blocks.fns.values() if (handle.record._id, "change") in f.targets]
+    assert len(resets) == 1 and resets[0].queue is False                 # off the queue, like the annotation panel
+    reset = resets[0]
+    assert panel["heatmap"] in reset.outputs
+    record = {"task": "tag", "model": {"checkpoint": "other"}, "attention": {"text": "A different text."}}
+    for new in (record, None):
+        out = reset.fn(new)
+        assert out[panel["heatmap"]] == "" and all(v == "" for v in out.values())
+
+
 # --- loading and the cache ------------------------------------------------------------------------------------------
 def test_unknown_hub_id_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

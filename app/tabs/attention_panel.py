@@ -65,8 +65,14 @@ def build(ctx: AppContext, handle: TabHandle) -> dict:
             return {}
         return {heatmap: render_html(select(maps, kind_v, layer_v, head_v), r0, c0, window_v), status: ""}
 
+    def new_result(record):
+        """A new result (or none): the map shown is the previous result's, so it goes."""
+        return {heatmap: "", status: ""}
+
     inputs = [handle.record, kind, layer, head, window, row_start, col_start]
     outputs = [kind, layer, head, row_start, col_start, heatmap, status]
+    # Off the queue, like the annotation panel's reset: behind other jobs it could land after "Show attention".
+    handle.record.change(new_result, [handle.record], [heatmap, status], queue=False, api_visibility="private")
     show.click(guarded(status, show_attention), inputs, outputs, api_visibility="private")
     gr.on([kind.input, head.input, layer.release, window.release, row_start.release, col_start.release],
           guarded(status, redraw), inputs, [heatmap, status], api_visibility="private")
