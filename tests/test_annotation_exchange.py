@@ -145,3 +145,120 @@ def test_import_updates_only_newer_edits(filled, tmp_path):
         assert dst.import_file(first).updated == 0       # an older copy never overwrites a newer edit
         assert dst.get(target.id).comment == "changed later"
         assert "updated 0" in dst.import_file(first).message
+
+
+def test_import_refuses_deeply_nested_jsonl_line(filled, tmp_path):
+    path = filled.export(tmp_path / "deep.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines.insert(1, "[" * 50_000 + "]" * 50_000)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        with pytest.raises(ValueError, match=r"deep\.jsonl line 2: nested too deeply.*nothing was imported"):
+            dst.import_file(path)
+        assert dst.count() == 0
+
+
+def _parquet_with(filled, tmp_path, name, column, values):
+    import pandas as pd
+
+    path = filled.export(tmp_path / f"{name}.parquet")
+    df = pd.read_parquet(path)
+    df[column] = values if not callable(values) else values(df)
+    df.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("column", ["created_at", "updated_at"])
+def test_import_refuses_parquet_timestamps_with_a_clear_message(filled, tmp_path, column):
+    import pandas as pd
+
+    path = _parquet_with(filled, tmp_path, "ts", column, lambda df: pd.to_datetime(df[column], utc=True))
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        with pytest.raises(ValueError, match=rf"ts\.parquet row 1: field `{column}` must be text \(an ISO 8601 "
+                                             r"time\), got Timestamp"):
+            dst.import_file(path)
+        assert dst.count() == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_import_refuses_fractional_rating(filled, tmp_path, fmt):
+    import pandas as pd
+
+    path = filled.export(tmp_path / f"frac.{fmt}")
+    if fmt == "parquet":
+        df = pd.read_parquet(path)
+        df["rating"] = [4.5] + [float(r) if r is not pd.NA else None for r in df["rating"][1:]]
+        df.to_parquet(path, index=False)
+    elif fmt == "csv":
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+        rows[0]["rating"] = "4.5"
+        with path.open("w", encoding="utf-8-sig", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        row = json.loads(lines[0])
+        row["rating"] = 4.5
+        lines[0] = json.dumps(row, ensure_ascii=False)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        with pytest.raises(ValueError, match=r"frac\.\w+ (row|line) 1: .*rating.* must be .*1–5.*4\.5"):
+            dst.import_file(path)
+        assert dst.count() == 0
+
+
+def test_parquet_whole_float_ratings_import_unchanged(filled, tmp_path):
+    import pandas as pd
+
+    path = _parquet_with(filled, tmp_path, "floats", "rating",
+                         lambda df: [float(r) if r is not pd.NA else None for r in df["rating"]])
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        dst.import_file(path)
+        assert dst.query() == filled.query()
+
+
+@pytest.mark.parametrize("column, value, words", [
+    ("input", ["a", "list"], "text"),
+    ("comment", 7, "text"),
+    ("annotator", None, "text"),
+    ("error_categories", "accuracy", "a list of category ids"),
+    ("error_categories", [1, 2], "categor"),
+    ("rating", "4", "an integer 1–5 or null"),
+    ("esa_score", "50", "an integer 0–100 or null"),
+    ("mqm_score", "1.5", "a number or null"),
+])
+def test_parquet_wrong_types_are_refused_not_converted(filled, tmp_path, column, value, words):
+    import pandas as pd
+
+    path = filled.export(tmp_path / "types.parquet")
+    df = pd.read_parquet(path)
+    df[column] = df[column].astype(object)
+    df.at[0, column] = value
+    try:
+        df.to_parquet(path, index=False)
+    except Exception:   # pyarrow cannot store this mix in one column: then every row gets the value
+        df[column] = [value] * len(df)
+        df.to_parquet(path, index=False)
+    with AnnotationStore(tmp_path / "dst.db") as dst:
+        with pytest.raises(ValueError, match=rf"types\.parquet row 1: .*{words}"):
+            dst.import_file(path)
+        assert dst.count() == 0
+
+
+def test_parquet_span_values_are_not_converted(tmp_path):
+    import pandas as pd
+
+    with AnnotationStore(tmp_path / "src.db") as src:
+        src.save(Annotation(task="summarize", model_id="m/x", input="hello world", output="hello", annotator="a",
+                            protocol="mqm", spans=[{"start": 0, "end": 5, "side": "output", "category": "accuracy",
+                                                    "severity": "minor"}]))
+        path = src.export(tmp_path / "spans.parquet")
+        df = pd.read_parquet(path)
+        df["spans"] = [[{"start": 0.0, "end": 4.5, "side": "output", "category": "accuracy", "severity": "minor"}]]
+        df.to_parquet(path, index=False)
+        with AnnotationStore(tmp_path / "dst.db") as dst:
+            with pytest.raises(ValueError, match=r"spans\.parquet row 1"):
+                dst.import_file(path)
+            assert dst.count() == 0

@@ -90,6 +90,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from .spans import Protocols, check_scores, check_spans, load_protocols, mqm_score
@@ -257,7 +258,7 @@ class Annotation:
                 ok = isinstance(value, kind)
             if not ok:
                 words = _TYPE_WORDS.get(name, _TYPE_WORDS[kind])
-                raise ValueError(f"{prefix}field `{name}` must be {words}, got {json.dumps(value)[:60]}")
+                raise ValueError(f"{prefix}field `{name}` must be {words}, got {_shown(value)}")
         values = {name: row[name] for name in FIELDS}
         if values["mqm_score"] is not None:
             values["mqm_score"] = float(values["mqm_score"])
@@ -269,7 +270,8 @@ _FIELD_TYPES = {f: str for f in FIELDS} | {"decoding": dict, "rating": int, "err
                                            "spans": list, "esa_score": int, "mqm_score": float}
 _TYPE_WORDS = {str: "text", dict: "a JSON object", int: "an integer 1–5 or null", list: "a list of category ids",
                float: "a number or null", "spans": "a list of {start, end, side, category, severity} objects",
-               "esa_score": "an integer 0–100 or null"}
+               "esa_score": "an integer 0–100 or null",
+               "created_at": "text (an ISO 8601 time)", "updated_at": "text (an ISO 8601 time)"}
 # Fields added after the first exports were made: a file without them imports with these values.
 OPTIONAL_FIELDS = {"protocol": "", "spans": [], "esa_score": None, "mqm_score": None}
 EDITABLE = ("rating", "corrected_output", "error_categories", "comment", "annotator", "protocol", "spans",
@@ -831,7 +833,7 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
         try:
             row["rating"] = int(rating) if rating != "" else None
         except ValueError:
-            raise ValueError(f"{where}: field `rating` must be an integer 1–5 or empty, got {rating!r}") from None
+            raise ValueError(f"{where}: rating must be a whole number 1–5 or empty, got {rating!r}") from None
         for name in ("error_categories", "spans"):
             if name in row:
                 row[name] = _json_field(row[name], name, where)
@@ -842,25 +844,59 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
             except ValueError:
                 raise ValueError(f"{where}: field `{name}` must be a number or empty, got {text!r}") from None
     else:
-        rating = row.get("rating")
-        row["rating"] = None if pd.isna(rating) else int(rating)
-        if "error_categories" in row and row["error_categories"] is not None:
-            row["error_categories"] = [str(c) for c in row["error_categories"]]
-        for name, kind in (("esa_score", int), ("mqm_score", float)):
-            if name in row:
-                row[name] = None if pd.isna(row[name]) else kind(row[name])
-        if "spans" in row and row["spans"] is not None:
-            # Parquet gives a list of structs back as an array of dicts with numpy numbers
-            row["spans"] = [{k: (int(v) if k in ("start", "end") else str(v)) for k, v in dict(s).items()}
-                            for s in row["spans"]]
+        # Parquet gives lists back as numpy arrays (of dicts for spans) with numpy numbers: turn those into the
+        # same Python values and change nothing else, so a wrong type is refused by the type check.
+        row = {k: _plain(v) for k, v in row.items()}
+        row["rating"] = _whole(row.get("rating"), "rating", "1–5", where)
+        if "esa_score" in row:
+            row["esa_score"] = _whole(row["esa_score"], "esa_score", "0–100", where)
+        mqm = row.get("mqm_score")
+        if mqm is pd.NA or (isinstance(mqm, float) and mqm != mqm):
+            row["mqm_score"] = None
     if "decoding" in row:
         row["decoding"] = _json_field(row["decoding"], "decoding", where)
     return row
 
 
+def _shown(value: Any) -> str:
+    """A short description of a wrong value for a message; never raises (timestamps, numpy, deep nesting)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        text = f"{type(value).__name__} {str(value)!r}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and arrays (as Parquet gives them back) as the same Python values; nothing else changes."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _whole(value: Any, name: str, words: str, where: str) -> Any:
+    """A missing number as None, an integral float as the same int; a fraction is refused, other types left
+    for the type check to refuse."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{where}: {name} must be a whole number {words}, got {value!r}")
+        return int(value)
+    return value
+
+
 def _json_field(text: Any, name: str, where: str) -> Any:
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where}: field `{name}` is nested too deeply") from None
     except (TypeError, ValueError):
         raise ValueError(f"{where}: field `{name}` is not valid JSON: {str(text)[:60]!r}") from None
 
@@ -877,6 +913,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Annotation]]:
         where = f"{path.name} line {number}"
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"{where}: nested too deeply to read; nothing was imported") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
                              "nothing was imported") from None
