@@ -10,20 +10,16 @@ import sys
 
 import torch
 import transformers
+from refjobs import Models, sequences_entry
 
 assert transformers.__version__.startswith("4.57"), transformers.__version__
 
 
 def main():
     jobs = json.load(open(sys.argv[1]))
-    out, models = {}, {}
+    out, models = {}, Models(attn_implementation="eager")
     for case in jobs["cases"]:
-        key = case["dir"]
-        if key not in models:
-            prefix = "UMT5" if case["family"] == "umt5" else "MT5"
-            cls = getattr(transformers, prefix + "ForConditionalGeneration")
-            models[key] = cls.from_pretrained(key, attn_implementation="eager").eval()
-        model = models[key]
+        model = models.for_case(case)
         ids = torch.tensor(case["input_ids"])
         mask = torch.tensor(case["attention_mask"])
         if "decoder_input_ids" in case:  # a teacher-forced pass with attention weights
@@ -36,10 +32,7 @@ def main():
         with torch.no_grad():
             res = model.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True,
                                  output_scores=True, **case["kwargs"])
-        entry = {"sequences": res.sequences.tolist()}
-        if getattr(res, "sequences_scores", None) is not None:
-            entry["sequences_scores"] = res.sequences_scores.tolist()
-        out[case["name"]] = entry
+        out[case["name"]] = sequences_entry(res)
     json.dump(out, open(sys.argv[2], "w"))
 
 

@@ -14,6 +14,7 @@ import sys
 
 import torch
 import transformers
+from refjobs import Models
 
 assert transformers.__version__.startswith("4.57"), transformers.__version__
 
@@ -50,14 +51,9 @@ def run(model, case):
 
 def main():
     jobs = json.load(open(sys.argv[1]))
-    out, models = {}, {}
+    out, models = {}, Models(attn_implementation="eager")
     for case in jobs["cases"]:
-        key = case["dir"]
-        if key not in models:
-            prefix = "UMT5" if case["family"] == "umt5" else "MT5"
-            cls = getattr(transformers, prefix + "ForConditionalGeneration")
-            models[key] = cls.from_pretrained(key, attn_implementation="eager").eval()
-        res = run(models[key], case)
+        res = run(models.for_case(case), case)
         fields = [f.name for f in dataclasses.fields(res)]
         cache = res.past_key_values
         out[case["name"]] = {

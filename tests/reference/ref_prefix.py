@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from refjobs import Models, sequences_entry
 
 assert transformers.__version__.startswith("4.57"), transformers.__version__
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,21 +38,14 @@ def prefix_fn(spec):
 
 def main():
     jobs = json.load(open(sys.argv[1]))
-    out, models = {}, {}
+    out, models = {}, Models()
     for case in jobs["cases"]:
-        key = case["dir"]
-        if key not in models:
-            prefix = "UMT5" if case["family"] == "umt5" else "MT5"
-            models[key] = getattr(transformers, prefix + "ForConditionalGeneration").from_pretrained(key).eval()
         with torch.no_grad():
-            res = models[key].generate(input_ids=torch.tensor(case["input_ids"]),
+            res = models.for_case(case).generate(input_ids=torch.tensor(case["input_ids"]),
                                        attention_mask=torch.tensor(case["attention_mask"]),
                                        return_dict_in_generate=True, output_scores=True,
                                        prefix_allowed_tokens_fn=prefix_fn(case["prefix"]), **case["kwargs"])
-        entry = {"sequences": res.sequences.tolist()}
-        if getattr(res, "sequences_scores", None) is not None:
-            entry["sequences_scores"] = res.sequences_scores.tolist()
-        out[case["name"]] = entry
+        out[case["name"]] = sequences_entry(res)
     json.dump(out, open(sys.argv[2], "w"))
 
 
