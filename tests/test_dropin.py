@@ -23,7 +23,7 @@ from model.hub import CheckpointError
 from refutil import run_reference
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))
-from dropin_calls import flatten, forward_inputs, run_calls  # noqa: E402
+from dropin_calls import config_changes, flatten, forward_inputs, run_calls  # noqa: E402
 
 CLASSES = ["ForConditionalGeneration", "Model", "EncoderModel", "ForSequenceClassification",
            "ForTokenClassification", "ForQuestionAnswering"]
@@ -266,17 +266,7 @@ def test_config_behaves_as_pretrained_config(reference, family):
                                       "tie_word_embeddings", "use_return_dict")}
     row["dtype"] = "torch." + c.dtype
     row["attribute_map"] = {k: v for k, v in model.config.ATTRIBUTE_MAP.items() if k != "dtype"}
-    c.num_labels = 4
-    row["id2label_4"] = {str(k): v for k, v in c.id2label.items()}
-    row["label2id_4"] = c.label2id
-    c.hidden_size = 40
-    row["d_model_after_alias_set"] = c.d_model
-    a = cfg_cls(hidden_size=48, num_attention_heads=4, num_hidden_layers=3)
-    row["alias_kwargs"] = [a.d_model, a.num_heads, a.num_layers, a.num_decoder_layers]
-    d = json.loads(c.to_json_string())
-    row["json_values"] = {k: d.get(k) for k in ("d_model", "num_heads", "bos_token_id", "return_dict",
-                                                "output_attentions", "problem_type", "architectures")}
-    row["from_dict"] = cfg_cls.from_dict(c.to_dict()).d_model
+    row.update(config_changes(c, cfg_cls))
     assert row == ref
 
 

@@ -3,6 +3,8 @@
 Imports only torch: `tests/test_dropin.py` runs these on our classes, `ref_dropin.py` (in .venv-ref) on
 transformers 4.57's, with the same checkpoint and inputs; the flattened results are compared.
 """
+import json
+
 import torch
 
 SEQ2SEQ = ("Model", "ForConditionalGeneration", "ForSequenceClassification", "ForQuestionAnswering")
@@ -134,3 +136,21 @@ def cache_calls(model, base, inputs):
                                   decoder_input_ids=dec_ids[:, -1:], past_key_values=pkv, use_cache=True)
     results["config_no_cache"] = with_config(model, {"use_cache": False}, lambda: model(**first))
     return results
+
+
+def config_changes(c, cfg_cls) -> dict:
+    """What a config does when a user changes it: num_labels resizes id2label, aliases set the real fields, and it
+    goes through JSON and a dict. `c` is changed in place."""
+    row = {}
+    c.num_labels = 4
+    row["id2label_4"] = {str(k): v for k, v in c.id2label.items()}
+    row["label2id_4"] = c.label2id
+    c.hidden_size = 40
+    row["d_model_after_alias_set"] = c.d_model
+    a = cfg_cls(hidden_size=48, num_attention_heads=4, num_hidden_layers=3)
+    row["alias_kwargs"] = [a.d_model, a.num_heads, a.num_layers, a.num_decoder_layers]
+    d = json.loads(c.to_json_string())
+    row["json_values"] = {k: d.get(k) for k in ("d_model", "num_heads", "bos_token_id", "return_dict",
+                                                "output_attentions", "problem_type", "architectures")}
+    row["from_dict"] = cfg_cls.from_dict(c.to_dict()).d_model
+    return row

@@ -18,7 +18,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from dropin_calls import flatten, forward_inputs, run_calls  # noqa: E402
+from dropin_calls import config_changes, flatten, forward_inputs, run_calls  # noqa: E402
 
 assert transformers.__version__.startswith("4.57"), transformers.__version__
 warnings.simplefilter("ignore")
@@ -101,17 +101,7 @@ def config_behaviour():
                                           "num_labels", "tie_word_embeddings", "use_return_dict")}
         row["dtype"] = str(c.dtype)
         row["attribute_map"] = cfg_cls.attribute_map
-        c.num_labels = 4
-        row["id2label_4"] = {str(k): v for k, v in c.id2label.items()}
-        row["label2id_4"] = c.label2id
-        c.hidden_size = 40
-        row["d_model_after_alias_set"] = c.d_model
-        a = cfg_cls(hidden_size=48, num_attention_heads=4, num_hidden_layers=3)
-        row["alias_kwargs"] = [a.d_model, a.num_heads, a.num_layers, a.num_decoder_layers]
-        d = json.loads(c.to_json_string())
-        row["json_values"] = {k: d.get(k) for k in ("d_model", "num_heads", "bos_token_id", "return_dict",
-                                                    "output_attentions", "problem_type", "architectures")}
-        row["from_dict"] = cfg_cls.from_dict(c.to_dict()).d_model
+        row.update(config_changes(c, cfg_cls))
         out[family] = row
     return out
 
