@@ -412,6 +412,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE annotations ADD COLUMN esa_score INTEGER CHECK (esa_score BETWEEN 0 AND 100)",
         "ALTER TABLE annotations ADD COLUMN mqm_score REAL",
     ),
+    # v4: owners, soft deletes and edit history. `owner` is the signed-in account that saved the annotation ("" in
+    # open use, where nobody signs in); a deleted annotation keeps its row with `deleted_at` set, until an admin
+    # restores it; every edit, delete, restore or import over it first copies the record as it was into
+    # `annotation_versions`.
+    (
+        "ALTER TABLE annotations ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE annotations ADD COLUMN deleted_at TEXT",
+        "ALTER TABLE annotations ADD COLUMN deleted_by TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX annotations_owner ON annotations (owner, created_at)",
+        """CREATE TABLE annotation_versions (
+            annotation_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL, record TEXT NOT NULL,
+            replaced_at TEXT NOT NULL, replaced_by TEXT NOT NULL, PRIMARY KEY (annotation_id, version))""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
