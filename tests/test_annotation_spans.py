@@ -433,7 +433,8 @@ def test_annotate_with_spans_and_import_through_gradio_client(tmp_path):
             assert store.query() == before
 
             exported = client.predict("parquet", api_name="/export")
-            store.delete(esa["id"])
+            with store.transaction() as conn:   # gone from this database for good (a delete is soft)
+                conn.execute("DELETE FROM annotations WHERE id=?", (esa["id"],))
             result = client.predict(handle_file(exported), api_name="/import")
             assert (result["added"], result["updated"], result["skipped"]) == (1, 0, 1), result
             assert store.query() == before

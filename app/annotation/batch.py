@@ -249,20 +249,28 @@ def delete_job(store: AnnotationStore, job_id: str) -> bool:
 
 
 def get_row(store: AnnotationStore, job_id: str, index: int) -> BatchRow:
-    rows = store.read("SELECT * FROM batch_rows WHERE job_id=? AND idx=?", (job_id, index))
+    rows = store.read(f"SELECT {ROW_COLUMNS} FROM batch_rows WHERE job_id=? AND idx=?", (job_id, index))
     if not rows:
         total = get_job(store, job_id).total
         raise IndexError(f"batch job has rows 0–{total - 1}, not {index}")
     return _row(rows[0])
 
 
+# A row counts as annotated while its annotation is live: a (soft) deleted one puts the row back in the queue,
+# and restoring the annotation takes it out again.
+LIVE_LINK = ("(annotation_id IS NOT NULL AND annotation_id IN "
+             "(SELECT id FROM annotations WHERE deleted_at IS NULL))")
+ROW_COLUMNS = (f"job_id, idx, text, question, context, output, error, processed_at, "
+               f"CASE WHEN {LIVE_LINK} THEN annotation_id END AS annotation_id")
+
+
 def job_rows(store: AnnotationStore, job_id: str) -> list[BatchRow]:
-    return [_row(r) for r in store.read("SELECT * FROM batch_rows WHERE job_id=? ORDER BY idx", (job_id,))]
+    return [_row(r) for r in store.read(f"SELECT {ROW_COLUMNS} FROM batch_rows WHERE job_id=? ORDER BY idx", (job_id,))]
 
 
 def job_progress(store: AnnotationStore, job_id: str) -> JobProgress:
     r = store.read("SELECT COUNT(*), COUNT(output), COUNT(CASE WHEN output IS NULL THEN error END), "
-                   "COUNT(annotation_id) FROM batch_rows WHERE job_id=?", (job_id,))[0]
+                   f"COUNT(CASE WHEN {LIVE_LINK} THEN 1 END) FROM batch_rows WHERE job_id=?", (job_id,))[0]
     if r[0] == 0:
         get_job(store, job_id)   # raises KeyError for an unknown job
     return JobProgress(r[0], r[1], r[2], r[3])
@@ -279,7 +287,7 @@ def run_batch(store: AnnotationStore, job_id: str, process: Callable[[BatchRow],
     each row (a Stop button)."""
     job = get_job(store, job_id)
     pending = [_row(r) for r in store.read(
-        "SELECT * FROM batch_rows WHERE job_id=? AND output IS NULL ORDER BY idx", (job_id,))]
+        f"SELECT {ROW_COLUMNS} FROM batch_rows WHERE job_id=? AND output IS NULL ORDER BY idx", (job_id,))]
     done = job.total - len(pending)
     skipped, processed, failed = done, 0, 0
     if progress:
@@ -364,18 +372,18 @@ def previous_index(store: AnnotationStore, job_id: str, index: int, *, unannotat
     """The row before `index` (optionally the previous one not yet annotated); None at the start."""
     if not unannotated_only:
         return index - 1 if index > 0 else None
-    r = store.read("SELECT MAX(idx) FROM batch_rows WHERE job_id=? AND idx<? AND annotation_id IS NULL",
+    r = store.read(f"SELECT MAX(idx) FROM batch_rows WHERE job_id=? AND idx<? AND NOT {LIVE_LINK}",
                    (job_id, index))
     return r[0][0]
 
 
 def next_unannotated(store: AnnotationStore, job_id: str, index: int = -1) -> int | None:
     """The first row after `index` not yet annotated, wrapping round to the start; None when all are done."""
-    after = store.read("SELECT MIN(idx) FROM batch_rows WHERE job_id=? AND idx>? AND annotation_id IS NULL",
+    after = store.read(f"SELECT MIN(idx) FROM batch_rows WHERE job_id=? AND idx>? AND NOT {LIVE_LINK}",
                        (job_id, index))[0][0]
     if after is not None:
         return after
-    return store.read("SELECT MIN(idx) FROM batch_rows WHERE job_id=? AND idx<=? AND annotation_id IS NULL",
+    return store.read(f"SELECT MIN(idx) FROM batch_rows WHERE job_id=? AND idx<=? AND NOT {LIVE_LINK}",
                       (job_id, index))[0][0]
 
 

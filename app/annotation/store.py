@@ -207,7 +207,10 @@ class Annotation:
 
     `protocol` is "esa", "mqm" or "" (categories only); `spans` are error spans, {start, end, side, category,
     severity} with Python character offsets into `output` or `input` (see app.annotation.spans); `esa_score` is
-    the ESA 0–100 score, `mqm_score` the MQM penalty computed from the spans (None unless MQM)."""
+    the ESA 0–100 score, `mqm_score` the MQM penalty computed from the spans (None unless MQM).
+
+    `owner` is the signed-in account that saved it ("" in open use, where nobody signs in): on a protected
+    deployment only the owner and admins may change or delete it (app.annotation.rights)."""
     task: str
     model_id: str
     input: str
@@ -222,6 +225,7 @@ class Annotation:
     error_categories: list[str] = field(default_factory=list)
     comment: str = ""
     app_version: str = ""
+    owner: str = ""
     protocol: str = ""
     spans: list[dict[str, Any]] = field(default_factory=list)
     esa_score: int | None = None
@@ -273,13 +277,13 @@ _TYPE_WORDS = {str: "text", dict: "a JSON object", int: "an integer 1–5 or nul
                "esa_score": "an integer 0–100 or null",
                "created_at": "text (an ISO 8601 time)", "updated_at": "text (an ISO 8601 time)"}
 # Fields added after the first exports were made: a file without them imports with these values.
-OPTIONAL_FIELDS = {"protocol": "", "spans": [], "esa_score": None, "mqm_score": None}
+OPTIONAL_FIELDS = {"protocol": "", "spans": [], "esa_score": None, "mqm_score": None, "owner": ""}
 EDITABLE = ("rating", "corrected_output", "error_categories", "comment", "annotator", "protocol", "spans",
             "esa_score")
 # Column order of exports and tables: who/what first, provenance after.
 EXPORT_COLUMNS = ("id", "item_key", "task", "model_id", "model_revision", "family", "dtype", "decoding", "input",
                   "output", "rating", "corrected_output", "error_categories", "protocol", "spans", "esa_score",
-                  "mqm_score", "comment", "annotator", "created_at", "updated_at", "app_version")
+                  "mqm_score", "comment", "annotator", "owner", "created_at", "updated_at", "app_version")
 assert sorted(EXPORT_COLUMNS) == sorted(FIELDS)
 
 
@@ -324,7 +328,7 @@ class _Validator:
                 raise ValueError(f"`{name}` is empty: the tab must say which {name.replace('_', ' ')} made the output")
         if not a.annotator.strip():
             raise ValueError("annotator name is empty: type your name so judgements can be told apart")
-        for name in ("task", "model_id", "model_revision", "dtype", "annotator", "app_version"):
+        for name in ("task", "model_id", "model_revision", "dtype", "annotator", "owner", "app_version"):
             if len(getattr(a, name)) > MAX_SHORT_CHARS:
                 raise ValueError(f"`{name}` is longer than {MAX_SHORT_CHARS} characters")
         if a.family not in FAMILIES:
@@ -581,10 +585,11 @@ class AnnotationStore:
         a.spans = self.validator.spans(a)
         a.mqm_score = mqm_score(a.spans, self.validator.protocols) if a.protocol == "mqm" else None
 
-    def update(self, ann_id: str, **changes: Any) -> Annotation:
+    def update(self, ann_id: str, *, by: str = "", **changes: Any) -> Annotation:
         """Change the judgement fields (rating, corrected_output, error_categories, comment, annotator, protocol,
-        spans, esa_score) of one annotation; stamps `updated_at` and recomputes the MQM score. Returns the updated
-        record. KeyError if no such id."""
+        spans, esa_score) of one annotation; stamps `updated_at` and recomputes the MQM score. The record as it
+        was is kept in its history first (`history`), with `by` (who changed it). Returns the updated record.
+        KeyError if no such id (or it was deleted)."""
         bad = sorted(set(changes) - set(EDITABLE))
         if bad:
             raise ValueError(f"cannot change {', '.join(bad)}: only {', '.join(EDITABLE)} are editable "
@@ -600,6 +605,7 @@ class AnnotationStore:
             self._fill_spans(new)
             new.annotator = new.annotator.strip()
             new.updated_at = utc_now()
+            _keep_version(conn, current, "edit", by)
             conn.execute("UPDATE annotations SET rating=?, corrected_output=?, error_categories=?, comment=?, "
                          "annotator=?, protocol=?, spans=?, esa_score=?, mqm_score=?, updated_at=? WHERE id=?",
                          (new.rating, new.corrected_output, json.dumps(new.error_categories, ensure_ascii=False),
@@ -607,24 +613,64 @@ class AnnotationStore:
                           new.esa_score, new.mqm_score, new.updated_at, ann_id))
         return new
 
-    def delete(self, ann_id: str) -> bool:
-        """Delete one annotation; False when there was none with that id."""
+    def delete(self, ann_id: str, *, by: str = "") -> bool:
+        """Delete one annotation, softly: it leaves every query, table, export and agreement figure, but its row
+        stays (with who deleted it and when) until `restore` brings it back. False when there was no live
+        annotation with that id."""
         with self.transaction() as conn:
-            return conn.execute("DELETE FROM annotations WHERE id=?", (ann_id,)).rowcount > 0
+            current = self.get(ann_id)
+            if current is None:
+                return False
+            _keep_version(conn, current, "delete", by)
+            conn.execute("UPDATE annotations SET deleted_at=?, deleted_by=? WHERE id=? AND deleted_at IS NULL",
+                         (utc_now(), by, ann_id))
+            return True
 
-    def get(self, ann_id: str) -> Annotation | None:
-        rows = self.read("SELECT * FROM annotations WHERE id=?", (ann_id,))
+    def restore(self, ann_id: str, *, by: str = "") -> Annotation:
+        """Bring back a deleted annotation as it was. KeyError when there is no such id, ValueError when it is
+        not deleted."""
+        with self.transaction() as conn:
+            current = self.get(ann_id, include_deleted=True)
+            if current is None:
+                raise KeyError(f"no annotation with id {ann_id!r}")
+            if self.deleted_info(ann_id) is None:
+                raise ValueError(f"annotation {ann_id[:8]} is not deleted: there is nothing to restore")
+            _keep_version(conn, current, "restore", by)
+            conn.execute("UPDATE annotations SET deleted_at=NULL, deleted_by='' WHERE id=?", (ann_id,))
+        return current
+
+    def deleted_info(self, ann_id: str) -> tuple[str, str] | None:
+        """(deleted_at, deleted_by) of a deleted annotation; None for a live one or an unknown id."""
+        rows = self.read("SELECT deleted_at, deleted_by FROM annotations WHERE id=? AND deleted_at IS NOT NULL",
+                         (ann_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def get(self, ann_id: str, *, include_deleted: bool = False) -> Annotation | None:
+        """The annotation with this id; None when there is none, or it was deleted (unless `include_deleted`)."""
+        live = "" if include_deleted else " AND deleted_at IS NULL"
+        rows = self.read(f"SELECT * FROM annotations WHERE id=?{live}", (ann_id,))
         return _from_row(rows[0]) if rows else None
+
+    def history(self, ann_id: str) -> list[Version]:
+        """Every earlier state of an annotation, oldest first: what it was before each edit, delete, restore or
+        import over it, with who did that and when (the current state is `get`)."""
+        rows = self.read("SELECT * FROM annotation_versions WHERE annotation_id=? ORDER BY version", (ann_id,))
+        return [Version(r["version"], r["action"], Annotation(**_decode(json.loads(r["record"]))),
+                        r["replaced_at"], r["replaced_by"]) for r in rows]
 
     # -- many records
 
     def query(self, *, task: str | None = None, model: str | None = None, annotator: str | None = None,
               since: str | dt.datetime | dt.date | None = None, until: str | dt.datetime | dt.date | None = None,
               min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None,
+              owner: str | None = None, deleted: bool = False,
               limit: int | None = None, offset: int = 0) -> list[Annotation]:
         """Annotations matching every given filter, oldest first. `since` is inclusive; `until` is inclusive
-        for a time and includes the whole day for a date. A rating filter leaves out unrated annotations."""
-        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key)
+        for a time and includes the whole day for a date. A rating filter leaves out unrated annotations.
+        `owner`: only that account's (`""` is a filter too: open-use annotations). `deleted`: the deleted ones
+        instead of the live ones."""
+        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key, owner,
+                                 deleted)
         sql = f"SELECT * FROM annotations{where} ORDER BY created_at, id"
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
@@ -633,23 +679,29 @@ class AnnotationStore:
 
     def count(self, *, task: str | None = None, model: str | None = None, annotator: str | None = None,
               since: str | dt.datetime | dt.date | None = None, until: str | dt.datetime | dt.date | None = None,
-              min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None) -> int:
-        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key)
+              min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None,
+              owner: str | None = None, deleted: bool = False) -> int:
+        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key, owner,
+                                 deleted)
         return self.read(f"SELECT COUNT(*) FROM annotations{where}", params)[0][0]
 
     def stats(self) -> StoreStats:
-        one = self.read("SELECT COUNT(*), COUNT(DISTINCT annotator), COUNT(DISTINCT item_key) FROM annotations")[0]
-        multi = self.read("SELECT COUNT(*) FROM (SELECT item_key FROM annotations GROUP BY item_key "
+        live = "FROM annotations WHERE deleted_at IS NULL"
+        one = self.read(f"SELECT COUNT(*), COUNT(DISTINCT annotator), COUNT(DISTINCT item_key) {live}")[0]
+        multi = self.read(f"SELECT COUNT(*) FROM (SELECT item_key {live} GROUP BY item_key "
                           "HAVING COUNT(DISTINCT annotator) >= 2)")[0][0]
-        by = {col: dict(self.read(f"SELECT {col}, COUNT(*) FROM annotations GROUP BY {col} ORDER BY {col}"))
+        by = {col: dict(self.read(f"SELECT {col}, COUNT(*) {live} GROUP BY {col} ORDER BY {col}"))
               for col in ("task", "model_id")}
         return StoreStats(one[0], one[1], one[2], multi, by["task"], by["model_id"])
 
-    def distinct(self, column: str) -> list[str]:
-        """Values present in `task`, `model_id` or `annotator`, sorted: choices for the filter dropdowns."""
+    def distinct(self, column: str, *, owner: str | None = None) -> list[str]:
+        """Values present in `task`, `model_id` or `annotator` (of `owner`'s annotations only, when given),
+        sorted: choices for the filter dropdowns."""
         if column not in ("task", "model_id", "annotator", "family", "dtype"):
             raise ValueError(f"no filter choices for column {column!r}")
-        return [r[0] for r in self.read(f"SELECT DISTINCT {column} FROM annotations ORDER BY {column}")]
+        where, params = _filters(None, None, None, None, None, None, None, None, owner)
+        return [r[0] for r in self.read(f"SELECT DISTINCT {column} FROM annotations{where} ORDER BY {column}",
+                                        params)]
 
     def query_frame(self, **filters: Any) -> pd.DataFrame:
         """`query(**filters)` as a display-ready DataFrame: categories joined by ", ", decoding and spans as
@@ -666,7 +718,7 @@ class AnnotationStore:
         """Write `query(**filters)` to `path` as CSV, JSONL or Parquet (from `fmt`, else the suffix)."""
         return export_annotations(self.query(**filters), path, fmt)
 
-    def import_file(self, path: str | Path, *, update_newer: bool = True) -> ImportResult:
+    def import_file(self, path: str | Path, *, update_newer: bool = True, by: str = "") -> ImportResult:
         """Import an export file (JSONL; CSV and Parquet exports too), all or nothing.
 
         Every row is checked before anything is written; the first problem raises ValueError naming its line
@@ -699,13 +751,18 @@ class AnnotationStore:
         added = updated = skipped = 0
         with self.transaction() as conn:
             for _, a in records:
-                row = conn.execute("SELECT updated_at FROM annotations WHERE id=?", (a.id,)).fetchone()
+                row = conn.execute("SELECT * FROM annotations WHERE id=?", (a.id,)).fetchone()
                 if row is None:
                     insert_annotation(conn, a)
                     added += 1
-                elif update_newer and a.updated_at > row[0]:
+                elif update_newer and a.updated_at > row["updated_at"]:
+                    # the newer copy replaces the stored one; the stored one goes into its history, and a
+                    # deletion made here stays (an admin restores it)
+                    _keep_version(conn, _from_row(row), "import", by)
                     conn.execute("DELETE FROM annotations WHERE id=?", (a.id,))
                     insert_annotation(conn, a)
+                    conn.execute("UPDATE annotations SET deleted_at=?, deleted_by=? WHERE id=?",
+                                 (row["deleted_at"], row["deleted_by"], a.id))
                     updated += 1
                 else:
                     skipped += 1
@@ -719,6 +776,26 @@ def insert_annotation(conn: sqlite3.Connection, a: Annotation) -> None:
                  list(values.values()))
 
 
+@dataclass(frozen=True)
+class Version:
+    """An earlier state of an annotation: `record` as it was before `action` ("edit", "delete", "restore" or
+    "import") by `replaced_by` at `replaced_at`."""
+    version: int
+    action: str
+    record: Annotation
+    replaced_at: str
+    replaced_by: str
+
+
+def _keep_version(conn: sqlite3.Connection, a: Annotation, action: str, by: str) -> None:
+    """Copy `a` (the stored state) into annotation_versions before it changes; inside the change's transaction."""
+    n = conn.execute("SELECT COALESCE(MAX(version), 0) FROM annotation_versions WHERE annotation_id=?",
+                     (a.id,)).fetchone()[0]
+    conn.execute("INSERT INTO annotation_versions (annotation_id, version, action, record, replaced_at, replaced_by)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
+                 (a.id, n + 1, action, json.dumps(a.to_dict(), ensure_ascii=False), utc_now(), by))
+
+
 def _to_row(a: Annotation) -> dict[str, Any]:
     row = a.to_dict()
     row["decoding"] = json.dumps(a.decoding, ensure_ascii=False)
@@ -729,14 +806,22 @@ def _to_row(a: Annotation) -> dict[str, Any]:
 
 def _from_row(row: sqlite3.Row) -> Annotation:
     d = {k: row[k] for k in FIELDS}
-    d["decoding"] = json.loads(d["decoding"])
-    d["error_categories"] = json.loads(d["error_categories"])
-    d["spans"] = json.loads(d["spans"])
+    for name in ("decoding", "error_categories", "spans"):
+        d[name] = json.loads(d[name])
     return Annotation(**d)
 
 
-def _filters(task, model, annotator, since, until, min_rating, max_rating, key) -> tuple[str, list[Any]]:
-    clauses, params = [], []
+def _decode(d: dict[str, Any]) -> dict[str, Any]:
+    """A history record (Annotation.to_dict as JSON) with fields added later filled in."""
+    return {**{k: v for k, v in OPTIONAL_FIELDS.items() if k not in d}, **{k: d[k] for k in FIELDS if k in d}}
+
+
+def _filters(task, model, annotator, since, until, min_rating, max_rating, key, owner=None,
+             deleted=False) -> tuple[str, list[Any]]:
+    clauses, params = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"], []
+    if owner is not None:
+        clauses.append("owner = ?")
+        params.append(owner)
     for column, value in (("task", task), ("model_id", model), ("annotator", annotator), ("item_key", key)):
         if value:
             clauses.append(f"{column} = ?")
@@ -757,7 +842,7 @@ def _filters(task, model, annotator, since, until, min_rating, max_rating, key) 
         if value is not None:
             clauses.append(f"rating {op} ?")
             params.append(int(value))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return " WHERE " + " AND ".join(clauses), params
 
 
 # ---------------------------------------------------------------------------------------------------------------
