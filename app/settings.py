@@ -35,6 +35,15 @@ class Settings:
     MT5_STUDIO_BATCH_ROWS=N        rows per batch job: default 1000, or 200 when locked (a public deployment)
     MT5_STUDIO_OFFLINE=1           read checkpoints from the local Hugging Face cache only (HF_HUB_OFFLINE=1 too);
                                    also set when the Hub cannot be reached at start-up
+
+    Sign-in and rights (app.annotation.rights):
+    MT5_STUDIO_USERS=alice:pw,bob:pw   users who log in with a password (Gradio's login page guards the whole app)
+    MT5_STUDIO_USERS_FILE=path         the same, one `name:password` per line (# comments); both may be given
+    MT5_STUDIO_ADMINS=alice,bob        accounts that may import, export everyone's work, restore deleted
+                                       annotations, change anyone's and manage batch jobs
+    On a Space with `hf_oauth: true` in its README metadata (Hugging Face sets OAUTH_CLIENT_ID), visitors sign in
+    with their Hugging Face account instead, and admins are Hugging Face user names.
+    A deployment is *protected* when it is locked or has a sign-in method: saving then needs a signed-in user.
     """
     locked: bool = False
     allowed_models: list[str] = field(default_factory=list)
@@ -46,6 +55,14 @@ class Settings:
     offline: bool = False
     max_file_bytes: int = 10 * 2**20
     batch_rows: int = 1000
+    sign_in: str = ""                       # "huggingface", "password" or "" (nobody signs in)
+    users: dict[str, str] = field(default_factory=dict, repr=False)   # name -> password ("password" sign-in)
+    admins: frozenset[str] = frozenset()
+
+    @property
+    def protected(self) -> bool:
+        """Rights apply: saving needs a signed-in user, changing others' work needs an admin."""
+        return self.locked or bool(self.sign_in)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -53,7 +70,13 @@ class Settings:
         allowed = [m.strip() for m in env.get("MT5_STUDIO_ALLOWED_MODELS", "").split(",") if m.strip()]
         truthy = ("1", "true", "yes")
         locked = env.get("MT5_STUDIO_LOCKED", "").lower() in truthy or bool(allowed)
+        users = _users(env)
+        on_space_with_oauth = bool(env.get("SPACE_ID")) and bool(env.get("OAUTH_CLIENT_ID"))
+        sign_in = "huggingface" if on_space_with_oauth else "password" if users else ""
         return cls(
+            sign_in=sign_in,
+            users=users if sign_in == "password" else {},
+            admins=frozenset(a.strip() for a in env.get("MT5_STUDIO_ADMINS", "").split(",") if a.strip()),
             locked=locked,
             allowed_models=allowed,
             cache_models=max(1, _int(env, "MT5_STUDIO_CACHE_MODELS", 3)),
@@ -65,3 +88,24 @@ class Settings:
             batch_rows=max(1, _int(env, "MT5_STUDIO_BATCH_ROWS", LOCKED_BATCH_ROWS if locked else MAX_ROWS)),
             offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
         )
+
+
+def _users(env: dict) -> dict[str, str]:
+    """name -> password from MT5_STUDIO_USERS ("a:pw,b:pw") and MT5_STUDIO_USERS_FILE (one per line)."""
+    entries = [(f"MT5_STUDIO_USERS entry {i}", e) for i, e in
+               enumerate(env.get("MT5_STUDIO_USERS", "").split(","), start=1) if e.strip()]
+    path = env.get("MT5_STUDIO_USERS_FILE", "").strip()
+    if path:
+        try:
+            lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise ValueError(f"MT5_STUDIO_USERS_FILE={path!r} cannot be read: {e.strerror}") from None
+        entries += [(f"{path} line {i}", line) for i, line in enumerate(lines, start=1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    users: dict[str, str] = {}
+    for where, entry in entries:
+        name, sep, password = entry.strip().partition(":")
+        if not sep or not name.strip() or not password:
+            raise ValueError(f"{where}: write users as name:password")
+        users[name.strip()] = password
+    return users
