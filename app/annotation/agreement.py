@@ -1,4 +1,5 @@
-"""Inter-annotator agreement on ratings: Krippendorff's alpha, per task and per model.
+"""Inter-annotator agreement on ratings (Krippendorff's alpha, per task and per model), and for side-by-side
+comparisons: win rates per system pair with 95% Wilson intervals, and agreement on preferences.
 
 Alpha = 1 − D_o / D_e: observed disagreement between ratings of the same item over the disagreement expected
 by chance. It allows any number of annotators per item and missing ratings, and has metrics for nominal,
@@ -7,12 +8,14 @@ agreement, 0 is chance; below 0.667 the ratings are usually not trusted for conc
 """
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
+from .comparisons import Comparison, System
 from .store import Annotation
 
 METRICS = ("nominal", "ordinal", "interval", "ratio")
@@ -151,3 +154,133 @@ def agreement_frame(records: Sequence[Annotation], by: str = "task", include_all
     for col in ("alpha_ordinal", "alpha_interval", "alpha_nominal"):
         df[col] = df[col].map(lambda v: None if v is None else round(v, 3))
     return df
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On comparisons
+#
+# Win rate of system X over system Y: X's wins over the decisive judgements (X better or Y better); ties and
+# "both bad" are not counted as half a win, they are reported as their own shares, so a pair judged mostly "both
+# bad" does not look like an even match. The 95% interval is Wilson's score interval on the decisive judgements
+# (it stays inside 0–1 and behaves with few judgements, unlike the normal approximation). Every judgement counts,
+# several annotators of one item included; agreement is measured separately.
+
+Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
+
+
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson's score interval for a binomial proportion `successes / n` (95% by default); None for n = 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def system_label(system: System, other: System) -> str:
+    """A short name for one system of a pair: the checkpoint's name, and what differs from the other system."""
+    name = system.model_id.rstrip("/").rsplit("/", 1)[-1]
+    extra = []
+    if system.model_id == other.model_id:
+        if system.model_revision != other.model_revision:
+            extra.append(f"@{system.model_revision or 'main'}")
+        if system.dtype != other.dtype:
+            extra.append(system.dtype or "auto")
+        keys = sorted(set(system.decoding) | set(other.decoding))
+        extra += [f"{k}={system.decoding[k]}" for k in keys
+                  if k in system.decoding and system.decoding[k] != other.decoding.get(k)]
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+@dataclass(frozen=True)
+class WinRateRow:
+    """One pair of systems: X and Y in a fixed order (by their keys). Rates are over decisive judgements."""
+    task: str
+    system_x: str
+    system_y: str
+    judgements: int
+    x_wins: int
+    y_wins: int
+    ties: int
+    both_bad: int
+    x_win_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+def _pair(c: Comparison) -> tuple[System, System]:
+    return tuple(sorted((c.system_a, c.system_b), key=lambda s: s.key))
+
+
+def win_rates(records: Iterable[Comparison]) -> list[WinRateRow]:
+    """Win rates per (task, system pair), with the 95% Wilson interval of X's rate over decisive judgements."""
+    groups: dict[tuple[str, str, str], list[Comparison]] = defaultdict(list)
+    systems: dict[tuple[str, str, str], tuple[System, System]] = {}
+    for c in records:
+        x, y = _pair(c)
+        key = (c.task, x.key, y.key)
+        groups[key].append(c)
+        systems[key] = (x, y)
+    rows = []
+    for key in sorted(groups):
+        x, y = systems[key]
+        counts = Counter("x" if (w := c.winner()) is not None and w.key == x.key else
+                         "y" if w is not None else c.preference for c in groups[key])
+        decisive = counts["x"] + counts["y"]
+        ci = wilson_interval(counts["x"], decisive)
+        rows.append(WinRateRow(key[0], system_label(x, y), system_label(y, x), len(groups[key]), counts["x"],
+                               counts["y"], counts["tie"], counts["both_bad"],
+                               counts["x"] / decisive if decisive else None, *(ci or (None, None))))
+    return rows
+
+
+def win_rate_frame(records: Iterable[Comparison]) -> pd.DataFrame:
+    """`win_rates` as a table: X's win rate and its 95% Wilson interval as percentages."""
+    cols = ["task", "system X", "system Y", "judgements", "X wins", "Y wins", "ties", "both bad",
+            "X win rate % (decisive)", "95% Wilson CI %"]
+    out = []
+    for r in win_rates(records):
+        rate = "—" if r.x_win_rate is None else f"{100 * r.x_win_rate:.1f}"
+        ci = "—" if r.ci_low is None else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}"
+        out.append([r.task, r.system_x, r.system_y, r.judgements, r.x_wins, r.y_wins, r.ties, r.both_bad, rate, ci])
+    return pd.DataFrame(out, columns=cols)
+
+
+def preference_value(c: Comparison) -> str:
+    """The preference in terms of the systems, not the order shown: the winner's key, or "tie" / "both_bad"."""
+    w = c.winner()
+    return w.key if w is not None else c.preference
+
+
+def preference_units(records: Iterable[Comparison]) -> dict[str, dict[str, str]]:
+    """Preferences by item then annotator (the latest edit of an annotator who judged an item twice)."""
+    latest: dict[tuple[str, str], Comparison] = {}
+    for c in records:
+        k = (c.item_key, c.annotator)
+        if k not in latest or c.updated_at > latest[k].updated_at:
+            latest[k] = c
+    units: dict[str, dict[str, str]] = defaultdict(dict)
+    for (item, who), c in latest.items():
+        units[item][who] = preference_value(c)
+    return dict(units)
+
+
+@dataclass(frozen=True)
+class PreferenceAgreement:
+    items: int              # items judged by two or more annotators
+    annotators: int
+    judgements: int
+    alpha_nominal: float | None
+    note: str = ""
+
+
+def preference_agreement(records: Sequence[Comparison]) -> PreferenceAgreement:
+    """Krippendorff's alpha (nominal: X better, Y better, tie, both bad) over items judged by 2+ annotators."""
+    units = {k: u for k, u in preference_units(records).items() if len(u) >= 2}
+    values = [list(u.values()) for u in units.values()]
+    alpha = krippendorff_alpha(values, "nominal")
+    note = "no item judged by two or more annotators yet" if not units else \
+        "every preference is the same: alpha is undefined without variation" if alpha is None else ""
+    return PreferenceAgreement(len(units), len({w for u in units.values() for w in u}), sum(map(len, values)),
+                               alpha, note)

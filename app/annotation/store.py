@@ -429,6 +429,31 @@ MIGRATIONS: list[tuple[str, ...]] = [
             annotation_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL, record TEXT NOT NULL,
             replaced_at TEXT NOT NULL, replaced_by TEXT NOT NULL, PRIMARY KEY (annotation_id, version))""",
     ),
+    # v5: side-by-side comparisons (app/annotation/comparisons.py): the two outputs as shown (A, B) with each
+    # side's provenance, the preference and spans on both sides; owner and soft delete as annotations (v4). Compare
+    # jobs: a file of inputs through both systems, each row's A/B order drawn when the job is made.
+    (
+        """CREATE TABLE comparisons (
+            id TEXT PRIMARY KEY, item_key TEXT NOT NULL, task TEXT NOT NULL, input TEXT NOT NULL,
+            model_id_a TEXT NOT NULL, model_revision_a TEXT NOT NULL, family_a TEXT NOT NULL, dtype_a TEXT NOT NULL,
+            decoding_a TEXT NOT NULL, output_a TEXT NOT NULL,
+            model_id_b TEXT NOT NULL, model_revision_b TEXT NOT NULL, family_b TEXT NOT NULL, dtype_b TEXT NOT NULL,
+            decoding_b TEXT NOT NULL, output_b TEXT NOT NULL,
+            preference TEXT NOT NULL CHECK (preference IN ('A', 'B', 'tie', 'both_bad')),
+            protocol TEXT NOT NULL, spans TEXT NOT NULL, comment TEXT NOT NULL, annotator TEXT NOT NULL,
+            owner TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            app_version TEXT NOT NULL, deleted_at TEXT, deleted_by TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX comparisons_item ON comparisons (item_key)",
+        "CREATE INDEX comparisons_created ON comparisons (created_at)",
+        """CREATE TABLE comparison_jobs (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, systems TEXT NOT NULL,
+            source TEXT NOT NULL, total INTEGER NOT NULL, created_at TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '')""",
+        """CREATE TABLE comparison_job_rows (
+            job_id TEXT NOT NULL REFERENCES comparison_jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+            text TEXT NOT NULL, question TEXT NOT NULL, context TEXT NOT NULL,
+            output_1 TEXT, output_2 TEXT, error TEXT, processed_at TEXT, flipped INTEGER NOT NULL,
+            comparison_id TEXT REFERENCES comparisons (id) ON DELETE SET NULL, PRIMARY KEY (job_id, idx))""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
