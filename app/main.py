@@ -16,7 +16,7 @@ from .demo import build_demo, hub_unavailable
 from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
-from .annotation.tabs import annotations, batch_tab, panel as annotation_panel
+from .annotation.tabs import annotations, compare, panel as annotation_panel
 from .annotation.tabs.identity import AnnotatorName
 from .tabs import task_tabs
 from .tabs.common import TabHandle
@@ -41,8 +41,9 @@ def build_app(ctx: AppContext, demo_reason: str = "",
     annotator = AnnotatorName()   # one name in every annotator box of the page
     if store is not None:
         annotation_panel.register(ctx, store, annotator)  # before the task tabs, which mount ctx.panels in their slots
-        extra_tabs = [("Annotations", lambda c, h: annotations.build(c, store)),
-                      ("Batch", lambda c, h: batch_tab.build(c, store, annotator)), *extra_tabs]
+        extra_tabs = [("Compare", lambda c, h: compare.build(c, store, annotator)),
+                      ("Annotations", lambda c, h: annotations.build(c, store)),
+                      ("Batch", lambda c, h: compare.build_batch_tab(c, store, annotator)), *extra_tabs]
     # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.
     with gr.Blocks(title="mT5 Studio", delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
@@ -52,6 +53,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         api.register(ctx)  # first, so the stable endpoint names are theirs
         if store is not None:
             mount_annotation_api(store)  # /annotate and /export
+            compare.mount(store)   # /compare, /export_comparisons and /import_comparisons
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
             for tab in task_tabs():
