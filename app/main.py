@@ -53,7 +53,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         api.register(ctx)  # first, so the stable endpoint names are theirs
         if store is not None:
             mount_annotation_api(store)  # /annotate and /export
-            compare.mount(store)   # /compare, /export_comparisons and /import_comparisons
+            compare.mount(store, ctx.settings)   # /compare, /export_comparisons and /import_comparisons
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
             for tab in task_tabs():

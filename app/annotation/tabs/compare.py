@@ -29,9 +29,11 @@ from ...tasks import Decoding
 from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, span_fields
 from ..batch import load_inputs
 from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, compare_rows, comparison_for_row,
-                           create_compare_job, export_comparisons, get_comparison, get_compare_job,
-                           identical_message, import_comparisons, judge_row, list_compare_jobs, query_comparisons,
-                           run_compare_job, same_system, save_comparison, system_from_settings)
+                           comparison_owner, create_compare_job, delete_comparison, export_comparisons,
+                           get_comparison, get_compare_job, identical_message, import_comparisons, judge_row,
+                           list_compare_jobs, query_comparisons, run_compare_job, same_system, save_comparison,
+                           system_from_settings)
+from ..rights import Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from ..store import AnnotationStore
 from . import batch_tab
 from .batch_tab import job_settings
@@ -216,7 +218,7 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
                                         "see it."),
                 **j.editor.load(result.shown(), task_v, [], j.editor.protocols.default)}
 
-    def save_it(pair_v, preference_v, annotator_v, comment_v, protocol_v, spans_v):
+    def save_it(pair_v, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
         if not pair_v:
             return {status: status_html("Run both systems first, then judge and save.", "warn")}
         p = Pair(**{**pair_v, "systems": tuple(pair_v["systems"]), "outputs": tuple(pair_v["outputs"])})
@@ -224,10 +226,12 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
             return {status: status_html(f"This pair is saved already ({p.saved_id[:8]}): run again for a new one.",
                                         "warn")}
         try:
-            c = pair_comparison(p, preference_v, annotator_v, protocol_v, spans_v, comment_v)
+            ident = identify(request, ctx.settings)
+            require_save(ident)
+            c = pair_comparison(p, preference_v, ident.annotator(annotator_v), protocol_v, spans_v, comment_v)
             if not c.preference:
                 raise ValueError("choose a preference: A is better, B is better, tie or both bad")
-            cmp_id = save_comparison(store, c, owner="")
+            cmp_id = save_comparison(store, c, owner=ident.owner)
         except ValueError as e:
             return {status: status_html(f"Not saved: {e}", "error")}
         revealed = reveal(p.systems, {"A": p.system_on("A"), "B": p.system_on("B")}, p.task)
@@ -363,18 +367,20 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         except (UserError, KeyError) as e:
             return {job_status: status_html(f"Not run: {e}", "error")}
 
-    def save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v):
+    def save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
         if not job_id:
             return {status: status_html("Pick or create a compare job first.", "warn")}
         try:
+            ident = identify(request, ctx.settings)
+            require_save(ident)
             jb = get_compare_job(store, job_id)
             row = compare_rows(store, job_id)[int(i or 0)]
             if not preference_v:
                 raise ValueError("choose a preference: A is better, B is better, tie or both bad")
             fields = span_fields(protocol_v, spans_v, None)
-            c = comparison_for_row(jb, row, preference=preference_v, annotator=str(annotator_v or "").strip(),
+            c = comparison_for_row(jb, row, preference=preference_v, annotator=ident.annotator(annotator_v),
                                    protocol=fields["protocol"], spans=fields["spans"], comment=str(comment_v or ""))
-            cmp_id = judge_row(store, job_id, row.index, c, owner="")
+            cmp_id = judge_row(store, job_id, row.index, c, owner=ident.owner)
         except (ValueError, KeyError, IndexError) as e:
             return {status: status_html(f"Not saved: {e}", "error")}
         revealed = reveal(jb.systems, {"A": 2 if row.flipped else 1, "B": 1 if row.flipped else 2}, jb.task)
@@ -439,42 +445,61 @@ def compare(store: AnnotationStore, task: str, input_text: str, model_a: str, ou
             "protocol": saved.protocol, "spans": saved.spans}
 
 
-def endpoints(store: AnnotationStore) -> dict[str, Any]:
-    """/compare, /export_comparisons and /import_comparisons bound to `store`; refusals raise gradio.Error."""
+def delete_as(store: AnnotationStore, ident: Identity, cmp_id: str) -> bool:
+    """Soft-delete a comparison for `ident`: its owner or an admin (anyone in open use). False if there was none."""
+    owner = comparison_owner(store, cmp_id)
+    if owner is None:
+        return False
+    require_owner_or_admin(ident, owner, "delete")
+    return delete_comparison(store, cmp_id, by=ident.user)
+
+
+def endpoints(store: AnnotationStore, settings: Any) -> dict[str, Any]:
+    """/compare, /export_comparisons and /import_comparisons bound to `store`, with the rights of
+    app.annotation.rights (`settings`: the deployment's); refusals raise gradio.Error."""
 
     def compare_endpoint(task: str, input_text: str, model_a: str, output_a: str, model_b: str, output_b: str,
                          preference: str, annotator: str, decoding_a: str = "", decoding_b: str = "",
                          revision_a: str = "", revision_b: str = "", dtype_a: str = "", dtype_b: str = "",
                          family_a: str = "mt5", family_b: str = "mt5", protocol: str = "esa",
                          spans: list[dict] | str | None = None, comment: str = "",
-                         app_version: str = __version__) -> dict:
+                         app_version: str = __version__, request: gr.Request = None) -> dict:
         """Save one blind side-by-side judgement: preference "A", "B", "tie" or "both_bad"; spans [{start, end,
         side ("A"/"B"/"input"), category, severity}] with Python character offsets; decoding_a/_b JSON text.
         Returns {"id", "item_key", "message", "preference", "winner", "protocol", "spans"}; raises when nothing
         was saved (bad span, unknown severity, identical systems, …)."""
         try:
-            return compare(store, task, input_text, model_a, output_a, model_b, output_b, preference, annotator,
-                           decoding_a, decoding_b, revision_a, revision_b, dtype_a, dtype_b, family_a, family_b,
-                           protocol, spans, comment, app_version)
+            ident = identify(request, settings)
+            require_save(ident)
+            return compare(store, task, input_text, model_a, output_a, model_b, output_b, preference,
+                           ident.annotator(annotator), decoding_a, decoding_b, revision_a, revision_b, dtype_a,
+                           dtype_b, family_a, family_b, protocol, spans, comment, app_version, owner=ident.owner)
         except ValueError as e:
             raise gr.Error(f"Not saved: {e}") from None
 
-    def export_endpoint(fmt: str = "jsonl", task: str = "") -> FileData:
-        """Export the comparisons (fmt: csv, jsonl or parquet), optionally of one task. Returns the file."""
+    def export_endpoint(fmt: str = "jsonl", task: str = "", request: gr.Request = None) -> FileData:
+        """Export the comparisons (fmt: csv, jsonl or parquet), optionally of one task; a signed-in annotator
+        gets their own. Returns the file."""
         fmt = str(fmt or "").strip().lower()
         if fmt not in ("csv", "jsonl", "parquet"):
             raise gr.Error(f"Not exported: format must be csv, jsonl or parquet, not {fmt!r}")
+        try:
+            owner = visible_owner(identify(request, settings))
+        except ValueError as e:
+            raise gr.Error(f"Not exported: {e}") from None
+        records = [c for c in query_comparisons(store, task=task or None) if owner is None or c.owner == owner]
         folder = Path(tempfile.mkdtemp(prefix="mt5studio-compare-"))
-        path = export_comparisons(query_comparisons(store, task=task or None), folder / f"comparisons.{fmt}")
+        path = export_comparisons(records, folder / f"comparisons.{fmt}")
         return FileData(path=str(path), orig_name=path.name)
 
-    def import_endpoint(file: FileData) -> dict:
-        """Import a comparison export (CSV, JSONL or Parquet), all or nothing. Returns {"added", "updated",
-        "skipped", "message"}."""
+    def import_endpoint(file: FileData, request: gr.Request = None) -> dict:
+        """Import a comparison export (CSV, JSONL or Parquet), all or nothing; for admins where rights apply.
+        Returns {"added", "updated", "skipped", "message"}."""
         path = file.get("path") if isinstance(file, dict) else getattr(file, "path", None)
         if not path or not is_in_or_equal(path, get_upload_folder()):
             raise gr.Error("Nothing imported: send the file itself (gradio_client.handle_file(path))")
         try:
+            require_admin(identify(request, settings), "Importing comparisons")
             r = import_comparisons(store, path)
         except ValueError as e:
             raise gr.Error(f"Nothing imported: {e}") from None
@@ -486,7 +511,7 @@ def endpoints(store: AnnotationStore) -> dict[str, Any]:
             "import_comparisons": import_endpoint}
 
 
-def mount(store: AnnotationStore) -> None:
+def mount(store: AnnotationStore, settings: Any) -> None:
     """Adds the comparison endpoints to the page being built (inside `with gr.Blocks()`)."""
-    for api_name, fn in endpoints(store).items():
+    for api_name, fn in endpoints(store, settings).items():
         gr.api(fn, api_name=api_name)
