@@ -52,7 +52,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
                         elem_id="demo-banner")
         api.register(ctx)  # first, so the stable endpoint names are theirs
         if store is not None:
-            mount_annotation_api(store)  # /annotate and /export
+            mount_annotation_api(store, ctx.settings)  # /annotate, /export and /import, with rights
             compare.mount(store, ctx.settings)   # /compare, /export_comparisons and /import_comparisons
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():

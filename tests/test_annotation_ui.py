@@ -214,7 +214,7 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     # the table: refresh, select, edit, export, a malformed import changes nothing, delete
     shown = handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5)
     (df,) = [v for v in shown.values() if hasattr(v, "iloc")][:1]
-    (ids,) = [v for v in shown.values() if isinstance(v, dict)]
+    (ids,) = [v for v in shown.values() if isinstance(v, dict) and v]   # shown ids (no deleted ones yet)
     assert list(df["id"]) == [ann_id[:8]] and ids == {ann_id[:8]: ann_id}   # short ids shown
     picked = handler(demo, "select")(ids, gr.SelectData(None, {"index": [0, 2], "value": "x",
                                                                "row_value": list(df.iloc[0])}))
@@ -231,9 +231,12 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     assert store.count() == 1 and "Confirm delete?" in "".join(map(str, asked.values()))
     gone = handler(demo, "delete_it")(ann_id, ann_id)
     assert store.count() == 0
-    (kept,) = [v for v in gone.values() if isinstance(v, dict)]
-    handler(demo, "undo_it")(kept)                     # Undo puts the same record back
+    assert ann_id in gone.values()                     # the id Undo restores
+    kept = store.get(ann_id, include_deleted=True).to_dict()
+    assert store.deleted_info(ann_id)[0]               # a soft delete: still there, marked deleted
+    handler(demo, "undo_it")(ann_id)                   # Undo puts the same record back
     assert store.get(ann_id).to_dict() == kept
+    assert [v.action for v in store.history(ann_id)] == ["edit", "delete", "restore"]
     handler(demo, "delete_it")(ann_id, ann_id)
     assert store.count() == 0
 

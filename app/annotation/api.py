@@ -18,6 +18,7 @@ from .. import __version__
 from ..models import bits_label
 from ..prompts import qa_prompt
 from ..tasklist import task as task_named
+from .rights import OPEN, Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from .spans import parse_score, parse_spans, stored_protocol
 from .store import Annotation, AnnotationStore, ImportResult
 
@@ -117,20 +118,27 @@ def span_fields(protocol: Any, spans: Any, esa_score: Any) -> dict[str, Any]:
 
 def save_from_record(store: AnnotationStore, record: dict[str, Any] | None, rating: Any, corrected_output: Any,
                      error_categories: Any, comment: Any, annotator: Any, ann_id: str | None = None, *,
-                     protocol: Any = None, spans: Any = None, esa_score: Any = None) -> str:
+                     protocol: Any = None, spans: Any = None, esa_score: Any = None,
+                     ident: Identity = OPEN) -> str:
     """Save a judgement of a tab's result with the result's provenance; with `ann_id` (this result was already
     saved) update that annotation instead. With `protocol` ("esa", "mqm", "none"), also its spans and ESA score.
-    Returns the id. ValueError with a message fit for the page."""
+    `ident`: who saves (app.annotation.rights): on a protected deployment the annotator is the signed-in account
+    and only the owner or an admin may update. Returns the id. ValueError with a message fit for the page."""
     if not record:
         raise ValueError(NO_RESULT)
-    fields = judgement(rating, corrected_output, error_categories, comment, annotator, protocol=protocol,
-                       spans=spans, esa_score=esa_score)
+    require_save(ident)
+    fields = judgement(rating, corrected_output, error_categories, comment, ident.annotator(annotator),
+                       protocol=protocol, spans=spans, esa_score=esa_score)
     if not fields["annotator"]:
         raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
-    if ann_id and store.get(ann_id) is not None:
-        store.update(ann_id, **fields)
+    existing = store.get(ann_id) if ann_id else None
+    if existing is not None:
+        require_owner_or_admin(ident, existing.owner, "change")
+        if ident.protected:
+            fields["annotator"] = existing.annotator   # an admin's correction stays the annotator's judgement
+        store.update(ann_id, by=ident.user, **fields)
         return ann_id
-    return store.save(Annotation(**provenance(record), **fields))
+    return store.save(Annotation(**provenance(record), **fields, owner=ident.owner))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -143,31 +151,36 @@ def annotate(store: AnnotationStore, task: str, model_id: str, input_text: str, 
              model_revision: str = "", family: str = "mt5", dtype: str = "",
              decoding: dict[str, Any] | str | None = None, app_version: str = __version__, protocol: str = "",
              spans: Sequence[dict[str, Any]] | str | None = None, esa_score: Any = None,
-             mqm_score: Any = None) -> dict[str, Any]:
+             mqm_score: Any = None, ident: Identity = OPEN) -> dict[str, Any]:
     """Save one annotation given as text; `corrected_output` None means "the output as it is". `spans`: a list
     of {start, end, side, category, severity} (Python character offsets into output_text or input_text), or its
     JSON text; `protocol` "esa" (with `esa_score` 0–100) or "mqm" (the score is computed; a `mqm_score` given
     must match it), "" for none.
 
     Returns {"id", "item_key", "message", "protocol", "spans" (as stored: sorted), "esa_score", "mqm_score"}.
-    ValueError with the store's message when a field is invalid: nothing is saved."""
+    ValueError with the store's message when a field is invalid: nothing is saved. On a protected deployment
+    (`ident`) saving needs a signed-in user, who is the annotator whatever `annotator` says."""
+    require_save(ident)
     fields = judgement(rating, output_text if corrected_output is None else corrected_output,
-                       error_categories, comment, annotator, protocol=protocol or "", spans=spans,
+                       error_categories, comment, ident.annotator(annotator), protocol=protocol or "", spans=spans,
                        esa_score=esa_score)
     ann_id = store.save(Annotation(task=str(task or ""), model_id=str(model_id or ""), input=str(input_text or ""),
                                    output=str(output_text or ""), model_revision=str(model_revision or ""),
                                    family=str(family or "mt5"), dtype=str(dtype or ""),
                                    decoding=parse_decoding(decoding), app_version=str(app_version or ""),
-                                   mqm_score=parse_score(mqm_score, "MQM score"), **fields))
+                                   mqm_score=parse_score(mqm_score, "MQM score"), owner=ident.owner,
+                                   **fields))
     a = store.get(ann_id)
     return {"id": a.id, "item_key": a.item_key, "message": f"Saved annotation {a.id}.", "protocol": a.protocol,
             "spans": a.spans, "esa_score": a.esa_score, "mqm_score": a.mqm_score}
 
 
-def import_export_file(store: AnnotationStore, path: str | Path) -> dict[str, Any]:
-    """Import an export file (CSV, JSONL or Parquet), all or nothing. Returns {"added", "updated", "skipped",
-    "message"}; ValueError naming the bad line or row (nothing imported)."""
-    result: ImportResult = store.import_file(path)
+def import_export_file(store: AnnotationStore, path: str | Path, ident: Identity = OPEN) -> dict[str, Any]:
+    """Import an export file (CSV, JSONL or Parquet), all or nothing (admins only on a protected deployment).
+    Returns {"added", "updated", "skipped", "message"}; ValueError naming the bad line or row (nothing
+    imported)."""
+    require_admin(ident, "Importing annotations")
+    result: ImportResult = store.import_file(path, by=ident.user)
     return {"added": result.added, "updated": result.updated, "skipped": result.skipped,
             "message": f"Imported {Path(path).name}: {result.message}."}
 
@@ -202,35 +215,45 @@ def filters(task: str | None = None, model: str | None = None, annotator: str | 
 
 def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, model: str | None = None,
            annotator: str | None = None, since: Any = None, until: Any = None, min_rating: Any = None,
-           max_rating: Any = None, folder: str | Path | None = None) -> Path:
+           max_rating: Any = None, folder: str | Path | None = None, ident: Identity = OPEN) -> Path:
     """Write the annotations that pass the filters to a new file (CSV, JSONL or Parquet) in a fresh temporary
-    folder (or `folder`), named with the UTC time; returns its path. ValueError for an unknown format."""
+    folder (or `folder`), named with the UTC time; returns its path. ValueError for an unknown format. On a
+    protected deployment (`ident`) an annotator exports their own annotations; admins export everyone's."""
+    owner = visible_owner(ident)
     fmt = str(fmt or "").strip().lower().lstrip(".")
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     where = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mt5studio-export-"))
     where.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return store.export(where / f"annotations-{stamp}.{fmt}", fmt,
-                        **filters(task, model, annotator, since, until, min_rating, max_rating))
+    chosen = filters(task, model, annotator, since, until, min_rating, max_rating)
+    return store.export(where / f"annotations-{stamp}.{fmt}", fmt, **chosen,
+                        **({} if owner is None else {"owner": owner}))
 
 
-def endpoints(store: AnnotationStore) -> dict[str, Callable]:
+def endpoints(store: AnnotationStore, settings: Any = None) -> dict[str, Callable]:
     """`annotate`, `export` and `import` bound to `store`, with plain type hints, for `gr.api(..., api_name=...)`.
     `/export` returns the file itself (a client downloads it) and `/import` takes one, so this imports Gradio's
     FileData. Every refusal raises gradio.Error: a client gets an exception with the message, never a quiet
-    "success" with nothing saved."""
+    "success" with nothing saved. `settings` (app.settings.Settings; default: open use) decides the rights: each
+    endpoint identifies the caller from its own request."""
     # Lazy: the rest of this module is plain functions that the store's tests and scripts use without Gradio.
-    from gradio import Error
+    from gradio import Error, Request
     from gradio.data_classes import FileData
     from gradio.utils import get_upload_folder, is_in_or_equal
+
+    from ..settings import Settings
+    settings = settings or Settings()
+
+    def who(request: Any) -> Identity:
+        return identify(request, settings)
 
     def annotate_endpoint(task: str, model_id: str, input_text: str, output_text: str, rating: int | None = None,
                           corrected_output: str | None = None, error_categories: list[str] | None = None,
                           comment: str = "", annotator: str = "", model_revision: str = "", family: str = "mt5",
                           dtype: str = "", decoding: str = "", app_version: str = __version__, protocol: str = "",
                           spans: list[dict] | str | None = None, esa_score: int | None = None,
-                          mqm_score: float | None = None) -> dict:
+                          mqm_score: float | None = None, request: Request = None) -> dict:
         """Save one annotation. error_categories: ids from assets/error_categories.json (per task); decoding:
         JSON text; protocol: "esa", "mqm" or ""; spans: [{start, end, side ("output"/"input"), category,
         severity (minor/major/critical)}] with Python character offsets; esa_score 0–100 (ESA); mqm_score is
@@ -239,11 +262,11 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
         try:
             return annotate(store, task, model_id, input_text, output_text, rating, corrected_output,
                             error_categories, comment, annotator, model_revision, family, dtype, decoding,
-                            app_version, protocol, spans, esa_score, mqm_score)
+                            app_version, protocol, spans, esa_score, mqm_score, ident=who(request))
         except ValueError as e:
             raise Error(f"Not saved: {e}") from None
 
-    def import_endpoint(file: FileData) -> dict:
+    def import_endpoint(file: FileData, request: Request = None) -> dict:
         """Import an export file (CSV, JSONL or Parquet: what /export gives), all or nothing; ids already here
         are kept unless the file's copy was edited later. Returns {"added", "updated", "skipped", "message"}."""
         path = file.get("path") if isinstance(file, dict) else getattr(file, "path", None)
@@ -253,7 +276,7 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
             raise Error("Nothing imported: send the file itself (gradio_client.handle_file(path)), not a path on "
                         "the server")
         try:
-            result = import_export_file(store, path)
+            result = import_export_file(store, path, who(request))
         except ValueError as e:
             raise Error(f"Nothing imported: {e}") from None
         if name:
@@ -261,10 +284,12 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
         return result
 
     def export_endpoint(fmt: str = "jsonl", task: str = "", model: str = "", annotator: str = "", since: str = "",
-                        until: str = "", min_rating: int | None = None, max_rating: int | None = None):
+                        until: str = "", min_rating: int | None = None, max_rating: int | None = None,
+                        request: Request = None):
         """Export annotations (fmt: csv, jsonl or parquet), filtered; dates YYYY-MM-DD. Returns the file."""
         try:
-            path = export(store, fmt, task, model, annotator, since, until, min_rating, max_rating)
+            path = export(store, fmt, task, model, annotator, since, until, min_rating, max_rating,
+                          ident=who(request))
         except ValueError as e:
             raise Error(f"Not exported: {e}") from None   # a client sees the message
         return FileData(path=str(path), orig_name=path.name)
@@ -272,16 +297,18 @@ def endpoints(store: AnnotationStore) -> dict[str, Callable]:
     export_endpoint.__annotations__["return"] = FileData   # a real class: Gradio reads it to type the endpoint
 
     import_endpoint.__annotations__["file"] = FileData
+    for fn in (annotate_endpoint, import_endpoint, export_endpoint):   # injected by Gradio, not an API parameter
+        fn.__annotations__["request"] = Request
 
     return {"annotate": annotate_endpoint, "export": export_endpoint, "import": import_endpoint}
 
 
-def mount(store: AnnotationStore) -> None:
+def mount(store: AnnotationStore, settings: Any = None) -> None:
     """Add the `/annotate`, `/export` and `/import` endpoints to the page being built (inside `with
     gr.Blocks()`)."""
     import gradio as gr   # lazy, as in `endpoints`: only the page needs Gradio
 
-    eps = endpoints(store)
+    eps = endpoints(store, settings)
     gr.api(eps["annotate"], api_name="annotate")
     gr.api(eps["export"], api_name="export")
     gr.api(eps["import"], api_name="import")

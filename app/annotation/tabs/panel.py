@@ -23,6 +23,7 @@ import gradio as gr
 import pandas as pd
 
 from ..api import NO_RESULT, input_as_text, provenance, save_from_record
+from ..rights import OPEN, Identity, identify
 from ...assets import ASSETS
 from ...context import AppContext
 from ..spans import (Protocols, check_spans, describe, load_protocols, mqm_score, render_html, stored_protocol,
@@ -123,14 +124,18 @@ def span_choices(protocols: Protocols, protocol: str, task: str) -> list[tuple[s
     return [(NO_CATEGORY, ""), *((c.label, c.id) for c in load_error_categories(task))]
 
 
-def earlier_annotation(store: AnnotationStore, record: dict[str, Any] | None, annotator: Any) -> Annotation | None:
+def earlier_annotation(store: AnnotationStore, record: dict[str, Any] | None, annotator: Any,
+                       ident: Identity = OPEN) -> Annotation | None:
     """The newest annotation `annotator` saved of this very output (same task, model, input and output), if any:
-    a result run again (after a reload, say) shows that judgement and its spans, and saving updates it."""
-    name = str(annotator or "").strip()
+    a result run again (after a reload, say) shows that judgement and its spans, and saving updates it. On a
+    protected deployment: the signed-in account's own (a typed name shows nobody else's work)."""
+    name = ident.annotator(annotator)
     if not record or not name:
         return None
     p = provenance(record)
-    found = store.query(item_key=item_key(p["task"], p["model_id"], p["input"], p["output"]), annotator=name)
+    key = item_key(p["task"], p["model_id"], p["input"], p["output"])
+    found = store.query(item_key=key, owner=ident.user) if ident.protected else \
+        store.query(item_key=key, annotator=name)
     return found[-1] if found else None
 
 
@@ -244,19 +249,20 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
                 status: status_html(f"You annotated this output before ({earlier.id[:8]}): your judgement and "
                                     "spans are shown; saving updates it.")}
 
-    def new_result(record, protocol_v=start_protocol, annotator_v=None):
+    def new_result(record, protocol_v=start_protocol, annotator_v=None, request: gr.Request = None):
         if not record:
             return {saved_id: None}
-        earlier = earlier_annotation(store, record, annotator_v)
+        earlier = earlier_annotation(store, record, annotator_v, identify(request, ctx.settings))
         if earlier is not None:
             return earlier_shown(record, earlier)
         return {**f.fill(corrected=record.get("output_text", "")), saved_id: None, status: "", esa_score: None,
                 **shown(record, [], protocol_v)}
 
-    def recall(record, annotator_v, spans_v, ann_id):
+    def recall(record, annotator_v, spans_v, ann_id, request: gr.Request = None):
         """The name typed (or restored) after the result came: show that annotator's earlier judgement of it,
         unless spans were marked or the result saved already (nothing typed since is overwritten then)."""
-        earlier = None if spans_v or ann_id else earlier_annotation(store, record, annotator_v)
+        ident = identify(request, ctx.settings)
+        earlier = None if spans_v or ann_id else earlier_annotation(store, record, annotator_v, ident)
         # gr.skip(): nothing changes (an empty dict would be taken as one value for all the outputs)
         return earlier_shown(record, earlier) if earlier is not None else {status: gr.skip()}
 
@@ -332,13 +338,14 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
         return out
 
     def save_it(record, rating, corrected, categories, comment, annotator, ann_id, protocol_v=None, spans_v=None,
-                esa_v=None):
+                esa_v=None, request: gr.Request = None):
         if not record:
             return {status: status_html(NO_RESULT, "warn")}
         try:
             new_id = save_from_record(store, record, rating, corrected, categories, comment, annotator, ann_id,
                                       protocol=protocol_v, spans=spans_v,
-                                      esa_score=esa_v if stored_protocol(protocol_v) == "esa" else None)
+                                      esa_score=esa_v if stored_protocol(protocol_v) == "esa" else None,
+                                      ident=identify(request, ctx.settings))
         except ValueError as e:
             return {status: status_html(f"Not saved: {e}", "error")}
         verb = "Updated" if ann_id == new_id else "Saved"
