@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -10,6 +12,7 @@ import gradio as gr
 
 from . import api
 from .annotation.api import mount as mount_annotation_api
+from .annotation.rights import identify
 from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
@@ -47,6 +50,8 @@ def build_app(ctx: AppContext, demo_reason: str = "",
     # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.
     with gr.Blocks(title="mT5 Studio", delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
+        if store is not None and ctx.settings.protected:
+            sign_in_row(ctx.settings, blocks)
         if ctx.demo:
             gr.Markdown(ctx.assets.help["demo_banner"].format(reason=demo_reason), elem_classes=["demo-banner"],
                         elem_id="demo-banner")
@@ -63,10 +68,40 @@ def build_app(ctx: AppContext, demo_reason: str = "",
             for title, build in extra_tabs:
                 with gr.Tab(title):
                     build(ctx, handles)
-        annotator.link(blocks)   # after every tab: the boxes are all known
+        annotator.link(blocks, ctx.settings)   # after every tab: the boxes are all known
         prefill, inputs, outputs = handles["summarization"].extra["prefill"]
         blocks.load(prefill, inputs, outputs, api_visibility="private")
     return App(blocks, handles, ctx)
+
+
+def sign_in_row(settings: Settings, blocks: gr.Blocks) -> None:
+    """Who is signed in (or how to sign in), with the Hugging Face login button on a Space with OAuth and a
+    log-out link behind the password login."""
+    with gr.Row(elem_id="sign-in-row"):
+        line = gr.Markdown(elem_id="signed-in")
+        if settings.sign_in == "huggingface":
+            gr.LoginButton(elem_id="login-button", scale=0)
+        elif settings.sign_in == "password":
+            gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="logout-button")
+
+    def who(request: gr.Request = None) -> str:
+        return identify(request, settings).label()
+
+    blocks.load(who, None, line, api_visibility="private", queue=False)
+
+
+def password_check(settings: Settings) -> Callable[[str, str], bool] | None:
+    """Gradio's `auth=` for the "password" sign-in: a constant-time comparison with the configured users."""
+    if settings.sign_in != "password":
+        return None
+    users = {name: hashlib.sha256(pw.encode("utf-8")).digest() for name, pw in settings.users.items()}
+
+    def check(username: str, password: str) -> bool:
+        want = users.get(username)
+        got = hashlib.sha256(str(password).encode("utf-8")).digest()
+        return want is not None and hmac.compare_digest(want, got)
+
+    return check
 
 
 def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | None = None) -> tuple[AppContext, str]:
@@ -88,6 +123,10 @@ def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | 
 
 def launch(app: App, host: str | None = None, port: int | None = None, **options) -> None:
     app.blocks.queue(default_concurrency_limit=app.context.settings.concurrency, max_size=256)
+    auth = password_check(app.context.settings)
+    if auth is not None:
+        options.setdefault("auth", auth)
+        options.setdefault("auth_message", "mT5 Studio: log in with the user name and password the owner gave you.")
     app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css,
                       max_file_size=app.context.settings.max_file_bytes, **options)
 

@@ -104,7 +104,7 @@ def _users(env: dict) -> dict[str, str]:
                     if line.strip() and not line.lstrip().startswith("#")]
     users: dict[str, str] = {}
     for where, entry in entries:
-        name, sep, password = entry.strip().partition(":")
+        name, sep, password = entry.partition(":")   # the password exactly as written, spaces included
         if not sep or not name.strip() or not password:
             raise ValueError(f"{where}: write users as name:password")
         users[name.strip()] = password

@@ -67,6 +67,9 @@ class Identity:
         return sign_in_hint(self.method)
 
 
+OPEN = Identity()   # open use: no rights apply (scripts, tests, a deployment nobody signs in to and not locked)
+
+
 def sign_in_hint(method: str) -> str:
     if method == "huggingface":
         return "Not signed in: press **Sign in with Hugging Face** at the top of the page to save annotations."

@@ -24,6 +24,7 @@ from .panel import fields
 from .annotations import help_text
 from ...tabs.common import decoding_controls, model_picker, progress_reporter, status_html
 from ...tasklist import TASKS
+from ..rights import OPEN, Identity, identify, require_admin, require_save
 
 
 def job_choices(store: AnnotationStore) -> list[tuple[str, str]]:
@@ -84,9 +85,13 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         skip = gr.Button("Next not annotated", elem_id="batch-next-unannotated")
     status = gr.HTML(elem_id="batch-status")   # the queue's messages
 
-    def show(job_id: str | None, i: int | None, note: str = "", kind: str = "info", where: gr.HTML = status) -> dict:
-        """Everything the queue shows at row `i` of the job: input, output, an earlier judgement or a fresh one;
-        `note` goes to the status line `where` (the one under the button pressed)."""
+    def who(request: gr.Request | None) -> Identity:
+        return identify(request, ctx.settings)
+
+    def show(job_id: str | None, i: int | None, note: str = "", kind: str = "info", where: gr.HTML = status,
+             ident: Identity = OPEN) -> dict:
+        """Everything the queue shows at row `i` of the job: input, output, an earlier judgement (one `ident` may
+        see) or a fresh one; `note` goes to the status line `where` (the one under the button pressed)."""
         if not job_id:
             return {done: status_html("Pick or create a job."), where: status_html(note, kind)}
         try:
@@ -100,6 +105,8 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         else:
             output_note = "" if row.processed else "not processed yet: run the job"
         earlier = store.get(row.annotation_id) if row.annotation_id else None
+        if earlier is not None and not ident.sees_all and earlier.owner != ident.user:
+            earlier = None   # someone else's judgement: not shown to another annotator
         if earlier is not None:
             judged = f.fill(earlier.rating, earlier.corrected_output, earlier.error_categories, earlier.comment)
         else:
@@ -132,10 +139,13 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         return {**show(job_id, 0, note, "warn" if result.failed else "info", where),
                 job: gr.Dropdown(choices=job_choices(store), value=job_id)}
 
-    def create_and_run(path, task_v, source, dtype, device, quant, *settings, progress=gr.Progress()):
+    # `request` before `*settings`: Gradio injects only positional parameters
+    def create_and_run(path, task_v, source, dtype, device, quant, request: gr.Request, *settings,
+                       progress=gr.Progress()):
         if not path:
             return {create_status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         try:
+            require_admin(who(request), "Creating batch jobs")
             inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
             spec = TASKS[task_v]
             if any(spec.missing(vars(x)) for x in inputs):
@@ -154,16 +164,21 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         except UserError as e:
             return {create_status: status_html(f"Job created but not run: {e}", "error")}
 
-    def resume_it(job_id, progress=gr.Progress()):
+    def resume_it(job_id, request: gr.Request = None, progress=gr.Progress()):
         if not job_id:
             return {job_status: status_html("Pick a job to run or resume.", "warn")}
         try:
+            require_admin(who(request), "Running batch jobs")
             return run(job_id, progress, job_status)
-        except (UserError, KeyError) as e:
+        except (UserError, KeyError, ValueError) as e:
             return {job_status: status_html(f"Not run: {e}", "error")}
 
-    def stop_it(job_id):
+    def stop_it(job_id, request: gr.Request = None):
         """Stops the picked job (or the only one running) before its next row; the rows done are kept."""
+        try:
+            require_admin(who(request), "Stopping batch jobs")
+        except ValueError as e:
+            return {job_status: status_html(f"Not stopped: {e}", "error")}
         running = stops.running()
         target = job_id or (running[0] if len(running) == 1 else None)
         if target not in running:
@@ -173,16 +188,16 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         return {job_status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
                                         "finishes the rest)…", "warn")}
 
-    def pick(job_id):
+    def pick(job_id, request: gr.Request = None):
         if not job_id:
             return show(None, 0, where=job_status)
         p = job_progress(store, job_id)
         start = next_unannotated(store, job_id, -1)
         start = 0 if start is None else start
         note = "" if p.processed == p.total else f"{p.total - p.processed} row(s) not processed yet: Run / resume."
-        return show(job_id, start, note, "warn" if note else "info", job_status)
+        return show(job_id, start, note, "warn" if note else "info", job_status, who(request))
 
-    def move(job_id, i, where):
+    def move(job_id, i, where, ident: Identity = OPEN):
         if not job_id:
             return show(None, 0)
         pos = queue_position(store, job_id, int(i or 0))
@@ -190,25 +205,37 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         if target is None:
             end = {"prev": "This is the first row.", "next": "This is the last row.",
                    "skip": "Every row is annotated."}[where]
-            return show(job_id, pos.index, end)
-        return show(job_id, target)
+            return show(job_id, pos.index, end, ident=ident)
+        return show(job_id, target, ident=ident)
 
-    def save_next(job_id, i, rating, corrected, categories, comment, annotator):
+    def move_prev(job_id, i, request: gr.Request = None):
+        return move(job_id, i, "prev", who(request))
+
+    def move_next(job_id, i, request: gr.Request = None):
+        return move(job_id, i, "next", who(request))
+
+    def move_skip(job_id, i, request: gr.Request = None):
+        return move(job_id, i, "skip", who(request))
+
+    def save_next(job_id, i, rating, corrected, categories, comment, annotator, request: gr.Request = None):
         if not job_id:
             return {status: status_html("Pick or create a job first.", "warn")}
+        ident = who(request)
         try:
+            require_save(ident)
             pos = queue_position(store, job_id, int(i or 0))
-            fields_v = judgement(rating, corrected, categories, comment, annotator)
+            fields_v = judgement(rating, corrected, categories, comment, ident.annotator(annotator))
             if not fields_v["annotator"]:
                 raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
-            annotate_row(store, job_id, pos.index, annotation_for(get_job(store, job_id), pos.row, **fields_v))
+            annotate_row(store, job_id, pos.index, annotation_for(get_job(store, job_id), pos.row, **fields_v,
+                                                                  owner=ident.owner))
         except (ValueError, KeyError, IndexError) as e:
             return {status: status_html(f"Not saved: {e}", "error")}
         after = queue_position(store, job_id, pos.index)
         target = after.next_unannotated
         if target is None:
-            return show(job_id, pos.index, f"Saved. {after.label}: every row is annotated.")
-        return show(job_id, target, f"Saved row {pos.index + 1}.")
+            return show(job_id, pos.index, f"Saved. {after.label}: every row is annotated.", ident=ident)
+        return show(job_id, target, f"Saved row {pos.index + 1}.", ident=ident)
 
     def refresh_jobs(job_id):
         values = job_choices(store)
@@ -228,9 +255,9 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     # Outside the models queue, so it runs while the job holds a worker; the job stops before its next row.
     stop.click(stop_it, job, job_status, **priv)
     job.input(pick, job, [*shown, job_status], **priv)
-    prev.click(lambda j, i: move(j, i, "prev"), [job, index], shown, **priv)
-    nxt.click(lambda j, i: move(j, i, "next"), [job, index], shown, **priv)
-    skip.click(lambda j, i: move(j, i, "skip"), [job, index], shown, **priv)
+    prev.click(move_prev, [job, index], shown, **priv)
+    nxt.click(move_next, [job, index], shown, **priv)
+    skip.click(move_skip, [job, index], shown, **priv)
     save.click(save_next, [job, index, *f.components()], shown, **priv).then(refresh_jobs, job, job, **priv)
     root = Context.root_block
     if root is not None:

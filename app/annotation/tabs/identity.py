@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ...settings import Settings
+from ..rights import identify
+
 STORAGE_KEY = "mt5studio-annotator"   # localStorage key: one name for every tab of this browser
 # A fixed key, so the name survives a restart of the server too (a random one is drawn at each start). The
 # name is no secret: Gradio's encryption only keeps other pages' scripts from reading it casually.
@@ -31,10 +34,22 @@ class AnnotatorName:
         self.boxes.append(box)
         return box
 
-    def link(self, blocks: gr.Blocks) -> gr.BrowserState | None:
+    def link(self, blocks: gr.Blocks, settings: Settings | None = None) -> gr.BrowserState | None:
         """Adds the BrowserState to `blocks` (call inside `with blocks:`) and wires every box remembered; none
-        when there is no box (a page without annotation)."""
+        when there is no box (a page without annotation). On a protected deployment (`settings`) the boxes show
+        the signed-in account instead and cannot be edited: the server stores that account whatever is typed."""
         if not self.boxes:
+            return None
+        settings = settings or Settings()
+        if settings.protected:
+            n = len(self.boxes)
+
+            def signed_in(request: gr.Request = None):
+                user = identify(request, settings).user
+                box = gr.Textbox(value=user, interactive=False, placeholder="sign in to annotate")
+                return [box] * n if n > 1 else box
+
+            blocks.load(signed_in, None, self.boxes, api_visibility="private", queue=False)
             return None
         self.saved = gr.BrowserState("", storage_key=STORAGE_KEY, secret=STORAGE_CIPHER_KEY)
         n = len(self.boxes)
