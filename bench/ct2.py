@@ -86,6 +86,20 @@ class Runner:
                                                   max_decoding_length=new_tokens, min_decoding_length=new_tokens)
         return [[0] + [self.index[t] for t in r.hypotheses[0]] for r in results]
 
+    def generate_like(self, ids, mask, settings: dict) -> list[list[int]]:
+        """`generate()`'s settings as bench/generate.py's cases use them (max/min_new_tokens or max_length,
+        num_beams, no_repeat_ngram_size, length_penalty) mapped to translate_batch's."""
+        if "max_length" in settings:      # transformers counts the decoder start token, CTranslate2 does not
+            limits = dict(max_decoding_length=settings["max_length"] - 1)
+        else:
+            limits = dict(max_decoding_length=settings["max_new_tokens"],
+                          min_decoding_length=settings.get("min_new_tokens", 0))
+        results = self.translator.translate_batch(
+            self.sources(ids, mask), beam_size=settings.get("num_beams", 1),
+            no_repeat_ngram_size=settings.get("no_repeat_ngram_size", 0),
+            length_penalty=settings.get("length_penalty", 1.0), **limits)
+        return [[0] + [self.index[t] for t in r.hypotheses[0]] for r in results]
+
     def next_tokens(self, ids, mask, prefix: list[int]) -> list[int]:
         """The argmax after every prefix of `prefix` (decoder start token excluded), teacher-forced: one batch
         whose row k is forced through prefix[:k] and takes one free step."""

@@ -2,12 +2,17 @@
 
     python bench/generate.py [--shapes mt5-small,umt5-small,mt5-base] [--repeat 2] [--dtype float32]
 
-2 threads, fp32, fixed seeds; every case generates exactly 64 new tokens (eos is banned until then) so both sides
-do the same work. Each implementation runs in its own subprocess (transformers in .venv-ref) so peak RSS is its
-own; the table prints both and the ratio. CTranslate2 (fp32 and int8, also in .venv-ref; bench/ct2.py) is
-measured on the same ids when .venv-ref has it, and printed with our ratio against it. Cases: greedy batch 1
-(128-token input), greedy batch 8 (inputs of 64-128 tokens, padded), beam 4 batch 1, and the encoder alone at
-512 tokens.
+2 threads, fp32, fixed seeds. Cases: greedy batch 1 (128-token input), greedy batch 8 (inputs of 64-128 tokens,
+padded), beam 4 batch 1, each exactly 64 new tokens (eos is banned until then) so every side does the same work;
+the XLSum preset (csebuetnlp/mT5_multilingual_XLSum's decoding settings: 4 beams, no_repeat_ngram_size 2,
+length_penalty 0.6, max_length 84) on a 128-token input; and the encoder alone at 512 tokens. ms/step is the
+whole call (encoder included) over the tokens generated.
+
+Each implementation runs in its own subprocess (transformers in .venv-ref) so peak RSS is its own. CTranslate2
+(fp32 and int8, also in .venv-ref; bench/ct2.py) is measured on the same ids when .venv-ref has it. Every row
+compares all generated tokens of every batch row with ours. The floor (bench/floor.py) is the time reading the
+decoder's weights and the output projection once takes at this machine's streaming bandwidth, measured once per
+run: the physical limit of a memory-bound step, fp32 (and int8, for CTranslate2 int8).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import ct2  # noqa: E402
+import floor  # noqa: E402
 
 REF_PYTHON = Path(os.environ.get("MT5_REF_PYTHON", ROOT / ".venv-ref" / "bin" / "python"))
 SHAPES = {
@@ -33,6 +39,19 @@ SHAPES = {
     "mt5-base": ("mt5", dict(d_model=768, d_ff=2048, num_layers=12, num_heads=12, vocab_size=250112)),
 }
 NEW_TOKENS = 64
+XLSUM = dict(num_beams=4, no_repeat_ngram_size=2, length_penalty=0.6, max_length=84)
+CASES = ("greedy_b1", "greedy_b8", "beam4_b1", "xlsum_b1")
+
+
+def cases(vocab: int) -> dict:
+    """name -> ((ids, mask), generate() settings)."""
+    fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    return {
+        "greedy_b1": (inputs(1, (128, 128), vocab, 1), dict(fixed)),
+        "greedy_b8": (inputs(8, (64, 128), vocab, 2), dict(fixed)),
+        "beam4_b1": (inputs(1, (128, 128), vocab, 3), dict(fixed, num_beams=4)),
+        "xlsum_b1": (inputs(1, (128, 128), vocab, 5), dict(XLSUM)),
+    }
 
 
 def inputs(batch: int, lengths: tuple[int, int], vocab: int, seed: int):
@@ -68,16 +87,9 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
     prefix = "UMT5" if family == "umt5" else "MT5"
     config = json.loads((Path(path) / "config.json").read_text())   # a CTranslate2 model's has no vocab_size
     vocab = config.get("vocab_size") or len(json.loads((Path(path) / "shared_vocabulary.json").read_text()))
-    fixed = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-    cases = {
-        "greedy_b1": (inputs(1, (128, 128), vocab, 1), dict(fixed)),
-        "greedy_b8": (inputs(8, (64, 128), vocab, 2), dict(fixed)),
-        "beam4_b1": (inputs(1, (128, 128), vocab, 3), dict(fixed, num_beams=4)),
-    }
     if impl.startswith("ct2-"):   # no encoder-only call in CTranslate2: no encoder_512
         runner = ct2.Runner(path, impl.removeprefix("ct2-"))
-        results = time_cases(cases, repeat, lambda ids, mask, kw: runner.generate(ids, mask, NEW_TOKENS,
-                                                                                  kw.get("num_beams", 1)))
+        results = time_cases(cases(vocab), repeat, runner.generate_like)
     else:
         if impl == "ours":
             sys.path.insert(0, str(ROOT))
@@ -87,8 +99,8 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
         cls = getattr(lib, prefix + "ForConditionalGeneration")
         m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
         with torch.no_grad():
-            results = time_cases(cases, repeat, lambda ids, mask, kw: m.generate(input_ids=ids, attention_mask=mask,
-                                                                                 **kw))
+            results = time_cases(cases(vocab), repeat,
+                                 lambda ids, mask, kw: m.generate(input_ids=ids, attention_mask=mask, **kw))
             ids, mask = inputs(1, (512, 512), vocab, 4)
             encoder = m.get_encoder() if impl == "transformers" else None
             run_enc = ((lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder
@@ -108,9 +120,10 @@ def time_cases(cases: dict, repeat: int, generate: Callable) -> dict:
             out["seq"] = generate(ids, mask, kwargs)
 
         seconds = timed(run, repeat)
-        tokens = NEW_TOKENS * ids.shape[0]
-        results[name] = {"seconds": seconds, "tok_s": tokens / seconds, "ms_token": seconds / NEW_TOKENS * 1e3,
-                         "first": [int(t) for t in out["seq"][0][:12]]}
+        seqs = [[int(t) for t in row] for row in out["seq"]]
+        steps = max(len(row) for row in seqs) - 1          # after the decoder start token
+        results[name] = {"seconds": seconds, "tok_s": steps * ids.shape[0] / seconds,
+                         "ms_token": seconds / steps * 1e3, "seqs": seqs}
     return results
 
 
@@ -141,28 +154,47 @@ def measure(impl: str, path: Path, family: str, repeat: int, dtype: str) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compared(ours: dict, peer: dict):
-    """(case, ours, theirs, "same tokens" | "tokens differ") for every generation case."""
-    for case in ("greedy_b1", "greedy_b8", "beam4_b1"):
-        o, r = ours[case], peer[case]
-        yield case, o, r, "same tokens" if o["first"] == r["first"] else "tokens differ"
+def same_tokens(ours: dict, peer: dict) -> str:
+    """Every generated token of every row compared (trailing padding after eos ignored)."""
+    strip = [[row[: max(i + 1 for i, t in enumerate(row) if t != 0)] if any(row) else row for row in seqs]
+             for seqs in (ours["seqs"], peer["seqs"])]
+    if strip[0] == strip[1]:
+        return "same"
+    for r, (a, b) in enumerate(zip(*strip)):
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            return f"differ: row {r} at {at}"
+    return "differ: row count"
 
 
-def report(shape: str, ours: dict, ref: dict, peers: dict[str, dict]) -> None:
-    print(f"\n{shape}  (ours | transformers 4.57 | ratio)")
-    for case, o, r, same in compared(ours, ref):
-        print(f"  {case:<12} {o['tok_s']:7.1f} tok/s {o['ms_token']:7.1f} ms/step | {r['tok_s']:7.1f} tok/s "
-              f"{r['ms_token']:7.1f} ms/step | {o['tok_s'] / r['tok_s']:5.2f}x  ({same})")
-    o, r = ours["encoder_512"]["seconds"], ref["encoder_512"]["seconds"]
-    print(f"  {'encoder_512':<12} {o * 1e3:7.1f} ms | {r * 1e3:7.1f} ms | {r / o:5.2f}x")
-    print(f"  {'peak RSS':<12} {ours['peak_rss'] / 1e9:7.2f} GB | {ref['peak_rss'] / 1e9:7.2f} GB | "
-          f"{ours['peak_rss'] / ref['peak_rss']:5.2f}x of theirs")
-    for name, peer in peers.items():
-        print(f"  against {name}  (ours | theirs | ratio; tokens compared with ours)")
-        for case, o, r, same in compared(ours, peer):
-            print(f"    {case:<10} {o['ms_token']:7.1f} ms/step | {r['ms_token']:7.1f} ms/step | "
-                  f"{o['tok_s'] / r['tok_s']:5.2f}x  ({same})")
-        print(f"    {'peak RSS':<10} {ours['peak_rss'] / 1e9:7.2f} GB | {peer['peak_rss'] / 1e9:7.2f} GB")
+def report(shape: str, res: dict[str, dict], floor_fp32: float, floor_int8: float) -> None:
+    """One table: ms/step of each implementation, our speed-up against each, the floor, tokens compared."""
+    ours = res["ours"]
+    peers = [name for name in res if name != "ours"]
+    print(f"\n{shape}: ms per step (speed-up of ours against it; tokens compared with ours)")
+    print(f"  floor: fp32 {floor_fp32:.1f} ms, int8 {floor_int8:.1f} ms per step (the weights read once)")
+    header = f"  {'case':<10} {'ours':>7} {'/floor':>6}"
+    for name in peers:
+        header += f" | {name:>22}"
+    print(header)
+    for case in CASES:
+        o = ours[case]
+        line = f"  {case:<10} {o['ms_token']:7.1f} {o['ms_token'] / floor_fp32:5.2f}x"
+        for name in peers:
+            p = res[name][case]
+            line += f" | {p['ms_token']:6.1f} {p['ms_token'] / o['ms_token']:5.2f}x {same_tokens(o, p)[:8]:>8}"
+        print(line)
+        for name in peers:
+            same = same_tokens(o, res[name][case])
+            if same != "same":
+                print(f"    ({name}: tokens {same})")
+    if "transformers" in res:
+        o, r = ours["encoder_512"]["seconds"], res["transformers"]["encoder_512"]["seconds"]
+        print(f"  {'encoder_512':<10} {o * 1e3:7.1f} ms | transformers {r * 1e3:7.1f} ms | {r / o:5.2f}x")
+    line = f"  {'peak RSS':<10} {ours['peak_rss'] / 1e9:5.2f} GB"
+    for name in peers:
+        line += f" | {name} {res[name]['peak_rss'] / 1e9:5.2f} GB ({ours['peak_rss'] / res[name]['peak_rss']:.2f}x)"
+    print(line)
 
 
 def main() -> None:
@@ -171,7 +203,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--workdir", default="/tmp/mt5-bench-generate")
-    ap.add_argument("--only", choices=["ours", "transformers", "ct2-float32", "ct2-int8"])
+    ap.add_argument("--only", help="comma-separated subset of ours,transformers,ct2-float32,ct2-int8 (the table "
+                                   "needs ours; without it the raw results are printed)")
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2")
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
@@ -180,10 +213,13 @@ def main() -> None:
         return child(impl, path, family, int(repeat), dtype)
     if not REF_PYTHON.exists():
         sys.exit(f"{REF_PYTHON} missing: run `bash .ci/setup-reference` first")
-    print(f"{NEW_TOKENS} new tokens per row, 2 threads, {args.dtype}, best of {args.repeat} after a warm-up")
+    print(f"{NEW_TOKENS} new tokens per row (XLSum: up to max_length), 2 threads, {args.dtype}, best of "
+          f"{args.repeat} after a warm-up")
+    gb_s = floor.bandwidth()
+    print(f"streaming read bandwidth: {gb_s / 1e9:.1f} GB/s (1 GiB buffer, best of 15 reads)")
     for shape in args.shapes.split(","):
         path, family = make_checkpoint(shape, Path(args.workdir))
-        impls = [args.only] if args.only else ["ours", "transformers"]
+        impls = args.only.split(",") if args.only else ["ours", "transformers"]
         with_ct2 = not (args.only or args.no_ct2) and args.dtype == "float32"
         if with_ct2 and not ct2.available(REF_PYTHON):
             print(f"(CTranslate2 skipped: not in {REF_PYTHON}; `bash .ci/setup-reference` installs it)")
@@ -194,11 +230,12 @@ def main() -> None:
         for impl in impls:
             where = ct2.converted(path, REF_PYTHON) if impl.startswith("ct2-") else path
             res[impl] = measure(impl, where, family, args.repeat, args.dtype)
-        if args.only:
+        if "ours" not in res:
             print(shape, json.dumps(res))
-        else:
-            peers = {f"CTranslate2 {impl[4:]}": res[impl] for impl in impls if impl.startswith("ct2-")}
-            report(shape, res["ours"], res["transformers"], peers)
+            continue
+        cfg = json.loads((path / "config.json").read_text())
+        named = {("CTranslate2 " + impl[4:] if impl.startswith("ct2-") else impl): r for impl, r in res.items()}
+        report(shape, named, floor.floor_ms(cfg, gb_s), floor.floor_ms(cfg, gb_s, 1.0))
 
 
 if __name__ == "__main__":

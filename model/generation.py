@@ -216,9 +216,11 @@ def process_scores(scores: torch.Tensor, seqs: torch.Tensor, cfg: GenerationConf
         seen = torch.where(seen < 0, seen * cfg.repetition_penalty, seen / cfg.repetition_penalty)
         scores = scores.scatter(1, seqs, seen)
     if cfg.no_repeat_ngram_size > 0:
-        scores = ban_repeated_ngrams(scores, seqs, cfg.no_repeat_ngram_size)
+        banned = ban_repeated_ngrams(scores, seqs, cfg.no_repeat_ngram_size, inplace)
+        inplace, scores = inplace or banned is not scores, banned  # a copy is ours to write into
     if cfg.bad_words_ids:
-        scores = ban_bad_words(scores, seqs, cfg.bad_words_ids, cfg.eos_ids)
+        banned = ban_bad_words(scores, seqs, cfg.bad_words_ids, cfg.eos_ids, inplace)
+        inplace, scores = inplace or banned is not scores, banned
     if seqs.shape[1] < cfg.min_total_length() and cfg.eos_ids:
         scores = scores if inplace else scores.clone()
         scores[:, cfg.eos_ids] = NEG_INF
@@ -237,25 +239,26 @@ def remove_invalid_values(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(scores == NEG_INF, info.min, out)
 
 
-def ban_repeated_ngrams(scores: torch.Tensor, seqs: torch.Tensor, n: int) -> torch.Tensor:
-    """Forbids any token that would repeat an n-gram already in the row."""
+def ban_repeated_ngrams(scores: torch.Tensor, seqs: torch.Tensor, n: int, inplace: bool = False) -> torch.Tensor:
+    """Forbids any token that would repeat an n-gram already in the row (vectorised: every row's windows are
+    matched against its last n-1 tokens at once)."""
     length = seqs.shape[1]
-    if length + 1 < n:
+    if length < n:  # no complete n-gram yet
         return scores
-    scores = scores.clone()
-    rows = seqs.tolist()
-    for i, row in enumerate(rows):
-        prefix = tuple(row[length - n + 1:])
-        banned = [row[j + n - 1] for j in range(length - n + 1) if tuple(row[j:j + n - 1]) == prefix]
-        if banned:
-            scores[i, banned] = NEG_INF
+    scores = scores if inplace else scores.clone()
+    windows = seqs.unfold(1, n, 1)                                        # (N, L-n+1, n)
+    prefix = seqs[:, length - n + 1:]                                     # (N, n-1)
+    rows, starts = (windows[:, :, :-1] == prefix[:, None, :]).all(-1).nonzero(as_tuple=True)
+    if len(rows):
+        scores[rows, windows[rows, starts, -1]] = NEG_INF
     return scores
 
 
-def ban_bad_words(scores: torch.Tensor, seqs: torch.Tensor, bad: list[list[int]], eos: list[int]) -> torch.Tensor:
+def ban_bad_words(scores: torch.Tensor, seqs: torch.Tensor, bad: list[list[int]], eos: list[int],
+                  inplace: bool = False) -> torch.Tensor:
     """Forbids the last token of each banned sequence when the row ends with the rest of it."""
     bad = [b for b in bad if not (len(b) == 1 and b[0] in eos)]  # as transformers: eos alone is never banned
-    scores = scores.clone()
+    scores = scores if inplace else scores.clone()
     rows = seqs.tolist()
     for words in bad:
         *prefix, last = words
@@ -453,10 +456,7 @@ def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: Gen
     (B, K*V) log-probs. Bans commute with the per-row log-softmax shift, so each beam's best `keep` tokens are
     found on its logits, and only those get normalised."""
     batch, k = b.running_scores.shape
-    # log-sum-exp by hand: torch.logsumexp (and exp of very negative values) hits denormals, 10-30x slower on CPU;
-    # terms below e^-80 cannot change an fp32 sum that contains 1.
-    top_logit = logits.amax(-1, keepdim=True)
-    lse = top_logit + (logits - top_logit).clamp_(min=-80.0).exp_().sum(-1, keepdim=True).log()
+    lse = log_normalizer(logits)
     logits = process_scores(logits, seqs, cfg, inplace=True, allowed=allowed)
     top, tokens = torch.topk(logits, keep, dim=-1)                          # (B*K, keep)
     totals = ((top - lse).view(batch, k, keep) + b.running_scores[:, :, None]).view(batch, k * keep)
@@ -465,6 +465,22 @@ def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: Gen
     out = gather(b.running, parent).clone()
     out[:, :, cur] = torch.gather(tokens.view(batch, k * keep), 1, index)
     return scores, out, parent
+
+
+def log_normalizer(logits: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+    """logsumexp over the last dim, (N, V) -> (N, 1), by hand and in vocabulary chunks.
+
+    torch.logsumexp (and exp of very negative values) hits denormals, 10-30x slower on CPU; terms below e^-80
+    cannot change an fp32 sum that contains 1, so they are clamped. Chunks keep the temporaries in the L2 cache
+    (one (N, V) temporary per step costs ~4x more on 2 cores than the arithmetic)."""
+    top = logits.amax(-1, keepdim=True)
+    total = torch.zeros_like(top)
+    buf = logits.new_empty(logits.shape[0], min(chunk, logits.shape[1]))
+    for start in range(0, logits.shape[1], chunk):
+        part = logits[:, start:start + chunk]
+        shifted = torch.sub(part, top, out=buf[:, :part.shape[1]])
+        total += shifted.clamp_(min=-80.0).exp_().sum(-1, keepdim=True)
+    return top + total.log()
 
 
 def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig,

@@ -10,7 +10,7 @@ import torch
 
 import model
 from model import MT5Config, MT5ForConditionalGeneration, MT5Tokenizer, UMT5Config, UMT5ForConditionalGeneration
-from model.generation import MAX_NEW_TOKENS_LIMIT, GenerationConfig, warp_for_sampling
+from model.generation import MAX_NEW_TOKENS_LIMIT, GenerationConfig, log_normalizer, warp_for_sampling
 from model.textgen import (TextStreamer, assemble_spans, capture_attention, encode_inputs, fill_spans,
                            generate_text, stream_text)
 from refutil import ROOT, run_reference
@@ -30,6 +30,9 @@ SETTINGS = {
     "beam3_never": dict(max_new_tokens=9, num_beams=3, early_stopping="never", length_penalty=2.0),
     "beam2_min_rep": dict(max_new_tokens=8, num_beams=2, min_new_tokens=5, repetition_penalty=1.3),
     "max_length": dict(max_length=7, num_beams=2),
+    # csebuetnlp/mT5_multilingual_XLSum's decoding settings (its max_length 84 cut to fit the tiny model)
+    "xlsum": dict(max_length=16, num_beams=4, no_repeat_ngram_size=2, length_penalty=0.6),
+    "greedy_ngram3": dict(max_new_tokens=14, no_repeat_ngram_size=3),
 }
 
 
@@ -146,6 +149,14 @@ def test_cached_decoding_equals_uncached(tokenizers, family, layers):
     assert torch.equal(fast, naive_greedy(m, ids, mask, 10))
 
 
+def test_chunked_log_normalizer_equals_logsumexp():
+    """Beam search's logsumexp, by vocabulary chunks (the last one partial), with -inf bans and a wide spread."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 70001, generator=g) * torch.tensor([[1.0], [30.0], [0.1]])
+    logits[0, :5] = float("-inf")
+    torch.testing.assert_close(log_normalizer(logits, chunk=16384), torch.logsumexp(logits, -1, keepdim=True))
+
+
 @pytest.mark.reference
 def test_full_size_shapes_match_transformers(tmp_path):
     """mt5-small and umt5-small shapes with random weights: greedy and beam tokens equal transformers'."""
@@ -163,7 +174,9 @@ def test_full_size_shapes_match_transformers(tmp_path):
         ids[1, 15:] = 0
         models[family] = (m, ids, mask)
         for name, kwargs in {"greedy": dict(max_new_tokens=12),
-                             "beam": dict(max_new_tokens=6, num_beams=3, length_penalty=0.8)}.items():
+                             "beam": dict(max_new_tokens=6, num_beams=3, length_penalty=0.8),
+                             "xlsum": dict(max_length=10, num_beams=4, no_repeat_ngram_size=2,
+                                           length_penalty=0.6)}.items():
             cases.append(dict(name=f"{family}-{name}", dir=str(tmp_path / family), family=family,
                               input_ids=ids.tolist(), attention_mask=mask.tolist(), kwargs=kwargs))
     (tmp_path / "jobs.json").write_text(json.dumps({"cases": cases}))
