@@ -26,6 +26,7 @@ from ...tabs.common import DecodingControls, ModelPicker, decoding_controls, mod
     status_html
 from ...tasklist import TASKS
 from ...tasks import Decoding
+from ..agreement import system_label
 from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, span_fields
 from ..batch import load_inputs
 from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, compare_rows, comparison_for_row,
@@ -120,14 +121,10 @@ def pair_comparison(pair: Pair, preference: str, annotator: str, protocol: Any, 
                       comment=str(comment or ""), app_version=str(pair.systems[0].get("app_version") or __version__))
 
 
-def describe_system(s: dict[str, Any], decodes: bool) -> str:
-    dec = ", ".join(f"{k}={v}" for k, v in sorted((s.get("decoding") or {}).items()) if v is not None)
-    return f"{s.get('model_id')} ({s.get('dtype') or 'auto'}" + (f"; {dec})" if decodes and dec else ")")
-
-
 def reveal(pair_systems: tuple, system_on: dict[str, int], task: str) -> str:
-    decodes = TASKS[task].decodes if task in TASKS else True
-    return " · ".join(f"{side} was system {n}: {describe_system(pair_systems[n - 1], decodes)}"
+    """"A was system 2: mt5-small (num_beams=4) · B was system 1: …": each named by what sets it apart."""
+    systems = [system_from_settings(s) for s in pair_systems]
+    return " · ".join(f"{side} was system {n}: {system_label(systems[n - 1], systems[2 - n])}"
                       for side, n in system_on.items())
 
 

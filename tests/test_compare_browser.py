@@ -1,0 +1,146 @@
+"""The Compare tab in a real browser (Debian's chromium via Playwright, as tests/test_app_browser.py), in light and
+dark mode: a model compared with itself under the same settings is refused with nothing run; with another decoding
+setting on one side both run, the outputs come back as A and B with nothing said about which is which, a span is
+marked on A with a real mouse selection, a preference saved, and only then the systems are revealed. The stored
+record (read from the app's SQLite file) holds the span on the selected text. Screenshots in data/screenshots/."""
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
+                                 reason="chromium is not installed: run .ci/setup-browser")]
+
+import apphost  # noqa: E402
+from app.annotation.comparisons import query_comparisons  # noqa: E402
+from app.annotation.store import AnnotationStore  # noqa: E402
+
+from test_app_browser import SHOTS, TIMEOUT, shot  # noqa: E402
+
+TEXTS = {"light": "El ayuntamiento de Valencia aprobó ayer un plan para plantar veinte mil árboles.",
+         "dark": "قالت الحكومة إن المشروع سينتهي في عام ٢٠٣٠ بعد موافقة البرلمان."}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare-browser")
+    db = root / "annotations.db"
+    srv = apphost.start(root / "server.log", env={"MT5_STUDIO_DEMO_DIR": str(root / "demo"),
+                                                  "MT5_STUDIO_DB": str(db)})
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT)
+        page.goto(srv.url)
+        page.wait_for_selector("#summarize-run")
+        yield page, db
+        browser.close()
+    srv.stop()
+
+
+def drag_select(page, view, chars: int = 6) -> str:
+    """A real mouse drag over the first `chars` characters of a span view; returns what the page selected."""
+    view.scroll_into_view_if_needed()
+    box = view.evaluate("""(el, n) => {
+        const node = el.firstChild, text = node.textContent;
+        let a = 0;
+        while (a < text.length && /\\s/.test(text[a])) a++;
+        const r = document.createRange();
+        r.setStart(node, a); r.setEnd(node, Math.min(text.length, a + n));
+        const rects = r.getClientRects(), first = rects[0], last = rects[rects.length - 1];
+        return {x0: first.left + 1, y0: first.top + first.height / 2, x1: last.right - 1,
+                y1: last.top + last.height / 2};
+    }""", chars)
+    page.mouse.move(box["x0"], box["y0"])
+    page.mouse.down()
+    page.mouse.move(box["x1"], box["y1"], steps=8)
+    page.mouse.up()
+    return page.evaluate("() => window.getSelection().toString()")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_blind_side_by_side_comparison(app, scheme):
+    page, db = app
+    page.reload()          # both systems back to the same settings
+    page.wait_for_selector("#summarize-run")
+    page.emulate_media(color_scheme=scheme)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-input textarea").fill(TEXTS[scheme])
+    # the same checkpoint with the same settings on both sides: refused, nothing run
+    page.click("#compare-run")
+    refused = page.locator("#compare-run-status .status-error", has_text="same system")
+    refused.wait_for()
+    assert "Nothing run" in refused.inner_text()
+    assert page.locator('#compare-view-A [data-span-side="A"]').text_content() == ""
+    # system 2 decodes differently (at most 8 new tokens)
+    system2 = page.locator("#compare-system-2")
+    if not system2.locator("input[type=number]").first.is_visible():
+        system2.get_by_text("Decoding settings").click()
+    tokens = system2.locator("input[type=number]").first
+    tokens.fill("8")
+    tokens.press("Enter")
+    page.click("#compare-run")
+    page.locator("#compare-run-status .status-info", has_text="Both systems ran").wait_for()
+    view_a = page.locator('#compare-view-A [data-span-side="A"]')
+    page.wait_for_function("""() => {
+        const a = document.querySelector('#compare-view-A [data-span-side="A"]');
+        const b = document.querySelector('#compare-view-B [data-span-side="B"]');
+        return a && b && a.textContent.trim() !== '' && b.textContent.trim() !== '';
+    }""", timeout=TIMEOUT)
+    shown_a = view_a.text_content()
+    # blind: nothing on the page says which system is A before saving
+    assert page.locator("#compare-status").inner_text().strip() == ""
+    assert "was system" not in page.locator("#tab-compare, .tabitem:visible").first.inner_text()
+    selected = drag_select(page, view_a)
+    assert selected.strip(), "the drag selected nothing"
+    page.locator("#compare-span-severity").get_by_text("Major", exact=True).click()
+    page.click("#compare-add-span")
+    mark = page.locator("#compare-view-A mark.span-major")
+    mark.wait_for()
+    assert mark.inner_text() == selected.strip()
+    playwright.expect(page.locator("#compare-spans")).to_contain_text(selected.strip())
+    page.locator("#compare-preference").get_by_text("B is better", exact=True).click()
+    name = page.locator("#compare-annotator textarea, #compare-annotator input").first
+    name.fill(f"Ana-{scheme}")
+    page.locator("#compare-comment textarea").fill("B is shorter; «A» repeats")
+    shot(page, f"10a-compare-before-save-{scheme}", "#component-0, body")
+    page.click("#compare-save")
+    saved = page.locator("#compare-status .status-info", has_text="Saved comparison")
+    saved.wait_for()
+    revealed = saved.inner_text()
+    assert "A was system" in revealed and "B was system" in revealed and "max_new_tokens=8" in revealed
+    shot(page, f"10b-compare-saved-{scheme}")
+    # the stored record: the span marks exactly the selected text of the output shown as A
+    with AnnotationStore(db) as store:
+        (c,) = [c for c in query_comparisons(store) if c.annotator == f"Ana-{scheme}"]
+    assert c.preference == "B" and c.output_a == shown_a and c.input == TEXTS[scheme]
+    (span,) = c.spans
+    assert (span["side"], span["severity"]) == ("A", "major")
+    assert c.output_a[span["start"]:span["end"]] == selected.strip()
+    a_is_8 = "max_new_tokens=8" in revealed.split("B was system")[0]
+    assert (c.system_a.decoding["max_new_tokens"] == 8) == a_is_8
+    assert {c.system_a.decoding["max_new_tokens"], c.system_b.decoding["max_new_tokens"]} == {8, 64}
+    # saving the same pair twice is refused
+    page.click("#compare-save")
+    page.locator("#compare-status .status-warn", has_text="saved already").wait_for()
+
+
+def test_win_rates_show_in_the_annotations_tab(app):
+    page, db = app
+    page.emulate_media(color_scheme="light")
+    with sqlite3.connect(db) as conn:
+        n = conn.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0]
+    assert n == 2
+    page.get_by_role("tab", name="Annotations").click()
+    page.click("#annotations-refresh")
+    page.get_by_text("Side-by-side comparisons: win rates").click()
+    table = page.locator("#annotations-win-rates")
+    playwright.expect(table).to_contain_text("max_new_tokens=8", timeout=TIMEOUT)
+    playwright.expect(page.locator("#annotations-compare-agreement")).to_contain_text("2 comparison(s) stored")
+    shot(page, "10c-annotations-win-rates", "#annotations-compare")
