@@ -9,10 +9,12 @@ from gradio.context import Context
 import pandas as pd
 
 from ..agreement import agreement_frame
-from ..api import EXPORT_FORMATS, export, filters, judgement
+from ..api import EXPORT_FORMATS, export, filters, import_export_file, judgement
+from ..rights import Identity, Refused, identify, require_admin, require_owner_or_admin, visible_owner
 from ...context import AppContext
-from ..store import Annotation, AnnotationStore
+from ..store import AnnotationStore
 from ...tasks import is_rtl
+from . import compare_stats
 from . import compare_stats
 from .panel import fields
 from ...tabs.common import status_html
@@ -72,6 +74,32 @@ def table_frame(store: AnnotationStore, **query: Any) -> TableView:
     return TableView(df.rename(columns=TABLE_COLUMNS), ids)
 
 
+HISTORY_COLUMNS = ["version", "action", "when (UTC)", "by", "rating", "errors", "corrected", "comment"]
+
+
+def history_frame(store: AnnotationStore, ann_id: str) -> pd.DataFrame:
+    """The annotation's earlier states, newest first: what it was before each edit, delete, restore or import."""
+    rows = [[v.version, v.action, minute(v.replaced_at), v.replaced_by or "—", "" if v.record.rating is None
+             else str(v.record.rating), ", ".join(v.record.error_categories), preview(v.record.corrected_output),
+             preview(v.record.comment)] for v in reversed(store.history(ann_id))]
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+DELETED_COLUMNS = ["id", "deleted (UTC)", "by", "task", "model", "annotator", "output"]
+
+
+def deleted_frame(store: AnnotationStore, owner: str | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Deleted annotations (newest deletion first) and short id -> id, for the admin's restore list."""
+    rows, ids = [], {}
+    for a in store.query(deleted=True, **({} if owner is None else {"owner": owner})):
+        when, by = store.deleted_info(a.id) or ("", "")
+        ids[a.id[:SHORT_ID]] = a.id
+        rows.append([a.id[:SHORT_ID], minute(when), by or "—", a.task, model_name(a.model_id), a.annotator,
+                     preview(a.output)])
+    rows.sort(key=lambda r: r[1], reverse=True)
+    return pd.DataFrame(rows, columns=DELETED_COLUMNS), ids
+
+
 def agreement_tables(store: AnnotationStore, **query: Any) -> dict[str, pd.DataFrame]:
     records = store.query(**query)
     return {"task": agreement_frame(records, by="task"), "model": agreement_frame(records, by="model_id")}
@@ -117,6 +145,18 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             delete = gr.Button("Delete", variant="stop", elem_id="annotations-delete")
             undo = gr.Button("Undo delete", visible=False, elem_id="annotations-undo")
         status = gr.HTML(elem_id="annotations-status")
+        history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, wrap=True, datatype="str",
+                               label="Earlier versions of the selected annotation (every edit keeps the one before)",
+                               elem_id="annotations-history")
+
+    with gr.Accordion("Deleted annotations (admins restore them)", open=False):
+        deleted_ids = gr.State({})
+        to_restore = gr.State(None)
+        deleted_table = gr.Dataframe(pd.DataFrame(columns=DELETED_COLUMNS), interactive=False, wrap=True,
+                                     datatype="str", label="Deleted, newest first (select one to restore it)",
+                                     elem_id="annotations-deleted")
+        restore_btn = gr.Button("Restore the selected one", elem_id="annotations-restore")
+        restore_status = gr.HTML(elem_id="annotations-restore-status")
 
     with gr.Accordion("Export and import", open=False):
         with gr.Row():
@@ -135,34 +175,54 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         by_task = gr.Dataframe(interactive=False, label="Per task")
         by_model = gr.Dataframe(interactive=False, label="Per model")
     compare_view = compare_stats.build(store)   # win rates and agreement on preferences
+    compare_view = compare_stats.build(store)   # win rates and agreement on preferences
 
-    def choices(column: str, current: str) -> gr.Dropdown:
-        values = [ALL, *store.distinct(column)]
+    def choices(column: str, current: str, owner: str | None = None) -> gr.Dropdown:
+        values = [ALL, *store.distinct(column, owner=owner)]
         return gr.Dropdown(choices=values, value=current if current in values else ALL)
 
-    def refresh_all(task_v, model_v, annotator_v, since_v, until_v, lo, hi):
+    def who(request: gr.Request | None) -> Identity:
+        return identify(request, ctx.settings)
+
+    def refresh_all(task_v, model_v, annotator_v, since_v, until_v, lo, hi, request: gr.Request = None):
+        ident = who(request)
         try:
+            # a signed-in annotator sees their own annotations; admins (and open use) everyone's
+            owner = visible_owner(ident)
             query = filters(task_v, model_v, annotator_v, since_v, until_v, lo, hi)
+        except Refused as e:
+            empty = pd.DataFrame(columns=list(TABLE_COLUMNS.values()))
+            return {table: empty, shown_ids: {}, summary: status_html(str(e), "warn"),
+                    deleted_table: pd.DataFrame(columns=DELETED_COLUMNS), deleted_ids: {}}
         except ValueError as e:
             return {summary: status_html(f"Filters not applied: {e}", "error")}
-        view = table_frame(store, **query)
-        n = store.count(**query)
-        tables = agreement_tables(store, **query)
-        return {table: view.frame, shown_ids: view.ids,
-                summary: status_html(f"{n} annotation(s) match; {store.count()} in the store."),
-                task: choices("task", task_v), model: choices("model_id", model_v),
-                annotator_f: choices("annotator", annotator_v), by_task: tables["task"], by_model: tables["model"]}
+        mine = {} if owner is None else {"owner": owner}
+        view = table_frame(store, **query, **mine)
+        n = store.count(**query, **mine)
+        tables = agreement_tables(store, **query)   # figures only: no names or texts of others
+        gone, gone_ids = deleted_frame(store, owner)
+        whose = "" if owner is None else " of yours"
+        return {table: view.frame, shown_ids: view.ids, deleted_table: gone, deleted_ids: gone_ids,
+                summary: status_html(f"{n} annotation(s){whose} match; {store.count(**mine)}{whose} in the "
+                                     "store."),
+                task: choices("task", task_v, owner), model: choices("model_id", model_v, owner),
+                annotator_f: choices("annotator", annotator_v, owner), by_task: tables["task"],
+                by_model: tables["model"]}
 
-    refresh_outputs = [table, shown_ids, summary, task, model, annotator_f, by_task, by_model]
+    refresh_outputs = [table, shown_ids, summary, task, model, annotator_f, by_task, by_model, deleted_table,
+                       deleted_ids]
 
     def disarmed() -> dict:
         """Updates that put "Delete" back to a first press (made in the handler: in the layout it would add one)."""
         return {armed: None, delete: gr.Button("Delete")}
 
-    def select(ids: dict[str, str], evt: gr.SelectData):
+    def select(ids: dict[str, str], evt: gr.SelectData, request: gr.Request = None):
         # the row's own values: right even when the table was sorted by a column in the page
         short = str(evt.row_value[0]) if evt.row_value else ""
         a = store.get(ids.get(short, "")) if short else None
+        ident = who(request)
+        if a is not None and not ident.sees_all and a.owner != ident.user:
+            a = None    # not theirs: as if it were not there
         if a is None:
             return {selected: None, **disarmed(),
                     status: status_html("That annotation is gone: refresh the table.", "warn")}
@@ -170,26 +230,35 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                 if k not in ("input", "output", "rating", "corrected_output", "error_categories", "comment")}
         return {selected: a.id, sel_input: gr.Textbox(value=a.input, rtl=is_rtl(a.input)),
                 sel_output: gr.Textbox(value=a.output, rtl=is_rtl(a.output)), provenance: prov,
-                **f.fill(a.rating, a.corrected_output, a.error_categories, a.comment), f.annotator: a.annotator,
+                **f.fill(a.rating, a.corrected_output, a.error_categories, a.comment),
+                f.annotator: gr.Textbox(value=a.annotator, interactive=not ident.protected),
+                history: history_frame(store, a.id),
                 **disarmed(), status: status_html(f"Editing {a.id[:SHORT_ID]} by {a.annotator}.")}
 
-    def save_changes(ann_id, rating, corrected, categories, comment, annotator):
+    def save_changes(ann_id, rating, corrected, categories, comment, annotator, request: gr.Request = None):
         if not ann_id:
             return {status: status_html("Select a row of the table first.", "warn")}
+        ident = who(request)
         try:
+            current = store.get(ann_id)
+            if current is None:
+                raise KeyError(ann_id)
+            require_owner_or_admin(ident, current.owner, "change")
             changes = judgement(rating, corrected, categories, comment, annotator)
+            if ident.protected:
+                changes["annotator"] = current.annotator   # the judgement stays its annotator's
             if not changes["annotator"]:
                 raise ValueError("the annotator's name cannot be empty")
-            store.update(ann_id, **changes)
+            store.update(ann_id, by=ident.user, **changes)
         except KeyError:
             return {status: status_html("That annotation is gone: refresh the table.", "warn")}
         except ValueError as e:
             return {status: status_html(f"Not saved: {e}", "error")}
         # a save ends the chance to undo the last delete
-        return {deleted: None, undo: gr.Button(visible=False), **disarmed(),
-                status: status_html(f"Saved changes to {ann_id[:SHORT_ID]}.")}
+        return {deleted: None, undo: gr.Button(visible=False), **disarmed(), history: history_frame(store, ann_id),
+                status: status_html(f"Saved changes to {ann_id[:SHORT_ID]} (the version before is kept).")}
 
-    def delete_it(ann_id, armed_id):
+    def delete_it(ann_id, armed_id, request: gr.Request = None):
         """First press: asks for confirmation. Second press (same row): deletes, keeping the record for Undo."""
         if not ann_id:
             return {**disarmed(), status: status_html("Select a row of the table first.", "warn")}
@@ -198,52 +267,90 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                     status: status_html(f"Delete {ann_id[:SHORT_ID]}? Press \"Confirm delete?\" to delete it "
                                         "(Undo puts it back until the next save), or select another row.", "warn")}
         record = store.get(ann_id)
-        if record is None or not store.delete(ann_id):
-            return {selected: None, **disarmed(), status: status_html("It was already deleted.", "warn")}
-        return {selected: None, **disarmed(), deleted: record.to_dict(), undo: gr.Button(visible=True),
-                status: status_html(f"Deleted {ann_id[:SHORT_ID]}. \"Undo delete\" puts it back (until the "
-                                    "next save).")}
-
-    def undo_it(record):
-        if not record:
-            return {undo: gr.Button(visible=False), status: status_html("Nothing to undo.", "warn")}
+        ident = who(request)
         try:
-            # the same record again: id, times and provenance as they were
-            ann_id = store.save(Annotation.from_dict(record))
-        except ValueError as e:
+            if record is not None:
+                require_owner_or_admin(ident, record.owner, "delete")
+        except Refused as e:
+            return {**disarmed(), status: status_html(f"Not deleted: {e}", "error")}
+        if record is None or not store.delete(ann_id, by=ident.user):
+            return {selected: None, **disarmed(), status: status_html("It was already deleted.", "warn")}
+        return {selected: None, **disarmed(), deleted: record.id, undo: gr.Button(visible=True),
+                status: status_html(f"Deleted {ann_id[:SHORT_ID]}. \"Undo delete\" puts it back (until the "
+                                    "next save); an admin can restore it later too.")}
+
+    def may_restore(ident: Identity, ann_id: str) -> None:
+        """Admins restore anything; an annotator undoes their own delete of their own annotation."""
+        a = store.get(ann_id, include_deleted=True)
+        info = store.deleted_info(ann_id)
+        own_undo = a is not None and info is not None and a.owner == ident.user and info[1] == ident.user
+        if not own_undo:
+            require_admin(ident, "Restoring a deleted annotation")
+
+    def undo_it(ann_id, request: gr.Request = None):
+        if not ann_id:
+            return {undo: gr.Button(visible=False), status: status_html("Nothing to undo.", "warn")}
+        ident = who(request)
+        try:
+            may_restore(ident, ann_id)
+            store.restore(ann_id, by=ident.user)
+        except (KeyError, ValueError) as e:
             return {status: status_html(f"Not restored: {e}", "error")}
         return {deleted: None, undo: gr.Button(visible=False), status: status_html(f"Restored {ann_id[:SHORT_ID]}.")}
 
-    def export_it(fmt_v, *filter_values):
+    def pick_deleted(ids: dict[str, str], evt: gr.SelectData):
+        short = str(evt.row_value[0]) if evt.row_value else ""
+        return {to_restore: ids.get(short), restore_status: status_html(
+            f"Selected {short}: press \"Restore the selected one\"." if short in ids else "Refresh the list.")}
+
+    def restore_it(ann_id, request: gr.Request = None):
+        if not ann_id:
+            return {restore_status: status_html("Select a deleted annotation first.", "warn")}
+        ident = who(request)
         try:
-            path = export(store, fmt_v, *filter_values)
+            may_restore(ident, ann_id)
+            store.restore(ann_id, by=ident.user)
+        except (KeyError, ValueError) as e:
+            return {restore_status: status_html(f"Not restored: {e}", "error")}
+        return {to_restore: None, restore_status: status_html(f"Restored {ann_id[:SHORT_ID]}: it is back in the "
+                                                              "table.")}
+
+    def export_it(fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, request: gr.Request = None):
+        try:
+            path = export(store, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, ident=who(request))
         except ValueError as e:
             return {io_status: status_html(f"Not exported: {e}", "error")}
         return {export_file: str(path), io_status: status_html(f"Exported to {path.name}.")}
 
-    def import_it(path):
+    def import_it(path, request: gr.Request = None):
         if not path:
             return {io_status: status_html("Choose a file to import first.", "warn")}
         try:
-            result = store.import_file(path)
+            result = import_export_file(store, path, who(request))
         except ValueError as e:
             return {io_status: status_html(f"Nothing imported: {e}", "error")}
-        return {io_status: status_html(f"Imported: {result.message}")}
+        return {io_status: status_html(result["message"])}
 
     priv = {"api_visibility": "private"}
     refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
     refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
+    refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
     table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
-                                     armed, delete, status], **priv)
-    update.click(save_changes, [selected, *f.components()], [deleted, undo, armed, delete, status], **priv).then(
+                                     armed, delete, history, status], **priv)
+    update.click(save_changes, [selected, *f.components()], [deleted, undo, armed, delete, history, status],
+                 **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
     delete.click(delete_it, [selected, armed], [selected, armed, deleted, delete, undo, status], **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
     undo.click(undo_it, deleted, [deleted, undo, status], **priv).then(
+        refresh_all, filter_inputs, refresh_outputs, **priv)
+    deleted_table.select(pick_deleted, deleted_ids, [to_restore, restore_status], **priv)
+    restore_btn.click(restore_it, to_restore, [to_restore, restore_status], **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
     export_btn.click(export_it, [fmt, *filter_inputs], [export_file, io_status], **priv)
     import_btn.click(import_it, upload, io_status, **priv).then(refresh_all, filter_inputs, refresh_outputs, **priv)
     root = Context.root_block
     if root is not None:
         root.load(refresh_all, filter_inputs, refresh_outputs, **priv)
+        root.load(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
         root.load(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
