@@ -15,7 +15,6 @@ from ...context import AppContext
 from ..store import AnnotationStore
 from ...tasks import is_rtl
 from . import compare_stats
-from . import compare_stats
 from .panel import fields
 from ...tabs.common import status_html
 
@@ -175,7 +174,6 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         by_task = gr.Dataframe(interactive=False, label="Per task")
         by_model = gr.Dataframe(interactive=False, label="Per model")
     compare_view = compare_stats.build(store)   # win rates and agreement on preferences
-    compare_view = compare_stats.build(store)   # win rates and agreement on preferences
 
     def choices(column: str, current: str, owner: str | None = None) -> gr.Dropdown:
         values = [ALL, *store.distinct(column, owner=owner)]
@@ -334,7 +332,6 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
     priv = {"api_visibility": "private"}
     refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
     refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
-    refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
     table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
                                      armed, delete, history, status], **priv)
     update.click(save_changes, [selected, *f.components()], [deleted, undo, armed, delete, history, status],
@@ -352,5 +349,4 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
     root = Context.root_block
     if root is not None:
         root.load(refresh_all, filter_inputs, refresh_outputs, **priv)
-        root.load(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
         root.load(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
