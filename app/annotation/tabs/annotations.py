@@ -14,7 +14,7 @@ from ..rights import Identity, Refused, identify, require_admin, require_owner_o
 from ...context import AppContext
 from ..store import AnnotationStore
 from ...tasks import is_rtl
-from . import compare_stats
+from . import compare_stats, span_editor
 from .panel import fields
 from ...tabs.common import status_html
 
@@ -139,6 +139,10 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         provenance = gr.JSON(label="Provenance", open=False)
         # the record's own annotator (not the name remembered for new annotations)
         f = fields("annotations-edit")
+        # its error spans, highlighted and editable (ESA / MQM, as in the panel under each result)
+        spans_ed = span_editor.build(ctx, store, "annotations-edit", {
+            "output": "Output: select a stretch to mark an error",
+            "input": "Input: select what the output leaves out"}, with_esa=True)
         with gr.Row():
             update = gr.Button("Save changes", variant="primary", elem_id="annotations-update")
             delete = gr.Button("Delete", variant="stop", elem_id="annotations-delete")
@@ -231,9 +235,12 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                 **f.fill(a.rating, a.corrected_output, a.error_categories, a.comment),
                 f.annotator: gr.Textbox(value=a.annotator, interactive=not ident.protected),
                 history: history_frame(store, a.id),
+                **spans_ed.load({"output": a.output, "input": a.input}, a.task, a.spans, a.protocol or "none",
+                                a.esa_score),
                 **disarmed(), status: status_html(f"Editing {a.id[:SHORT_ID]} by {a.annotator}.")}
 
-    def save_changes(ann_id, rating, corrected, categories, comment, annotator, request: gr.Request = None):
+    def save_changes(ann_id, rating, corrected, categories, comment, annotator, protocol_v=None, spans_v=None,
+                     esa_v=None, request: gr.Request = None):
         if not ann_id:
             return {status: status_html("Select a row of the table first.", "warn")}
         ident = who(request)
@@ -242,7 +249,8 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             if current is None:
                 raise KeyError(ann_id)
             require_owner_or_admin(ident, current.owner, "change")
-            changes = judgement(rating, corrected, categories, comment, annotator)
+            changes = judgement(rating, corrected, categories, comment, annotator, protocol=protocol_v,
+                                spans=spans_v, esa_score=esa_v if protocol_v == "esa" else None)
             if ident.protected:
                 changes["annotator"] = current.annotator   # the judgement stays its annotator's
             if not changes["annotator"]:
@@ -333,8 +341,9 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
     refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
     refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
     table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
-                                     armed, delete, history, status], **priv)
-    update.click(save_changes, [selected, *f.components()], [deleted, undo, armed, delete, history, status],
+                                     armed, delete, history, status, *spans_ed.load_outputs()], **priv)
+    update.click(save_changes, [selected, *f.components(), spans_ed.protocol, spans_ed.spans, spans_ed.esa_score],
+                 [deleted, undo, armed, delete, history, status],
                  **priv).then(
         refresh_all, filter_inputs, refresh_outputs, **priv)
     delete.click(delete_it, [selected, armed], [selected, armed, deleted, delete, undo, status], **priv).then(

@@ -20,6 +20,7 @@ from ...errors import UserError
 from ..store import AnnotationStore
 from ...tasks import Decoding, is_rtl
 from .identity import AnnotatorName
+from . import span_editor
 from .panel import fields
 from .annotations import help_text
 from ...tabs.common import decoding_controls, model_picker, progress_reporter, status_html
@@ -76,6 +77,10 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         row_input = gr.Textbox(label="Input", lines=4, interactive=False, elem_id="batch-input")
         row_output = gr.Textbox(label="Model output", lines=4, interactive=False, elem_id="batch-output")
     f = fields("batch")
+    # the row's error spans, highlighted and editable (ESA / MQM, as in the panel under each result)
+    spans_ed = span_editor.build(ctx, store, "batch-queue", {"output": "Output: select a stretch to mark an error",
+                                                             "input": "Input: select what the output leaves out"},
+                                 with_esa=True)
     if name is not None:
         name.remember(f.annotator)
     with gr.Row():
@@ -113,11 +118,16 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
             judged = f.fill(corrected=output)
         text = row.input_text
         line = f"{pos.label} · {pos.position_label}" + (" · annotated" if row.annotated else "")
-        return {index: pos.index, done: status_html(line), row_input: gr.Textbox(value=text, rtl=is_rtl(text)),
+        marked = spans_ed.load({"output": output, "input": text}, get_job(store, job_id).task,
+                               earlier.spans if earlier is not None else [],
+                               (earlier.protocol or "none") if earlier is not None else spans_ed.protocols.default,
+                               earlier.esa_score if earlier is not None else None)
+        return {**marked, index: pos.index, done: status_html(line),
+                row_input: gr.Textbox(value=text, rtl=is_rtl(text)),
                 row_output: gr.Textbox(value=output, rtl=is_rtl(output), placeholder=output_note), **judged,
                 where: status_html(note or output_note, kind if note else ("warn" if output_note else "info"))}
 
-    shown = [index, done, row_input, row_output, *f.judgement(), status]
+    shown = [index, done, row_input, row_output, *f.judgement(), status, *spans_ed.load_outputs()]
 
     def run(job_id: str, progress: gr.Progress, where: gr.HTML) -> dict:
         job_v = get_job(store, job_id)
@@ -217,14 +227,16 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     def move_skip(job_id, i, request: gr.Request = None):
         return move(job_id, i, "skip", who(request))
 
-    def save_next(job_id, i, rating, corrected, categories, comment, annotator, request: gr.Request = None):
+    def save_next(job_id, i, rating, corrected, categories, comment, annotator, protocol_v=None, spans_v=None,
+                  esa_v=None, request: gr.Request = None):
         if not job_id:
             return {status: status_html("Pick or create a job first.", "warn")}
         ident = who(request)
         try:
             require_save(ident)
             pos = queue_position(store, job_id, int(i or 0))
-            fields_v = judgement(rating, corrected, categories, comment, ident.annotator(annotator))
+            fields_v = judgement(rating, corrected, categories, comment, ident.annotator(annotator),
+                                 protocol=protocol_v, spans=spans_v, esa_score=esa_v if protocol_v == "esa" else None)
             if not fields_v["annotator"]:
                 raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
             annotate_row(store, job_id, pos.index, annotation_for(get_job(store, job_id), pos.row, **fields_v,
@@ -258,7 +270,8 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     prev.click(move_prev, [job, index], shown, **priv)
     nxt.click(move_next, [job, index], shown, **priv)
     skip.click(move_skip, [job, index], shown, **priv)
-    save.click(save_next, [job, index, *f.components()], shown, **priv).then(refresh_jobs, job, job, **priv)
+    save.click(save_next, [job, index, *f.components(), spans_ed.protocol, spans_ed.spans, spans_ed.esa_score], shown,
+               **priv).then(refresh_jobs, job, job, **priv)
     root = Context.root_block
     if root is not None:
         root.load(refresh_jobs, job, job, **priv)

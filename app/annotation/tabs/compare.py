@@ -200,7 +200,7 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     settings = [*one.controls.inputs(), *two.controls.inputs()]
     n1, n2 = len(one.controls.inputs()), len(two.controls.inputs())
 
-    def run_both(task_v, question_v, text_v, *values, progress=gr.Progress()):
+    def compare_run(task_v, question_v, text_v, *values, progress=gr.Progress()):
         p1, p2, rest = values[:4], values[4:8], values[8:]
         inputs = {"question": question_v or "", "context": text_v or ""} if TASKS[task_v].fields == QA_FIELDS \
             else {"text": text_v or ""}
@@ -215,7 +215,7 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
                                         "see it."),
                 **j.editor.load(result.shown(), task_v, [], j.editor.protocols.default)}
 
-    def save_it(pair_v, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
+    def compare_save(pair_v, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
         if not pair_v:
             return {status: status_html("Run both systems first, then judge and save.", "warn")}
         p = Pair(**{**pair_v, "systems": tuple(pair_v["systems"]), "outputs": tuple(pair_v["outputs"])})
@@ -234,7 +234,7 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         revealed = reveal(p.systems, {"A": p.system_on("A"), "B": p.system_on("B")}, p.task)
         return {status: status_html(saved_message(c, cmp_id, revealed)), pair: {**pair_v, "saved_id": cmp_id}}
 
-    def task_changed(task_v):
+    def compare_task_changed(task_v):
         entry = ctx.assets.models[task_v]
         source = gr.Dropdown(choices=entry.suggestions or [entry.default], value=entry.default)
         return {question: gr.Textbox(visible=TASKS[task_v].fields == QA_FIELDS),
@@ -243,11 +243,11 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
                 one.picker.source: source, two.picker.source: source}
 
     priv = {"api_visibility": "private"}
-    task.input(task_changed, task, [question, text, one.picker.source, two.picker.source], **priv)
-    run.click(run_both, [task, question, text, *pickers, *settings],
+    task.input(compare_task_changed, task, [question, text, one.picker.source, two.picker.source], **priv)
+    run.click(compare_run, [task, question, text, *pickers, *settings],
               [pair, status, run_status, j.preference, j.comment, *j.editor.load_outputs()],
               concurrency_id="models", **priv)
-    save.click(save_it, [pair, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
+    save.click(compare_save, [pair, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
                [status, pair], **priv)
 
 
@@ -300,7 +300,7 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
     settings = [*one.controls.inputs(), *two.controls.inputs()]
     n1 = len(one.controls.inputs())
 
-    def show(job_id, i, note="", kind="info"):
+    def cjob_show(job_id, i, note="", kind="info"):
         if not job_id:
             return {where: status_html("Pick or create a compare job."), status: status_html(note, kind)}
         jb = get_compare_job(store, job_id)
@@ -321,7 +321,7 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
 
     shown = [index, where, *j.editor.load_outputs(), j.preference, j.comment, status]
 
-    def run(job_id, progress, out_status):
+    def cjob_run(job_id, progress, out_status):
         jb = get_compare_job(store, job_id)
         models = []
         for s in jb.systems:
@@ -334,10 +334,10 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
                                        progress=lambda k, total: progress((k, total), desc=f"{k} of {total} rows"))
         note = f"Processed {done} row(s) with both systems" + (f"; {failed} failed (run again to retry)" if failed
                                                                else "") + "."
-        return {**show(job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
+        return {**cjob_show(job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
                 job: gr.Dropdown(choices=job_choices(store), value=job_id)}
 
-    def create_and_run(path, task_v, *values, progress=gr.Progress()):
+    def cjob_create_and_run(path, task_v, *values, progress=gr.Progress()):
         if not path:
             return {create_status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         p1, p2, rest = values[:4], values[4:8], values[8:]
@@ -354,17 +354,17 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
             new = create_compare_job(store, inputs, task=task_v, systems=systems, source=Path(path).name)
         except (ValueError, UserError) as e:
             return {create_status: status_html(f"No compare job created: {e}", "error")}
-        return run(new.id, progress, create_status)
+        return cjob_run(new.id, progress, create_status)
 
-    def resume_it(job_id, progress=gr.Progress()):
+    def cjob_resume(job_id, progress=gr.Progress()):
         if not job_id:
             return {job_status: status_html("Pick a compare job to run or resume.", "warn")}
         try:
-            return run(job_id, progress, job_status)
+            return cjob_run(job_id, progress, job_status)
         except (UserError, KeyError) as e:
             return {job_status: status_html(f"Not run: {e}", "error")}
 
-    def save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
+    def cjob_save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
         if not job_id:
             return {status: status_html("Pick or create a compare job first.", "warn")}
         try:
@@ -383,34 +383,34 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         revealed = reveal(jb.systems, {"A": 2 if row.flipped else 1, "B": 1 if row.flipped else 2}, jb.task)
         rows = compare_rows(store, job_id)
         nxt_i = next((r.index for r in rows[row.index + 1:] + rows[:row.index] if r.comparison_id is None), row.index)
-        return show(job_id, nxt_i, saved_message(c, cmp_id, revealed))
+        return cjob_show(job_id, nxt_i, saved_message(c, cmp_id, revealed))
 
-    def pick(job_id):
+    def cjob_pick(job_id):
         if not job_id:
-            return show(None, 0)
+            return cjob_show(None, 0)
         rows = compare_rows(store, job_id)
-        return show(job_id, next((r.index for r in rows if r.comparison_id is None), 0))
+        return cjob_show(job_id, next((r.index for r in rows if r.comparison_id is None), 0))
 
-    def refresh(job_id):
+    def cjob_refresh(job_id):
         values = job_choices(store)
         return {job: gr.Dropdown(choices=values, value=job_id if job_id in [v for _, v in values] else None)}
 
     priv = {"api_visibility": "private"}
-    create.click(create_and_run, [upload, task, *pickers, *settings], [*shown, create_status, job],
+    create.click(cjob_create_and_run, [upload, task, *pickers, *settings], [*shown, create_status, job],
                  concurrency_id="models", **priv)
-    resume.click(resume_it, job, [*shown, job_status, job], concurrency_id="models", **priv)
-    job.input(pick, job, shown, **priv)
-    prev.click(lambda jid, i: show(jid, max(0, int(i or 0) - 1)), [job, index], shown, **priv)
-    nxt.click(lambda jid, i: show(jid, int(i or 0) + 1), [job, index], shown, **priv)
-    save.click(save_next, [job, index, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
-               shown, **priv).then(refresh, job, job, **priv)
+    resume.click(cjob_resume, job, [*shown, job_status, job], concurrency_id="models", **priv)
+    job.input(cjob_pick, job, shown, **priv)
+    prev.click(lambda jid, i: cjob_show(jid, max(0, int(i or 0) - 1)), [job, index], shown, **priv)
+    nxt.click(lambda jid, i: cjob_show(jid, int(i or 0) + 1), [job, index], shown, **priv)
+    save.click(cjob_save_next, [job, index, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
+               shown, **priv).then(cjob_refresh, job, job, **priv)
     task.input(lambda t: {s: gr.Dropdown(choices=ctx.assets.models[t].suggestions or [ctx.assets.models[t].default],
                                          value=ctx.assets.models[t].default)
                           for s in (one.picker.source, two.picker.source)}, task,
                [one.picker.source, two.picker.source], **priv)
     root = Context.root_block
     if root is not None:
-        root.load(refresh, job, job, **priv)
+        root.load(cjob_refresh, job, job, **priv)
 
 
 # ---------------------------------------------------------------------------------------------------------------

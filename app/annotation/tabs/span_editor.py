@@ -125,11 +125,11 @@ def build(ctx: AppContext, store: AnnotationStore, prefix: str, titles: dict[str
     ed = SpanEditor(prefix, dict(titles), protocols, protocol, esa_score, gr.State({}), gr.State(""), gr.State([]),
                     gr.State(None), views, category, severity, table, mqm_line, status)
 
-    def checked(texts, task, spans, protocol_v):
+    def edit_checked(texts, task, spans, protocol_v):
         return check_spans(spans, texts, stored_protocol(protocol_v), store.validator.allowed(task or ""),
                            protocols)
 
-    def add_span(texts, task, side, s_start, s_end, selected, cat, sev, spans, protocol_v):
+    def edit_add_span(texts, task, side, s_start, s_end, selected, cat, sev, spans, protocol_v):
         if not texts or not any(texts.values()):
             return {status: status_html("There is nothing to mark yet.", "warn")}
         if stored_protocol(protocol_v) == "":
@@ -153,35 +153,35 @@ def build(ctx: AppContext, store: AnnotationStore, prefix: str, titles: dict[str
             return {status: status_html("Span not added: only spaces are selected.", "warn")}
         new = {"start": s, "end": e, "side": side, "category": cat or "", "severity": sev or "minor"}
         try:
-            spans = checked(texts, task, [*spans, new], protocol_v)
+            spans = edit_checked(texts, task, [*spans, new], protocol_v)
         except ValueError as err:
             return {status: status_html(f"Span not added: {err}", "error")}
         return ed.show(texts, task, spans, protocol_v, f"Added {sev} span {text[s:e]!r} ({side} {s}–{e}).")
 
-    def pick(spans, evt: gr.SelectData):
+    def edit_pick_span(spans, evt: gr.SelectData):
         i = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not 0 <= i < len(spans):
             return {ed.picked: None}
         return {ed.picked: i, category: spans[i]["category"], severity: spans[i]["severity"],
                 status: status_html(f"Span {i + 1} selected: change its category or severity, or remove it.")}
 
-    def change_span(texts, task, i, cat, sev, spans, protocol_v):
+    def edit_change_span(texts, task, i, cat, sev, spans, protocol_v):
         if i is None or not 0 <= i < len(spans):
             return {status: status_html("Select a span in the table first.", "warn")}
         new = [dict(s) for s in spans]
         new[i] |= {"category": cat or "", "severity": sev or "minor"}
         try:
-            new = checked(texts, task, new, protocol_v)
+            new = edit_checked(texts, task, new, protocol_v)
         except ValueError as err:
             return {status: status_html(f"Span not changed: {err}", "error")}
         return ed.show(texts, task, new, protocol_v, f"Changed span {i + 1}.")
 
-    def remove_span(texts, task, i, spans, protocol_v):
+    def edit_remove_span(texts, task, i, spans, protocol_v):
         if i is None or not 0 <= i < len(spans):
             return {status: status_html("Select a span in the table first.", "warn")}
         return ed.show(texts, task, [s for j, s in enumerate(spans) if j != i], protocol_v, f"Removed span {i + 1}.")
 
-    def switch(texts, task, spans, protocol_v):
+    def edit_switch_protocol(texts, task, spans, protocol_v):
         p = protocols.get(stored_protocol(protocol_v))
         out = {**ed.show(texts, task, spans, protocol_v),
                category: gr.Dropdown(choices=span_choices(protocols, protocol_v, task or None),
@@ -189,7 +189,7 @@ def build(ctx: AppContext, store: AnnotationStore, prefix: str, titles: dict[str
         if esa_score is not None:
             out[esa_score] = gr.Number(visible=p.id == "esa")
         try:
-            checked(texts, task, spans, protocol_v)
+            edit_checked(texts, task, spans, protocol_v)
         except ValueError as err:
             out[status] = status_html(f"The spans do not fit {p.label}: {err}", "warn")
         return out
@@ -197,12 +197,13 @@ def build(ctx: AppContext, store: AnnotationStore, prefix: str, titles: dict[str
     priv = {"api_visibility": "private", "queue": False}
     selection = [sel_panel, sel_side, sel_start, sel_end, sel_text]
     add.click(None, selection, selection, js=span_js(ctx, "span_select"), **priv).then(
-        add_span, [ed.texts, ed.task, sel_side, sel_start, sel_end, sel_text, category, severity, ed.spans, protocol],
+        edit_add_span,
+        [ed.texts, ed.task, sel_side, sel_start, sel_end, sel_text, category, severity, ed.spans, protocol],
         ed.outputs(), **priv)
-    table.select(pick, ed.spans, [ed.picked, category, severity, status], **priv)
-    change.click(change_span, [ed.texts, ed.task, ed.picked, category, severity, ed.spans, protocol], ed.outputs(),
-                 **priv)
-    remove.click(remove_span, [ed.texts, ed.task, ed.picked, ed.spans, protocol], ed.outputs(), **priv)
-    protocol.input(switch, [ed.texts, ed.task, ed.spans, protocol],
+    table.select(edit_pick_span, ed.spans, [ed.picked, category, severity, status], **priv)
+    change.click(edit_change_span, [ed.texts, ed.task, ed.picked, category, severity, ed.spans, protocol],
+                 ed.outputs(), **priv)
+    remove.click(edit_remove_span, [ed.texts, ed.task, ed.picked, ed.spans, protocol], ed.outputs(), **priv)
+    protocol.input(edit_switch_protocol, [ed.texts, ed.task, ed.spans, protocol],
                    [*ed.outputs(), category, *([esa_score] if esa_score is not None else [])], **priv)
     return ed
