@@ -17,6 +17,7 @@ from typing import Any
 from .. import __version__
 from ..models import bits_label
 from ..prompts import qa_prompt
+from ..settings import Settings
 from ..tasklist import task as task_named
 from .rights import OPEN, Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from .spans import parse_score, parse_spans, stored_protocol
@@ -242,7 +243,6 @@ def endpoints(store: AnnotationStore, settings: Any = None) -> dict[str, Callabl
     from gradio.data_classes import FileData
     from gradio.utils import get_upload_folder, is_in_or_equal
 
-    from ..settings import Settings
     settings = settings or Settings()
 
     def who(request: Any) -> Identity:
