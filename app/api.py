@@ -16,6 +16,7 @@ from model.textgen import MARKER, generate_text
 
 from .answering import answer_checkpoint, answer_generative
 from .attention import AttentionInput, select
+from .batching import batched
 from .context import AppContext
 from .errors import UserError, describe
 from .limits import MAX_ANSWERS
@@ -160,6 +161,8 @@ def register(ctx: AppContext) -> None:
         kinds = [k for k in ("encoder", "decoder", "cross") if getattr(maps, k) is not None]
         return {**view.as_dict(), "kinds": kinds, "target": target}
 
-    for fn, name in ((summarize, "summarize"), (fill_spans, "fill_spans"), (classify_text, "classify"),
+    # summaries of concurrent visitors share batched decodes (app/batching.py): their own, wider, limit
+    gr.api(summarize, api_name="summarize", **batched(ctx.settings))
+    for fn, name in ((fill_spans, "fill_spans"), (classify_text, "classify"),
                      (tag_text, "tag"), (answer, "answer"), (attention, "attention")):
         gr.api(fn, api_name=name, concurrency_id="models")

@@ -29,6 +29,7 @@ class Settings:
     MT5_STUDIO_CACHE_MODELS=3      loaded models kept at once
     MT5_STUDIO_CACHE_MB=6000       memory the kept models may take (weights), in MB
     MT5_STUDIO_CONCURRENCY=2       requests run at once (more wait in the queue)
+    MT5_STUDIO_BATCH_VISITORS=8    summarization requests decoded together in one batch (app/batching.py; 1: alone)
     MT5_STUDIO_DEMO_DIR=data/demo  where demo checkpoints are built and cached
     MT5_STUDIO_DEMO=1              demo mode without the --demo flag
     MT5_STUDIO_MAX_FILE_MB=10      largest upload accepted, in MB (Gradio refuses bigger files before they are read)
@@ -50,6 +51,7 @@ class Settings:
     cache_models: int = 3
     cache_bytes: int = 6000 * 2**20
     concurrency: int = 2
+    batch_visitors: int = 8
     demo_dir: Path = ROOT / "data" / "demo"
     demo: bool = False
     offline: bool = False
@@ -82,6 +84,7 @@ class Settings:
             cache_models=max(1, _int(env, "MT5_STUDIO_CACHE_MODELS", 3)),
             cache_bytes=max(1, _int(env, "MT5_STUDIO_CACHE_MB", 6000)) * 2**20,
             concurrency=max(1, _int(env, "MT5_STUDIO_CONCURRENCY", 2)),
+            batch_visitors=max(1, _int(env, "MT5_STUDIO_BATCH_VISITORS", 8)),
             demo_dir=Path(env.get("MT5_STUDIO_DEMO_DIR") or ROOT / "data" / "demo"),
             demo=env.get("MT5_STUDIO_DEMO", "").lower() in truthy,
             max_file_bytes=max(1, _int(env, "MT5_STUDIO_MAX_FILE_MB", 10)) * 2**20,

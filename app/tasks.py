@@ -12,8 +12,9 @@ from typing import Any, Iterator
 
 import torch
 
-from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans, stream_text
+from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans
 
+from .batching import BATCHER
 from .errors import UserError
 from .limits import check_bounds
 from .models import Loaded
@@ -130,8 +131,9 @@ def stream_summary(loaded: Loaded, text: str, decoding: Decoding,
     enc = encode_inputs(loaded.tokenizer, text[: input_cap(max_input_tokens)], max_input_tokens)
     truncated = enc.truncated[0] or len(text) > input_cap(max_input_tokens)
     out = ""
-    for piece in stream_text(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],
-                             max_input_tokens, **gen):
+    # concurrent visitors of the same model and settings decode in one batch (app/batching.py)
+    for piece in BATCHER.stream(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],
+                                max_input_tokens, **gen):
         out += piece
         yield Summary(out, truncated, enc.num_tokens[0], gen)
     yield Summary(out, truncated, enc.num_tokens[0], gen, done=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..batching import batched
 from ..context import AppContext
 from ..tasklist import TASKS
 from ..tasks import is_rtl
@@ -45,9 +46,9 @@ def build(ctx: AppContext) -> TabHandle:
     safe_run = guarded(status, run_summary, (summary, record))
     run.click(safe_run, [*picker.components(), text, *controls.inputs()],
               [summary, status, record], api_name="summarize_stream", api_visibility="undocumented",
-              concurrency_id="models")
+              **batched(ctx.settings))
     text.submit(safe_run, [*picker.components(), text, *controls.inputs()],
-                [summary, status, record], api_visibility="private", concurrency_id="models")
+                [summary, status, record], api_visibility="private", **batched(ctx.settings))
     prefill = guarded(status, lambda source: prefill_decoding(controls, status, source, ctx.cache))
     picker.source.change(prefill, [picker.source], [*controls.inputs(), status], api_visibility="private")
     handle.extra["prefill"] = (prefill, [picker.source], [*controls.inputs(), status])

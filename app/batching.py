@@ -1,0 +1,162 @@
+"""Visitors who summarize at the same time share one batched decode.
+
+A decode reads every weight of the model once per step whatever the batch, so on a CPU eight rows cost little more
+per step than one: serving eight visitors in one batch gives each their summary in a fraction of the time they
+would wait in a line. `BATCHER.stream(...)` is a drop-in for `model.textgen.stream_text`:
+
+* requests for the same model with the same decoding settings (greedy, or beam search with the same beams,
+  penalties and lengths) that arrive within a short window, or while that model is busy with an earlier batch,
+  join one batch (at most `max_batch` rows); each row stops at its own end of sequence;
+* greedy rows stream: every visitor gets their own text increments as the batch's steps come out (beam search
+  yields once, at the end, as it does alone);
+* sampling runs alone (a seeded sample must not depend on who else asked);
+* one decode per model at a time: the next batch forms while the current one runs.
+
+The tokens are those of a solo run: the encoder masks the padding of shorter inputs and every row is decoded with
+the same greedy or beam rule (tests/test_batching.py compares them).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from model.generation import encode_for_generation, sample_steps
+from model.textgen import TextStreamer, encode_inputs, generate_text, stream_text
+
+_END = object()
+
+
+@dataclass
+class _Request:
+    text: str
+    out: queue.Queue = field(default_factory=queue.Queue)
+
+
+@dataclass
+class _Group:
+    key: tuple
+    requests: list[_Request] = field(default_factory=list)
+
+
+class Batcher:
+    """Groups concurrent generation requests per (model, settings) into batched decodes."""
+
+    def __init__(self, max_batch: int = 8, window_s: float = 0.015):
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._forming: dict[tuple, _Group] = {}
+        self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.batch_sizes: list[int] = []   # of every decode run, for benchmarks and tests
+
+    def stream(self, model, tokenizer, text: str, max_input_tokens: int, keep_sentinels: bool = False,
+               **gen: Any) -> Iterator[str]:
+        """Text increments for `text`, as `stream_text` gives them, decoded together with concurrent requests."""
+        cfg = model.generation_config.updated(**gen)
+        cfg.validate()
+        if cfg.do_sample or self.max_batch <= 1:
+            yield from stream_text(model, tokenizer, text, max_input_tokens, keep_sentinels, **gen)
+            return
+        key = (id(model), id(tokenizer), max_input_tokens, keep_sentinels, tuple(sorted(gen.items())))
+        request = _Request(text)
+        with self._lock:
+            group = self._forming.get(key)
+            lead = group is None or len(group.requests) >= self.max_batch
+            if lead:
+                group = self._forming[key] = _Group(key)
+            group.requests.append(request)
+        if lead:
+            threading.Thread(target=self._run, args=(group, model, tokenizer, max_input_tokens, keep_sentinels,
+                                                     gen), daemon=True, name="mt5studio-batch").start()
+        while True:
+            item = request.out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _model_lock(self, model) -> threading.Lock:
+        with self._lock:
+            lock = self._model_locks.get(model)
+            if lock is None:
+                lock = self._model_locks[model] = threading.Lock()
+            return lock
+
+    def _run(self, group: _Group, model, tokenizer, max_input_tokens: int, keep_sentinels: bool,
+             gen: dict[str, Any]) -> None:
+        time.sleep(self.window_s)              # let the visitors who pressed at the same moment join
+        with self._model_lock(model):           # while an earlier batch runs, this one keeps filling
+            with self._lock:
+                if self._forming.get(group.key) is group:
+                    del self._forming[group.key]
+                requests = list(group.requests)
+            self.batch_sizes.append(len(requests))
+            try:
+                with torch.inference_mode():
+                    decode(model, tokenizer, requests, max_input_tokens, keep_sentinels, gen)
+            except BaseException as e:  # noqa: BLE001 - every visitor still waiting gets the error
+                for r in requests:
+                    r.out.put(e)
+
+
+def decode(model, tokenizer, requests: list[_Request], max_input_tokens: int, keep_sentinels: bool,
+           gen: dict[str, Any]) -> None:
+    """One batched decode; puts each row's text increments on its request's queue, then the end mark as soon as
+    that row is done (a visitor whose summary ended early does not wait for the longest row)."""
+    cfg = model.generation_config.updated(**gen)
+    texts = [r.text for r in requests]
+    if cfg.num_beams > 1 or cfg.num_return_sequences > 1:
+        outs = generate_text(model, tokenizer, texts, max_input_tokens, **gen)
+        step = cfg.num_return_sequences
+        for i, r in enumerate(requests):
+            r.out.put(outs[i * step])   # the first sequence, as stream_text gives it
+            r.out.put(_END)
+        return
+    enc = encode_inputs(tokenizer, texts, max_input_tokens, model.device)
+    state = encode_for_generation(model, enc.input_ids, enc.attention_mask, 1)
+    streamers = [TextStreamer(tokenizer, keep_sentinels) for _ in requests]
+    running = [True] * len(requests)
+    eos = set(cfg.eos_ids)
+    for tokens, _ in sample_steps(state, cfg, None):
+        for i, token in enumerate(tokens.tolist()):
+            if not running[i]:
+                continue
+            piece = streamers[i].push(int(token))
+            if piece:
+                requests[i].out.put(piece)
+            if token in eos:
+                running[i] = False
+                finish(streamers[i], requests[i])
+    for i, r in enumerate(requests):
+        if running[i]:
+            finish(streamers[i], r)
+
+
+def finish(streamer: TextStreamer, request: _Request) -> None:
+    piece = streamer.end()
+    if piece:
+        request.out.put(piece)
+    request.out.put(_END)
+
+
+BATCHER = Batcher()
+
+
+def configure(max_batch: int) -> None:
+    """The deployment's batch size (MT5_STUDIO_BATCH_VISITORS; 1 serves every visitor alone)."""
+    BATCHER.max_batch = max(1, int(max_batch))
+
+
+def batched(settings: Any) -> dict[str, Any]:
+    """Event options for a summarization event: its own queue slots, as many as visitors a batch takes (they
+    wait in the batcher, not in Gradio's line; a decode runs one at a time per model), and the batcher sized to
+    match."""
+    configure(settings.batch_visitors)
+    return {"concurrency_id": "summarize", "concurrency_limit": max(settings.concurrency, settings.batch_visitors)}

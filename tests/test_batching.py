@@ -1,0 +1,100 @@
+"""Concurrent visitors' summaries decoded in one batch (app/batching.py): the same text as alone, streamed to each,
+rows ending at their own end, sampling kept alone, errors reaching every visitor of the batch."""
+import threading
+
+import pytest
+
+from app.assets import load_assets
+from app.batching import Batcher
+from app.models import ModelCache, ModelRequest
+from app.tasks import Decoding, stream_summary
+from model.textgen import stream_text
+from model.tiny import build_demo_checkpoints
+
+ASSETS = load_assets()
+TEXTS = ["Scientists in Kenya have developed a low-cost water filter.", "El ayuntamiento de Valencia aprobó ayer "
+         "un plan para plantar diez mil árboles en los barrios con menos sombra.", "日本の研究者が新しい電池を開発した。",
+         "В Новосибирске открылся новый научный центр, посвящённый изучению климата Сибири.",
+         "مرحبا بالعالم", "Ein kurzer Text.", "Un texte un peu plus long sur la météo à Paris et à Lyon ce week-end.",
+         "शहर में आज बारिश हुई।"]
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    demo = build_demo_checkpoints(tmp_path_factory.mktemp("demo"), ASSETS.example_texts())
+    return ModelCache().get(ModelRequest(str(demo["generation"]), "generation"))
+
+
+def together(batcher, loaded, texts, **gen):
+    """Every text streamed at once from its own thread (as visitors' requests are); the pieces each got."""
+    pieces: dict[int, list[str]] = {}
+    errors: dict[int, BaseException] = {}
+    start = threading.Barrier(len(texts))
+
+    def visit(i):
+        start.wait()
+        try:
+            pieces[i] = list(batcher.stream(loaded.model, loaded.tokenizer, texts[i], 512, **gen))
+        except BaseException as e:  # noqa: BLE001
+            errors[i] = e
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return pieces, errors
+
+
+@pytest.mark.parametrize("gen", [{"max_new_tokens": 24}, {"max_new_tokens": 12, "num_beams": 3,
+                                                           "no_repeat_ngram_size": 2, "length_penalty": 0.6}])
+def test_a_batch_gives_each_visitor_their_solo_text(loaded, gen):
+    solo = ["".join(stream_text(loaded.model, loaded.tokenizer, t, 512, **gen)) for t in TEXTS]
+    batcher = Batcher(max_batch=8, window_s=0.2)
+    pieces, errors = together(batcher, loaded, TEXTS, **gen)
+    assert not errors
+    assert ["".join(pieces[i]) for i in range(len(TEXTS))] == solo
+    assert batcher.batch_sizes == [8]                    # one decode for the eight of them
+    if "num_beams" not in gen:   # greedy streams: pieces as they come, the same increments as alone
+        alone = [list(stream_text(loaded.model, loaded.tokenizer, t, 512, **gen)) for t in TEXTS]
+        assert [pieces[i] for i in range(len(TEXTS))] == alone
+
+
+def test_batches_hold_at_most_max_batch_and_settings_do_not_mix(loaded):
+    batcher = Batcher(max_batch=3, window_s=0.2)
+    pieces, errors = together(batcher, loaded, TEXTS, max_new_tokens=8)
+    assert not errors and sorted(batcher.batch_sizes) == [2, 3, 3]
+    other = Batcher(max_batch=8, window_s=0.2)
+    out: dict = {}
+
+    def visit(i, n):
+        out[i] = "".join(other.stream(loaded.model, loaded.tokenizer, TEXTS[i], 512, max_new_tokens=n))
+
+    threads = [threading.Thread(target=visit, args=(i, 6 if i % 2 else 9)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(other.batch_sizes) == [2, 2]           # two settings: two batches
+    for i in range(4):
+        n = 6 if i % 2 else 9
+        assert out[i] == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[i], 512, max_new_tokens=n))
+
+
+def test_sampling_runs_alone_and_errors_reach_everyone(loaded):
+    batcher = Batcher(max_batch=8, window_s=0.1)
+    seeded = {"do_sample": True, "seed": 7, "max_new_tokens": 10, "top_k": 20}
+    pieces, errors = together(batcher, loaded, TEXTS[:3], **seeded)
+    assert not errors and batcher.batch_sizes == []      # never batched
+    assert "".join(pieces[0]) == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[0], 512, **seeded))
+    _, errors = together(batcher, loaded, TEXTS[:3], max_new_tokens=-5)
+    assert len(errors) == 3 and all("max_new_tokens" in str(e) for e in errors.values())
+
+
+def test_the_summarization_task_goes_through_the_batcher(loaded):
+    from app import batching
+
+    before = len(batching.BATCHER.batch_sizes)
+    *_, last = stream_summary(loaded, TEXTS[1], Decoding(max_new_tokens=10))
+    assert last.done and len(batching.BATCHER.batch_sizes) == before + 1
+    assert last.text == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[1], 512, max_new_tokens=10))
