@@ -48,6 +48,8 @@ def build(store: AnnotationStore) -> CompareStats:
                       elem_id="annotations-compare"):
         gr.Markdown(EXPLAINED)
         agreement = gr.HTML(elem_id="annotations-compare-agreement")
+        # the systems' names get the room; the counts' headers keep their words whole (style.css)
         table = gr.Dataframe(pd.DataFrame(), interactive=False, wrap=True, label="Win rates per system pair",
+                             column_widths=["10%", "20%", "20%", "8%", "6%", "6%", "5%", "6%", "9%", "10%"],
                              elem_id="annotations-win-rates")
     return CompareStats(table, agreement)
