@@ -275,7 +275,7 @@ def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     texts = tmp_path / "texts.csv"
     texts.write_text("text\n\"שלום עולם, זה טקסט\"\nDas ist ein Text.\n", encoding="utf-8")
     decoding = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() order, max_new_tokens=8
-    out = create_and_run(str(texts), "summarization", source, "auto", "cpu", "none", *decoding)
+    out = create_and_run(str(texts), "summarization", source, "auto", "cpu", "none", None, *decoding)
     (job,) = list_jobs(store)
     assert job_progress(store, job.id).processed == 2, out
     assert job.settings["model_id"] == source and job.settings["decoding"]["max_new_tokens"] == 8
@@ -284,10 +284,10 @@ def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": "Who?", "context": "Ada wrote it."}) + "\n", encoding="utf-8")
     create_and_run(str(qa), "question_answering", ctx.assets.models["question_answering"].default, "auto", "cpu",
-                   "none", *decoding)
+                   "none", None, *decoding)
     qa_job = next(j for j in list_jobs(store) if j.task == "question_answering")
     assert job_progress(store, qa_job.id).processed == 1
-    refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", *decoding)
+    refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", None, *decoding)
     assert "question" in "".join(map(str, refused.values())) and len(list_jobs(store)) == 2
 
 

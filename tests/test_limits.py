@@ -396,11 +396,14 @@ DECODING = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() o
 
 def test_a_locked_batch_tab_refuses_a_file_over_its_row_limit(open_server, root, tmp_path, monkeypatch):
     from app.annotation.batch import list_jobs
-    store, fns, ctx = batch_page(root, tmp_path, monkeypatch, MT5_STUDIO_LOCKED="1")
+    from types import SimpleNamespace
+    # locked: only an admin creates jobs (app/annotation/rights.py), and the limit holds for them too
+    store, fns, ctx = batch_page(root, tmp_path, monkeypatch, MT5_STUDIO_LOCKED="1", MT5_STUDIO_USERS="root:pw",
+                                 MT5_STUDIO_ADMINS="root")
     rows = tmp_path / "rows.csv"
     rows.write_text("text\n" + "".join(f"row {i}\n" for i in range(201)), encoding="utf-8")
     out = fns["create_and_run"](str(rows), "summarization", ctx.assets.models["summarization"].default, "auto",
-                                "cpu", "none", *DECODING)
+                                "cpu", "none", SimpleNamespace(username="root"), *DECODING)
     assert "No job created: rows.csv has 201 rows; the limit is 200 per batch" in "".join(map(str, out.values()))
     assert list_jobs(store) == []
 
@@ -414,7 +417,8 @@ def test_a_running_batch_job_stops_on_request(open_server, root, tmp_path, monke
                     encoding="utf-8")
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=fns["create_and_run"](
-        str(rows), "summarization", ctx.assets.models["summarization"].default, "auto", "cpu", "none", *DECODING)))
+        str(rows), "summarization", ctx.assets.models["summarization"].default, "auto", "cpu", "none", None,
+        *DECODING)))
     worker.start()
     deadline = time.monotonic() + 60
     started = lambda: list_jobs(store) and job_progress(store, list_jobs(store)[0].id).processed
