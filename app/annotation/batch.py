@@ -18,8 +18,11 @@ from typing import Any
 
 import pandas as pd
 
+from .. import __version__
 from ..prompts import qa_prompt
 from ..settings import MAX_ROWS
+from ..tasklist import TASKS
+from .api import decoding_dict, dtype_label
 from .store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
 
 TEXT_COLUMNS = ("text", "input")
@@ -126,28 +129,40 @@ class QueuePosition:
 # Loading an input file
 
 
-def load_inputs(path: str | Path, *, max_rows: int = MAX_ROWS) -> list[BatchInput]:
-    """Read a CSV or JSONL file of inputs: a `text` (or `input`) column/field, or `question` and `context`
-    for QA. Raises ValueError naming the problem: empty file, not UTF-8, no text column, too many rows,
-    an empty text, a malformed line."""
+def load_inputs(path: str | Path, *, max_rows: int = MAX_ROWS, text_column: str | None = None) -> list[BatchInput]:
+    """Read a CSV, JSONL or Parquet file of inputs: a `text` (or `input`, or `text_column`) column/field, or
+    `question` and `context` for QA. Raises ValueError naming the problem: empty file, not UTF-8, no text column,
+    too many rows, an empty text, a malformed line."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".jsonl", ".json", ".ndjson"):
-        raise ValueError(f"{path.name}: upload a .csv or .jsonl file of inputs")
+    if suffix not in (".csv", ".jsonl", ".json", ".ndjson", ".parquet"):
+        raise ValueError(f"{path.name}: upload a .csv or .jsonl (or .parquet) file of inputs")
     raw = path.read_bytes()
     if not raw.strip():
         raise ValueError(f"{path.name} is empty: it needs a `text` column with one input per row")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path.name} is not UTF-8 text (byte {raw[e.start]:#04x} at position {e.start}): "
-                         "save it as UTF-8 (in Excel: CSV UTF-8)") from None
-    records = _csv_records(text, path.name) if suffix == ".csv" else _jsonl_records(text, path.name)
+    if suffix == ".parquet":
+        records = _parquet_records(raw, path.name)
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path.name} is not UTF-8 text (byte {raw[e.start]:#04x} at position {e.start}): "
+                             "save it as UTF-8 (in Excel: CSV UTF-8)") from None
+        records = _csv_records(text, path.name) if suffix == ".csv" else _jsonl_records(text, path.name)
     if not records:
         raise ValueError(f"{path.name} has a header but no rows")
     if len(records) > max_rows:
         raise ValueError(f"{path.name} has {len(records):,} rows; the limit is {max_rows:,} per batch: split the file")
-    return _inputs(records, path.name)
+    return _inputs(records, path.name, text_column)
+
+
+def _parquet_records(raw: bytes, name: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        df = pd.read_parquet(io.BytesIO(raw))
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, …
+        raise ValueError(f"{name} cannot be read as Parquet: {e}") from None
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    return [(f"row {i}", rec) for i, rec in enumerate(df.to_dict("records"), start=1)]
 
 
 def _csv_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -175,9 +190,13 @@ def _jsonl_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _inputs(records: list[tuple[str, dict[str, Any]]], name: str) -> list[BatchInput]:
+def _inputs(records: list[tuple[str, dict[str, Any]]], name: str, text_column: str | None = None) -> list[BatchInput]:
     columns = sorted({k for _, rec in records for k in rec})
-    text_col = next((c for c in TEXT_COLUMNS if c in columns), None)
+    if text_column is not None and text_column.strip().lower() not in columns:
+        raise ValueError(f"{name} has no `{text_column}` column (found: {', '.join(columns) or 'none'}): give "
+                         "the column with the inputs")
+    wanted = (text_column.strip().lower(),) if text_column is not None else TEXT_COLUMNS
+    text_col = next((c for c in wanted if c in columns), None)
     qa = "question" in columns and "context" in columns
     if text_col is None and not qa:
         raise ValueError(f"{name} has no `text` column (found: {', '.join(columns) or 'none'}): name the column "
@@ -208,9 +227,22 @@ def _inputs(records: list[tuple[str, dict[str, Any]]], name: str) -> list[BatchI
 # Jobs
 
 
+def job_settings(loaded: Any, decoding: Any) -> dict[str, Any]:
+    """What a job stores: the provenance annotations record, and the request to load the same model again."""
+    prov = loaded.provenance()
+    return {"model_id": prov["source"], "model_revision": str(prov.get("revision") or ""),
+            "family": prov.get("family") or "mt5", "dtype": dtype_label(prov), "decoding": decoding_dict(decoding),
+            "app_version": __version__,
+            "request": {k: prov.get(k) for k in ("source", "dtype", "device", "quantization")}}
+
+
 def create_job(store: AnnotationStore, inputs: list[BatchInput], *, task: str,
-               settings: dict[str, Any] | None = None, name: str = "", source: str = "") -> BatchJob:
-    """Store a new job and all its rows in one transaction; nothing is run yet."""
+               settings: dict[str, Any] | None = None, name: str = "", source: str = "",
+               results: list[tuple[str | None, str | None]] | None = None) -> BatchJob:
+    """Store a new job and all its rows in one transaction; nothing is run yet. `results`: (output, error) of
+    every row, for a job computed elsewhere (`import_outputs`)."""
+    if results is not None and len(results) != len(inputs):
+        raise ValueError(f"{len(results)} results for {len(inputs)} inputs")
     if not inputs:
         raise ValueError("a batch needs at least one input")
     if not task.strip():
@@ -225,9 +257,76 @@ def create_job(store: AnnotationStore, inputs: list[BatchInput], *, task: str,
         conn.execute("INSERT INTO batch_jobs (id, name, task, settings, source, total, created_at) "
                      "VALUES (?, ?, ?, ?, ?, ?, ?)",
                      (job.id, job.name, job.task, settings_json, job.source, job.total, job.created_at))
-        conn.executemany("INSERT INTO batch_rows (job_id, idx, text, question, context) VALUES (?, ?, ?, ?, ?)",
-                         [(job.id, i, x.text, x.question, x.context) for i, x in enumerate(inputs)])
+        if results is None:
+            conn.executemany("INSERT INTO batch_rows (job_id, idx, text, question, context) VALUES (?, ?, ?, ?, ?)",
+                             [(job.id, i, x.text, x.question, x.context) for i, x in enumerate(inputs)])
+        else:
+            conn.executemany("INSERT INTO batch_rows (job_id, idx, text, question, context, output, error, "
+                             "processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(job.id, i, x.text, x.question, x.context, out, err, job.created_at)
+                              for i, (x, (out, err)) in enumerate(zip(inputs, results))])
     return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jobs run by the batch command (`python -m app batch`), imported as jobs whose rows have their outputs
+
+# A record of the command's output: its `index`, the row's inputs, the output (or the error), the task, the input
+# file's name, the job's settings (`job_settings`, device left out: it is the machine's) and the job's `job` key.
+RECORD_FIELDS = ("index", "text", "question", "context", "output", "error", "task", "source", "model_id", "job")
+SETTINGS_FIELDS = ("model_id", "model_revision", "family", "dtype", "decoding", "app_version", "request")
+
+
+def output_record(row: BatchInput, output: str | None, error: str | None, *, task: str, source: str,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    """One row of the batch command's output (model.batch adds `index` and `job`)."""
+    return {"text": row.text, "question": row.question, "context": row.context, "output": output, "error": error,
+            "task": task, "source": source, **{k: settings[k] for k in SETTINGS_FIELDS if k in settings}}
+
+
+def import_outputs(store: AnnotationStore, path: str | Path) -> BatchJob:
+    """A job made from the batch command's finished output file: its rows with their outputs (rows that failed
+    keep their error; Run / resume retries them). ValueError, nothing stored, for a file that is not such an
+    output, one cut short, or one imported before."""
+    path = Path(path)
+    what = f"{path.name} is not the output of `python -m app batch`"
+    if path.suffix.lower() != ".jsonl":
+        raise ValueError(f"{what}: that command writes a .jsonl file (--output)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: line {number} is not JSON ({e.msg})") from None
+        lacks = [k for k in RECORD_FIELDS if k not in rec] if isinstance(rec, dict) else list(RECORD_FIELDS)
+        if lacks:
+            raise ValueError(f"{what} (line {number} has no {', '.join(f'`{k}`' for k in lacks)}): import the file "
+                             "the command wrote, or create a job from an input file above")
+        records.append(rec)
+    if not records:
+        raise ValueError(f"{path.name} is empty")
+    first = records[0]
+    if any(r["job"] != first["job"] for r in records):
+        raise ValueError(f"{path.name} mixes the rows of several jobs: import one command's output")
+    indices = [r["index"] for r in records]
+    if not all(type(i) is int for i in indices) or sorted(indices) != list(range(len(records))):
+        raise ValueError(f"{path.name} does not have every row once (0 to {len(records) - 1}): the command has not "
+                         "finished; run it again to complete the file")
+    if first["task"] not in TASKS:
+        raise ValueError(f"{path.name} is a job of the task {first['task']!r}, which this app does not have")
+    before = [j for j in list_jobs(store) if j.settings.get("job") == first["job"]]
+    if before:
+        raise ValueError(f"{path.name} was imported before, as the job {before[0].name!r}: pick it in the Job list")
+    records.sort(key=lambda r: r["index"])
+    inputs = [BatchInput(str(r["text"] or ""), str(r["question"] or ""), str(r["context"] or "")) for r in records]
+    results = [(None if r["output"] is None else str(r["output"]), None if r["error"] is None else str(r["error"]))
+               for r in records]
+    settings = {**{k: first[k] for k in SETTINGS_FIELDS if k in first}, "job": first["job"]}
+    source = str(first.get("source") or path.name)
+    return create_job(store, inputs, task=first["task"], settings=settings, name=f"{source} (batch command)",
+                      source=source, results=results)
 
 
 def get_job(store: AnnotationStore, job_id: str) -> BatchJob:
