@@ -219,3 +219,72 @@ def test_batch_compare_job_queue_is_blind(app, tmp_path):
         linked = conn.execute("SELECT c.output_a, c.preference, c.annotator FROM comparison_job_rows r JOIN "
                               "comparisons c ON c.id = r.comparison_id").fetchall()
     assert linked == [(shown_a, "A", "Dan")]
+
+
+def luminance(rgb: str) -> float:
+    r, g, b = (int(v) / 255 for v in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast(fg: str, bg: str) -> float:
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_batch_queue_marks_spans_and_the_page_reads_in_dark(app):
+    """A batch job's row in the queue: its output drawn as a span view, a span marked with the mouse saved with the
+    judgement. In dark mode the span buttons are buttons (a border, apart from each other) and the heatmap's
+    token labels read against their background (contrast ≥ 4.5)."""
+    page, db = app
+    from app.annotation.batch import BatchInput, create_job, job_rows
+    with AnnotationStore(db) as store:
+        job = create_job(store, [BatchInput("Das ist ein Text über Bäume.")], task="summarization",
+                         settings={"model_id": "demo/generation", "family": "mt5", "decoding": {}}, source="q.csv")
+        with store.transaction() as conn:
+            conn.execute("UPDATE batch_rows SET output='Ein Text über Bäume.', processed_at='t' WHERE job_id=?",
+                         (job.id,))
+    page.reload()
+    page.wait_for_selector("#summarize-run")
+    page.emulate_media(color_scheme="dark")
+    page.get_by_role("tab", name="Batch").click()
+    box = page.locator("#batch-job input").first
+    box.click()
+    page.get_by_role("option", name="q.csv", exact=False).first.click()
+    view = page.locator('#batch-queue-view-output [data-span-side="output"]')
+    playwright.expect(view).to_have_text("Ein Text über Bäume.", timeout=TIMEOUT)
+    selected = drag_select(page, view, 3)
+    assert selected.strip() == "Ein"
+    page.locator("#batch-queue-span-severity").get_by_text("Critical", exact=True).click()
+    page.click("#batch-queue-add-span")
+    page.locator("#batch-queue-view-output mark.span-critical").wait_for()
+    page.locator("#batch-annotator textarea, #batch-annotator input").first.fill("Eva")
+    page.click("#batch-save")
+    page.locator("#batch-status .status-info", has_text="Saved").wait_for()
+    with AnnotationStore(db) as store:
+        (row,) = job_rows(store, job.id)
+        a = store.get(row.annotation_id)
+    assert (a.protocol, a.spans) == ("esa", [{"start": 0, "end": 3, "side": "output", "category": "",
+                                              "severity": "critical"}])
+    buttons = page.locator("#batch-queue-spans-box button").evaluate_all("""els => els.map(b => {
+        const s = getComputedStyle(b), r = b.getBoundingClientRect();
+        return [b.id, parseFloat(s.borderTopWidth), s.borderTopStyle, r.left, r.right];
+    })""")
+    ours = [b for b in buttons if b[0].endswith(("-add-span", "-change-span", "-remove-span"))]
+    assert len(ours) == 3 and all(width >= 1 and style == "solid" for _, width, style, _, _ in ours), ours
+    assert ours[1][3] - ours[0][4] >= 4 and ours[2][3] - ours[1][4] >= 4, ours     # a gap between them
+    shot(page, "10f-batch-queue-spans-dark", "#batch-queue-spans-box >> nth=0")
+    # the heatmap in dark mode
+    page.get_by_role("tab", name="Summarization").click()
+    page.locator("#summarize-input textarea").fill(TEXTS["light"])
+    page.click("#summarize-run")
+    page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
+    tab = page.locator("#tab-summarization")
+    tab.get_by_text("Attention", exact=True).click()
+    tab.locator(".attention-show").click()
+    label = tab.locator("th.attn-row").first
+    label.wait_for()
+    fg, bg = label.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+    assert luminance(bg) < 0.2 and contrast(fg, bg) >= 4.5, (fg, bg)
+    shot(page, "10g-attention-dark", "#tab-summarization .attention-heatmap >> nth=0")
+    page.emulate_media(color_scheme="light")
