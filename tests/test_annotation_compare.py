@@ -14,7 +14,12 @@ from app.annotation.comparisons import (COLUMNS, Comparison, System, compare_row
                                         get_compare_job, import_comparisons, judge_row, query_comparisons,
                                         restore_comparison, run_compare_job, save_comparison, to_flat)
 from app.annotation.batch import BatchInput
+from app.annotation.rights import Identity, Refused
 from app.annotation.store import AnnotationStore
+from app.annotation.tabs.compare import check_pair, delete_as
+from app.errors import UserError
+from app.models import ModelRequest
+from app.tasks import Decoding
 
 BEAM = System("google/mt5-small", "main", "mt5", "float32", {"num_beams": 4, "max_new_tokens": 64})
 SAMPLE = System("google/mt5-small", "main", "mt5", "float32", {"do_sample": True, "seed": 0, "max_new_tokens": 64})
@@ -213,3 +218,28 @@ def test_schema_check_constraint_refuses_a_bad_preference(store):
     with pytest.raises(sqlite3.IntegrityError):
         with store.transaction() as conn:
             conn.execute("UPDATE comparisons SET preference='maybe'")
+
+
+def test_deleting_needs_the_owner_or_an_admin(store):
+    cmp_id = save_comparison(store, make(), owner="amina")
+    with pytest.raises(Refused, match="Only the annotator who saved it or an admin"):
+        delete_as(store, Identity(user="bo", protected=True), cmp_id)
+    with pytest.raises(Refused):
+        delete_as(store, Identity(protected=True), cmp_id)            # nobody signed in
+    assert get_comparison(store, cmp_id) is not None
+    assert delete_as(store, Identity(user="amina", protected=True), cmp_id) is True
+    assert store.read("SELECT deleted_by FROM comparisons WHERE id=?", (cmp_id,))[0][0] == "amina"
+    other = save_comparison(store, make(annotator="Bo"), owner="bo")
+    assert delete_as(store, Identity(user="root", admin=True, protected=True), other) is True
+    assert delete_as(store, Identity(), "no-such-id") is False
+
+
+def test_identical_systems_are_refused_before_anything_runs():
+    req = ModelRequest("google/mt5-small", dtype="float32", device="cpu")
+    with pytest.raises(UserError, match="same system"):
+        check_pair("summarization", req, Decoding(num_beams=4), dataclasses.replace(req, device="cuda"),
+                   Decoding(num_beams=4))                                       # the device does not count
+    with pytest.raises(UserError, match="same system"):
+        check_pair("classification", req, Decoding(num_beams=1), req, Decoding(num_beams=4))   # does not decode
+    check_pair("summarization", req, Decoding(num_beams=1), req, Decoding(num_beams=4))
+    check_pair("summarization", req, Decoding(), dataclasses.replace(req, dtype="bfloat16"), Decoding())

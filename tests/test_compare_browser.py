@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.browser,
                                  reason="chromium is not installed: run .ci/setup-browser")]
 
 import apphost  # noqa: E402
+from app.annotation.batch import BatchInput, create_job, job_rows  # noqa: E402
 from app.annotation.comparisons import query_comparisons  # noqa: E402
 from app.annotation.store import AnnotationStore  # noqa: E402
 
@@ -237,7 +238,6 @@ def test_batch_queue_marks_spans_and_the_page_reads_in_dark(app):
     judgement. In dark mode the span buttons are buttons (a border, apart from each other) and the heatmap's
     token labels read against their background (contrast ≥ 4.5)."""
     page, db = app
-    from app.annotation.batch import BatchInput, create_job, job_rows
     with AnnotationStore(db) as store:
         job = create_job(store, [BatchInput("Das ist ein Text über Bäume.")], task="summarization",
                          settings={"model_id": "demo/generation", "family": "mt5", "decoding": {}}, source="q.csv")
