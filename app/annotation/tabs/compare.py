@@ -300,7 +300,8 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
     settings = [*one.controls.inputs(), *two.controls.inputs()]
     n1 = len(one.controls.inputs())
 
-    def cjob_show(job_id, i, note="", kind="info"):
+    def cjob_show(job_id, i, note="", kind="info", ident: Identity | None = None):
+        """The queue at row `i`: A and B as drawn for the row, an earlier judgement `ident` may see, or none."""
         if not job_id:
             return {where: status_html("Pick or create a compare job."), status: status_html(note, kind)}
         jb = get_compare_job(store, job_id)
@@ -309,6 +310,8 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         row = rows[i]
         judged = sum(r.comparison_id is not None for r in rows)
         earlier = get_comparison(store, row.comparison_id) if row.comparison_id else None
+        if earlier is not None and ident is not None and not ident.sees_all and earlier.owner != ident.user:
+            earlier = None   # someone else's judgement: not shown to another annotator
         a, b = row.shown()
         texts = {"A": a, "B": b, "input": input_as_text(row.inputs) if row.question else row.text}
         line = f"{judged} of {jb.total} judged · item {i + 1} of {jb.total}" + (" · judged" if earlier else "") + \
@@ -337,11 +340,13 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         return {**cjob_show(job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
                 job: gr.Dropdown(choices=job_choices(store), value=job_id)}
 
-    def cjob_create_and_run(path, task_v, *values, progress=gr.Progress()):
+    def cjob_create_and_run(path, task_v, request: gr.Request, *values, progress=gr.Progress()):
         if not path:
             return {create_status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
         p1, p2, rest = values[:4], values[4:8], values[8:]
         try:
+            ident = identify(request, ctx.settings)
+            require_admin(ident, "Creating compare jobs")
             inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
             spec = TASKS[task_v]
             if any(spec.missing(vars(x)) for x in inputs):
@@ -351,17 +356,19 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
             check_pair(task_v, requests[0], decodings[0], requests[1], decodings[1])
             loaded = [ctx.load(task_v, *p, progress=progress_reporter(progress)) for p in (p1, p2)]
             systems = [job_settings(m, d) for m, d in zip(loaded, decodings)]
-            new = create_compare_job(store, inputs, task=task_v, systems=systems, source=Path(path).name)
+            new = create_compare_job(store, inputs, task=task_v, systems=systems, source=Path(path).name,
+                                     owner=ident.owner)
         except (ValueError, UserError) as e:
             return {create_status: status_html(f"No compare job created: {e}", "error")}
         return cjob_run(new.id, progress, create_status)
 
-    def cjob_resume(job_id, progress=gr.Progress()):
+    def cjob_resume(job_id, request: gr.Request = None, progress=gr.Progress()):
         if not job_id:
             return {job_status: status_html("Pick a compare job to run or resume.", "warn")}
         try:
+            require_admin(identify(request, ctx.settings), "Running compare jobs")
             return cjob_run(job_id, progress, job_status)
-        except (UserError, KeyError) as e:
+        except (UserError, KeyError, ValueError) as e:
             return {job_status: status_html(f"Not run: {e}", "error")}
 
     def cjob_save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
@@ -383,13 +390,23 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         revealed = reveal(jb.systems, {"A": 2 if row.flipped else 1, "B": 1 if row.flipped else 2}, jb.task)
         rows = compare_rows(store, job_id)
         nxt_i = next((r.index for r in rows[row.index + 1:] + rows[:row.index] if r.comparison_id is None), row.index)
-        return cjob_show(job_id, nxt_i, saved_message(c, cmp_id, revealed))
+        return cjob_show(job_id, nxt_i, saved_message(c, cmp_id, revealed), ident=ident)
 
-    def cjob_pick(job_id):
+    def cjob_pick(job_id, request: gr.Request = None):
         if not job_id:
             return cjob_show(None, 0)
         rows = compare_rows(store, job_id)
-        return cjob_show(job_id, next((r.index for r in rows if r.comparison_id is None), 0))
+        return cjob_show(job_id, next((r.index for r in rows if r.comparison_id is None), 0),
+                         ident=identify(request, ctx.settings))
+
+    def cjob_move(job_id, i, step, request: gr.Request = None):
+        return cjob_show(job_id, max(0, int(i or 0) + step), ident=identify(request, ctx.settings))
+
+    def cjob_prev(job_id, i, request: gr.Request = None):
+        return cjob_move(job_id, i, -1, request)
+
+    def cjob_next(job_id, i, request: gr.Request = None):
+        return cjob_move(job_id, i, 1, request)
 
     def cjob_refresh(job_id):
         values = job_choices(store)
@@ -400,8 +417,8 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
                  concurrency_id="models", **priv)
     resume.click(cjob_resume, job, [*shown, job_status, job], concurrency_id="models", **priv)
     job.input(cjob_pick, job, shown, **priv)
-    prev.click(lambda jid, i: cjob_show(jid, max(0, int(i or 0) - 1)), [job, index], shown, **priv)
-    nxt.click(lambda jid, i: cjob_show(jid, int(i or 0) + 1), [job, index], shown, **priv)
+    prev.click(cjob_prev, [job, index], shown, **priv)
+    nxt.click(cjob_next, [job, index], shown, **priv)
     save.click(cjob_save_next, [job, index, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
                shown, **priv).then(cjob_refresh, job, job, **priv)
     task.input(lambda t: {s: gr.Dropdown(choices=ctx.assets.models[t].suggestions or [ctx.assets.models[t].default],
