@@ -187,11 +187,13 @@ def command_lines(task: str, model: str, input_name: str, decoding: Decoding | N
             kind = DECODING_OPTIONS[name]
             args += [option, str(int(value)) if kind is int else f"{float(value):g}"]
     tail = shlex.join(["-m", "app", "batch", *args])
-    two = f"accelerate launch --num_processes {2 * processes} --num_machines 2 --main_process_ip 10.0.0.1 " \
-          "--main_process_port 29500"
+    # --multi_gpu: accelerate 1.x starts several processes only through torchrun (its --cpu starts one)
+    two = f"accelerate launch --multi_gpu --num_processes {2 * processes} --num_machines 2 " \
+          "--main_process_ip 10.0.0.1 --main_process_port 29500"
     return {
         "One process": [shlex.join(["python", "-m", "app", "batch", *args])],
-        f"One machine, {processes} GPUs (one process each)": [f"accelerate launch --num_processes {processes} {tail}"],
+        f"One machine, {processes} GPUs (one process each)": [
+            f"accelerate launch --multi_gpu --num_processes {processes} {tail}"],
         "Two machines (run one line on each; 10.0.0.1 is the first machine's address; the output's folder must be "
         "shared)": [f"{two} --machine_rank {rank} {tail}" for rank in (0, 1)],
     }

@@ -6,15 +6,13 @@ every job: running it again finishes the rows not yet processed, and the queue g
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import gradio as gr
 from gradio.context import Context
 
-from ... import __version__
-from ..api import batch_process, decoding_dict, dtype_label, judgement
-from ..batch import (StopRequests, annotate_row, annotation_for, create_job, get_job, job_progress, list_jobs,
-                     load_inputs, next_unannotated, queue_position, run_batch)
+from ..api import batch_process, judgement
+from ..batch import (StopRequests, annotate_row, annotation_for, create_job, get_job, import_outputs, job_progress,
+                     job_settings, list_jobs, load_inputs, next_unannotated, queue_position, run_batch)
+from ...cli import LARGE_FILE_ROWS, command_lines
 from ...context import AppContext
 from ...errors import UserError
 from ..store import AnnotationStore
@@ -38,13 +36,25 @@ def job_choices(store: AnnotationStore) -> list[tuple[str, str]]:
     return out
 
 
-def job_settings(loaded: Any, decoding: Decoding) -> dict[str, Any]:
-    """What a job stores: the provenance annotations record, and the request to load the same model again."""
-    prov = loaded.provenance()
-    return {"model_id": prov["source"], "model_revision": str(prov.get("revision") or ""),
-            "family": prov.get("family") or "mt5", "dtype": dtype_label(prov), "decoding": decoding_dict(decoding),
-            "app_version": __version__,
-            "request": {k: prov.get(k) for k in ("source", "dtype", "device", "quantization")}}
+def batch_command(ctx: AppContext, path: str | None, task: str, source: str, dtype: str, quant: str,
+                  decoding: Decoding) -> str:
+    """For a file of more than LARGE_FILE_ROWS rows (or more than this deployment runs), the markdown with the
+    commands that run it on one process, one GPU machine or two machines (assets/help/batch_command.md); ""
+    otherwise, or when the file cannot be read (creating the job says why)."""
+    if not path:
+        return ""
+    try:
+        rows = len(load_inputs(path, max_rows=2**62))
+    except (ValueError, OSError):
+        return ""
+    if rows <= min(LARGE_FILE_ROWS, ctx.settings.batch_rows):
+        return ""
+    model = (source or "").strip() or ctx.assets.models[task].default
+    blocks = [f"{title}:\n```bash\n" + "\n".join(lines) + "\n```"
+              for title, lines in command_lines(task, model, Path(path).name, decoding, dtype=dtype,
+                                                quantization=quant, demo=ctx.demo).items()]
+    return ctx.assets.help.get("batch_command", "{commands}").format(rows=rows, limit=ctx.settings.batch_rows,
+                                                                     commands="\n\n".join(blocks))
 
 
 def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
@@ -54,13 +64,20 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     gr.Markdown(help_text(ctx, "batch"), elem_classes=["tab-help"])
     with gr.Accordion("New job", open=True):
         with gr.Row():
-            upload = gr.File(label="Inputs (CSV or JSONL)", file_types=[".csv", ".jsonl"], type="filepath",
-                             elem_id="batch-upload")
+            upload = gr.File(label="Inputs (CSV, JSONL or Parquet)", file_types=[".csv", ".jsonl", ".parquet"],
+                             type="filepath", elem_id="batch-upload")
             task = gr.Dropdown(list(TASKS), value=next(iter(TASKS)), label="Task", elem_id="batch-task")
         picker = model_picker(ctx, next(iter(TASKS)))
         controls = decoding_controls()
+        command = gr.Markdown(elem_id="batch-command")   # the batch command, for a large file
         create = gr.Button("Create job and run", variant="primary", elem_id="batch-create")
         create_status = gr.HTML(elem_id="batch-create-status")
+    with gr.Accordion("Import a command's output (python -m app batch … --output out.jsonl)", open=False):
+        with gr.Row():
+            outputs_file = gr.File(label="The command's output (JSONL)", file_types=[".jsonl"], type="filepath",
+                                   elem_id="batch-import-file", scale=3)
+            import_button = gr.Button("Import as a job", elem_id="batch-import", scale=1)
+        import_status = gr.HTML(elem_id="batch-import-status")
     with gr.Row():
         job = gr.Dropdown([], value=None, label="Job", elem_id="batch-job", scale=4)
         refresh = gr.Button("Refresh jobs", scale=1)
@@ -174,6 +191,24 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
         except UserError as e:
             return {create_status: status_html(f"Job created but not run: {e}", "error")}
 
+    def command_for(path, task_v, source, dtype, device, quant, *settings):
+        return {command: batch_command(ctx, path, task_v, source, dtype, quant, controls.decoding(list(settings)))}
+
+    def import_output(path, request: gr.Request = None):
+        """A job from the batch command's output file, its rows processed: the queue opens at its first row."""
+        if not path:
+            return {import_status: status_html("Upload the .jsonl file the batch command wrote first.", "warn")}
+        ident = who(request)
+        try:
+            require_admin(ident, "Importing batch outputs")
+            new = import_outputs(store, path)
+        except (ValueError, OSError) as e:
+            return {import_status: status_html(f"Nothing imported: {e}", "error")}
+        p = job_progress(store, new.id)
+        note = f"Imported {new.total} row(s) as the job {new.name!r} ({p.processed} with an output)."
+        return {**show(new.id, 0, note, where=import_status, ident=ident),
+                job: gr.Dropdown(choices=job_choices(store), value=new.id)}
+
     def resume_it(job_id, request: gr.Request = None, progress=gr.Progress()):
         if not job_id:
             return {job_status: status_html("Pick a job to run or resume.", "warn")}
@@ -263,6 +298,9 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     create.click(create_and_run, [upload, task, *picker.components(), *controls.inputs()],
                  [*shown, create_status, job], concurrency_id="models", **priv)
     resume.click(resume_it, job, [*shown, job_status, job], concurrency_id="models", **priv)
+    import_button.click(import_output, outputs_file, [*shown, import_status, job], **priv)
+    gr.on([upload.change, task.change, *(c.change for c in [*picker.components(), *controls.inputs()])], command_for,
+          [upload, task, *picker.components(), *controls.inputs()], command, **priv)
     refresh.click(refresh_jobs, job, job, **priv)
     # Outside the models queue, so it runs while the job holds a worker; the job stops before its next row.
     stop.click(stop_it, job, job_status, **priv)
