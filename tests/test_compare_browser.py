@@ -3,6 +3,7 @@ dark mode: a model compared with itself under the same settings is refused with 
 setting on one side both run, the outputs come back as A and B with nothing said about which is which, a span is
 marked on A with a real mouse selection, a preference saved, and only then the systems are revealed. The stored
 record (read from the app's SQLite file) holds the span on the selected text. Screenshots in data/screenshots/."""
+import json
 import os
 import shutil
 import sqlite3
@@ -144,7 +145,30 @@ def test_win_rates_show_in_the_annotations_tab(app):
     table = page.locator("#annotations-win-rates")
     playwright.expect(table).to_contain_text("max_new_tokens=8", timeout=TIMEOUT)
     playwright.expect(page.locator("#annotations-compare-agreement")).to_contain_text(f"{n} comparison(s) stored")
+    listing = page.locator("#annotations-comparisons")
+    playwright.expect(listing).to_contain_text("B is better")
     shot(page, "10c-annotations-win-rates", "#annotations-compare")
+    # export the comparisons from the page: every one is in the file, spans and all
+    page.click("#annotations-compare-export")
+    link = page.locator("#annotations-compare-export-file a").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    rows = [json.loads(line) for line in open(download.value.path(), encoding="utf-8")]
+    with AnnotationStore(db) as store:
+        assert sorted(r["id"] for r in rows) == sorted(c.id for c in query_comparisons(store))
+    assert all(r["spans"] and r["spans"][0]["side"] == "A" for r in rows)
+    # delete one (asks first), then it is gone from the list and marked deleted in the file
+    short = rows[0]["id"][:8]
+    listing.get_by_text(short, exact=True).last.click()
+    page.click("#annotations-compare-delete")
+    page.locator("#annotations-compare-status .status-warn", has_text="Confirm").wait_for()
+    page.click("#annotations-compare-delete")
+    page.locator("#annotations-compare-status .status-info", has_text=f"Deleted comparison {short}").wait_for()
+    playwright.expect(listing).not_to_contain_text(short)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT deleted_at IS NOT NULL FROM comparisons WHERE id=?", (rows[0]["id"],)) \
+            .fetchone() == (1,)
 
 
 def test_annotations_editor_shows_and_edits_error_spans(app):

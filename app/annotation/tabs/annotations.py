@@ -177,7 +177,7 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
         gr.Markdown("Items rated by two or more annotators; the filters above apply.")
         by_task = gr.Dataframe(interactive=False, label="Per task")
         by_model = gr.Dataframe(interactive=False, label="Per model")
-    compare_view = compare_stats.build(store)   # win rates and agreement on preferences
+    compare_view = compare_stats.build(store, ctx.settings)   # win rates, agreement on preferences, export
 
     def choices(column: str, current: str, owner: str | None = None) -> gr.Dropdown:
         values = [ALL, *store.distinct(column, owner=owner)]
@@ -339,7 +339,7 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
 
     priv = {"api_visibility": "private"}
     refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
-    refresh.click(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
+    refresh.click(compare_view.refresh, None, compare_view.outputs, **priv)
     table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
                                      armed, delete, history, status, *spans_ed.load_outputs()], **priv)
     update.click(save_changes, [selected, *f.components(), spans_ed.protocol, spans_ed.spans, spans_ed.esa_score],
@@ -358,4 +358,4 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
     root = Context.root_block
     if root is not None:
         root.load(refresh_all, filter_inputs, refresh_outputs, **priv)
-        root.load(lambda: compare_view.refresh(store), None, compare_view.outputs(), **priv)
+        root.load(compare_view.refresh, None, compare_view.outputs, **priv)

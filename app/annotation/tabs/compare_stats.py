@@ -1,14 +1,21 @@
 """The Annotations tab's section on side-by-side comparisons: win rates per system pair with 95% Wilson intervals,
-and the agreement between annotators on preferences (Krippendorff's alpha, nominal)."""
+the agreement between annotators on preferences (Krippendorff's alpha, nominal), the comparisons themselves
+(delete: the owner or an admin), and their export and import."""
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from ..agreement import preference_agreement, win_rate_frame
-from ..comparisons import query_comparisons
+from ..agreement import preference_agreement, system_label, win_rate_frame
+from ..comparisons import (PREFERENCE_LABELS, comparison_owner, delete_comparison, export_comparisons,
+                           import_comparisons, query_comparisons)
+from ..rights import Identity, identify, require_admin, require_owner_or_admin, visible_owner
 from ..store import AnnotationStore
 from ...tabs.common import status_html
 
@@ -19,32 +26,34 @@ EXPLAINED = (
     "several annotators' judgements of one item. **Agreement**: Krippendorff's alpha (nominal: X better, Y "
     "better, tie, both bad) over items judged by two or more annotators, in terms of the systems, whatever "
     "order each annotator saw them in.")
+LIST_COLUMNS = ["id", "saved (UTC)", "task", "A", "B", "preference", "spans", "annotator"]
+FORMATS = ("jsonl", "csv", "parquet")
 
 
 @dataclass
 class CompareStats:
-    table: gr.Dataframe
-    agreement: gr.HTML
-
-    def outputs(self) -> list:
-        return [self.table, self.agreement]
-
-    def refresh(self, store: AnnotationStore) -> dict:
-        records = query_comparisons(store)
-        a = preference_agreement(records)
-        if a.alpha_nominal is None:
-            line = f"Agreement on preferences: {a.note}."
-        else:
-            line = (f"Agreement on preferences: Krippendorff's alpha (nominal) = {a.alpha_nominal:.3f} over "
-                    f"{a.items} item(s) judged by 2+ annotators ({a.annotators} annotators, {a.judgements} "
-                    "judgements).")
-        return {self.table: win_rate_frame(records),
-                self.agreement: status_html(f"{len(records)} comparison(s) stored. {line}")}
+    """What the tab wires into its own refresh: `refresh` (a handler taking the request) and its outputs."""
+    refresh: Callable[..., dict]
+    outputs: list
 
 
-def build(store: AnnotationStore) -> CompareStats:
-    """Lays out the section (an accordion); the tab calls `refresh(store)` with its own refresh."""
-    with gr.Accordion("Side-by-side comparisons: win rates and agreement on preferences", open=False,
+def listing_frame(records: list) -> pd.DataFrame:
+    """The comparisons, newest first, as the section lists them (short ids, systems by what sets them apart)."""
+    rows = [[c.id[:8], c.created_at[:16].replace("T", " "), c.task, system_label(c.system_a, c.system_b),
+             system_label(c.system_b, c.system_a), PREFERENCE_LABELS[c.preference], str(len(c.spans)), c.annotator]
+            for c in reversed(records)]
+    return pd.DataFrame(rows, columns=LIST_COLUMNS)
+
+
+def visible(store: AnnotationStore, ident: Identity) -> list:
+    """The comparisons `ident` may see: all (admins, open use) or their own."""
+    owner = visible_owner(ident)
+    return [c for c in query_comparisons(store) if owner is None or c.owner == owner]
+
+
+def build(store: AnnotationStore, settings: Any) -> CompareStats:
+    """Lays out the section (an accordion) and wires its own buttons; the tab calls `refresh` with its refresh."""
+    with gr.Accordion("Side-by-side comparisons: win rates, agreement on preferences, export and import", open=False,
                       elem_id="annotations-compare"):
         gr.Markdown(EXPLAINED)
         agreement = gr.HTML(elem_id="annotations-compare-agreement")
@@ -52,4 +61,85 @@ def build(store: AnnotationStore) -> CompareStats:
         table = gr.Dataframe(pd.DataFrame(), interactive=False, wrap=True, label="Win rates per system pair",
                              column_widths=["10%", "20%", "20%", "8%", "6%", "6%", "5%", "6%", "9%", "10%"],
                              elem_id="annotations-win-rates")
-    return CompareStats(table, agreement)
+        listing = gr.Dataframe(pd.DataFrame(columns=LIST_COLUMNS), interactive=False, wrap=True, datatype="str",
+                               max_height=400, label="Comparisons, newest first (select one to delete it)",
+                               elem_id="annotations-comparisons")
+        with gr.Row():
+            delete = gr.Button("Delete the selected comparison", variant="stop", elem_id="annotations-compare-delete")
+            fmt = gr.Radio(list(FORMATS), value="jsonl", label="Export format")
+            export_btn = gr.Button("Export comparisons", elem_id="annotations-compare-export")
+        export_file = gr.File(label="Download", interactive=False, elem_id="annotations-compare-export-file")
+        with gr.Row():
+            upload = gr.File(label="Import a comparison export (JSONL, CSV or Parquet)", type="filepath",
+                             file_types=[".jsonl", ".csv", ".parquet"], elem_id="annotations-compare-import-file")
+            import_btn = gr.Button("Import comparisons", elem_id="annotations-compare-import")
+        status = gr.HTML(elem_id="annotations-compare-status")
+    picked = gr.State(None)     # the full id of the row selected
+    armed = gr.State(None)      # the id "Delete" was pressed for once: a second press deletes it
+    ids = gr.State({})          # short id shown -> full id
+
+    def compare_refresh(request: gr.Request = None):
+        try:
+            records = visible(store, identify(request, settings))
+        except ValueError as e:
+            return {agreement: status_html(f"{e}", "warn")}
+        a = preference_agreement(records)
+        line = f"Agreement on preferences: {a.note}." if a.alpha_nominal is None else (
+            f"Agreement on preferences: Krippendorff's alpha (nominal) = {a.alpha_nominal:.3f} over {a.items} "
+            f"item(s) judged by 2+ annotators ({a.annotators} annotators, {a.judgements} judgements).")
+        return {table: win_rate_frame(records), listing: listing_frame(records), ids: {c.id[:8]: c.id for c in records},
+                agreement: status_html(f"{len(records)} comparison(s) stored. {line}")}
+
+    def compare_pick(shown_ids, evt: gr.SelectData):
+        short = str(evt.row_value[0]) if evt.row_value else ""
+        return {picked: shown_ids.get(short), armed: None, delete: gr.Button("Delete the selected comparison"),
+                status: status_html(f"Comparison {short} selected.") if short else ""}
+
+    def compare_delete(cmp_id, armed_id, request: gr.Request = None):
+        if not cmp_id:
+            return {status: status_html("Select a comparison in the list first.", "warn")}
+        ident = identify(request, settings)
+        owner = comparison_owner(store, cmp_id)
+        try:
+            if owner is None:
+                raise KeyError(cmp_id)
+            require_owner_or_admin(ident, owner, "delete")
+        except KeyError:
+            return {status: status_html("That comparison is gone: refresh.", "warn")}
+        except ValueError as e:
+            return {status: status_html(f"Not deleted: {e}", "error")}
+        if armed_id != cmp_id:
+            return {armed: cmp_id, delete: gr.Button("Confirm delete?"),
+                    status: status_html(f"Delete comparison {cmp_id[:8]}? Press \"Confirm delete?\".", "warn")}
+        delete_comparison(store, cmp_id, by=ident.user)
+        return {armed: None, picked: None, delete: gr.Button("Delete the selected comparison"),
+                status: status_html(f"Deleted comparison {cmp_id[:8]} (kept, marked deleted: an admin can "
+                                    "restore it from the database).")}
+
+    def compare_export(fmt_v, request: gr.Request = None):
+        try:
+            records = visible(store, identify(request, settings))
+        except ValueError as e:
+            return {status: status_html(f"Not exported: {e}", "error")}
+        path = export_comparisons(records, Path(tempfile.mkdtemp(prefix="mt5studio-compare-")) /
+                                  f"comparisons.{fmt_v}")
+        return {export_file: str(path), status: status_html(f"Exported {len(records)} comparison(s).")}
+
+    def compare_import(path, request: gr.Request = None):
+        if not path:
+            return {status: status_html("Choose a file to import first.", "warn")}
+        try:
+            require_admin(identify(request, settings), "Importing comparisons")
+            result = import_comparisons(store, path)
+        except ValueError as e:
+            return {status: status_html(f"Nothing imported: {e}", "error")}
+        return {status: status_html(f"Imported: {result.message}.")}
+
+    priv = {"api_visibility": "private"}
+    outputs = [table, agreement, listing, ids]
+    listing.select(compare_pick, ids, [picked, armed, delete, status], **priv)
+    delete.click(compare_delete, [picked, armed], [armed, picked, delete, status], **priv).then(
+        compare_refresh, None, outputs, **priv)
+    export_btn.click(compare_export, fmt, [export_file, status], **priv)
+    import_btn.click(compare_import, upload, status, **priv).then(compare_refresh, None, outputs, **priv)
+    return CompareStats(compare_refresh, outputs)
