@@ -16,9 +16,11 @@ from app.annotation.comparisons import (COLUMNS, Comparison, System, compare_row
 from app.annotation.batch import BatchInput
 from app.annotation.rights import Identity, Refused
 from app.annotation.store import AnnotationStore
-from app.annotation.tabs.compare import check_pair, delete_as
+from app.annotation.tabs.compare import check_pair, delete_as, pair_comparison, run_pair
 from app.errors import UserError
+from app.main import prepare
 from app.models import ModelRequest
+from app.settings import Settings
 from app.tasks import Decoding
 
 BEAM = System("google/mt5-small", "main", "mt5", "float32", {"num_beams": 4, "max_new_tokens": 64})
@@ -243,3 +245,35 @@ def test_identical_systems_are_refused_before_anything_runs():
         check_pair("classification", req, Decoding(num_beams=1), req, Decoding(num_beams=4))   # does not decode
     check_pair("summarization", req, Decoding(num_beams=1), req, Decoding(num_beams=4))
     check_pair("summarization", req, Decoding(), dataclasses.replace(req, dtype="bfloat16"), Decoding())
+
+
+def test_run_pair_on_demo_checkpoints_draws_the_order_and_maps_it_back(tmp_path, store):
+    """The Compare tab's work without a page: two decodings of the demo checkpoint, the order drawn by the rng,
+    the comparison saved with each output next to the system that made it; a QA pair reads question and context."""
+    ctx, _ = prepare(True, Settings(demo_dir=tmp_path / "demo"))
+    source = ctx.assets.models["summarization"].default
+    pickers = ((source, "auto", "cpu", "none"), (source, "auto", "cpu", "none"))
+    short, long = Decoding(max_new_tokens=4), Decoding(max_new_tokens=12)
+    with pytest.raises(UserError, match="same system"):
+        run_pair(ctx, "summarization", {"text": "Hallo Welt"}, pickers, (short, short))
+    with pytest.raises(UserError, match="text is empty"):
+        run_pair(ctx, "summarization", {"text": " "}, pickers, (short, long))
+    seen = set()
+    for seed in range(6):
+        pair = run_pair(ctx, "summarization", {"text": "שלום עולם, זה טקסט"}, pickers, (short, long),
+                        rng=random.Random(seed))
+        seen.add(pair.flipped)
+        assert pair.flipped == (random.Random(seed).random() < 0.5)
+        c = pair_comparison(pair, "A", "Ana", "esa", [], "")
+        tokens = {c.system_a.decoding["max_new_tokens"], c.system_b.decoding["max_new_tokens"]}
+        assert tokens == {4, 12}
+        made_by = {4: pair.outputs[0], 12: pair.outputs[1]}
+        assert c.output_a == made_by[c.system_a.decoding["max_new_tokens"]]
+        assert c.output_b == made_by[c.system_b.decoding["max_new_tokens"]]
+        assert c.input == "שלום עולם, זה טקסט"
+    assert seen == {True, False}
+    save_comparison(store, c)
+    qa_source = ctx.assets.models["generative_qa"].default
+    qa = run_pair(ctx, "generative_qa", {"question": "Wer?", "context": "Ada schrieb es."},
+                  ((qa_source, "auto", "cpu", "none"),) * 2, (short, long))
+    assert qa.input_text == "question: Wer? context: Ada schrieb es." and all(isinstance(o, str) for o in qa.outputs)
