@@ -12,8 +12,9 @@ from model.textgen import stream_text
 from model.tiny import build_demo_checkpoints
 
 ASSETS = load_assets()
-TEXTS = ["Scientists in Kenya have developed a low-cost water filter.", "El ayuntamiento de Valencia aprobó ayer "
-         "un plan para plantar diez mil árboles en los barrios con menos sombra.", "日本の研究者が新しい電池を開発した。",
+TEXTS = ["Scientists in Kenya have developed a low-cost water filter.",
+         "El ayuntamiento de Valencia aprobó ayer un plan para plantar diez mil árboles en los barrios.",
+         "日本の研究者が新しい電池を開発した。",
          "В Новосибирске открылся новый научный центр, посвящённый изучению климата Сибири.",
          "مرحبا بالعالم", "Ein kurzer Text.", "Un texte un peu plus long sur la météo à Paris et à Lyon ce week-end.",
          "शहर में आज बारिश हुई।"]
