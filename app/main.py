@@ -17,6 +17,7 @@ from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
 from .settings import UPLOAD_MAX_AGE_S, Settings
+from .annotation.backends import DatabaseUnavailable
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
 from .annotation.tabs import annotations, compare, panel as annotation_panel
@@ -138,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:   # first, so a wrong MT5_STUDIO_DB is reported at once
+        store = AnnotationStore()  # $MT5_STUDIO_DB (a file or a postgresql:// URL), /data on a Space, else data/
+    except (ValueError, DatabaseUnavailable) as e:
+        log.error("cannot open the annotation store: %s", e)   # the message says what to check; no traceback
+        return 2
     ctx, reason = prepare(args.demo)
     if reason:
         log.info("demo mode: %s", reason)
-    store = AnnotationStore()  # $MT5_STUDIO_DB, /data on a Space, else data/annotations.db
     sync = start_sync(store)   # pushes to a dataset repo only when MT5_STUDIO_DATASET_REPO and HF_TOKEN are set
-    log.info("annotations: %s; %s", store.path, sync_status(sync))
+    log.info("annotations: %s; %s", store.location, sync_status(sync))
     launch(build_app(ctx, reason, store=store), args.host, args.port)
     return 0

@@ -59,8 +59,19 @@ def distributions_of(top_names: set[str]) -> dict[str, set[str]]:
     return out
 
 
-def required_closure(names: set[str]) -> set[str]:
-    """The listed distributions and everything they require, transitively (extras left out)."""
+def requirement_extras(path: Path = ROOT / "requirements.txt") -> dict[str, set[str]]:
+    """Distribution -> the extras requirements.txt asks of it (`psycopg[binary]` -> {"binary"})."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)\[([^\]]*)\]", line.split("#")[0])
+        if m:
+            out[canonical(m.group(1))] = {e.strip() for e in m.group(2).split(",")}
+    return out
+
+
+def required_closure(names: set[str], extras: dict[str, set[str]] | None = None) -> set[str]:
+    """The listed distributions and everything they require, transitively; of the extras, only those listed."""
+    extras = extras or {}
     seen, todo = set(), list(names)
     while todo:
         name = todo.pop()
@@ -72,7 +83,8 @@ def required_closure(names: set[str]) -> set[str]:
         except md.PackageNotFoundError:
             continue
         for r in reqs:
-            if "extra ==" not in r:
+            extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", r)
+            if extra is None or extra.group(1) in extras.get(name, ()):
                 todo.append(canonical(re.split(r"[<>=!~;\[ (]", r, maxsplit=1)[0]))
     return seen
 
@@ -95,7 +107,7 @@ def test_every_module_loaded_at_run_time_is_installed_by_requirements():
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                        check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout)
-    covered = required_closure(requirement_names())
+    covered = required_closure(requirement_names(), requirement_extras())
     uncovered = {m: sorted(d) for m, d in distributions_of(set(loaded) - {"_distutils_hack"}).items()
                  if not m.startswith("_") and not d & covered and any(_installed(x) for x in d)}
     assert not uncovered, f"loaded at run time but installed by nothing in requirements.txt: {uncovered}"

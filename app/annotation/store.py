@@ -82,6 +82,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -93,6 +94,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .backends import POSTGRES, SQLITE, Dialect, is_database_url, open_backend
 from .spans import Protocols, check_scores, check_spans, load_protocols, mqm_score
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,15 +113,22 @@ MAX_DECODING_BYTES = 16 * 1024
 # Paths and configuration
 
 
-def default_db_path(environ: dict[str, str] | None = None, space_data_dir: Path = SPACE_DATA_DIR) -> Path:
-    """Where the database lives: `$MT5_STUDIO_DB`; else `/data/annotations.db` when a persistent `/data`
-    exists and is writable (Hugging Face Space persistent storage); else `data/annotations.db` in the repo."""
+def default_db_path(environ: dict[str, str] | None = None, space_data_dir: Path = SPACE_DATA_DIR) -> Path | str:
+    """Where the database lives: `$MT5_STUDIO_DB` (a file path, or a `postgresql://` URL, returned as text);
+    else `/data/annotations.db` when a persistent `/data` exists and is writable (Hugging Face Space persistent
+    storage); else `data/annotations.db` in the repo."""
     environ = os.environ if environ is None else environ
     if environ.get(ENV_DB):
-        return Path(environ[ENV_DB]).expanduser()
+        value = environ[ENV_DB].strip()
+        return value if is_database_url(value) else Path(value).expanduser()
+    return default_data_dir(space_data_dir) / "annotations.db"
+
+
+def default_data_dir(space_data_dir: Path = SPACE_DATA_DIR) -> Path:
+    """The folder for files kept on this machine: `/data` on a Space with persistent storage, else `data/`."""
     if space_data_dir.is_dir() and os.access(space_data_dir, os.W_OK):
-        return space_data_dir / "annotations.db"
-    return REPO_ROOT / "data" / "annotations.db"
+        return space_data_dir
+    return REPO_ROOT / "data"
 
 
 @dataclass(frozen=True)
@@ -379,8 +388,9 @@ class _Validator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Schema: an ordered list of migrations; `PRAGMA user_version` says how many have run.
-# To change the schema, append a migration (never edit a released one): v(N+1) runs on every database at vN.
+# Schema: an ordered list of migrations; `PRAGMA user_version` (SQLite) or the table schema_version (PostgreSQL)
+# says how many have run. To change the schema, append a migration (never edit a released one): v(N+1) runs on
+# every database at vN. Write it in the SQL both backends speak (app/annotation/backends.py): TEXT, INTEGER, REAL.
 
 MIGRATIONS: list[tuple[str, ...]] = [
     # v1: annotations
@@ -456,25 +466,26 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+TABLES = tuple(m.group(1) for step in MIGRATIONS for sql in step if (m := re.match(r"\s*CREATE TABLE (\w+)", sql)))
+_NO_LIMIT = 2**63 - 1   # LIMIT for "no limit" in both dialects (SQLite's -1 is an error in PostgreSQL)
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[tuple[str, ...]] = MIGRATIONS) -> int:
-    """Bring the database to the latest schema, one transaction per version. Returns the final version."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(migrations):
-        raise RuntimeError(f"database schema is v{version}, newer than this app's v{len(migrations)}: "
-                           "update the app, or point MT5_STUDIO_DB at another file")
-    for target in range(version + 1, len(migrations) + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in migrations[target - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return len(migrations)
+def migrate(conn: Any, migrations: Sequence[tuple[str, ...]] = MIGRATIONS, dialect: Dialect | None = None) -> int:
+    """Bring the database to the latest schema, one write transaction per version; the version is read inside
+    it, so app instances starting together each see the others' steps. Returns the final version.
+    `dialect`: SQLite for a sqlite3 connection, else PostgreSQL (app.annotation.backends)."""
+    dialect = dialect or (SQLITE if isinstance(conn, sqlite3.Connection) else POSTGRES)
+    while True:
+        with dialect.write(conn):
+            version = dialect.version(conn)
+            if version > len(migrations):
+                raise RuntimeError(f"database schema is v{version}, newer than this app's v{len(migrations)}: "
+                                   "update the app, or point MT5_STUDIO_DB at another database")
+            if version == len(migrations):
+                return version
+            for statement in migrations[version]:
+                conn.execute(dialect.ddl(statement))
+            dialect.set_version(conn, version + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -503,64 +514,53 @@ class ImportResult:
 
 
 class AnnotationStore:
-    """Annotations in one SQLite file (WAL mode); safe to share between threads.
+    """Annotations in one SQLite file (WAL mode), or in a PostgreSQL database (`postgresql://` URL) that several
+    app instances share; safe to share between threads.
 
-    Every thread gets its own connection (readers never wait for writers in WAL mode); writes go through one
-    lock and one `BEGIN IMMEDIATE` transaction each, so a save is all-or-nothing and survives a killed process."""
+    SQLite: every thread gets its own connection (readers never wait for writers in WAL mode). PostgreSQL: a
+    small pool of connections; a lost one is replaced. On both, writes go through one lock and one write
+    transaction each (`BEGIN IMMEDIATE`; on PostgreSQL, BEGIN plus an advisory lock that every process takes),
+    so a save is all-or-nothing and survives a killed process. A write that cannot reach the database raises
+    DatabaseUnavailable; nothing is dropped silently."""
 
     def __init__(self, path: str | Path | None = None, *, categories: Sequence[str] | None = None):
-        self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        location = path if path is not None else default_db_path()
+        if isinstance(location, str) and not is_database_url(location):
+            location = Path(location)
+        self._backend = open_backend(location)   # ValueError for a malformed URL; DatabaseUnavailable
+        # The SQLite file, or None on PostgreSQL; `location` names either (a URL without its password).
+        self.path: Path | None = getattr(self._backend, "path", None)
+        self.location: str = self._backend.location
+        self.dialect: Dialect = self._backend.dialect
         if categories is None:
             self.validator = _Validator(categories_by_task(), [c.id for c in load_error_categories()])
         else:
             self.validator = _Validator(list(categories))
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
         self._write_lock = threading.RLock()
-        with self._write_lock:
-            migrate(self._conn())
+        with self._write_lock, self._backend.connection() as conn:
+            migrate(conn, MIGRATIONS, self.dialect)
+
+    @property
+    def local_dir(self) -> Path:
+        """The folder for this store's files on this machine (the Hub sync's upload folder): the SQLite file's
+        folder; for PostgreSQL, /data on a Space with persistent storage, else data/ in the repo."""
+        return self.path.parent if self.path is not None else default_data_dir()
 
     # -- connections and transactions
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly what we say.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a commit survives a killed process; only a power cut can lose the last ones.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
-        with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def transaction(self) -> Iterator[Any]:
+        """One write transaction: committed when the block ends, rolled back if it raises. The connection's
+        `execute(sql, params)` takes `?` placeholders on either backend."""
+        with self._write_lock, self._backend.write() as conn:
+            yield conn
 
-    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, params).fetchall()
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one query (inside a `transaction()`, on its connection); each row reads by index and name."""
+        return self._backend.read(sql, params)
 
     def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+        self._backend.close()
 
     def __enter__(self) -> AnnotationStore:
         return self
@@ -570,11 +570,13 @@ class AnnotationStore:
 
     @property
     def schema_version(self) -> int:
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        with self._backend.connection() as conn:
+            return self.dialect.version(conn)
 
     def integrity_check(self) -> str:
-        """`PRAGMA integrity_check`: "ok" for a sound file."""
-        return self._conn().execute("PRAGMA integrity_check").fetchone()[0]
+        """"ok" for a sound database: SQLite's `PRAGMA integrity_check`; on PostgreSQL (which checks its own
+        pages), every table of the schema present."""
+        return self._backend.integrity_check(TABLES)
 
     # -- single records
 
@@ -699,7 +701,7 @@ class AnnotationStore:
         sql = f"SELECT * FROM annotations{where} ORDER BY created_at, id"
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
-            params += [-1 if limit is None else int(limit), int(offset)]
+            params += [_NO_LIMIT if limit is None else int(limit), int(offset)]
         return [_from_row(r) for r in self.read(sql, params)]
 
     def count(self, *, task: str | None = None, model: str | None = None, annotator: str | None = None,
@@ -714,7 +716,7 @@ class AnnotationStore:
         live = "FROM annotations WHERE deleted_at IS NULL"
         one = self.read(f"SELECT COUNT(*), COUNT(DISTINCT annotator), COUNT(DISTINCT item_key) {live}")[0]
         multi = self.read(f"SELECT COUNT(*) FROM (SELECT item_key {live} GROUP BY item_key "
-                          "HAVING COUNT(DISTINCT annotator) >= 2)")[0][0]
+                          "HAVING COUNT(DISTINCT annotator) >= 2) AS multi")[0][0]
         by = {col: dict(self.read(f"SELECT {col}, COUNT(*) {live} GROUP BY {col} ORDER BY {col}"))
               for col in ("task", "model_id")}
         return StoreStats(one[0], one[1], one[2], multi, by["task"], by["model_id"])

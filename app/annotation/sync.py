@@ -46,7 +46,8 @@ class SyncConfig:
 
 def sync_config(store: AnnotationStore, environ: dict[str, str] | None = None) -> SyncConfig | None:
     """The push configuration from the environment, or None (nothing leaves the machine) unless both the
-    dataset repo and the token are set. The upload folder sits next to the database."""
+    dataset repo and the token are set. The upload folder sits next to the database file (on PostgreSQL, in
+    the local data folder: `store.local_dir`)."""
     environ = os.environ if environ is None else environ
     repo, token = environ.get(ENV_REPO, "").strip(), environ.get(ENV_TOKEN, "").strip()
     if not (repo and token):
@@ -60,7 +61,7 @@ def sync_config(store: AnnotationStore, environ: dict[str, str] | None = None) -
         raise ValueError(f"{ENV_MINUTES} must be a number of minutes, got {environ[ENV_MINUTES]!r}") from None
     if every <= 0:
         raise ValueError(f"{ENV_MINUTES} must be positive, got {every}")
-    return SyncConfig(repo, token, every, store.path.parent / "hub_sync")
+    return SyncConfig(repo, token, every, store.local_dir / "hub_sync")
 
 
 class AnnotationSync:
