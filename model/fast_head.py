@@ -101,29 +101,44 @@ class Int8Screen:
     else `aten._weight_int8pack_mm` with bf16 activations (~6-10 ms).
     """
 
-    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 16384):
+    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 32768):
         rows = weight.shape[0]
-        q = torch.empty(weight.shape, dtype=torch.int8)
-        scale = torch.empty(rows, dtype=torch.float32)
         self.err = self.l1 = self.l2 = 0.0
-        for start in range(0, rows, chunk):  # chunked: no full-size fp32 temporaries
-            w = weight[start:start + chunk].detach().float()
-            sc = (w.abs().amax(1).clamp(min=1e-30) / 127).to(torch.bfloat16).float()  # bf16: int8pack needs it
+        # fbgemm's packs are built chunk by chunk, so no full-size int8 copy exists next to them, even while
+        # building; int8pack (where fbgemm is missing) reads one full-size int8 matrix.
+        fbgemm = fbgemm_pack(torch.zeros(1, weight.shape[1], dtype=torch.int8), torch.ones(1)) is not None
+        self.packed: list | None = [] if fbgemm else None
+        q = None if fbgemm else torch.empty(weight.shape, dtype=torch.int8)
+        scale = None if fbgemm else torch.empty(rows, dtype=torch.float32)
+        for start in range(0, rows, chunk):
+            qc, sc = self.quantize_rows(weight[start:start + chunk])
+            if fbgemm:
+                self.packed.append(fbgemm_pack(qc, sc))
+            else:
+                q[start:start + chunk], scale[start:start + chunk] = qc, sc
+        self.weight, self.candidates = weight, min(candidates, rows - 1)
+        self.q, self.scale = (None, None) if fbgemm else (q, scale.to(torch.bfloat16))
+
+    def quantize_rows(self, rows: torch.Tensor, piece: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 rows and their bf16-representable scales (int8pack needs bf16); updates the error bounds.
+        fp32 temporaries only `piece` rows at a time (8 MB for d_model 512)."""
+        q = torch.empty(rows.shape, dtype=torch.int8)
+        scale = torch.empty(rows.shape[0], dtype=torch.float32)
+        for start in range(0, rows.shape[0], piece):
+            w = rows[start:start + piece].detach().float()
+            sc = (w.abs().amax(1).clamp(min=1e-30) / 127).to(torch.bfloat16).float()
             qc = torch.round(w / sc[:, None]).clamp(-128, 127)
             deq = qc * sc[:, None]
-            q[start:start + chunk], scale[start:start + chunk] = qc.to(torch.int8), sc
             self.err = max(self.err, (w - deq).norm(dim=1).max().item())  # weight error, L2 per row
             self.l1 = max(self.l1, deq.abs().sum(1).max().item())
             self.l2 = max(self.l2, deq.norm(dim=1).max().item())
-        self.weight, self.candidates = weight, min(candidates, rows - 1)
-        self.packed = fbgemm_pack(q, scale)
-        # int8pack's operands only where fbgemm is missing (fbgemm keeps its own packed copy)
-        self.q, self.scale = (None, None) if self.packed is not None else (q, scale.to(torch.bfloat16))
+            q[start:start + piece], scale[start:start + piece] = qc, sc
+        return q, scale
 
     def approximate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate logits (N, V) fp32 and the bound (N,) on their activation-side error."""
         if self.packed is not None:
-            approx = torch.ops.quantized.linear_dynamic(h, self.packed, True)
+            approx = torch.cat([torch.ops.quantized.linear_dynamic(h, packed, True) for packed in self.packed], -1)
             # fbgemm quantizes each row's input to 7 bits over [min(x,0), max(x,0)]: error <= scale/2 per element
             x_range = h.amax(-1).clamp(min=0) - h.amin(-1).clamp(max=0)
             return approx, x_range / 127 / 2 * self.l1
