@@ -388,3 +388,27 @@ def test_signed_in_with_hugging_face(oauth_app):
     assert "Deleted" in mine.text("delete_it", [None, None])
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT deleted_by FROM annotations WHERE id=?", (saved["id"],)).fetchone() == ("alice",)
+
+
+def test_deleted_comparisons_are_listed_and_restored_by_admins_only(store):
+    import gradio as gr
+
+    from app.annotation.comparisons import get_comparison, save_comparison
+    from app.annotation.tabs import compare_stats
+    from test_annotation_compare import make
+
+    with gr.Blocks() as demo:
+        compare_stats.build(store, PROTECTED)
+    cmp_id = save_comparison(store, make(annotator="alice"), owner="alice")
+    req = {n: SimpleNamespace(username=n) for n in USERS}
+    handler(demo, "compare_delete")(cmp_id, cmp_id, request=req["alice"])
+    assert get_comparison(store, cmp_id) is None and get_comparison(store, cmp_id, deleted=True) is not None
+    listed = handler(demo, "compare_refresh")(request=req["alice"])
+    assert any(cmp_id in v.values() for v in listed.values() if isinstance(v, dict))   # her own, deleted
+    assert not any(cmp_id in v.values() for v in handler(demo, "compare_refresh")(request=req["bob"]).values()
+                   if isinstance(v, dict))                                               # not bob's to see
+    assert "Not restored: Restoring a deleted comparison is for admins" in shown(
+        handler(demo, "compare_restore")(cmp_id, request=req["alice"]))
+    assert get_comparison(store, cmp_id) is None
+    assert "Restored comparison" in shown(handler(demo, "compare_restore")(cmp_id, request=req["root"]))
+    assert get_comparison(store, cmp_id).annotator == "alice"

@@ -242,9 +242,9 @@ def comparison_owner(store: AnnotationStore, cmp_id: str) -> str | None:
 
 
 def query_comparisons(store: AnnotationStore, *, task: str | None = None, annotator: str | None = None,
-                      model: str | None = None) -> list[Comparison]:
-    """Live comparisons, oldest first; `model` matches either side."""
-    clauses, params = ["deleted_at IS NULL"], []
+                      model: str | None = None, deleted: bool = False) -> list[Comparison]:
+    """Live comparisons (or, `deleted`, the deleted ones), oldest first; `model` matches either side."""
+    clauses, params = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"], []
     for column, value in (("task", task), ("annotator", annotator)):
         if value:
             clauses.append(f"{column} = ?")

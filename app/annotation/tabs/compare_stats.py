@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..agreement import preference_agreement, system_label, win_rate_frame
 from ..comparisons import (PREFERENCE_LABELS, comparison_owner, delete_comparison, export_comparisons,
-                           import_comparisons, query_comparisons)
+                           import_comparisons, query_comparisons, restore_comparison)
 from ..rights import Identity, identify, require_admin, require_owner_or_admin, visible_owner
 from ..store import AnnotationStore
 from ...tabs.common import status_html
@@ -74,7 +74,13 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
                              file_types=[".jsonl", ".csv", ".parquet"], elem_id="annotations-compare-import-file")
             import_btn = gr.Button("Import comparisons", elem_id="annotations-compare-import")
         status = gr.HTML(elem_id="annotations-compare-status")
+        deleted_list = gr.Dataframe(pd.DataFrame(columns=LIST_COLUMNS), interactive=False, wrap=True,
+                                    datatype="str", max_height=300, elem_id="annotations-compare-deleted",
+                                    label="Deleted comparisons (admins: select one to restore it)")
+        restore = gr.Button("Restore the selected deleted comparison", elem_id="annotations-compare-restore")
     picked = gr.State(None)     # the full id of the row selected
+    picked_deleted = gr.State(None)
+    deleted_ids = gr.State({})
     armed = gr.State(None)      # the id "Delete" was pressed for once: a second press deletes it
     ids = gr.State({})          # short id shown -> full id
 
@@ -87,8 +93,27 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
         line = f"Agreement on preferences: {a.note}." if a.alpha_nominal is None else (
             f"Agreement on preferences: Krippendorff's alpha (nominal) = {a.alpha_nominal:.3f} over {a.items} "
             f"item(s) judged by 2+ annotators ({a.annotators} annotators, {a.judgements} judgements).")
+        ident = identify(request, settings)
+        gone = [c for c in query_comparisons(store, deleted=True) if ident.sees_all or c.owner == ident.user]
         return {table: win_rate_frame(records), listing: listing_frame(records), ids: {c.id[:8]: c.id for c in records},
-                agreement: status_html(f"{len(records)} comparison(s) stored. {line}")}
+                agreement: status_html(f"{len(records)} comparison(s) stored. {line}"),
+                deleted_list: listing_frame(gone), deleted_ids: {c.id[:8]: c.id for c in gone}}
+
+    def compare_pick_deleted(shown_ids, evt: gr.SelectData):
+        short = str(evt.row_value[0]) if evt.row_value else ""
+        return {picked_deleted: shown_ids.get(short),
+                status: status_html(f"Deleted comparison {short} selected: press Restore.") if short else ""}
+
+    def compare_restore(cmp_id, request: gr.Request = None):
+        if not cmp_id:
+            return {status: status_html("Select a deleted comparison first.", "warn")}
+        try:
+            require_admin(identify(request, settings), "Restoring a deleted comparison")
+        except ValueError as e:
+            return {status: status_html(f"Not restored: {e}", "error")}
+        if not restore_comparison(store, cmp_id):
+            return {status: status_html("It is not deleted any more: refresh.", "warn")}
+        return {picked_deleted: None, status: status_html(f"Restored comparison {cmp_id[:8]}.")}
 
     def compare_pick(shown_ids, evt: gr.SelectData):
         short = str(evt.row_value[0]) if evt.row_value else ""
@@ -114,7 +139,7 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
         delete_comparison(store, cmp_id, by=ident.user)
         return {armed: None, picked: None, delete: gr.Button("Delete the selected comparison"),
                 status: status_html(f"Deleted comparison {cmp_id[:8]} (kept, marked deleted: an admin can "
-                                    "restore it from the database).")}
+                                    "restore it from the list of deleted comparisons below).")}
 
     def compare_export(fmt_v, request: gr.Request = None):
         try:
@@ -136,8 +161,11 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
         return {status: status_html(f"Imported: {result.message}.")}
 
     priv = {"api_visibility": "private"}
-    outputs = [table, agreement, listing, ids]
+    outputs = [table, agreement, listing, ids, deleted_list, deleted_ids]
     listing.select(compare_pick, ids, [picked, armed, delete, status], **priv)
+    deleted_list.select(compare_pick_deleted, deleted_ids, [picked_deleted, status], **priv)
+    restore.click(compare_restore, picked_deleted, [picked_deleted, status], **priv).then(
+        compare_refresh, None, outputs, **priv)
     delete.click(compare_delete, [picked, armed], [armed, picked, delete, status], **priv).then(
         compare_refresh, None, outputs, **priv)
     export_btn.click(compare_export, fmt, [export_file, status], **priv)
