@@ -4,7 +4,8 @@ choice is scored by the log-probability a text-to-text model gives it as the tar
 The prompt is tokenized without its closing `</s>`, each choice with it; a choice's score is the sum of its
 tokens' log-probabilities under teacher forcing (decoder input = the choice shifted right), with no length
 normalisation unless asked. The encoder runs once per batch of prompts; the decoder runs once over every
-(prompt, choice) pair.
+(prompt, choice) pair; the output projection once per distinct decoder state (choices of a prompt share their
+first position, and any common first words).
 """
 from __future__ import annotations
 
@@ -28,19 +29,42 @@ def pad_rows(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
     return ids.to(device), mask.to(device)
 
 
-def target_log_probs(model, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def target_log_probs(model, states: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None,
+                     groups: torch.Tensor | None = None) -> torch.Tensor:
     """Log-probability of each target token: decoder states (N, T, D), targets (N, T) -> (N, T) fp32.
 
-    The output projection and log_softmax run over a few rows at a time, in fp32, so the (N, T, V) logits are
-    never held at once."""
+    The output projection (the cost: 250k logits per row) runs once per distinct decoder state: only where
+    `mask` (N, T) is set (not on padding), and once for positions whose decoder input is the same prefix in the
+    same `groups` (N,) (rows decoded against the same encoder states: choices of one prompt share the start
+    token, and choices sharing first words share more). Rows of logits are computed and normalised (fp32) a few
+    at a time, so (N, T, V) logits are never held. Positions outside `mask` get 0."""
     n, t = targets.shape
-    rows = max(1, LOGITS_CHUNK // max(1, t * model.config.vocab_size))
-    out = []
-    for i in range(0, n, rows):
-        logits = model.logits(states[i: i + rows]).float()                       # (n', T, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        out.append(logp.gather(-1, targets[i: i + rows, :, None].to(logp.device))[..., 0])
-    return torch.cat(out)
+    keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask.bool()
+    group_ids = (torch.arange(n) if groups is None else groups).tolist()
+    rows, cols = keep.nonzero(as_tuple=True)
+    seqs = targets.tolist()
+    unique: dict[tuple, int] = {}
+    first, slot = [], []
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        key = (group_ids[r], *seqs[r][:c])   # the decoder input at position c: start token + targets[:c]
+        if key not in unique:
+            unique[key] = len(first)
+            first.append((r, c))
+        slot.append(unique[key])
+    where = torch.tensor(first, dtype=torch.long).view(-1, 2)
+    distinct = states[where[:, 0], where[:, 1]]                                       # (U, D)
+    slot = torch.tensor(slot, dtype=torch.long)
+    wanted = targets[rows, cols].to(distinct.device)
+    step = max(1, LOGITS_CHUNK // model.config.vocab_size)
+    logp = torch.empty(len(slot), dtype=torch.float32, device=distinct.device)
+    for i in range(0, len(first), step):
+        logits = model.logits(distinct[i: i + step, None, :])[:, 0, :].float()      # (u', V)
+        part = torch.log_softmax(logits, dim=-1)
+        use = ((slot >= i) & (slot < i + step)).nonzero().squeeze(1)
+        logp[use] = part[slot[use] - i, wanted[use]]
+    out = torch.zeros(n, t, dtype=torch.float32, device=distinct.device)
+    out[rows, cols] = logp
+    return out
 
 
 def rank_choices(model, tokenizer, prompts: str | list[str], choices: list[str], normalize: bool = False,
@@ -68,8 +92,10 @@ def rank_choices(model, tokenizer, prompts: str | list[str], choices: list[str],
         targets = labels.repeat(b, 1)                                                    # (B*K, T)
         decoder_in = shift_right(targets, model.config.decoder_start_token_id, tokenizer.pad_token_id)
         hidden = model.decode(decoder_in, states, src_mask.repeat_interleave(k, dim=0)).last_hidden_state
-        logp = target_log_probs(model, hidden, targets)                                  # (B*K, T)
-    mask = label_mask.repeat(b, 1).to(logp.device).double()
+        mask = label_mask.repeat(b, 1)
+        prompt_of_row = torch.arange(b).repeat_interleave(k)
+        logp = target_log_probs(model, hidden, targets, mask, prompt_of_row)            # (B*K, T)
+    mask = mask.to(logp.device).double()
     scores = (logp.double() * mask).sum(-1)   # summed in fp64: long choices add many terms
     if normalize:
         scores = scores / mask.sum(-1)
