@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from pgserver import BACKENDS, Databases
 from refutil import REF_PYTHON
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,3 +45,12 @@ def demo_server(tmp_path_factory):
 def demo_client(demo_server):
     gradio_client = pytest.importorskip("gradio_client")
     return gradio_client.Client(demo_server.url, verbose=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def databases(request, tmp_path):
+    """Where this test's stores live, once per backend: `databases("a.db")` is a file under tmp_path (sqlite) or
+    a fresh schema on the test server (postgresql; skipped without one, failed in CI). See tests/pgserver.py."""
+    dbs = Databases(request.param, tmp_path)
+    yield dbs
+    dbs.drop()

@@ -50,8 +50,8 @@ def test_load_rejects_bad_encoding(tmp_path):
         load_inputs(write(tmp_path / "latin.csv", "text\ncafé\n", encoding="latin-1"))
 
 
-def test_run_resumes_after_restart_and_retries_failures(tmp_path):
-    path = tmp_path / "batch.db"
+def test_run_resumes_after_restart_and_retries_failures(databases):
+    path = databases("batch.db")
     inputs = [BatchInput(f"input {i}") for i in range(10)]
     store = AnnotationStore(path)
     job = create_job(store, inputs, task="summarize", settings=SETTINGS, source="in.csv")
@@ -87,8 +87,8 @@ def test_run_resumes_after_restart_and_retries_failures(tmp_path):
     store.close()
 
 
-def test_run_can_stop_and_rejects_non_text(tmp_path):
-    with AnnotationStore(tmp_path / "b.db") as store:
+def test_run_can_stop_and_rejects_non_text(databases):
+    with AnnotationStore(databases("b.db")) as store:
         job = create_job(store, [BatchInput("a"), BatchInput("b")], task="tag", settings=SETTINGS)
         result = run_batch(store, job.id, lambda row: "ok", should_stop=lambda: True)
         assert result.stopped and result.processed == 0
@@ -96,8 +96,8 @@ def test_run_can_stop_and_rejects_non_text(tmp_path):
         assert get_row(store, job.id, 0).error.startswith("TypeError: the batch process must return text")
 
 
-def test_queue_navigation_and_counts(tmp_path):
-    with AnnotationStore(tmp_path / "q.db") as store:
+def test_queue_navigation_and_counts(databases):
+    with AnnotationStore(databases("q.db")) as store:
         job = create_job(store, [BatchInput(f"t{i}") for i in range(5)] + [BatchInput("", "Q?", "C.")],
                          task="answer", settings=SETTINGS)
         run_batch(store, job.id, lambda row: f"out {row.index}")
@@ -130,8 +130,8 @@ def test_queue_navigation_and_counts(tmp_path):
             job_progress(store, job.id)
 
 
-def test_create_job_validates(tmp_path):
-    with AnnotationStore(tmp_path / "c.db") as store:
+def test_create_job_validates(databases):
+    with AnnotationStore(databases("c.db")) as store:
         with pytest.raises(ValueError, match="at least one input"):
             create_job(store, [], task="summarize")
         with pytest.raises(ValueError, match="not plain JSON"):

@@ -26,8 +26,8 @@ def make(i: int, text: str) -> Annotation:
 
 
 @pytest.fixture
-def filled(tmp_path):
-    with AnnotationStore(tmp_path / "src.db") as store:
+def filled(databases):
+    with AnnotationStore(databases("src.db")) as store:
         for i, text in enumerate(HOSTILE):
             store.save(make(i, text))
         store.update(store.query()[0].id, comment="edited")
@@ -35,11 +35,11 @@ def filled(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-def test_export_and_reimport_round_trips_every_field(filled, tmp_path, fmt):
+def test_export_and_reimport_round_trips_every_field(databases, filled, tmp_path, fmt):
     path = filled.export(tmp_path / f"out.{fmt}")
     original = filled.query()
     assert [a for _, a in read_export(path)] == original
-    with AnnotationStore(tmp_path / f"dst-{fmt}.db") as dst:
+    with AnnotationStore(databases(f"dst-{fmt}.db")) as dst:
         assert dst.import_file(path).added == len(HOSTILE)
         assert dst.query() == original
         again = dst.import_file(path)
@@ -86,8 +86,8 @@ def _jsonl(path, rows):
     ("duplicate id", r"line 3: id .* appears twice in the file \(first at bad\.jsonl line 1\)"),
     ("bad time", r"line 3: `created_at`: 'last tuesday' is not a date"),
 ])
-def test_malformed_import_changes_nothing(filled, tmp_path, breakage, message):
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+def test_malformed_import_changes_nothing(databases, filled, tmp_path, breakage, message):
+    with AnnotationStore(databases("dst.db")) as dst:
         dst.save(make(1, "already here"))
         before = dst.query()
         rows = [a.to_dict() for a in filled.query()[:4]]
@@ -120,8 +120,8 @@ def test_malformed_import_changes_nothing(filled, tmp_path, breakage, message):
         assert dst.query() == before
 
 
-def test_import_empty_or_undecodable_file(tmp_path):
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+def test_import_empty_or_undecodable_file(databases, tmp_path):
+    with AnnotationStore(databases("dst.db")) as dst:
         (tmp_path / "empty.jsonl").write_text("\n\n", encoding="utf-8")
         with pytest.raises(ValueError, match="empty.jsonl has no annotations"):
             dst.import_file(tmp_path / "empty.jsonl")
@@ -133,9 +133,9 @@ def test_import_empty_or_undecodable_file(tmp_path):
         assert dst.count() == 0
 
 
-def test_import_updates_only_newer_edits(filled, tmp_path):
+def test_import_updates_only_newer_edits(databases, filled, tmp_path):
     first = filled.export(tmp_path / "v1.jsonl")
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         dst.import_file(first)
         target = filled.query()[3]
         filled.update(target.id, rating=1, comment="changed later")
@@ -147,12 +147,12 @@ def test_import_updates_only_newer_edits(filled, tmp_path):
         assert "updated 0" in dst.import_file(first).message
 
 
-def test_import_refuses_deeply_nested_jsonl_line(filled, tmp_path):
+def test_import_refuses_deeply_nested_jsonl_line(databases, filled, tmp_path):
     path = filled.export(tmp_path / "deep.jsonl")
     lines = path.read_text(encoding="utf-8").splitlines()
     lines.insert(1, "[" * 50_000 + "]" * 50_000)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         with pytest.raises(ValueError, match=r"deep\.jsonl line 2: nested too deeply.*nothing was imported"):
             dst.import_file(path)
         assert dst.count() == 0
@@ -169,11 +169,11 @@ def _parquet_with(filled, tmp_path, name, column, values):
 
 
 @pytest.mark.parametrize("column", ["created_at", "updated_at"])
-def test_import_refuses_parquet_timestamps_with_a_clear_message(filled, tmp_path, column):
+def test_import_refuses_parquet_timestamps_with_a_clear_message(databases, filled, tmp_path, column):
     import pandas as pd
 
     path = _parquet_with(filled, tmp_path, "ts", column, lambda df: pd.to_datetime(df[column], utc=True))
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         with pytest.raises(ValueError, match=rf"ts\.parquet row 1: field `{column}` must be text \(an ISO 8601 "
                                              r"time\), got Timestamp"):
             dst.import_file(path)
@@ -181,7 +181,7 @@ def test_import_refuses_parquet_timestamps_with_a_clear_message(filled, tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-def test_import_refuses_fractional_rating(filled, tmp_path, fmt):
+def test_import_refuses_fractional_rating(databases, filled, tmp_path, fmt):
     import pandas as pd
 
     path = filled.export(tmp_path / f"frac.{fmt}")
@@ -203,18 +203,18 @@ def test_import_refuses_fractional_rating(filled, tmp_path, fmt):
         row["rating"] = 4.5
         lines[0] = json.dumps(row, ensure_ascii=False)
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         with pytest.raises(ValueError, match=r"frac\.\w+ (row|line) 1: .*rating.* must be .*1–5.*4\.5"):
             dst.import_file(path)
         assert dst.count() == 0
 
 
-def test_parquet_whole_float_ratings_import_unchanged(filled, tmp_path):
+def test_parquet_whole_float_ratings_import_unchanged(databases, filled, tmp_path):
     import pandas as pd
 
     path = _parquet_with(filled, tmp_path, "floats", "rating",
                          lambda df: [float(r) if r is not pd.NA else None for r in df["rating"]])
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         dst.import_file(path)
         assert dst.query() == filled.query()
 
@@ -229,7 +229,7 @@ def test_parquet_whole_float_ratings_import_unchanged(filled, tmp_path):
     ("esa_score", "50", "an integer 0–100 or null"),
     ("mqm_score", "1.5", "a number or null"),
 ])
-def test_parquet_wrong_types_are_refused_not_converted(filled, tmp_path, column, value, words):
+def test_parquet_wrong_types_are_refused_not_converted(databases, filled, tmp_path, column, value, words):
     import pandas as pd
 
     path = filled.export(tmp_path / "types.parquet")
@@ -241,16 +241,16 @@ def test_parquet_wrong_types_are_refused_not_converted(filled, tmp_path, column,
     except Exception:   # pyarrow cannot store this mix in one column: then every row gets the value
         df[column] = [value] * len(df)
         df.to_parquet(path, index=False)
-    with AnnotationStore(tmp_path / "dst.db") as dst:
+    with AnnotationStore(databases("dst.db")) as dst:
         with pytest.raises(ValueError, match=rf"types\.parquet row 1: .*{words}"):
             dst.import_file(path)
         assert dst.count() == 0
 
 
-def test_parquet_span_values_are_not_converted(tmp_path):
+def test_parquet_span_values_are_not_converted(databases, tmp_path):
     import pandas as pd
 
-    with AnnotationStore(tmp_path / "src.db") as src:
+    with AnnotationStore(databases("src.db")) as src:
         src.save(Annotation(task="summarize", model_id="m/x", input="hello world", output="hello", annotator="a",
                             protocol="mqm", spans=[{"start": 0, "end": 5, "side": "output", "category": "accuracy",
                                                     "severity": "minor"}]))
@@ -258,7 +258,7 @@ def test_parquet_span_values_are_not_converted(tmp_path):
         df = pd.read_parquet(path)
         df["spans"] = [[{"start": 0.0, "end": 4.5, "side": "output", "category": "accuracy", "severity": "minor"}]]
         df.to_parquet(path, index=False)
-        with AnnotationStore(tmp_path / "dst.db") as dst:
+        with AnnotationStore(databases("dst.db")) as dst:
             with pytest.raises(ValueError, match=r"spans\.parquet row 1"):
                 dst.import_file(path)
             assert dst.count() == 0

@@ -1,4 +1,5 @@
-"""The annotation store on a real SQLite file: save, edit, delete, filter, validation, migrations, threads, crash."""
+"""The annotation store on a real SQLite file and a real PostgreSQL server (`databases`, tests/pgserver.py): save,
+edit, delete, filter, validation, migrations, threads, crash."""
 import datetime as dt
 import os
 import signal
@@ -25,8 +26,8 @@ def make(**kw) -> Annotation:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with AnnotationStore(tmp_path / "ann.db") as s:
+def store(databases):
+    with AnnotationStore(databases("ann.db")) as s:
         yield s
 
 
@@ -40,7 +41,8 @@ def test_save_get_fills_id_times_and_item_key(store):
     assert got.error_categories == ["fluency"] and got.rating == 4
     assert store.get("nope") is None
     assert store.schema_version == SCHEMA_VERSION
-    assert store.read("PRAGMA journal_mode")[0][0] == "wal"
+    if store.dialect.name == "sqlite":
+        assert store.read("PRAGMA journal_mode")[0][0] == "wal"
 
 
 def test_update_and_delete(store):
@@ -220,8 +222,8 @@ while True:
 """
 
 
-def test_sigkill_while_saving_keeps_every_committed_annotation(tmp_path):
-    path = tmp_path / "crash.db"
+def test_sigkill_while_saving_keeps_every_committed_annotation(databases):
+    path = databases("crash.db")
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(REPO)], stdout=subprocess.PIPE, text=True)
     printed = []
     try:

@@ -17,8 +17,8 @@ def make(i: int) -> Annotation:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with AnnotationStore(tmp_path / "db" / "ann.db") as s:
+def store(databases, tmp_path):
+    with AnnotationStore(databases("ann.db"), local_dir=tmp_path / "db") as s:
         for i in range(3):
             s.save(make(i))
         yield s
@@ -32,7 +32,7 @@ def refuse(**kw):
                                  {"MT5_STUDIO_DATASET_REPO": " ", "HF_TOKEN": "hf_x"}])
 def test_nothing_leaves_the_machine_without_configuration(store, env):
     assert start_sync(store, env, scheduler_factory=refuse) is None
-    assert not (store.path.parent / "hub_sync").exists()
+    assert not (store.local_dir / "hub_sync").exists()
     assert sync_status(None) == "Annotations are kept on this machine only."
 
 
@@ -54,7 +54,7 @@ class CountingLock:
         self.lock.release()
 
 
-def test_configured_sync_writes_snapshots_under_the_lock(store, tmp_path):
+def test_configured_sync_writes_snapshots_under_the_lock(store, databases):
     made = {}
 
     def fake_factory(**kw):
@@ -64,12 +64,12 @@ def test_configured_sync_writes_snapshots_under_the_lock(store, tmp_path):
     env = {"MT5_STUDIO_DATASET_REPO": "me/anns", "HF_TOKEN": "hf_x", "MT5_STUDIO_SYNC_MINUTES": "2.5"}
     sync = start_sync(store, env, scheduler_factory=fake_factory, download=no_snapshot)
     assert (made["repo_id"], made["token"], made["every"]) == ("me/anns", "hf_x", 2.5)
-    assert made["folder_path"] == store.path.parent / "hub_sync" and made["folder_path"].is_dir()
+    assert made["folder_path"] == store.local_dir / "hub_sync" and made["folder_path"].is_dir()
     assert "me/anns every 2.5 min" in sync_status(sync)
 
     made["before_push"]()                                   # what the scheduler does before each upload
     assert sync.scheduler.lock.entered == 1
-    with AnnotationStore(tmp_path / "restored.db") as restored:
+    with AnnotationStore(databases("restored.db")) as restored:
         assert restored.import_file(sync.snapshot_path).added == 3
         assert restored.query() == store.query()
     assert sync.write_snapshot() is False                   # unchanged: no rewrite, so no empty commit
@@ -144,11 +144,11 @@ def no_snapshot(repo_id, token):
     return None
 
 
-def test_existing_snapshot_is_merged_before_the_first_push(store, tmp_path):
+def test_existing_snapshot_is_merged_before_the_first_push(databases, store, tmp_path):
     """A Space restarted without persistent storage starts empty: the dataset's snapshot comes back first."""
     from app.annotation.store import Annotation, AnnotationStore
 
-    earlier = AnnotationStore(tmp_path / "earlier.db")
+    earlier = AnnotationStore(databases("earlier.db"))
     saved = earlier.save(Annotation(task="summarization", model_id="m", input="שלום עולם", output="out",
                                     annotator="Dana", rating=5))
     snapshot = earlier.export(tmp_path / "snapshot.jsonl", "jsonl")

@@ -523,7 +523,8 @@ class AnnotationStore:
     so a save is all-or-nothing and survives a killed process. A write that cannot reach the database raises
     DatabaseUnavailable; nothing is dropped silently."""
 
-    def __init__(self, path: str | Path | None = None, *, categories: Sequence[str] | None = None):
+    def __init__(self, path: str | Path | None = None, *, categories: Sequence[str] | None = None,
+                 local_dir: Path | None = None):
         location = path if path is not None else default_db_path()
         if isinstance(location, str) and not is_database_url(location):
             location = Path(location)
@@ -532,6 +533,7 @@ class AnnotationStore:
         self.path: Path | None = getattr(self._backend, "path", None)
         self.location: str = self._backend.location
         self.dialect: Dialect = self._backend.dialect
+        self._local_dir = Path(local_dir) if local_dir is not None else None
         if categories is None:
             self.validator = _Validator(categories_by_task(), [c.id for c in load_error_categories()])
         else:
@@ -543,7 +545,10 @@ class AnnotationStore:
     @property
     def local_dir(self) -> Path:
         """The folder for this store's files on this machine (the Hub sync's upload folder): the SQLite file's
-        folder; for PostgreSQL, /data on a Space with persistent storage, else data/ in the repo."""
+        folder; for PostgreSQL, /data on a Space with persistent storage, else data/ in the repo; or the
+        `local_dir` given."""
+        if self._local_dir is not None:
+            return self._local_dir
         return self.path.parent if self.path is not None else default_data_dir()
 
     # -- connections and transactions
