@@ -448,3 +448,16 @@ def test_annotate_with_spans_and_import_through_gradio_client(tmp_path):
         # a path on the server is not a file sent by the client
         with pytest.raises(gr.Error, match="send the file itself"):
             endpoints(store)["import"]({"path": str(tmp_path / "server.db")})
+
+
+def test_a_mouse_selection_becomes_a_span_without_its_edge_spaces():
+    from app.annotation.spans import selected_span
+
+    text = "👋 مرحبا بالعالم  ok"          # the emoji is 2 UTF-16 units in the browser, 1 character here
+    assert selected_span(text, 3, 9, "مرحبا ") == (2, 7)           # a double-click's trailing space dropped
+    with pytest.raises(ValueError, match="does not match the text shown"):
+        selected_span(text, 3, 9, "other")
+    with pytest.raises(ValueError, match="only spaces are selected"):
+        selected_span(text, 16, 18, "  ")
+    with pytest.raises(ValueError, match="falls inside the character .*select the text again"):
+        selected_span(text, 1, 4, "x")

@@ -111,6 +111,25 @@ def index_to_utf16(text: str, index: int) -> int:
     return sum(2 if ord(ch) > 0xFFFF else 1 for ch in text[:index])
 
 
+def selected_span(text: str, start_utf16: int, end_utf16: int, selected: str) -> tuple[int, int]:
+    """Python offsets of a mouse selection in `text` (the browser's UTF-16 offsets and the selected string),
+    without the spaces at its ends (a double-click selects the space after a word too). ValueError, with the
+    message to show after "Span not added: ", when it does not match the text or holds only spaces."""
+    try:
+        s, e = utf16_to_index(text, int(start_utf16)), utf16_to_index(text, int(end_utf16))
+    except ValueError as err:
+        raise ValueError(f"{err}; select the text again") from None
+    if text[s:e] != selected:
+        raise ValueError("the selection does not match the text shown (select it again inside the text box)")
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    if s == e:
+        raise ValueError("only spaces are selected")
+    return s, e
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Validation and scores
 

@@ -26,8 +26,8 @@ from ..api import NO_RESULT, input_as_text, provenance, save_from_record
 from ..rights import OPEN, Identity, identify
 from ...assets import ASSETS
 from ...context import AppContext
-from ..spans import (Protocols, check_spans, describe, load_protocols, mqm_score, render_html, stored_protocol,
-                     utf16_to_index)
+from ..spans import (Protocols, check_spans, describe, load_protocols, mqm_score, render_html, selected_span,
+                     stored_protocol)
 from ..store import Annotation, AnnotationStore, ErrorCategory, item_key, load_error_categories
 from ...tasks import is_rtl
 from ...tabs.common import status_html
@@ -280,18 +280,9 @@ def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorN
                                              "with the mouse first, then press Add span.", "warn")}
         text = texts[side]
         try:
-            s, e = utf16_to_index(text, int(start)), utf16_to_index(text, int(end))
+            s, e = selected_span(text, start, end, selected)
         except ValueError as err:
-            return {span_status: status_html(f"Span not added: {err}; select the text again.", "error")}
-        if text[s:e] != selected:
-            return {span_status: status_html("Span not added: the selection does not match the text shown "
-                                             "(select it again inside the output or input box).", "error")}
-        while s < e and text[s].isspace():      # a double-click selects the space after a word too
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if s == e:
-            return {span_status: status_html("Span not added: only spaces are selected.", "warn")}
+            return {span_status: status_html(f"Span not added: {err}.", "error")}
         new = {"start": s, "end": e, "side": side, "category": category or "", "severity": severity or "minor"}
         try:
             spans_v = checked(record, [*spans_v, new], protocol_v)

@@ -17,7 +17,7 @@ import pandas as pd
 from ...context import AppContext
 from ...tabs.common import status_html
 from ...tasks import is_rtl
-from ..spans import Protocols, check_spans, load_protocols, render_html, stored_protocol, utf16_to_index
+from ..spans import Protocols, check_spans, load_protocols, render_html, selected_span, stored_protocol
 from ..store import AnnotationStore
 from .panel import SPAN_COLUMNS, score_line, span_choices, span_js, span_labels, span_table
 
@@ -139,18 +139,9 @@ def build(ctx: AppContext, store: AnnotationStore, prefix: str, titles: dict[str
                                         "warn")}
         text = texts[side]
         try:
-            s, e = utf16_to_index(text, int(s_start)), utf16_to_index(text, int(s_end))
+            s, e = selected_span(text, s_start, s_end, selected)
         except ValueError as err:
-            return {status: status_html(f"Span not added: {err}; select the text again.", "error")}
-        if text[s:e] != selected:
-            return {status: status_html("Span not added: the selection does not match the text shown (select it "
-                                        "again).", "error")}
-        while s < e and text[s].isspace():       # a double-click selects the space after a word too
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if s == e:
-            return {status: status_html("Span not added: only spaces are selected.", "warn")}
+            return {status: status_html(f"Span not added: {err}.", "error")}
         new = {"start": s, "end": e, "side": side, "category": cat or "", "severity": sev or "minor"}
         try:
             spans = edit_checked(texts, task, [*spans, new], protocol_v)
