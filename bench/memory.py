@@ -10,6 +10,12 @@ does not count for all later positions). transformers runs in .venv-ref (4.57 + 
 lm_head and the embedding in full precision. CTranslate2 int8 (also in .venv-ref, see bench/ct2.py) is the
 fastest CPU runtime we know of: its weights are not Python tensors (the column shows its peak memory instead) and it
 returns log-probabilities, so it has an agreement figure but no logit error.
+
+Also per configuration: "torch MB", the process's resident memory after importing torch and the model code (what
+any configuration pays before it loads a weight); "decode MB", the whole process's peak while decoding (the high
+water mark is reset after the warm-up), next to issue 15's budget for it (torch + weights + 100 MB); and the
+floor, the time reading the weights one decoding step uses (decoder + output projection, as stored) takes at
+this machine's streaming bandwidth (bench/floor.py, measured once per run).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import ct2  # noqa: E402
+import floor  # noqa: E402
 from generate import REF_PYTHON, make_checkpoint  # noqa: E402
 from load import rss_now  # noqa: E402
 
@@ -69,6 +76,28 @@ def weight_bytes(m) -> int:
     return total
 
 
+def step_bytes(m) -> int:
+    """Bytes of the weights one decoding step reads: the decoder's and the output projection's, as stored."""
+    seen, total = set(), 0
+    for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+        if (name.startswith("decoder.") or name.startswith("lm_head.")) and id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def peak_reset() -> None:
+    """Resets this process's peak resident memory (VmHWM) to its current value (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_peak_now() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None:
     import torch
 
@@ -84,15 +113,22 @@ def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None
         result = ct2.memory_child(path, json.loads(options)["compute_type"], ids, tokens, reference, expected)
         print(json.dumps(result))
         return
+    if impl == "ours":
+        sys.path.insert(0, str(ROOT))
+        import model  # noqa: F401 (its import is part of the footprint every configuration pays)
+    else:
+        import transformers  # noqa: F401
     base = rss_now()
     m = load(impl, path, json.loads(options)).eval()
     loaded = rss_now() - base
     kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens)
     with torch.no_grad():
         m.generate(input_ids=ids, max_new_tokens=2)  # warm-up (kernels' layouts, first allocations)
+        peak_reset()
         start = time.perf_counter()
         seq = m.generate(input_ids=ids, **kwargs)
         seconds = time.perf_counter() - start
+        decode_peak = rss_peak_now()
         ref_path = Path(workdir) / "fp32_tokens.json"
         if not ref_path.exists():
             ref_path.write_text(json.dumps(seq[0].tolist()))
@@ -107,7 +143,8 @@ def child(impl: str, path: str, options: str, tokens: int, workdir: str) -> None
     agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rss_loaded": loaded, "weights": weight_bytes(m), "peak": peak - base, "tok_s": tokens / seconds,
-                      "ms_token": seconds / tokens * 1e3, "logit_err": error, "agree": agree}))
+                      "ms_token": seconds / tokens * 1e3, "logit_err": error, "agree": agree, "torch_rss": base,
+                      "decode_peak": decode_peak, "step_bytes": step_bytes(m)}))
 
 
 def run(name: str, impl: str, options: dict, path: Path, tokens: int, workdir: Path) -> dict:
@@ -131,6 +168,9 @@ def main() -> None:
     if args.child:
         impl, path, options, tokens, workdir = args.child
         return child(impl, path, options, int(tokens), workdir)
+    gb_s = floor.bandwidth()
+    print(f"streaming read bandwidth: {gb_s / 1e9:.1f} GB/s; floor = decoder + output projection bytes / that; "
+          "budget = torch + weights + 100 MB (issue 15's bound on decode MB)")
     for shape in args.shapes.split(","):
         path, _ = make_checkpoint(shape, Path(args.workdir))
         work = Path(args.workdir) / f"{shape}-memory"
@@ -138,8 +178,8 @@ def main() -> None:
         for f in work.iterdir():
             f.unlink()
         print(f"\n{shape}: {args.tokens} greedy tokens, 2 threads; error and agreement against our fp32")
-        print(f"  {'configuration':<30} {'weights MB':>10} {'peak MB':>8} {'tok/s':>7} {'ms/tok':>7} "
-              f"{'logit rel err':>13} {'tokens agree':>12}")
+        print(f"  {'configuration':<30} {'weights MB':>10} {'peak MB':>8} {'torch MB':>8} {'decode MB':>9} "
+              f"{'budget':>6} {'tok/s':>7} {'ms/tok':>7} {'floor':>6} {'logit rel err':>13} {'tokens agree':>12}")
         for name, (impl, options) in CONFIGS.items():
             if impl == "ct2":
                 if not ct2.available(REF_PYTHON):
@@ -153,8 +193,12 @@ def main() -> None:
                 continue
             weights = "—" if r["weights"] is None else f"{r['weights'] / 2**20:.0f}"
             error = "—" if r["logit_err"] is None else f"{r['logit_err']:.4f}"
-            print(f"  {name:<30} {weights:>10} {r['peak'] / 2**20:8.0f} {r['tok_s']:7.1f} "
-                  f"{r['ms_token']:7.1f} {error:>13} {r['agree'] * 100:11.0f}%")
+            mb = {k: "—" if r.get(k) is None else f"{r[k] / 2**20:.0f}" for k in ("torch_rss", "decode_peak")}
+            budget = "—" if r.get("torch_rss") is None else f"{(r['torch_rss'] + r['weights']) / 2**20 + 100:.0f}"
+            step = "—" if r.get("step_bytes") is None else f"{r['step_bytes'] / gb_s * 1e3:.1f}"
+            print(f"  {name:<30} {weights:>10} {r['peak'] / 2**20:8.0f} {mb['torch_rss']:>8} "
+                  f"{mb['decode_peak']:>9} {budget:>6} {r['tok_s']:7.1f} {r['ms_token']:7.1f} {step:>6} "
+                  f"{error:>13} {r['agree'] * 100:11.0f}%")
 
 
 if __name__ == "__main__":

@@ -333,9 +333,13 @@ def device_layout(qweight: torch.Tensor, group_size: int, k: int) -> torch.Tenso
         return None
     try:
         if qweight.device.type == "cpu":
-            parts = [torch._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight[i:i + 8192]).int(), 2)
-                     for i in range(0, n, 8192)]
-            return torch.cat(parts)
+            out = None
+            for i in range(0, n, 8192):  # written in place: no list of parts next to a concatenated copy
+                part = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight[i:i + 8192]).int(), 2)
+                if out is None:
+                    out = part.new_empty((n, *part.shape[1:]))
+                out[i:i + part.shape[0]] = part
+            return out
     except (RuntimeError, AttributeError):
         return None
     return None
