@@ -277,3 +277,24 @@ def test_run_pair_on_demo_checkpoints_draws_the_order_and_maps_it_back(tmp_path,
     qa = run_pair(ctx, "generative_qa", {"question": "Wer?", "context": "Ada schrieb es."},
                   ((qa_source, "auto", "cpu", "none"),) * 2, (short, long))
     assert qa.input_text == "question: Wer? context: Ada schrieb es." and all(isinstance(o, str) for o in qa.outputs)
+
+
+def test_a_compare_job_stops_before_its_next_row_and_resumes(store):
+    from app.annotation.batch import StopRequests
+
+    inputs = [BatchInput(t) for t in ("一", "二", "三", "四")]
+    systems = [{"model_id": "m", "decoding": {"num_beams": 1}}, {"model_id": "m", "decoding": {"num_beams": 4}}]
+    job = create_compare_job(store, inputs, task="summarization", systems=systems)
+    stops = StopRequests()
+    asked = stops.start(job.id)
+
+    def process(n, row):
+        if row.index == 1 and n == 2:
+            stops.request(job.id)          # the Stop button pressed while row 2 runs
+        return f"{n}:{row.text}"
+    assert run_compare_job(store, job.id, process, should_stop=asked) == (2, 0)   # row 2 finishes, then it stops
+    assert [r.processed for r in compare_rows(store, job.id)] == [True, True, False, False]
+    stops.finish(job.id)
+    assert stops.request(job.id) is False                                         # not running any more
+    assert run_compare_job(store, job.id, process) == (2, 0)
+    assert all(r.processed for r in compare_rows(store, job.id))

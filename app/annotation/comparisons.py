@@ -533,13 +533,18 @@ def compare_row(store: AnnotationStore, job_id: str, index: int) -> CompareRow:
 
 
 def run_compare_job(store: AnnotationStore, job_id: str, process: Callable[[int, CompareRow], str],
-                    progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+                    progress: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
     """Run both systems (`process(system_number, row)`, 1 or 2) on every row not yet processed, committing each
-    row at once (a job stopped half-way resumes). Returns (rows processed now, rows failed now)."""
+    row at once (a job stopped half-way resumes); `should_stop()` true ends it before the next row. Returns
+    (rows processed now, rows failed now)."""
     job = get_compare_job(store, job_id)
     pending = [r for r in compare_rows(store, job_id) if not r.processed]
-    done, failed = job.total - len(pending), 0
+    done, failed, ran = job.total - len(pending), 0, 0
     for row in pending:
+        if should_stop is not None and should_stop():
+            break
+        ran += 1
         try:
             outputs, error = (process(1, row), process(2, row)), None
         except Exception as e:  # one bad row must not end the job; its error is kept and the next run retries it
@@ -551,7 +556,7 @@ def run_compare_job(store: AnnotationStore, job_id: str, process: Callable[[int,
         failed += error is not None
         if progress:
             progress(done, job.total)
-    return len(pending) - failed, failed
+    return ran - failed, failed
 
 
 def comparison_for_row(job: CompareJob, row: CompareRow, **judgement: Any) -> Comparison:

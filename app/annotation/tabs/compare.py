@@ -28,7 +28,7 @@ from ...tasklist import TASKS
 from ...tasks import Decoding
 from ..agreement import system_label
 from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, span_fields
-from ..batch import load_inputs
+from ..batch import StopRequests, load_inputs
 from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, compare_rows, comparison_for_row,
                            comparison_owner, create_compare_job, delete_comparison, export_comparisons,
                            get_comparison, get_compare_job, identical_message, import_comparisons, judge_row,
@@ -286,6 +286,7 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         with gr.Row():
             job = gr.Dropdown([], value=None, label="Compare job", scale=4, elem_id="batch-compare-job")
             resume = gr.Button("Run / resume", scale=1, elem_id="batch-compare-resume")
+            stop = gr.Button("Stop", scale=1, variant="stop", elem_id="batch-compare-stop")
         job_status = gr.HTML(elem_id="batch-compare-job-status")
         index = gr.State(0)
         where = gr.HTML(elem_id="batch-compare-where")
@@ -323,6 +324,7 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
                 status: status_html(note, kind) if note else ""}
 
     shown = [index, where, *j.editor.load_outputs(), j.preference, j.comment, status]
+    stops = StopRequests()      # the Stop button's requests to running compare jobs
 
     def cjob_run(job_id, progress, out_status):
         jb = get_compare_job(store, job_id)
@@ -333,10 +335,18 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
                                     req.get("device", "auto"), req.get("quantization", "none"),
                                     progress_reporter(progress)), Decoding(**(s.get("decoding") or {}))))
         processes = [batch_process(jb.task, m, d) for m, d in models]
-        done, failed = run_compare_job(store, job_id, lambda n, row: processes[n - 1](row),
-                                       progress=lambda k, total: progress((k, total), desc=f"{k} of {total} rows"))
+        asked = stops.start(job_id)
+        try:
+            done, failed = run_compare_job(store, job_id, lambda n, row: processes[n - 1](row),
+                                           progress=lambda k, total: progress((k, total), desc=f"{k} of {total} rows"),
+                                           should_stop=asked)
+            stopped = asked()
+        finally:
+            stops.finish(job_id)
         note = f"Processed {done} row(s) with both systems" + (f"; {failed} failed (run again to retry)" if failed
                                                                else "") + "."
+        if stopped:
+            note = f"Stopped on request: {note} Run / resume finishes the rest."
         return {**cjob_show(job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
                 job: gr.Dropdown(choices=job_choices(store), value=job_id)}
 
@@ -412,7 +422,21 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         values = job_choices(store)
         return {job: gr.Dropdown(choices=values, value=job_id if job_id in [v for _, v in values] else None)}
 
+    def cjob_stop(job_id, request: gr.Request = None):
+        """Stops the picked compare job before its next row (the rows done are kept)."""
+        try:
+            require_admin(identify(request, ctx.settings), "Stopping compare jobs")
+        except ValueError as e:
+            return {job_status: status_html(f"Not stopped: {e}", "error")}
+        if not job_id or not stops.request(job_id):
+            return {job_status: status_html("That compare job is not running: pick the running one and press "
+                                            "Stop.", "warn")}
+        return {job_status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
+                                        "finishes the rest)…", "warn")}
+
     priv = {"api_visibility": "private"}
+    # outside the models queue: it runs while the job holds a worker
+    stop.click(cjob_stop, job, job_status, **priv)
     create.click(cjob_create_and_run, [upload, task, *pickers, *settings], [*shown, create_status, job],
                  concurrency_id="models", **priv)
     resume.click(cjob_resume, job, [*shown, job_status, job], concurrency_id="models", **priv)
