@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from app.annotation import backends
 from app.annotation.backends import POSTGRES, DatabaseUnavailable, PostgresBackend
 from app.annotation.store import MIGRATIONS, SCHEMA_VERSION, Annotation, AnnotationStore, migrate
 from apphost import free_port
@@ -205,3 +206,25 @@ def test_app_with_an_unreachable_database_exits_with_the_message_and_no_tracebac
     assert done.returncode == 2
     assert f"cannot open the annotation store: cannot connect to PostgreSQL at 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_writer_held_up_too_long_is_told_and_saves_nothing(pg, monkeypatch):
+    monkeypatch.setattr(backends, "LOCK_TIMEOUT", "1s")   # 30 s in the app, as SQLite's busy timeout
+    url = pg("busy.db")
+    with AnnotationStore(url) as holder, AnnotationStore(url) as other:   # as two app instances
+        inside = threading.Event()
+
+        def hold():
+            with holder.transaction():
+                inside.set()
+                time.sleep(2.5)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        inside.wait()
+        with pytest.raises(DatabaseUnavailable, match=r"another writer held the store .* for over 1s: this write "
+                                                      r"was not saved; try again"):
+            other.save(make("waits"))
+        t.join()
+        other.save(make("after"))
+        assert [a.input for a in other.query()] == ["after"]

@@ -307,6 +307,9 @@ class PgConnection:
             yield
         except pg_errors.IntegrityError as e:
             raise IntegrityError(str(e).strip()) from e
+        except pg_errors.LockNotAvailable as e:   # as SQLite's "database is locked" after its busy timeout
+            raise DatabaseUnavailable(f"another writer held the store at PostgreSQL {self.target.host}:"
+                                      f"{self.target.port} for over {LOCK_TIMEOUT}") from e
         except psycopg.OperationalError as e:
             if not self.broken:
                 raise   # a query's own failure (a lock timeout, a cancelled statement)
@@ -412,7 +415,12 @@ class PostgresBackend:
         try:
             self.dialect.begin_write(conn)
             return conn
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as e:
+            if not conn.broken:   # the write lock was not free in time: the connection itself is fine
+                with contextlib.suppress(DatabaseUnavailable):
+                    conn.execute("ROLLBACK")
+                self._put(conn)
+                raise DatabaseUnavailable(f"{e}: this write was not saved; try again") from e.__cause__
             conn.close()
         conn = self._reconnect()
         try:
