@@ -1,12 +1,14 @@
-"""Annotation store: SQLite, one file, lose nothing; export and import through pandas.
+"""Annotation store: SQLite, one file, lose nothing (or PostgreSQL for a team: app.annotation.backends); export and
+import through pandas.
 
 How the UI uses this
 ====================
 One store per process, made at launch (never at import) and passed to the tabs::
 
     from app.annotation.store import AnnotationStore, Annotation
-    store = AnnotationStore()            # path: $MT5_STUDIO_DB, else /data/annotations.db on a Space with
-                                         # persistent storage, else data/annotations.db under the repo root
+    store = AnnotationStore()            # path: $MT5_STUDIO_DB (a file, or postgresql://user:pw@host/db), else
+                                         # /data/annotations.db on a Space with persistent storage, else
+                                         # data/annotations.db under the repo root
 
 Saving from a task tab. The tab supplies the provenance it knows; the store fills id, item_key and the UTC
 times. Error categories: `load_error_categories(task)` gives that task's (id, label, help) for a CheckboxGroup
