@@ -101,10 +101,10 @@ class Int8Screen:
     else `aten._weight_int8pack_mm` with bf16 activations (~6-10 ms).
     """
 
-    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 32768):
+    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 65536):
         rows = weight.shape[0]
         self.err = self.l1 = self.l2 = 0.0
-        # fbgemm's packs are built chunk by chunk, so no full-size int8 copy exists next to them, even while
+        # fbgemm's packs are built per 64k rows, so no full-size int8 copy exists next to them, even while
         # building; int8pack (where fbgemm is missing) reads one full-size int8 matrix.
         fbgemm = fbgemm_pack(torch.zeros(1, weight.shape[1], dtype=torch.int8), torch.ones(1)) is not None
         self.packed: list | None = [] if fbgemm else None

@@ -149,6 +149,13 @@ class DecoderState:
                            need_weights=self.record.attentions)
         return self.model.decoder(self.model.shared(new), mask, positions, ctx, self.record.hidden_states)
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keeps only decoder rows `index` (n',): the cache (cross-attention too), encoder states and mask."""
+        self.cache.reorder(index, cross=True)
+        self.encoder_states = self.encoder_states.index_select(0, index)
+        if self.encoder_mask is not None:
+            self.encoder_mask = self.encoder_mask.index_select(0, index)
+
     def step(self, seqs: torch.Tensor) -> torch.Tensor:
         """Exact next-token logits (N, V) in fp32."""
         logits = self.head.logits(self.states(seqs))
@@ -309,6 +316,11 @@ def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Ge
     eos = torch.tensor(cfg.eos_ids, device=device)
     full = cfg.do_sample or keeps_scores(cfg) or cfg.remove_invalid_values or (
         state.record is not None and state.record.logits)
+    # Plain greedy decodes only the rows still running: a finished row leaves the decoder batch (cache, encoder
+    # states). Not when sampling (transformers draws for every row: the random stream must stay the same), nor
+    # when per-step outputs or the prefix function need every row.
+    shrink = not full and state.record is None and state.allowed is None and state.use_cache
+    active = torch.arange(n, device=device)   # the rows the decoder state holds, in order
     for _ in range(max(cfg.total_length(seqs.shape[1]) - seqs.shape[1], 1)):  # transformers: at least one
         scores = None
         if full:
@@ -318,6 +330,9 @@ def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Ge
             tokens = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
         elif scores is not None:
             tokens = scores.argmax(-1)
+        elif len(active) < n:
+            tokens = torch.full((n,), cfg.pad_token_id, dtype=seqs.dtype, device=device)
+            tokens[active] = state.greedy(seqs[active], cfg)
         else:
             tokens = state.greedy(seqs, cfg)
         tokens = torch.where(unfinished, tokens, cfg.pad_token_id)
@@ -327,6 +342,10 @@ def sample_steps(state: DecoderState, cfg: GenerationConfig, generator: torch.Ge
             unfinished &= ~torch.isin(tokens, eos)
         if not unfinished.any():
             return
+        if shrink and not bool(unfinished[active].all()):
+            keep = unfinished[active].nonzero().squeeze(1)
+            state.keep_rows(keep)
+            active = active[keep]
 
 
 def greedy_or_sample(state: DecoderState, cfg: GenerationConfig, generator: torch.Generator | None,
