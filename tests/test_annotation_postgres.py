@@ -228,3 +228,38 @@ def test_a_writer_held_up_too_long_is_told_and_saves_nothing(pg, monkeypatch):
         t.join()
         other.save(make("after"))
         assert [a.input for a in other.query()] == ["after"]
+
+
+def test_the_page_says_not_saved_while_the_server_is_down(pg):
+    """A save pressed in the page while PostgreSQL is down: the message under the button, nothing half-saved;
+    saving again once the server is back works."""
+    import shlex
+
+    import gradio as gr
+
+    from app.annotation.tabs import panel as annotation_panel
+    from app.tabs.common import TabHandle, model_picker, mount_panels
+    from pgserver import ENV_RESTART
+    from test_annotation_ui import RECORD, handler, minimal_context
+
+    command = os.environ.get(ENV_RESTART, "")
+    if " restart" not in command:
+        pytest.skip(f"{ENV_RESTART} is not a pg_ctl restart command")
+    with AnnotationStore(pg("down.db")) as store:
+        ctx = minimal_context()
+        annotation_panel.register(ctx, store)
+        with gr.Blocks() as demo:
+            handle = TabHandle("summarization", {}, {}, {}, model_picker(ctx, "summarization"), gr.State(None),
+                               gr.HTML(), gr.Column())
+            mount_panels(ctx, handle)
+        save_it = handler(demo, "save_it")
+        subprocess.run(shlex.split(command.replace(" restart", " stop")), check=True, capture_output=True, timeout=60)
+        try:
+            out = " ".join(map(str, save_it(RECORD, "4", "", [], "", "Amina", None).values()))
+        finally:
+            # restart on a stopped server starts it with the options it ran with (postmaster.opts)
+            subprocess.run(shlex.split(command), check=True, capture_output=True, timeout=60)
+        assert "Not saved: " in out and "PostgreSQL at 127.0.0.1" in out, out
+        assert store.count() == 0
+        assert "Saved annotation" in " ".join(map(str, save_it(RECORD, "4", "", [], "", "Amina", None).values()))
+        assert store.count() == 1

@@ -53,9 +53,10 @@ def is_database_url(value: str | Path) -> bool:
     return isinstance(value, str) and value.strip().lower().startswith(URL_SCHEMES)
 
 
-class DatabaseUnavailable(ConnectionError):
+class DatabaseUnavailable(ConnectionError, ValueError):
     """The database server cannot be reached, or the connection broke during a read or write. The message says
-    where, and whether the write was saved."""
+    where, and whether the write was saved. Also a ValueError: every page handler that shows a refusal next to its
+    button ("Not saved: …") shows this too, instead of Gradio's generic error."""
 
 
 class IntegrityError(sqlite3.IntegrityError):
