@@ -36,14 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..prompts import qa_prompt
 from ..tasklist import TASKS
 from .spans import check_spans, stored_protocol
 from .store import (FAMILIES, MAX_SHORT_CHARS, MAX_TEXT_BYTES, AnnotationStore, ImportResult, csv_guard, csv_unguard,
-                    parse_time, utc_now)
+                    parse_time, plain_values, utc_now)
 
 PREFERENCES = ("A", "B", "tie", "both_bad")
 PREFERENCE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie (equally good)", "both_bad": "Both bad"}
@@ -352,7 +351,7 @@ def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
     out = []
     for i, raw in enumerate(df.to_dict("records"), start=1):
         where = f"{path.name} row {i}"
-        row = {k: _plain(v) for k, v in raw.items()}
+        row = {k: plain_values(v) for k, v in raw.items()}
         if fmt == "csv":
             row = {k: csv_unguard(v) if isinstance(v, str) else v for k, v in row.items()}
         for name in (*_DICT_COLUMNS, *(("spans",) if fmt == "csv" else ())):
@@ -375,19 +374,6 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Comparison]]:
         except (ValueError, RecursionError) as e:
             raise ValueError(f"{where}: not valid JSON ({e}); nothing was imported") from None
         yield where, from_flat(row, where)
-
-
-def _plain(value: Any) -> Any:
-    """Numpy arrays and scalars (as Parquet gives them back) as Python lists and numbers."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _format(path: Path, fmt: str | None) -> str:

@@ -978,7 +978,7 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
     else:
         # Parquet gives lists back as numpy arrays (of dicts for spans) with numpy numbers: turn those into the
         # same Python values and change nothing else, so a wrong type is refused by the type check.
-        row = {k: _plain(v) for k, v in row.items()}
+        row = {k: plain_values(v) for k, v in row.items()}
         row["rating"] = _whole(row.get("rating"), "rating", "1–5", where)
         if "esa_score" in row:
             row["esa_score"] = _whole(row["esa_score"], "esa_score", "0–100", where)
@@ -999,16 +999,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _plain(value: Any) -> Any:
+def plain_values(value: Any) -> Any:
     """Numpy scalars and arrays (as Parquet gives them back) as the same Python values; nothing else changes."""
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [plain_values(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_values(v) for k, v in value.items()}
     return value
 
 
