@@ -220,8 +220,13 @@ def test_batch_compare_job_queue_is_blind(app, tmp_path):
     system2 = page.locator("#batch-compare-system-2")
     system2.get_by_text("Decoding settings").click()
     tokens = system2.locator("input[type=number]").first
-    tokens.fill("8")
-    tokens.press("Enter")
+    # the page's load fills the decoding settings from the checkpoint's defaults: type 8 once that has happened
+    for _ in range(20):
+        tokens.fill("8")
+        tokens.press("Enter")
+        page.wait_for_timeout(500)
+        if tokens.input_value() == "8":
+            break
     page.click("#batch-compare-create")
     page.locator("#batch-compare-create-status .status-info", has_text="Processed 2 row(s)").wait_for()
     a = page.locator('#batch-compare-view-A [data-span-side="A"]')
