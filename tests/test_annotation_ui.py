@@ -184,14 +184,17 @@ def text_of(update):
     return update if isinstance(update, str) else update.value if hasattr(update, "value") else update
 
 
-def test_handlers_panel_table_and_queue(store, tmp_path):
+def annotation_page(store, settings=None):
+    """A page with the panel under a summarization result, the Annotations tab and the Batch tab (as main.py
+    builds them), on `settings` (default: open use)."""
     import gradio as gr
 
-    from app.annotation.batch import BatchInput, create_job, job_progress
     from app.annotation.tabs import annotations, batch_tab, panel as annotation_panel
     from app.tabs.common import TabHandle, model_picker, mount_panels
 
     ctx = minimal_context()
+    if settings is not None:
+        ctx.settings = settings
     annotation_panel.register(ctx, store)
     with gr.Blocks() as demo:
         handle = TabHandle("summarization", {}, {}, {}, model_picker(ctx, "summarization"), gr.State(None),
@@ -199,6 +202,15 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
         mount_panels(ctx, handle)
         annotations.build(ctx, store)
         batch_tab.build(ctx, store)
+    return demo
+
+
+def test_handlers_panel_table_and_queue(store, tmp_path):
+    import gradio as gr
+
+    from app.annotation.batch import BatchInput, create_job, job_progress
+
+    demo = annotation_page(store)
 
     # the panel: a new result prefills the correction; saving needs a result; messages are escaped text
     prefilled = handler(demo, "new_result")(RECORD)

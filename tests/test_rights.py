@@ -18,7 +18,7 @@ from app.annotation.rights import OPEN, Identity, Refused, identify, require_adm
     require_save, visible_owner
 from app.annotation.store import Annotation, AnnotationStore
 from app.settings import Settings
-from test_annotation_ui import RECORD, handler, minimal_context, text_of
+from test_annotation_ui import RECORD, annotation_page, handler, text_of
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}
 PROTECTED = Settings(sign_in="password", users=USERS, admins=frozenset({"root"}))
@@ -178,24 +178,6 @@ def test_api_functions_apply_the_rights(store, tmp_path):
 # The page's handlers, in-process, with requests as Gradio passes them
 
 
-def page(store, settings):
-    import gradio as gr
-
-    from app.annotation.tabs import annotations, batch_tab, panel as annotation_panel
-    from app.tabs.common import TabHandle, model_picker, mount_panels
-
-    ctx = minimal_context()
-    ctx.settings = settings
-    annotation_panel.register(ctx, store)
-    with gr.Blocks() as demo:
-        handle = TabHandle("summarization", {}, {}, {}, model_picker(ctx, "summarization"), gr.State(None),
-                           gr.HTML(), gr.Column())
-        mount_panels(ctx, handle)
-        annotations.build(ctx, store)
-        batch_tab.build(ctx, store)
-    return demo
-
-
 def shown(out) -> str:
     return " ".join(str(text_of(v)) for v in out.values())
 
@@ -203,7 +185,7 @@ def shown(out) -> str:
 def test_handlers_check_rights_whatever_the_inputs(store, tmp_path):
     import gradio as gr
 
-    demo = page(store, PROTECTED)
+    demo = annotation_page(store, PROTECTED)
     req = {n: SimpleNamespace(username=n) for n in USERS}
     anon = SimpleNamespace(username=None)
     save_it = handler(demo, "save_it")
