@@ -42,12 +42,11 @@ from ..prompts import qa_prompt
 from ..tasklist import TASKS
 from .spans import check_spans, stored_protocol
 from .store import (FAMILIES, MAX_SHORT_CHARS, MAX_TEXT_BYTES, AnnotationStore, ImportResult, csv_guard, csv_unguard,
-                    parse_time, plain_values, utc_now)
+                    export_format, parse_time, plain_values, utc_now)
 
 PREFERENCES = ("A", "B", "tie", "both_bad")
 PREFERENCE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie (equally good)", "both_bad": "Both bad"}
 SIDES = ("A", "B")
-FORMATS = ("csv", "jsonl", "parquet")
 
 
 @dataclass(frozen=True)
@@ -317,7 +316,7 @@ def _from_row(r) -> Comparison:
 def export_comparisons(records: Sequence[Comparison], path: str | Path, fmt: str | None = None) -> Path:
     """Write comparisons to `path` as csv, jsonl or parquet (from `fmt`, else the suffix)."""
     path = Path(path)
-    fmt = _format(path, fmt)
+    fmt = export_format(path, fmt)
     rows = [to_flat(c) for c in records]
     if fmt == "jsonl":
         with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -340,7 +339,7 @@ def export_comparisons(records: Sequence[Comparison], path: str | Path, fmt: str
 def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
     """(where, Comparison) pairs of an export file; `where` names the line or row for messages."""
     path = Path(path)
-    fmt = _format(path, None)
+    fmt = export_format(path, None)
     if fmt == "jsonl":
         return list(_read_jsonl(path))
     try:
@@ -375,13 +374,6 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Comparison]]:
             raise ValueError(f"{where}: not valid JSON ({e}); nothing was imported") from None
         yield where, from_flat(row, where)
 
-
-def _format(path: Path, fmt: str | None) -> str:
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
-    fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r} for {path.name}: use .csv, .jsonl or .parquet")
-    return fmt
 
 
 def import_comparisons(store: AnnotationStore, path: str | Path) -> ImportResult:

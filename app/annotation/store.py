@@ -911,7 +911,7 @@ def csv_unguard(text: str) -> str:
 def export_annotations(records: Sequence[Annotation], path: str | Path, fmt: str | None = None) -> Path:
     """Write annotations to `path` as csv, jsonl or parquet (from `fmt`, else the file suffix). Returns `path`."""
     path = Path(path)
-    fmt = _format(path, fmt)
+    fmt = export_format(path, fmt)
     df = records_to_frame(records)
     if fmt == "jsonl":
         with path.open("w", encoding="utf-8", newline="\n") as f:
@@ -938,7 +938,7 @@ def read_export(path: str | Path) -> list[tuple[str, Annotation]]:
     """Read an export file back as (where, Annotation) pairs, `where` being "line N" or "row N" for messages.
     Types and fields are checked; values (categories, ratings) are checked by the store on import."""
     path = Path(path)
-    fmt = _format(path, None)
+    fmt = export_format(path, None)
     if fmt == "jsonl":
         return list(_read_jsonl(path))
     try:
@@ -1059,7 +1059,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Annotation]]:
         raise ValueError(f"{path.name} has no annotations in it (an empty file?)")
 
 
-def _format(path: Path, fmt: str | None) -> str:
+def export_format(path: Path, fmt: str | None) -> str:
+    """The file format of an export: `fmt`, else the suffix (json/ndjson mean JSONL, pq Parquet); ValueError
+    for another."""
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
     if fmt not in FORMATS:
