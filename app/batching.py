@@ -17,6 +17,7 @@ the same greedy or beam rule (tests/test_batching.py compares them).
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -30,12 +31,14 @@ from model.generation import encode_for_generation, sample_steps
 from model.textgen import TextStreamer, encode_inputs, generate_text, stream_text
 
 _END = object()
+log = logging.getLogger("mt5studio")
 
 
 @dataclass
 class _Request:
     text: str
     out: queue.Queue = field(default_factory=queue.Queue)
+    linger_s: float = 0.05   # how long the visitor's stream gathers pieces into one update (grows with the batch)
 
 
 @dataclass
@@ -47,9 +50,9 @@ class _Group:
 class Batcher:
     """Groups concurrent generation requests per (model, settings) into batched decodes."""
 
-    def __init__(self, max_batch: int = 8, window_s: float = 0.015):
+    def __init__(self, max_batch: int = 8, window_s: float = 0.05, max_wait_s: float = 0.2):
         self.max_batch = max_batch
-        self.window_s = window_s
+        self.window_s, self.max_wait_s = window_s, max_wait_s
         self._lock = threading.Lock()
         self._forming: dict[tuple, _Group] = {}
         self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -75,12 +78,27 @@ class Batcher:
             threading.Thread(target=self._run, args=(group, model, tokenizer, max_input_tokens, keep_sentinels,
                                                      gen), daemon=True, name="mt5studio-batch").start()
         while True:
-            item = request.out.get()
-            if item is _END:
+            pieces, done = drain(request.out, request.linger_s)
+            if pieces:
+                yield pieces
+            if done:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+
+    def gather(self, group: _Group) -> None:
+        """Waits until no request has joined for `window_s` (a web server hands over visitors who pressed
+        together over some tens of milliseconds), at most `max_wait_s`, or until the batch is full."""
+        deadline = time.monotonic() + self.max_wait_s
+        seen, quiet_since = 0, time.monotonic()
+        while time.monotonic() < deadline:
+            with self._lock:
+                n = len(group.requests)
+            if n >= self.max_batch:
+                return
+            if n != seen:
+                seen, quiet_since = n, time.monotonic()
+            elif time.monotonic() - quiet_since >= self.window_s:
+                return
+            time.sleep(0.005)
 
     def _model_lock(self, model) -> threading.Lock:
         with self._lock:
@@ -91,19 +109,23 @@ class Batcher:
 
     def _run(self, group: _Group, model, tokenizer, max_input_tokens: int, keep_sentinels: bool,
              gen: dict[str, Any]) -> None:
-        time.sleep(self.window_s)              # let the visitors who pressed at the same moment join
+        self.gather(group)                      # let the visitors who pressed at about the same moment join
         with self._model_lock(model):           # while an earlier batch runs, this one keeps filling
             with self._lock:
                 if self._forming.get(group.key) is group:
                     del self._forming[group.key]
                 requests = list(group.requests)
             self.batch_sizes.append(len(requests))
+            for r in requests:   # the updates of all visitors together stay ~25 a second
+                r.linger_s = min(0.3, 0.04 * len(requests))
+            start = time.perf_counter()
             try:
                 with torch.inference_mode():
                     decode(model, tokenizer, requests, max_input_tokens, keep_sentinels, gen)
             except BaseException as e:  # noqa: BLE001 - every visitor still waiting gets the error
                 for r in requests:
                     r.out.put(e)
+            log.info("batched decode: %d request(s) in %.2f s", len(requests), time.perf_counter() - start)
 
 
 def decode(model, tokenizer, requests: list[_Request], max_input_tokens: int, keep_sentinels: bool,
@@ -137,6 +159,24 @@ def decode(model, tokenizer, requests: list[_Request], max_input_tokens: int, ke
     for i, r in enumerate(requests):
         if running[i]:
             finish(streamers[i], r)
+
+
+def drain(out: queue.Queue, linger_s: float = 0.05) -> tuple[str, bool]:
+    """What a request's queue holds within `linger_s` of its first item (waits for that one), joined, and
+    whether it ended. A visitor's page gets a few updates a second, not one per token: eight streams of
+    per-token updates would take the CPU the decode needs, and nobody reads faster."""
+    pieces, item = [], out.get()
+    deadline = time.monotonic() + linger_s
+    while True:
+        if item is _END:
+            return "".join(pieces), True
+        if isinstance(item, BaseException):
+            raise item
+        pieces.append(item)
+        try:
+            item = out.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return "".join(pieces), False
 
 
 def finish(streamer: TextStreamer, request: _Request) -> None:

@@ -13,6 +13,7 @@ default slots).
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import sys
@@ -56,6 +57,11 @@ def call(client, text: str, model: str, tokens: int) -> float:
     return time.perf_counter() - start
 
 
+def batch_sizes(log: Path) -> list[int]:
+    """The sizes of the batched decodes the server logged (app/batching.py), in order."""
+    return [int(m) for m in re.findall(r"batched decode: (\d+) request", log.read_text(encoding="utf-8"))]
+
+
 def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: int) -> dict:
     from gradio_client import Client
 
@@ -66,9 +72,12 @@ def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: 
         clients = [Client(srv.url, verbose=False, httpx_kwargs={"timeout": 900}) for _ in range(visitors)]
         rows = texts(visitors)
         call(clients[0], rows[0], str(path), tokens)                    # loads the model
+        for c in clients[1:]:   # a client's first call sets up its connection (~1 s): visitors' pages have theirs
+            call(c, rows[0], str(path), 1)
         solo = statistics.median(call(clients[0], rows[i % visitors], str(path), tokens)
                                  for i in range(max(2, repeat)))
         walls, worst = [], []
+        logged = len(batch_sizes(srv.log))
         for _ in range(repeat):
             times: dict[int, float] = {}
             gate = threading.Barrier(visitors)
@@ -87,7 +96,8 @@ def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: 
             if len(times) != visitors:
                 raise RuntimeError(f"{visitors - len(times)} of {visitors} requests failed: see {srv.log}")
             worst.append(max(times.values()))
-        return {"solo": solo, "wall": statistics.median(walls), "worst": statistics.median(worst)}
+        return {"solo": solo, "wall": statistics.median(walls), "worst": statistics.median(worst),
+                "batches": batch_sizes(srv.log)[logged:]}
     finally:
         srv.stop()
 
@@ -113,7 +123,7 @@ def main() -> None:
             r = run(path, work, batch, args.visitors, args.tokens, args.repeat)
             line = args.visitors * r["solo"]          # one at a time, each taking the solo time
             print(f"{label:<34}{r['solo']:>8.2f}{r['wall']:>12.2f}{line / r['wall']:>19.2f}x"
-                  f"{r['worst'] / r['solo']:>15.2f}x")
+                  f"{r['worst'] / r['solo']:>15.2f}x   batches {r['batches'] or 'none (each alone)'}")
 
 
 if __name__ == "__main__":

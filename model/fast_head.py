@@ -3,8 +3,8 @@
 mt5-small's lm_head (250112 x 512) is 85% of the weights read per decoding step, and fp32 `F.linear` reaches only
 ~12 GB/s on it. Two tricks, both exact:
 - greedy: `Int8Screen` finds the fp32 argmax at int8 cost (approximate logits, a proof, fp32 rescoring);
-- beam search (needs every log-probability): MKL's packed GEMM for the batch x beams row count, ~1.4x faster
-  than F.linear with the same result.
+- beam search (needs every log-probability): MKL's packed GEMM for the batch x beams row count, ~1.4-1.7x
+  faster than F.linear, used only where a probe shows it gives F.linear's very bits (not on every CPU).
 
 Both apply only to an untied, plain `nn.Linear` fp32 head on the CPU that no device map dispatches. Decoding asks
 one object, `FastHead.for_model(model)`, for logits or the argmax; the built copies are cached per model, weakly
@@ -94,14 +94,15 @@ def weight_key(weight: torch.Tensor) -> tuple[int, int]:
 class Int8Screen:
     """Exact greedy argmax at int8 cost, for CPU decoding where the 250k-row output projection dominates.
 
-    int8 weights (per-row scales) give approximate logits several times faster than fp32; the top `candidates`
-    are rescored in fp32 and the best wins *if* a worst-case bound on the int8 error proves that no other token
-    could beat it. Rows where the proof fails are rescored in full. The result is the fp32 argmax, always.
+    int8 weights (per-row scales) give approximate logits several times faster than fp32. A worst-case bound on
+    the int8 error says which tokens could still be the fp32 argmax (those within two bounds of the best
+    approximate score); they are rescored in fp32 and the best wins. Rows with more than `candidates` of them are
+    rescored in full. The result is the fp32 argmax, always.
     Kernel: fbgemm's dynamic int8 linear (activations quantized per call, ~3 ms for mt5-small's head on 2 cores),
     else `aten._weight_int8pack_mm` with bf16 activations (~6-10 ms).
     """
 
-    def __init__(self, weight: torch.Tensor, candidates: int = 256, chunk: int = 65536):
+    def __init__(self, weight: torch.Tensor, candidates: int = 8192, chunk: int = 65536):
         rows = weight.shape[0]
         self.err = self.l1 = self.l2 = 0.0
         # fbgemm's packs are built per 64k rows, so no full-size int8 copy exists next to them, even while
@@ -116,7 +117,7 @@ class Int8Screen:
                 self.packed.append(fbgemm_pack(qc, sc))
             else:
                 q[start:start + chunk], scale[start:start + chunk] = qc, sc
-        self.weight, self.candidates = weight, min(candidates, rows - 1)
+        self.weight, self.candidates = weight, candidates
         self.q, self.scale = (None, None) if fbgemm else (q, scale.to(torch.bfloat16))
 
     def quantize_rows(self, rows: torch.Tensor, piece: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,16 +149,46 @@ class Int8Screen:
         return approx, self.l2 * (h - hb.float()).norm(dim=-1) + approx.abs().amax(-1) * 2 ** -7
 
     def argmax(self, h: torch.Tensor, process) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (N, D) fp32 states -> (tokens (N,), undecided (N,) bool). `process` applies bans to scores."""
+        """h (N, D) fp32 states -> (tokens (N,), undecided (N,) bool). `process` applies bans to scores.
+
+        Every token whose exact logit could reach the best lies within two error bounds of the best approximate
+        score: those are the candidates, rescored in fp32 (all rows' together, as F.linear computes them). The
+        winner is the fp32 argmax by construction, so a row is undecided only when it has more than `candidates` of them
+        (then the caller rescores it in full)."""
         approx, act_bound = self.approximate(h)
-        top, cand = torch.topk(process(approx), self.candidates + 1, dim=-1)
-        cand, runner_up = cand[:, :-1], top[:, -1]  # runner_up bounds every non-candidate's approximation
-        exact = torch.einsum("nd,nkd->nk", h, self.weight[cand].float())
-        best, where = exact.masked_fill(top[:, :-1] == NEG_INF, NEG_INF).max(-1)
+        scores = process(approx)
         h_norm = h.norm(dim=-1)
         bound = self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm  # + fp32 accumulation
-        decided = (best > runner_up + bound * 1.01 + 1e-5) | (runner_up == NEG_INF)
-        return cand.gather(1, where[:, None]).squeeze(1), ~decided
+        top = scores.amax(-1) if scores.shape[-1] % 64 else scores.view(len(h), -1, 64).amax(-1).amax(-1)
+        # a non-candidate j has exact_j <= approx_j + bound < top - bound <= exact(approximate argmax) <= best
+        threshold = top - 2.02 * bound - 2e-5
+        rows, cols = at_least(scores, threshold)
+        undecided = (torch.bincount(rows, minlength=h.shape[0]) > self.candidates) | (top == NEG_INF)
+        if bool(undecided.any()):
+            keep = ~undecided[rows]
+            rows, cols = rows[keep], cols[keep]
+        union, where = torch.unique(cols, sorted=True, return_inverse=True)
+        # Padded to a multiple of 64 rows, the product gives F.linear's bits over the whole head (MKL splits
+        # a row count that is not between its threads with a tail kernel that rounds differently).
+        padded = torch.cat([union, union[:1].expand(-len(union) % 64)]) if len(union) else union
+        exact = torch.nn.functional.linear(h, self.weight[padded])
+        best = torch.full((h.shape[0], len(union)), NEG_INF)
+        best[rows, where] = exact[rows, where]
+        # ties go to the lowest id (union ascends), as argmax over all logits picks
+        picked = union[best.argmax(-1)] if len(union) else torch.zeros(h.shape[0], dtype=torch.long)
+        return picked, undecided
+
+
+def at_least(scores: torch.Tensor, threshold: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the entries of scores (N, V) >= threshold (N,), row by row in ascending column order.
+    Blocks of `block` columns whose maximum is below the threshold are skipped without a full-size mask."""
+    n, v = scores.shape
+    if v % block:
+        return (scores >= threshold[:, None]).nonzero(as_tuple=True)
+    blocks = scores.view(n, v // block, block)
+    b_rows, b_cols = (blocks.amax(-1) >= threshold[:, None]).nonzero(as_tuple=True)
+    hit, offset = (blocks[b_rows, b_cols] >= threshold[b_rows, None]).nonzero(as_tuple=True)
+    return b_rows[hit], b_cols[hit] * block + offset
 
 
 def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor):
@@ -203,8 +234,9 @@ def packed_lm_head(model, rows: int) -> torch.Tensor | None:
     """MKL's packed copy of the untied fp32 CPU lm_head for `rows`-row products (beam search: batch x beams).
 
     Beam search needs every log-probability, so the full fp32 head runs each step; MKL's packed GEMM does that
-    ~1.4x faster than F.linear for a few rows, with the same result. Built once per row count and kept while the
-    model lives (0.65 GB for mt5-small's head, one row count at a time); None where it does not apply.
+    ~1.4-1.7x faster than F.linear for a few rows. Built once per row count and kept while the model lives
+    (0.65 GB for mt5-small's head, one row count at a time); None where it does not apply or where its results
+    are not F.linear's bit for bit (then the pack is freed at once).
     """
     head = plain_cpu_head(model)
     if head is None or model.training or not hasattr(torch.ops.mkl, "_mkl_linear"):
@@ -215,9 +247,20 @@ def packed_lm_head(model, rows: int) -> torch.Tensor | None:
         if cached is None or cached[0] != key:
             MKL_PACKS.pop(model, None)  # free the old pack before building the new one
             try:
-                cached = (key, torch.ops.mkl._mkl_reorder_linear_weight(head.weight.detach(), rows))
+                packed = torch.ops.mkl._mkl_reorder_linear_weight(head.weight.detach(), rows)
             except RuntimeError:
-                cached = (key, None)
+                packed = None
+            cached = (key, packed if packed is not None and same_as_f_linear(packed, head.weight, rows) else None)
             MKL_PACKS[model] = cached
         return cached[1]
+
+
+def same_as_f_linear(packed: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
+    """Whether MKL's packed kernel gives F.linear's very bits here. It does on some CPUs (AMD EPYC, AVX2 and
+    AVX-512) and not on others (Intel Xeon with AVX-512, where 90% of mt5-small's logits differ in the last
+    bits): there beams run F.linear, so their tokens and scores stay transformers' own."""
+    probe = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return torch.equal(torch.ops.mkl._mkl_linear(probe, packed, weight, None, rows),
+                           torch.nn.functional.linear(probe, weight))
 

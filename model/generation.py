@@ -169,8 +169,9 @@ class DecoderState:
         if cfg.repetition_penalty != 1.0:  # it rescales scores by their sign: outside the int8 screen's bound
             return process_scores(self.head.logits(states), seqs, cfg, allowed=self.allowed).argmax(-1)
         # the prefix mask is a ban to -inf like the others, so the screen's proof still holds
+        # the head hands `process` scores of its own making (approximate, or rescored rows): bans write in place
         return self.head.argmax(states, lambda scores, rows: process_scores(
-            scores, seqs if rows is None else seqs[rows], cfg, allowed=self.allowed, rows=rows))
+            scores, seqs if rows is None else seqs[rows], cfg, inplace=True, allowed=self.allowed, rows=rows))
 
 
 def encode_for_generation(model, input_ids, attention_mask, expand: int, head: FastHead | None = None,

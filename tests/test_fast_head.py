@@ -101,3 +101,46 @@ def test_caches_go_with_the_model_and_follow_in_place_changes():
     gc.collect()
     assert alive() is None, "the screen outlived its model"
     assert (len(SCREENS), len(MKL_PACKS)) == before
+
+
+def test_a_pack_whose_results_differ_from_f_linear_is_refused():
+    """The probe compares bits: a pack of other weights (as a kernel that rounds differently would) is refused,
+    and beams then run F.linear."""
+    if not hasattr(torch.ops.mkl, "_mkl_linear"):
+        pytest.skip("this PyTorch build has no torch.ops.mkl._mkl_linear")
+    from model.fast_head import same_as_f_linear
+
+    weight = torch.randn(300, 64)
+    try:
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 4)
+    except RuntimeError:
+        pytest.skip("MKL could not pack the weight here")
+    other = weight.clone()
+    other[7, 3] += 1e-3   # one weight off: row 7's logits differ
+    assert not same_as_f_linear(packed, other, 4)
+
+
+@pytest.mark.parametrize("vocab", [640, 650])   # whole blocks of 64, and a remainder (the plain mask)
+def test_block_skipping_finds_exactly_the_entries_above_each_rows_threshold(vocab):
+    from model.fast_head import at_least
+
+    scores = torch.randn(5, vocab)
+    scores[2, 100:200] = float("-inf")
+    threshold = torch.tensor([1.5, 2.0, 0.5, 9.0, float("-inf")])
+    rows, cols = at_least(scores, threshold)
+    want_rows, want_cols = (scores >= threshold[:, None]).nonzero(as_tuple=True)
+    assert torch.equal(rows, want_rows) and torch.equal(cols, want_cols)
+    assert (rows == 3).sum() == 0 and (rows == 4).sum() == vocab   # none above 9; all at -inf's threshold
+
+
+def test_the_rescored_candidates_carry_f_linears_bits():
+    """The winner is chosen among candidates recomputed with F.linear on their gathered rows (padded to 64): those
+    values are the very bits of F.linear over the whole head, so ties break as the full argmax breaks them."""
+    weight = torch.randn(4096, 96) * 0.05
+    h = torch.randn(3, 96)
+    full = F.linear(h, weight)
+    for size in (1, 37, 700, 1500):
+        idx = torch.randperm(4096)[:size].sort().values
+        padded = torch.cat([idx, idx[:1].expand(-size % 64)])
+        assert torch.equal(F.linear(h, weight[padded])[:, :size], full[:, idx])
+        assert torch.equal(F.linear(h[:1], weight[padded])[:, :size], F.linear(h[:1], weight)[:, idx])
