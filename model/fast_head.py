@@ -42,10 +42,26 @@ class FastHead:
         self.fallbacks = 0            # rows the screen could not decide, rescored in full (observable for tests)
 
     @classmethod
-    def for_model(cls, model, rows: int | None = None) -> "FastHead":
-        """The head of `model`; `rows` (beam search: batch x beams) builds the MKL-packed head for that count."""
-        packed = packed_lm_head(model, rows) if rows else None
+    def for_model(cls, model, rows: int | None = None, same_bits: bool = True) -> "FastHead":
+        """The head of `model`; `rows` (beam search: batch x beams) builds the MKL-packed head for that count.
+        `same_bits=False` (scores compared within a tolerance, as rank classification's) takes the pack even
+        where its last bits differ from F.linear's."""
+        packed = packed_lm_head(model, rows, same_bits) if rows else None
         return cls(model, packed=packed, packed_rows=rows or 0)
+
+    def logits_in_blocks(self, states: torch.Tensor) -> torch.Tensor:
+        """states (N, D) -> logits (N, V), `packed_rows` rows at a time through the pack (the last block padded
+        with zero rows), or in one plain product where there is no pack."""
+        if self.packed is None:
+            return self.logits(states)
+        out = []
+        for i in range(0, len(states), self.packed_rows):
+            block = states[i:i + self.packed_rows]
+            short = self.packed_rows - len(block)
+            if short:
+                block = torch.cat([block, block.new_zeros(short, block.shape[1])])
+            out.append(self.logits(block)[:self.packed_rows - short])
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """states (N, D) -> exact next-token logits (N, V) in fp32."""
@@ -230,7 +246,7 @@ def build_screen(weight: torch.Tensor) -> Int8Screen | None:
 # ------------------------------------------------------------------------------------------------------------
 # Beam search: MKL's packed fp32 head
 # ------------------------------------------------------------------------------------------------------------
-def packed_lm_head(model, rows: int) -> torch.Tensor | None:
+def packed_lm_head(model, rows: int, same_bits: bool = True) -> torch.Tensor | None:
     """MKL's packed copy of the untied fp32 CPU lm_head for `rows`-row products (beam search: batch x beams).
 
     Beam search needs every log-probability, so the full fp32 head runs each step; MKL's packed GEMM does that
@@ -243,15 +259,19 @@ def packed_lm_head(model, rows: int) -> torch.Tensor | None:
         return None
     key = (*weight_key(head.weight), rows)
     with BUILD_LOCK:
-        cached = MKL_PACKS.get(model)
-        if cached is None or cached[0] != key:
+        cached = MKL_PACKS.get(model)   # (key, pack or None, whether it gives F.linear's bits)
+        if cached is None or cached[0] != key or (cached[1] is None and not same_bits and not cached[2]):
             MKL_PACKS.pop(model, None)  # free the old pack before building the new one
             try:
                 packed = torch.ops.mkl._mkl_reorder_linear_weight(head.weight.detach(), rows)
             except RuntimeError:
                 packed = None
-            cached = (key, packed if packed is not None and same_as_f_linear(packed, head.weight, rows) else None)
+            exact = packed is not None and same_as_f_linear(packed, head.weight, rows)
+            # a pack whose bits differ is kept only for a caller who said it compares within a tolerance
+            cached = (key, packed if exact or not same_bits else None, exact)
             MKL_PACKS[model] = cached
+        if same_bits and not cached[2]:
+            return None
         return cached[1]
 
 

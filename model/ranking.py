@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from .modeling import shift_right
+from .fast_head import FastHead
+from .generation import log_normalizer
+from .modeling import KVCache, shift_right
 
 DEFAULT_MAX_INPUT_TOKENS = 512
 LOGITS_CHUNK = 2 ** 25   # elements of fp32 logits held at once (128 MB): B*K rows x T x 250112 can be far more
+PACK_ROWS = 32
 
 
 def pad_rows(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
@@ -55,16 +58,42 @@ def target_log_probs(model, states: torch.Tensor, targets: torch.Tensor, mask: t
     distinct = states[where[:, 0], where[:, 1]]                                       # (U, D)
     slot = torch.tensor(slot, dtype=torch.long)
     wanted = targets[rows, cols].to(distinct.device)
-    step = max(1, LOGITS_CHUNK // model.config.vocab_size)
+    step = max(PACK_ROWS, LOGITS_CHUNK // model.config.vocab_size // PACK_ROWS * PACK_ROWS)
+    # More than a few distinct states: MKL's packed head, PACK_ROWS rows a time (on 2 cores, mt5-small's head
+    # costs about as much for 32 packed rows as F.linear does for 8). Its last bits may differ from F.linear's:
+    # scores are sums compared within a tolerance, not argmaxes.
+    head = FastHead.for_model(model, rows=PACK_ROWS, same_bits=False) if len(first) > 4 else None
     logp = torch.empty(len(slot), dtype=torch.float32, device=distinct.device)
     for i in range(0, len(first), step):
-        logits = model.logits(distinct[i: i + step, None, :])[:, 0, :].float()      # (u', V)
-        part = torch.log_softmax(logits, dim=-1)
+        if head is not None and head.packed is not None:
+            logits = head.logits_in_blocks(distinct[i: i + step])                      # (u', V)
+        else:
+            logits = model.logits(distinct[i: i + step, None, :])[:, 0, :].float()
+        lse = log_normalizer(logits)[:, 0]      # log-probabilities only where they are wanted
         use = ((slot >= i) & (slot < i + step)).nonzero().squeeze(1)
-        logp[use] = part[slot[use] - i, wanted[use]]
+        logp[use] = logits[slot[use] - i, wanted[use]] - lse[slot[use] - i]
     out = torch.zeros(n, t, dtype=torch.float32, device=distinct.device)
     out[rows, cols] = logp
     return out
+
+
+def cross_attention_cache(model, states: torch.Tensor, repeat: int) -> KVCache:
+    """A decoder cache holding each layer's cross-attention keys and values for encoder states (B, S, D), each
+    row repeated `repeat` times: the K choices of a prompt attend to the same states, projected once, not K
+    times."""
+    cache = KVCache(len(model.decoder.block))
+    for i, block in enumerate(model.decoder.block):
+        attn = block.layer[1].EncDecAttention
+        device = block.layer[1].layer_norm.weight.device   # the block's (device_map); never quantized
+        on = states if device.type == "meta" else states.to(device)
+        cache.cross_k[i] = repeat_rows(attn.split_heads(attn.k(on)), repeat)
+        cache.cross_v[i] = repeat_rows(attn.split_heads(attn.v(on)), repeat)
+    return cache
+
+
+def repeat_rows(t: torch.Tensor, repeat: int) -> torch.Tensor:
+    """Each batch row `repeat` times in a row; one row (one prompt) is repeated as a view, without copies."""
+    return t.expand(repeat, *t.shape[1:]) if t.shape[0] == 1 else t.repeat_interleave(repeat, dim=0)
 
 
 def rank_choices(model, tokenizer, prompts: str | list[str], choices: list[str], normalize: bool = False,
@@ -88,10 +117,12 @@ def rank_choices(model, tokenizer, prompts: str | list[str], choices: list[str],
     b, k = len(prompts), len(choices)
     with torch.no_grad():
         states = model.encode(src, src_mask).last_hidden_state                           # (B, S, D)
-        states = states.repeat_interleave(k, dim=0)                                      # (B*K, S, D)
+        cache = cross_attention_cache(model, states, k)
+        states = repeat_rows(states, k)                                                  # (B*K, S, D)
         targets = labels.repeat(b, 1)                                                    # (B*K, T)
         decoder_in = shift_right(targets, model.config.decoder_start_token_id, tokenizer.pad_token_id)
-        hidden = model.decode(decoder_in, states, src_mask.repeat_interleave(k, dim=0)).last_hidden_state
+        hidden = model.decode(decoder_in, states, src_mask.repeat_interleave(k, dim=0),
+                              cache=cache).last_hidden_state
         mask = label_mask.repeat(b, 1)
         prompt_of_row = torch.arange(b).repeat_interleave(k)
         logp = target_log_probs(model, hidden, targets, mask, prompt_of_row)            # (B*K, T)
