@@ -144,3 +144,45 @@ def test_the_rescored_candidates_carry_f_linears_bits():
         padded = torch.cat([idx, idx[:1].expand(-size % 64)])
         assert torch.equal(F.linear(h, weight[padded])[:, :size], full[:, idx])
         assert torch.equal(F.linear(h[:1], weight[padded])[:, :size], F.linear(h[:1], weight)[:, idx])
+
+
+def int8_tiny(seed=2):
+    """A tiny model with an int8 head (quant.Int8Linear, as load_in_8bit makes it); width 64 for the kernel."""
+    from model.quant import Int8Linear
+
+    m = tiny(seed, vocab_size=1024)
+    with torch.no_grad():
+        m.lm_head.weight *= 0.05   # logits of a few units, as trained heads give: bf16 results then tie often
+    m.lm_head = Int8Linear.from_float(m.lm_head)
+    return m
+
+
+def test_an_int8_heads_screen_picks_exactly_the_int8_heads_argmax_ties_included():
+    m = int8_tiny()
+    screen = lm_head_screen(m)
+    if screen is None:
+        pytest.skip("no fbgemm here")
+    from model.fast_head import QuantizedHeadScreen
+
+    assert isinstance(screen, QuantizedHeadScreen)
+    h = torch.randn(256, TINY["d_model"]) * 3
+    with torch.no_grad():
+        full = m.logits(h[:, None, :])[:, 0, :]                    # the int8 kernel's bf16 logits, as fp32
+        tokens, undecided = screen.argmax(h, lambda s: s)
+    assert not undecided.any()
+    assert torch.equal(tokens, full.argmax(-1))
+    assert (full == full.amax(-1, keepdim=True)).sum(-1).max() > 1, "no ties: the test would not check them"
+    strict = FastHead(m, screen=QuantizedHeadScreen(m.lm_head, candidates=1))   # most rows fall back
+    with torch.no_grad():
+        assert torch.equal(strict.argmax(h, lambda s, rows: s), full.argmax(-1)) and strict.fallbacks > 0
+
+
+def test_int8_greedy_decoding_with_the_screen_equals_the_full_int8_head():
+    m = int8_tiny(3)
+    if lm_head_screen(m) is None:
+        pytest.skip("no fbgemm here")
+    ids = torch.randint(3, 1024, (4, 9))
+    cfg = GenerationConfig(max_new_tokens=12, no_repeat_ngram_size=2, min_new_tokens=4)
+    out = [greedy_or_sample(encode_for_generation(m, ids, None, 1, head), cfg, None).sequences
+           for head in (FastHead(m), FastHead(m, screen=False))]
+    assert torch.equal(out[0], out[1])
