@@ -313,20 +313,32 @@ def packed_lm_head(model, rows: int, same_bits: bool = True) -> torch.Tensor | N
         return None
     key = (*weight_key(head.weight), rows)
     with BUILD_LOCK:
-        cached = MKL_PACKS.get(model)   # (key, pack or None, whether it gives F.linear's bits)
-        if cached is None or cached[0] != key or (cached[1] is None and not same_bits and not cached[2]):
+        # (key, pack or None, whether it gives F.linear's bits, whether a full pack was tried)
+        cached = MKL_PACKS.get(model)
+        if cached is None or cached[0] != key or (not same_bits and not cached[3]):
             MKL_PACKS.pop(model, None)  # free the old pack before building the new one
-            try:
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(head.weight.detach(), rows)
-            except RuntimeError:
-                packed = None
-            exact = packed is not None and same_as_f_linear(packed, head.weight, rows)
+            weight, packed = head.weight.detach(), None
+            # a pack of the first 4096 rows shows whether this CPU's packed kernel rounds as F.linear does, before
+            # a full-size pack (and the peak memory it costs) exists
+            exact = same_bits_on_a_slice(weight, rows)
+            if exact or not same_bits:
+                try:
+                    packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+                except RuntimeError:
+                    packed = None
+                exact = packed is not None and same_as_f_linear(packed, weight, rows)
             # a pack whose bits differ is kept only for a caller who said it compares within a tolerance
-            cached = (key, packed if exact or not same_bits else None, exact)
+            cached = (key, packed if exact or not same_bits else None, exact, exact or not same_bits)
             MKL_PACKS[model] = cached
-        if same_bits and not cached[2]:
-            return None
-        return cached[1]
+        return cached[1] if cached[2] or not same_bits else None
+
+
+def same_bits_on_a_slice(weight: torch.Tensor, rows: int, slice_rows: int = 4096) -> bool:
+    try:
+        part = weight[:slice_rows]
+        return same_as_f_linear(torch.ops.mkl._mkl_reorder_linear_weight(part, rows), part, rows)
+    except RuntimeError:
+        return False
 
 
 def same_as_f_linear(packed: torch.Tensor, weight: torch.Tensor, rows: int) -> bool:
