@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from .quant import Int8Linear
+
 BUILD_LOCK = threading.Lock()  # concurrent requests (the app) build a model's copies once
 NEG_INF = float("-inf")
 
@@ -281,8 +283,6 @@ def lm_head_screen(model) -> Int8Screen | None:
 
 def int8_cpu_head(model) -> bool:
     """Whether the lm_head is an untied quant.Int8Linear that runs PyTorch's int8 kernel on the CPU."""
-    from .quant import Int8Linear
-
     head = model.lm_head
     return (type(head) is Int8Linear and head.qweight.device.type == "cpu" and head.in_features % 64 == 0
             and not getattr(model, "hf_device_map", None) and not model.config.tie_word_embeddings)
