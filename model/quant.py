@@ -246,7 +246,11 @@ def dequantize_int4(packed: torch.Tensor, sz: torch.Tensor, group_size: int) -> 
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T with W in int4 groups; PyTorch's int4 kernels on CPU/CUDA, a dequantizing path elsewhere."""
+    """y = x W^T with W in int4 groups; PyTorch's int4 kernels on CPU/CUDA, a dequantizing path elsewhere.
+
+    On the CPU the kernel's packed layout has qweight's very shape and dtype and is local to 64-row blocks, so it
+    is written over qweight in place (one copy of the weights, not two); `state_dict`, `.weight` and moves to
+    other devices see the plain layout again."""
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 64, device=None):
         super().__init__()
@@ -257,6 +261,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales_and_zeros", torch.empty(in_features // self.group_size, out_features, 2,
                                                              dtype=torch.bfloat16, device=device))
         self._kernel_weight: tuple | None = None  # (key, device-layout weight), never saved
+        self._in_place: tuple | None = None       # qweight's key while it holds the CPU kernel layout
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int = 64) -> "Int4Linear":
@@ -266,17 +271,42 @@ class Int4Linear(nn.Module):
         new.qweight, new.scales_and_zeros = quantize_int4(linear.weight, new.group_size)
         return new.to(linear.weight.device)
 
+    def key(self) -> tuple:
+        return self.qweight.data_ptr(), self.qweight._version, self.qweight.device  # in-place loads bump _version
+
+    def plain_qweight(self) -> torch.Tensor:
+        """qweight in the saved (plain nibble) layout: itself, or rebuilt from the kernel layout it holds."""
+        return cpu_layout_to_plain(self.qweight) if self._in_place == self.key() else self.qweight
+
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized weight (out, in), for code that reads `.weight` (dtype checks, inspection)."""
-        return dequantize_int4(self.qweight, self.scales_and_zeros, self.group_size)
+        return dequantize_int4(self.plain_qweight(), self.scales_and_zeros, self.group_size)
 
     def kernel_weight(self) -> torch.Tensor | None:
         """The device's packed layout, built once (chunked: the CPU layout is per 64 rows)."""
-        key = (self.qweight.data_ptr(), self.qweight._version, self.qweight.device)  # in-place loads bump _version
+        key = self.key()
+        if self._in_place == key:
+            return self.qweight
         if self._kernel_weight is None or self._kernel_weight[0] != key:
+            self._kernel_weight = None
+            if to_cpu_layout_in_place(self.qweight, self.group_size, self.in_features):
+                self._in_place = self.key()
+                return self.qweight
             self._kernel_weight = (key, device_layout(self.qweight, self.group_size, self.in_features))
         return self._kernel_weight[1]
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._in_place == self.key():
+            destination[prefix + "qweight"] = self.plain_qweight()
+
+    def _apply(self, fn, recurse=True):
+        # a move or copy must carry the plain layout: the kernel layout is this CPU's own
+        if self._in_place == self.key():
+            self.qweight.copy_(self.plain_qweight())
+            self._in_place = None
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -343,6 +373,38 @@ def device_layout(qweight: torch.Tensor, group_size: int, k: int) -> torch.Tenso
     except (RuntimeError, AttributeError):
         return None
     return None
+
+
+CPU_BLOCK = 64   # rows per block of the CPU int4 kernel's layout (AVX-512 builds; checked before it is relied on)
+
+
+def cpu_layout_to_plain(packed: torch.Tensor) -> torch.Tensor:
+    """The CPU kernel's int4 layout (N, K/2) back to plain nibbles: in each block of 64 rows, byte (k, j) holds
+    value k of row j (low nibble) and of row j + 32 (high nibble)."""
+    n, half = packed.shape
+    k = half * 2
+    blocks = packed.reshape(n // CPU_BLOCK, k, CPU_BLOCK // 2)
+    values = torch.cat([blocks & 15, blocks >> 4], -1).transpose(1, 2).reshape(n, k)   # (N, K) 0..15
+    return values[:, 0::2] | (values[:, 1::2] << 4)
+
+
+def to_cpu_layout_in_place(qweight: torch.Tensor, group_size: int, k: int, chunk: int = 8192) -> bool:
+    """Writes the CPU kernel's layout over plain `qweight`, block by block, where the layout is the one
+    `cpu_layout_to_plain` inverts (checked on the first block); False (nothing written) elsewhere."""
+    n = qweight.shape[0]
+    if qweight.device.type != "cpu" or group_size not in (32, 64, 128, 256) or n % CPU_BLOCK or k % 64:
+        return False
+    if qweight.is_inference() and not torch.is_inference_mode_enabled():
+        return False   # made under inference_mode: it cannot be written outside it
+    try:
+        first = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight[:CPU_BLOCK]).int(), 2)
+    except (RuntimeError, AttributeError):
+        return False
+    if first.shape != qweight[:CPU_BLOCK].shape or not torch.equal(cpu_layout_to_plain(first), qweight[:CPU_BLOCK]):
+        return False
+    for i in range(0, n, chunk):   # blocks are independent: each chunk is read, then overwritten
+        qweight[i:i + chunk] = torch._convert_weight_to_int4pack_for_cpu(unpack_int4(qweight[i:i + chunk]).int(), 2)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -405,3 +405,34 @@ def test_bitsandbytes_checkpoint_without_bitsandbytes_says_what_to_install(ckpt,
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     with pytest.raises(ImportError, match="holds bitsandbytes 4-bit weights: loading them needs bitsandbytes"):
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "nf4")
+
+
+def test_int4_kernel_layout_is_written_over_qweight_and_saved_plain(tmp_path):
+    """On the CPU the kernel's layout replaces the plain nibbles in qweight's own memory (one copy of the
+    weights); state_dict, .weight, device moves and a saved .bin (read memory-mapped) see the plain layout."""
+    from model.quant import Int4Linear
+
+    torch.manual_seed(1)
+    q = Int4Linear.from_float(torch.nn.Linear(256, 192, bias=False))
+    plain, dequantized, x = q.qweight.clone(), q.weight, torch.randn(3, 256)
+    expected = torch._weight_int4pack_mm_for_cpu(x.bfloat16(), torch._convert_weight_to_int4pack_for_cpu(
+        torch.stack([plain & 15, plain >> 4], -1).flatten(-2).int(), 2), q.group_size, q.scales_and_zeros).float()
+    storage = q.qweight.data_ptr()
+    y = q(x)
+    if q._in_place is None:
+        pytest.skip("this CPU's int4 layout is not the 64-row one: the kernel layout is kept apart")
+    assert torch.equal(y, expected) and q._kernel_weight is None and q.qweight.data_ptr() == storage
+    assert not torch.equal(q.qweight, plain)                      # the buffer holds the kernel layout now
+    assert torch.equal(q.state_dict()["qweight"], plain) and torch.equal(q.weight, dequantized)
+    moved = Int4Linear.from_float(torch.nn.Linear(256, 192, bias=False))
+    moved.load_state_dict(q.state_dict())
+    assert torch.equal(moved(x), y)
+    q.to(torch.device("cpu"))                                     # a move carries the plain layout
+    assert torch.equal(q.qweight, plain) and torch.equal(q(x), y)
+    torch.save(q.state_dict(), tmp_path / "w.bin")
+    before = (tmp_path / "w.bin").read_bytes()
+    mapped = torch.load(tmp_path / "w.bin", mmap=True, weights_only=True)
+    r = Int4Linear(256, 192)
+    r._buffers.update(mapped)                                     # as the loader assigns buffers
+    assert torch.equal(r(x), y) and r._in_place is not None
+    assert (tmp_path / "w.bin").read_bytes() == before           # written privately, never into the file
