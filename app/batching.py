@@ -5,7 +5,8 @@ per step than one: serving eight visitors in one batch gives each their summary 
 would wait in a line. `BATCHER.stream(...)` is a drop-in for `model.textgen.stream_text`:
 
 * requests for the same model with the same decoding settings (greedy, or beam search with the same beams,
-  penalties and lengths) that arrive within a short window, or while that model is busy with an earlier batch,
+  penalties and lengths) that arrive until 100 ms pass without a new one (at most 300 ms), or while that model
+  is busy with an earlier batch,
   join one batch (at most `max_batch` rows); each row stops at its own end of sequence;
 * greedy rows stream: every visitor gets their own text increments as the batch's steps come out (beam search
   yields once, at the end, as it does alone);
@@ -50,7 +51,7 @@ class _Group:
 class Batcher:
     """Groups concurrent generation requests per (model, settings) into batched decodes."""
 
-    def __init__(self, max_batch: int = 8, window_s: float = 0.05, max_wait_s: float = 0.2):
+    def __init__(self, max_batch: int = 8, window_s: float = 0.1, max_wait_s: float = 0.3):
         self.max_batch = max_batch
         self.window_s, self.max_wait_s = window_s, max_wait_s
         self._lock = threading.Lock()
