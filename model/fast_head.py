@@ -181,10 +181,11 @@ class Int8Screen:
         scores = process(approx)
         h_norm = h.norm(dim=-1)
         bound = self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm  # + fp32 accumulation
-        top = scores.amax(-1) if scores.shape[-1] % 64 else scores.view(len(h), -1, 64).amax(-1).amax(-1)
+        block_max = None if scores.shape[-1] % 64 else scores.view(len(h), -1, 64).amax(-1)
+        top = scores.amax(-1) if block_max is None else block_max.amax(-1)
         # a non-candidate j has exact_j <= approx_j + bound < top - bound <= exact(approximate argmax) <= best
         threshold = top - 2.02 * bound - 2e-5
-        rows, cols = at_least(scores, threshold)
+        rows, cols = at_least(scores, threshold, block_max)
         undecided = (torch.bincount(rows, minlength=h.shape[0]) > self.candidates) | (top == NEG_INF)
         if bool(undecided.any()):
             keep = ~undecided[rows]
@@ -239,16 +240,18 @@ class QuantizedHeadScreen(Int8Screen):
                                          scale[rows].contiguous()).to(h.dtype)
 
 
-def at_least(scores: torch.Tensor, threshold: torch.Tensor, block: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def at_least(scores: torch.Tensor, threshold: torch.Tensor, block_max: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of the entries of scores (N, V) >= threshold (N,), row by row in ascending column order.
-    Blocks of `block` columns whose maximum is below the threshold are skipped without a full-size mask."""
-    n, v = scores.shape
-    if v % block:
+    With `block_max` (N, V / B), the maxima of blocks of B columns, blocks below the threshold are skipped
+    without a full-size mask."""
+    if block_max is None:
         return (scores >= threshold[:, None]).nonzero(as_tuple=True)
-    blocks = scores.view(n, v // block, block)
-    b_rows, b_cols = (blocks.amax(-1) >= threshold[:, None]).nonzero(as_tuple=True)
+    n, width = block_max.shape[0], scores.shape[1] // block_max.shape[1]
+    blocks = scores.view(n, -1, width)
+    b_rows, b_cols = (block_max >= threshold[:, None]).nonzero(as_tuple=True)
     hit, offset = (blocks[b_rows, b_cols] >= threshold[b_rows, None]).nonzero(as_tuple=True)
-    return b_rows[hit], b_cols[hit] * block + offset
+    return b_rows[hit], b_cols[hit] * width + offset
 
 
 def fbgemm_pack(q: torch.Tensor, scale: torch.Tensor):
