@@ -133,3 +133,28 @@ def test_the_summarization_task_goes_through_the_batcher(loaded):
     *_, last = stream_summary(loaded, TEXTS[1], Decoding(max_new_tokens=10))
     assert last.done and len(batching.BATCHER.batch_sizes) == before + 1
     assert last.text == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[1], 512, max_new_tokens=10))
+
+
+def test_a_batch_waits_while_visitors_keep_arriving_and_starts_after_a_quiet_spell(loaded):
+    """Arrivals 0.1 s apart join one batch (the quiet spell is 0.4 s); one after a 1.5 s pause gets the next."""
+    import time
+
+    batcher = Batcher(max_batch=8, window_s=0.4, max_wait_s=3.0)
+    delays = [0.0, 0.1, 0.2, 0.3, 1.8]
+    out: dict = {}
+    start = threading.Barrier(len(delays))
+
+    def visit(i):
+        start.wait()
+        time.sleep(delays[i])
+        out[i] = "".join(batcher.stream(loaded.model, loaded.tokenizer, TEXTS[i], 512, max_new_tokens=6))
+
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(len(delays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert batcher.batch_sizes == [4, 1]
+    assert [out[i] for i in range(len(delays))] == [
+        "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[i], 512, max_new_tokens=6))
+        for i in range(len(delays))]
