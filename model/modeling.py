@@ -310,6 +310,11 @@ class Block(nn.Module):
             h, cross_w = self.cross_attend(h, ctx, index)
         return self.layer[-1](h), self_w, cross_w
 
+    def cross_keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (B, H, S, K) of encoder states (B, S, D)."""
+        attn = self.layer[1].EncDecAttention
+        return attn.split_heads(attn.k(states)), attn.split_heads(attn.v(states))
+
     def cross_attend(self, h: torch.Tensor, ctx: "StackContext", index: int):
         ca = self.layer[1]
         attn = ca.EncDecAttention
@@ -317,8 +322,7 @@ class Block(nn.Module):
         if cache is not None and cache.cross_k[index] is not None:
             k, v = cache.cross_k[index], cache.cross_v[index]
         else:
-            states = ctx.encoder_states.to(h.device)
-            k, v = attn.split_heads(attn.k(states)), attn.split_heads(attn.v(states))
+            k, v = self.cross_keys_values(ctx.encoder_states.to(h.device))
             if cache is not None:
                 cache.cross_k[index], cache.cross_v[index] = k, v
         mask = ctx.encoder_mask

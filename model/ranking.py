@@ -62,13 +62,10 @@ def target_log_probs(model, states: torch.Tensor, targets: torch.Tensor, mask: t
     # More than a few distinct states: MKL's packed head, PACK_ROWS rows a time (on 2 cores, mt5-small's head
     # costs about as much for 32 packed rows as F.linear does for 8). Its last bits may differ from F.linear's:
     # scores are sums compared within a tolerance, not argmaxes.
-    head = FastHead.for_model(model, rows=PACK_ROWS, same_bits=False) if len(first) > 4 else None
+    head = FastHead.for_model(model, rows=PACK_ROWS if len(first) > 4 else None, same_bits=False)
     logp = torch.empty(len(slot), dtype=torch.float32, device=distinct.device)
     for i in range(0, len(first), step):
-        if head is not None and head.packed is not None:
-            logits = head.logits_in_blocks(distinct[i: i + step])                      # (u', V)
-        else:
-            logits = model.logits(distinct[i: i + step, None, :])[:, 0, :].float()
+        logits = head.logits_in_blocks(distinct[i: i + step])                          # (u', V) fp32
         lse = log_normalizer(logits)[:, 0]      # log-probabilities only where they are wanted
         use = ((slot >= i) & (slot < i + step)).nonzero().squeeze(1)
         logp[use] = logits[slot[use] - i, wanted[use]] - lse[slot[use] - i]
@@ -83,11 +80,9 @@ def cross_attention_cache(model, states: torch.Tensor, repeat: int) -> KVCache:
     times."""
     cache = KVCache(len(model.decoder.block))
     for i, block in enumerate(model.decoder.block):
-        attn = block.layer[1].EncDecAttention
         device = block.layer[1].layer_norm.weight.device   # the block's (device_map); never quantized
-        on = states if device.type == "meta" else states.to(device)
-        cache.cross_k[i] = repeat_rows(attn.split_heads(attn.k(on)), repeat)
-        cache.cross_v[i] = repeat_rows(attn.split_heads(attn.v(on)), repeat)
+        k, v = block.cross_keys_values(states if device.type == "meta" else states.to(device))
+        cache.cross_k[i], cache.cross_v[i] = repeat_rows(k, repeat), repeat_rows(v, repeat)
     return cache
 
 
