@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if process_state().is_main_process:
             print(f"error: {e}", file=sys.stderr)
         return BAD_INPUT
+    finally:   # a gloo group left for the interpreter's exit can abort it ("terminate called without an active
+        process_state().destroy_process_group()   # exception", SIGABRT, seen in CI): it is closed here
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -151,6 +151,7 @@ def run_job(output: str | Path, key: str, lengths: list[int], process: Callable[
     state.wait_for_everyone()
     if state.is_main_process:
         merge(output, key, total)
+    state.wait_for_everyone()   # no process ends (and tears down its gloo threads) while the output is written
     return Outcome(total, total - len(pending), counts[0], counts[1], time.monotonic() - start, state.num_processes)
 
 
