@@ -158,9 +158,7 @@ class Int8Screen:
         """Approximate logits (N, V) fp32 and the bound (N,) on their activation-side error."""
         if self.packed is not None:
             approx = torch.cat([torch.ops.quantized.linear_dynamic(h, packed, True) for packed in self.packed], -1)
-            # fbgemm quantizes each row's input to 7 bits over [min(x,0), max(x,0)]: error <= scale/2 per element
-            x_range = h.amax(-1).clamp(min=0) - h.amin(-1).clamp(max=0)
-            return approx, x_range / 127 / 2 * self.l1
+            return approx, activation_range(h) / 127 / 2 * self.l1
         hb = h.to(torch.bfloat16)
         approx = torch._weight_int8pack_mm(hb, self.q, self.scale).float()
         # bf16 activations, and a bf16 result: its rounding (2^-8 relative) is added by the caller's margin
@@ -229,8 +227,7 @@ class QuantizedHeadScreen(Int8Screen):
     def approximate(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hb = h.to(torch.bfloat16).float()   # what the int8 kernel multiplies
         approx = torch.cat([torch.ops.quantized.linear_dynamic(hb, packed, True) for packed in self.packed], -1)
-        x_range = hb.amax(-1).clamp(min=0) - hb.amin(-1).clamp(max=0)
-        base = x_range / 127 / 2 * self.l1 + h.shape[-1] * 2 ** -22 * self.l2 * hb.norm(dim=-1)
+        base = activation_range(hb) / 127 / 2 * self.l1 + h.shape[-1] * 2 ** -22 * self.l2 * hb.norm(dim=-1)
         # the kernel rounds its result to bf16: half a unit in the 8th bit, relative
         return approx, base + (approx.abs().amax(-1) + base) * 2 ** -8
 
@@ -238,6 +235,13 @@ class QuantizedHeadScreen(Int8Screen):
         q, scale = self.head.kernel_weight(), self.head.kernel_scales()
         return torch._weight_int8pack_mm(h.to(torch.bfloat16).contiguous(), q[rows].contiguous(),
                                          scale[rows].contiguous()).to(h.dtype)
+
+
+def activation_range(h: torch.Tensor) -> torch.Tensor:
+    """(N,): the range fbgemm's dynamic linear quantizes the input h (N, D) over, to 7 bits, so each element is off
+    by at most range / 127 / 2. It is the whole tensor's [min(h, 0), max(h, 0)], one range for all rows, not each
+    row's own: in a batch, a row of small states is quantized as coarsely as the largest row."""
+    return (h.amax().clamp(min=0) - h.amin().clamp(max=0)).expand(h.shape[0])
 
 
 def at_least(scores: torch.Tensor, threshold: torch.Tensor, block_max: torch.Tensor | None = None

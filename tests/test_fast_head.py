@@ -187,3 +187,27 @@ def test_int8_greedy_decoding_with_the_screen_equals_the_full_int8_head():
     out = [greedy_or_sample(encode_for_generation(m, ids, None, 1, head), cfg, None).sequences
            for head in (FastHead(m), FastHead(m, screen=False))]
     assert torch.equal(out[0], out[1])
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_the_screens_bound_holds_for_every_row_of_a_batch_of_unequal_rows(quantized):
+    """fbgemm quantizes a batch's activations over one range for the whole tensor: a row of small states beside
+    a row 100x larger is quantized coarsely, and its bound must say so (a per-row range understated it ~9x)."""
+    from model.fast_head import QuantizedHeadScreen
+
+    m = int8_tiny() if quantized else tiny(vocab_size=1024)
+    screen = lm_head_screen(m)
+    if screen is None or screen.packed is None:
+        pytest.skip("no fbgemm here")
+    assert isinstance(screen, QuantizedHeadScreen) == quantized
+    h = torch.randn(4, TINY["d_model"])
+    h[1] *= 100
+    h[3] *= 0.01
+    with torch.no_grad():
+        approx, bound = screen.approximate(h)
+        hb = h.to(torch.bfloat16).float() if quantized else h
+        weight = m.lm_head.kernel_weight().float() * m.lm_head.kernel_scales().float()[:, None] if quantized \
+            else torch.cat([p.unpack()[0].dequantize() for p in screen.packed])
+        error = (approx - F.linear(hb, weight)).abs().amax(-1)
+    assert error[0] > bound[0] / 20, "row 0 must be quantized as coarsely as row 1 for the test to check it"
+    assert (error <= bound).all(), (error, bound)
