@@ -166,7 +166,8 @@ class Int8Screen:
 
     def rescore(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Exact logits (N, len(rows)) of the head's `rows` (a multiple of 64 of them)."""
-        return torch.nn.functional.linear(h, self.weight[rows])
+        # index_select copies whole rows (~3x faster than advanced indexing for thousands of them)
+        return torch.nn.functional.linear(h, self.weight.index_select(0, rows))
 
     def argmax(self, h: torch.Tensor, process) -> tuple[torch.Tensor, torch.Tensor]:
         """h (N, D) fp32 states -> (tokens (N,), undecided (N,) bool). `process` applies bans to scores.
@@ -233,8 +234,8 @@ class QuantizedHeadScreen(Int8Screen):
 
     def rescore(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         q, scale = self.head.kernel_weight(), self.head.kernel_scales()
-        return torch._weight_int8pack_mm(h.to(torch.bfloat16).contiguous(), q[rows].contiguous(),
-                                         scale[rows].contiguous()).to(h.dtype)
+        return torch._weight_int8pack_mm(h.to(torch.bfloat16).contiguous(), q.index_select(0, rows),
+                                         scale.index_select(0, rows)).to(h.dtype)
 
 
 def activation_range(h: torch.Tensor) -> torch.Tensor:
@@ -251,10 +252,10 @@ def at_least(scores: torch.Tensor, threshold: torch.Tensor, block_max: torch.Ten
     without a full-size mask."""
     if block_max is None:
         return (scores >= threshold[:, None]).nonzero(as_tuple=True)
-    n, width = block_max.shape[0], scores.shape[1] // block_max.shape[1]
-    blocks = scores.view(n, -1, width)
+    width = scores.shape[1] // block_max.shape[1]
     b_rows, b_cols = (block_max >= threshold[:, None]).nonzero(as_tuple=True)
-    hit, offset = (blocks[b_rows, b_cols] >= threshold[b_rows, None]).nonzero(as_tuple=True)
+    blocks = scores.view(-1, width).index_select(0, b_rows * block_max.shape[1] + b_cols)
+    hit, offset = (blocks >= threshold[b_rows, None]).nonzero(as_tuple=True)
     return b_rows[hit], b_cols[hit] * width + offset
 
 
