@@ -11,7 +11,9 @@ would wait in a line. `BATCHER.stream(...)` is a drop-in for `model.textgen.stre
 * greedy rows stream: every visitor gets their own text increments as the batch's steps come out (beam search
   yields once, at the end, as it does alone);
 * sampling runs alone (a seeded sample must not depend on who else asked);
-* one decode per model at a time: the next batch forms while the current one runs.
+* one decode per model at a time: the next batch forms while the current one runs;
+* plain greedy settings (`model.rolling.joinable`): a visitor who arrives while such a decode runs joins it at
+  its next step (`model.rolling.RollingGreedy`), if it has a free row, instead of waiting for it to end.
 
 The tokens are those of a solo run: the encoder masks the padding of shorter inputs and every row is decoded with
 the same greedy or beam rule (tests/test_batching.py compares them).
@@ -29,6 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from model.generation import encode_for_generation, sample_steps
+from model.rolling import RollingGreedy, joinable
 from model.textgen import TextStreamer, encode_inputs, generate_text, stream_text
 
 _END = object()
@@ -48,6 +51,13 @@ class _Group:
     requests: list[_Request] = field(default_factory=list)
 
 
+@dataclass
+class _Rolling:
+    """A running decode that takes new rows: those waiting to join, and how many rows it decodes now."""
+    inbox: list[_Request] = field(default_factory=list)
+    rows: int = 0
+
+
 class Batcher:
     """Groups concurrent generation requests per (model, settings) into batched decodes."""
 
@@ -56,6 +66,8 @@ class Batcher:
         self.window_s, self.max_wait_s = window_s, max_wait_s
         self._lock = threading.Lock()
         self._forming: dict[tuple, _Group] = {}
+        self._rolling: dict[tuple, _Rolling] = {}
+        self.joined = 0                    # requests that joined a decode already running
         self._model_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.batch_sizes: list[int] = []   # of every decode run, for benchmarks and tests
 
@@ -70,11 +82,17 @@ class Batcher:
         key = (id(model), id(tokenizer), max_input_tokens, keep_sentinels, tuple(sorted(gen.items())))
         request = _Request(text)
         with self._lock:
-            group = self._forming.get(key)
-            lead = group is None or len(group.requests) >= self.max_batch
-            if lead:
-                group = self._forming[key] = _Group(key)
-            group.requests.append(request)
+            running = self._rolling.get(key)
+            lead = False
+            if running is not None and running.rows + len(running.inbox) < self.max_batch:
+                running.inbox.append(request)   # taken in at the decode's next step
+                self.joined += 1
+            else:
+                group = self._forming.get(key)
+                lead = group is None or len(group.requests) >= self.max_batch
+                if lead:
+                    group = self._forming[key] = _Group(key)
+                group.requests.append(request)
         if lead:
             threading.Thread(target=self._run, args=(group, model, tokenizer, max_input_tokens, keep_sentinels,
                                                      gen), daemon=True, name="mt5studio-batch").start()
@@ -110,23 +128,77 @@ class Batcher:
 
     def _run(self, group: _Group, model, tokenizer, max_input_tokens: int, keep_sentinels: bool,
              gen: dict[str, Any]) -> None:
+        cfg = model.generation_config.updated(**gen)
+        rolling = joinable(cfg) and not getattr(model, "hf_device_map", None)
         self.gather(group)                      # let the visitors who pressed at about the same moment join
         with self._model_lock(model):           # while an earlier batch runs, this one keeps filling
             with self._lock:
                 if self._forming.get(group.key) is group:
                     del self._forming[group.key]
                 requests = list(group.requests)
-            self.batch_sizes.append(len(requests))
-            for r in requests:   # the updates of all visitors together stay ~25 a second
-                r.linger_s = min(0.3, 0.04 * len(requests))
-            start = time.perf_counter()
+            start, served, most = time.perf_counter(), list(requests), len(requests)
+            index = len(self.batch_sizes)   # recorded before anyone's stream ends (tests read it then)
+            self.batch_sizes.append(most)
             try:
                 with torch.inference_mode():
-                    decode(model, tokenizer, requests, max_input_tokens, keep_sentinels, gen)
+                    if rolling:
+                        most = self._roll(group.key, model, tokenizer, served, max_input_tokens, keep_sentinels,
+                                          cfg, index)
+                    else:
+                        lingering(requests, len(requests))
+                        decode(model, tokenizer, requests, max_input_tokens, keep_sentinels, gen)
             except BaseException as e:  # noqa: BLE001 - every visitor still waiting gets the error
-                for r in requests:
+                for r in served + self._close(group.key):
                     r.out.put(e)
-            log.info("batched decode: %d request(s) in %.2f s", len(requests), time.perf_counter() - start)
+            log.info("batched decode: %d request(s) in %.2f s (at most %d at once)", len(served),
+                     time.perf_counter() - start, most)
+
+    def _roll(self, key: tuple, model, tokenizer, served: list[_Request], max_input_tokens: int,
+              keep_sentinels: bool, cfg, index: int) -> int:
+        """A decode that visitors join while it runs (`RollingGreedy`): those in its inbox are taken in before
+        each step. Ends when no row is left and nobody waits. Adds the joiners to `served` (the requests it
+        started with); returns the most rows decoded at once, also kept in `batch_sizes[index]`."""
+        run, streamers, most = RollingGreedy(model, cfg), {}, 0
+        with self._lock:
+            self._rolling[key] = _Rolling(rows=len(served))
+        pending = list(served)
+        eos = set(cfg.eos_ids)
+        while True:
+            if pending:
+                enc = encode_inputs(tokenizer, [r.text for r in pending], max_input_tokens, model.device)
+                run.join(enc.input_ids, enc.attention_mask, pending)
+                for r in pending:
+                    streamers[id(r)] = TextStreamer(tokenizer, keep_sentinels)
+                most = self.batch_sizes[index] = max(most, len(run))
+                lingering(run.tags, len(run))
+            for r, token, done in run.step():
+                streamer = streamers[id(r)]
+                piece = streamer.push(token)
+                if piece:
+                    r.out.put(piece)
+                if done or token in eos:
+                    finish(streamer, r)
+                    del streamers[id(r)]
+            with self._lock:
+                state = self._rolling[key]
+                pending, state.inbox = state.inbox, []
+                served += pending
+                state.rows = len(run) + len(pending)
+                if not state.rows:
+                    del self._rolling[key]
+                    return most
+
+    def _close(self, key: tuple) -> list[_Request]:
+        """After a failed decode: no one joins it any more; returns those who were waiting to."""
+        with self._lock:
+            state = self._rolling.pop(key, None)
+        return state.inbox if state is not None else []
+
+
+def lingering(requests: list[_Request], batch: int) -> None:
+    """The updates of all visitors together stay ~25 a second."""
+    for r in requests:
+        r.linger_s = min(0.3, 0.04 * batch)
 
 
 def decode(model, tokenizer, requests: list[_Request], max_input_tokens: int, keep_sentinels: bool,

@@ -47,7 +47,8 @@ def together(batcher, loaded, texts, **gen):
     return pieces, errors
 
 
-@pytest.mark.parametrize("gen", [{"max_new_tokens": 24}, {"max_new_tokens": 12, "num_beams": 3,
+@pytest.mark.parametrize("gen", [{"max_new_tokens": 24}, {"max_new_tokens": 24, "no_repeat_ngram_size": 0},
+                                 {"max_new_tokens": 12, "num_beams": 3,
                                                            "no_repeat_ngram_size": 2, "length_penalty": 0.6}])
 def test_a_batch_gives_each_visitor_their_solo_text(loaded, gen):
     solo = ["".join(stream_text(loaded.model, loaded.tokenizer, t, 512, **gen)) for t in TEXTS]
@@ -158,3 +159,45 @@ def test_a_batch_waits_while_visitors_keep_arriving_and_starts_after_a_quiet_spe
     assert [out[i] for i in range(len(delays))] == [
         "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[i], 512, max_new_tokens=6))
         for i in range(len(delays))]
+
+
+def test_visitors_who_arrive_while_a_greedy_decode_runs_join_it_at_its_next_step(loaded, monkeypatch):
+    """A runs alone; B and C press while it decodes: they join A's decode (no second batch, no wait for A's end)
+    and everyone gets their solo text. Steps are slowed to 20 ms so A is surely still running."""
+    import time
+
+    from model.rolling import RollingGreedy
+
+    step = RollingGreedy.step
+
+    def slow_step(self):
+        time.sleep(0.02)
+        return step(self)
+
+    monkeypatch.setattr(RollingGreedy, "step", slow_step)
+    batcher = Batcher(max_batch=8, window_s=0.05, max_wait_s=0.1)
+    gen = {"max_new_tokens": 40, "no_repeat_ngram_size": 0}   # plain greedy (the demo checkpoint sets 3)
+    out: dict = {}
+    first_piece = threading.Event()
+    firsts: dict = {}
+
+    def visit(i):
+        pieces = []
+        for piece in batcher.stream(loaded.model, loaded.tokenizer, TEXTS[i], 512, **gen):
+            pieces.append(piece)
+            firsts.setdefault(i, time.monotonic())
+            first_piece.set()
+        out[i] = ("".join(pieces), time.monotonic())
+
+    a = threading.Thread(target=visit, args=(0,))
+    a.start()
+    assert first_piece.wait(30)
+    others = [threading.Thread(target=visit, args=(i,)) for i in (3, 6)]
+    for t in others:
+        t.start()
+    for t in [a, *others]:
+        t.join(120)
+    assert batcher.joined == 2 and batcher.batch_sizes == [3]    # one decode, three rows at once
+    for i in (0, 3, 6):
+        assert out[i][0] == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[i], 512, **gen)), i
+    assert firsts[3] < out[0][1] and firsts[6] < out[0][1]    # their text came while A's decode still ran
