@@ -59,10 +59,10 @@ def target_log_probs(model, states: torch.Tensor, targets: torch.Tensor, mask: t
     slot = torch.tensor(slot, dtype=torch.long)
     wanted = targets[rows, cols].to(distinct.device)
     step = max(PACK_ROWS, LOGITS_CHUNK // model.config.vocab_size // PACK_ROWS * PACK_ROWS)
-    # More than a few distinct states: MKL's packed head, PACK_ROWS rows a time (on 2 cores, mt5-small's head
-    # costs about as much for 32 packed rows as F.linear does for 8). Its last bits may differ from F.linear's:
-    # scores are sums compared within a tolerance, not argmaxes.
-    head = FastHead.for_model(model, rows=PACK_ROWS if len(first) > 4 else None, same_bits=False)
+    # Four distinct states or more: MKL's packed head, PACK_ROWS rows a time (on 2 cores, mt5-small's head
+    # costs about as much for 32 packed rows as F.linear does for 8; F.linear is fast up to 3 rows only).
+    # Its last bits may differ from F.linear's: scores are sums compared within a tolerance, not argmaxes.
+    head = FastHead.for_model(model, rows=PACK_ROWS if len(first) > 3 else None, same_bits=False)
     logp = torch.empty(len(slot), dtype=torch.float32, device=distinct.device)
     for i in range(0, len(first), step):
         logits = head.logits_in_blocks(distinct[i: i + step])                          # (u', V) fp32

@@ -211,3 +211,28 @@ def test_the_screens_bound_holds_for_every_row_of_a_batch_of_unequal_rows(quanti
         error = (approx - F.linear(hb, weight)).abs().amax(-1)
     assert error[0] > bound[0] / 20, "row 0 must be quantized as coarsely as row 1 for the test to check it"
     assert (error <= bound).all(), (error, bound)
+
+
+def test_ranking_logits_in_blocks_of_the_pack_agree_with_f_linear_a_short_last_block_included():
+    """Rank classification's path: the pack for 8 rows, 8 + 5 states; the 5 go through the pack with their own
+    row count where MKL computes that right (probed), else padded. Both agree with F.linear to rounding."""
+    if not hasattr(torch.ops.mkl, "_mkl_linear"):
+        pytest.skip("no MKL here")
+    from model.fast_head import FEWER_ROWS, pack_takes_fewer_rows
+
+    m = tiny(5, vocab_size=4096, d_model=128)
+    head = FastHead.for_model(m, rows=8, same_bits=False)
+    assert head.packed is not None and head.packed_rows == 8
+    states = torch.randn(13, 128)
+    with torch.no_grad():
+        got = head.logits_in_blocks(states)
+        expected = F.linear(states, m.lm_head.weight)
+    assert got.shape == (13, 4096)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (8, 5, 128) in FEWER_ROWS and FEWER_ROWS[(8, 5, 128)] == pack_takes_fewer_rows(8, 5, 128)
+    FEWER_ROWS[(8, 5, 128)] = False            # the padded way gives the same values
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(head.logits_in_blocks(states), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        FEWER_ROWS.pop((8, 5, 128))
