@@ -6,7 +6,10 @@ A random-weight checkpoint of the given shape (bench/generate.py's) with the dem
 `python app.py` (tests/apphost.py) on this machine, called through gradio_client's /summarize (greedy). Per
 configuration: the solo time of one request, then `--visitors` requests sent at the same moment (one client
 each). Printed: throughput against serving them one at a time (solo time each, in a line), the slowest
-request's time against the solo time, and the batch sizes the server formed. Configurations: the batcher on
+request's time against the solo time, and the batch sizes the server formed (the most rows decoded at once).
+Then a staggered round: visitors press one after another, `--stagger` seconds apart, so most arrive while
+others decode (the batcher lets plain greedy visitors join a running decode); printed: the slowest request's
+time against the solo time. Configurations: the batcher on
 (MT5_STUDIO_BATCH_VISITORS = visitors) and off (1: each visitor decoded alone, two at a time, the queue's
 default slots).
 """
@@ -62,7 +65,7 @@ def batch_sizes(log: Path) -> list[int]:
     return [int(m) for m in re.findall(r"batched decode: (\d+) request", log.read_text(encoding="utf-8"))]
 
 
-def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: int) -> dict:
+def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: int, stagger: float) -> dict:
     from gradio_client import Client
 
     env = {"MT5_STUDIO_DEMO_DIR": str(work / "demo"), "MT5_STUDIO_DB": str(work / f"a{batch}.db"),
@@ -76,14 +79,16 @@ def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: 
             call(c, rows[0], str(path), 1)
         solo = statistics.median(call(clients[0], rows[i % visitors], str(path), tokens)
                                  for i in range(max(2, repeat)))
-        walls, worst = [], []
+        walls, worst, staggered = [], [], []
         logged = len(batch_sizes(srv.log))
-        for _ in range(repeat):
+        for round_ in range(repeat + 1):   # the last round staggered
             times: dict[int, float] = {}
             gate = threading.Barrier(visitors)
+            delay = stagger if round_ == repeat else 0.0
 
             def visit(i):
                 gate.wait()
+                time.sleep(i * delay)
                 times[i] = call(clients[i], rows[i], str(path), tokens)
 
             start = time.perf_counter()
@@ -92,12 +97,15 @@ def run(path: Path, work: Path, batch: int, visitors: int, tokens: int, repeat: 
                 t.start()
             for t in threads:
                 t.join()
-            walls.append(time.perf_counter() - start)
             if len(times) != visitors:
                 raise RuntimeError(f"{visitors - len(times)} of {visitors} requests failed: see {srv.log}")
+            if delay:
+                staggered.append(max(times.values()))
+                continue
+            walls.append(time.perf_counter() - start)
             worst.append(max(times.values()))
         return {"solo": solo, "wall": statistics.median(walls), "worst": statistics.median(worst),
-                "batches": batch_sizes(srv.log)[logged:]}
+                "staggered": staggered[0], "batches": batch_sizes(srv.log)[logged:]}
     finally:
         srv.stop()
 
@@ -108,6 +116,7 @@ def main() -> None:
     ap.add_argument("--visitors", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--stagger", type=float, default=0.2, help="seconds between visitors in the staggered round")
     ap.add_argument("--workdir", default=None, help="where checkpoints are kept (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,13 +126,14 @@ def main() -> None:
         print(f"{args.shape} random weights, {args.visitors} visitors at once, greedy, {args.tokens} new tokens, "
               f"through /summarize (gradio_client), median of {args.repeat}")
         print(f"{'configuration':<34}{'solo s':>8}{'all done s':>12}{'throughput vs line':>20}"
-              f"{'slowest / solo':>16}")
+              f"{'slowest / solo':>16}{'staggered':>11}")
         for label, batch in (("batched (BATCH_VISITORS=%d)" % args.visitors, args.visitors),
                              ("alone, 2 slots (BATCH_VISITORS=1)", 1)):
-            r = run(path, work, batch, args.visitors, args.tokens, args.repeat)
+            r = run(path, work, batch, args.visitors, args.tokens, args.repeat, args.stagger)
             line = args.visitors * r["solo"]          # one at a time, each taking the solo time
             print(f"{label:<34}{r['solo']:>8.2f}{r['wall']:>12.2f}{line / r['wall']:>19.2f}x"
-                  f"{r['worst'] / r['solo']:>15.2f}x   batches {r['batches'] or 'none (each alone)'}")
+                  f"{r['worst'] / r['solo']:>15.2f}x{r['staggered'] / r['solo']:>10.2f}x"
+                  f"   batches {r['batches'] or 'none (each alone)'}")
 
 
 if __name__ == "__main__":
