@@ -133,6 +133,21 @@ class RollingGreedy:
         self.last, self.made = self.last.index_select(0, index), self.made.index_select(0, index)
         keep = index.tolist()
         self.tags = [self.tags[i] for i in keep]
+        self.forget_unseen()
+
+    def forget_unseen(self) -> None:
+        """Drops the cached positions no remaining row attends to (those before the earliest remaining row
+        joined), so a decode that visitors keep joining does not grow without end. Every position moves by the
+        same amount, and the relative bias depends only on distances: nothing a row computes changes."""
+        seen = self.sees.any(0)
+        first = int(seen.int().argmax()) if bool(seen.any()) else self.sees.shape[1]
+        if first == 0:
+            return
+        self.sees = self.sees[:, first:]
+        for i, length in enumerate(self.cache.lengths):
+            self.cache.self_k[i] = self.cache.self_k[i][:, :, first:]
+            self.cache.self_v[i] = self.cache.self_v[i][:, :, first:]
+            self.cache.lengths[i] = length - first
 
 
 def pad_keys(t: torch.Tensor, width: int) -> torch.Tensor:

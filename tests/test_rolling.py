@@ -87,8 +87,11 @@ def test_a_row_leaves_at_its_end_and_the_decode_takes_rows_after_everyone_left()
     steps = [decode.step() for _ in range(2)]
     assert [tag for tag, _, done in steps[-1] if done] == ["a", "b"]   # their 4th token: the limit
     assert len(decode) == 1 and decode.tags == ["c"]
+    assert decode.cache.get_seq_length() == 2       # the positions before c joined are forgotten
+    c = list(steps[0][2:] + steps[1][2:])
     while len(decode):
-        decode.step()
+        c += decode.step()
+    assert [t for _, t, _ in c] == alone(m, rows[2], cfg)
     decode.join(*padded(rows[:1]), ["again"])    # an emptied decode starts afresh
     tokens = []
     while len(decode):
