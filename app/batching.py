@@ -136,6 +136,8 @@ class Batcher:
                 if self._forming.get(group.key) is group:
                     del self._forming[group.key]
                 requests = list(group.requests)
+                if rolling:   # from now on arrivals join this decode: no moment when they would form another
+                    self._rolling[group.key] = _Rolling(rows=len(requests))
             start, served, most = time.perf_counter(), list(requests), len(requests)
             index = len(self.batch_sizes)   # recorded before anyone's stream ends (tests read it then)
             self.batch_sizes.append(most)
@@ -159,10 +161,7 @@ class Batcher:
         each step. Ends when no row is left and nobody waits. Adds the joiners to `served` (the requests it
         started with); returns the most rows decoded at once, also kept in `batch_sizes[index]`."""
         run, streamers, most = RollingGreedy(model, cfg), {}, 0
-        with self._lock:
-            self._rolling[key] = _Rolling(rows=len(served))
         pending = list(served)
-        eos = set(cfg.eos_ids)
         while True:
             if pending:
                 enc = encode_inputs(tokenizer, [r.text for r in pending], max_input_tokens, model.device)
@@ -176,7 +175,7 @@ class Batcher:
                 piece = streamer.push(token)
                 if piece:
                     r.out.put(piece)
-                if done or token in eos:
+                if done:   # its end of sequence or its token limit
                     finish(streamer, r)
                     del streamers[id(r)]
             with self._lock:
