@@ -19,6 +19,7 @@ from model.textgen import clean_ids, encode_inputs
 from . import align
 from .assets import ASSETS
 from .errors import UserError
+from .limits import MAX_TEMPLATE_CHARS, generation_work
 from .models import Loaded
 from .tasks import (MAX_INPUT_TOKENS, Answer, Decoding, QAResult, answer_extractive, check_decoding, check_question,
                     highlight, input_cap, needs_generation, preset_decoding, require_qa, strip_span)
@@ -28,7 +29,6 @@ REGISTRY_FILE = ASSETS / "models.json"
 PLACEHOLDER = re.compile(r"\{(context|question)\}")
 EXTRACTIVE, GENERATIVE, CONSTRAINED = "extractive head", "generative", "generative, constrained"
 NOT_FOUND = "not found in the passage"
-MAX_TEMPLATE_CHARS = 2000   # a template is an instruction around the inputs, not a second passage
 TOKEN_SPAN = "token span"   # a constrained answer whose decoded text align could not place: its tokens' offsets
 
 
@@ -125,6 +125,7 @@ def answer_generative(loaded: Loaded, question: str, context: str, decoding: Dec
             tok.encode(passage, add_special_tokens=False), tok.eos_token_id,
             loaded.model.generation_config.decoder_start_token_id)
     enc = encode_inputs(tok, prompt, max_input_tokens, loaded.model.device)
+    loaded.afford(generation_work(kwargs, 1, enc.num_tokens[0], "an answer"), "use fewer beams or new tokens.")
     run = clean_ids(tok, loaded.model.generate(enc.input_ids, enc.attention_mask, **kwargs)[0, 1:])
     answer = locate(passage, tok.decode(run).strip(), tok, run if constrained else None)
     marks = [(answer.start, answer.end, "answer")] if answer.found else []

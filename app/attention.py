@@ -11,6 +11,7 @@ import numpy as np
 from model.textgen import AttentionMaps, capture_attention
 
 from .errors import UserError
+from .limits import Work
 from .models import HEADS, Loaded
 from .tasks import MAX_INPUT_TOKENS, input_cap, require_text
 
@@ -34,14 +35,18 @@ def capture(loaded: Loaded, what: AttentionInput, max_input_tokens: int = MAX_IN
     model, tokenizer = loaded.model, loaded.tokenizer
     source = what.source[: input_cap(max_input_tokens)]
     # the encoder's ids exactly as the task made them: QA heads read the (question, context) pair
-    ids = tokenizer.encode(what.question, source) if what.question is not None else tokenizer.encode(source)
+    ids = (tokenizer.encode(what.question[: input_cap(max_input_tokens)], source) if what.question is not None
+           else tokenizer.encode(source))
     decoder = HEADS[loaded.head].decoder
-    if decoder == "generated":       # text-to-text: the generated tokens on the decoder
-        target = tokenizer.encode(what.target)[:max_input_tokens] if what.target else None
-        return capture_attention(model, tokenizer, ids, target, max_input_tokens)
-    if decoder == "input":           # classification and QA heads: the decoder reads the input again
-        return capture_attention(model, tokenizer, ids, ids[:max_input_tokens], max_input_tokens)
-    return capture_attention(model, tokenizer, ids, None, max_input_tokens)   # encoder only
+    target = None
+    if decoder == "generated" and what.target:   # text-to-text: the generated tokens on the decoder
+        target = tokenizer.encode(what.target[: input_cap(max_input_tokens)])[:max_input_tokens]
+    elif decoder == "input":          # classification and QA heads: the decoder reads the input again
+        target = ids[:max_input_tokens]
+    s, t = min(len(ids), max_input_tokens), len(target or ())
+    loaded.afford(Work(f"attention maps of {s} × {t} tokens", 1, s, 1 if t else 0, t, teacher_forced=True,
+                       attention_maps=True), "shorten the text.")
+    return capture_attention(model, tokenizer, ids, target, max_input_tokens)
 
 
 @dataclass

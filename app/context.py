@@ -71,7 +71,7 @@ class AppContext:
         allowed |= {s for e in assets.models.values() for s in e.suggestions}
         policy = ModelPolicy(settings.locked, frozenset(allowed | set(settings.allowed_models)))
         cache = ModelCache(settings.cache_models, settings.cache_bytes, policy, offline=settings.offline,
-                           folders=assets.folders)
+                           folders=assets.folders, request_mb=settings.request_mb)
         return cls(settings, assets, cache, demo)
 
     def request(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",

@@ -22,6 +22,7 @@ from model.hub import looks_like_path, resolve_file
 from model.placement import available_devices
 
 from .errors import UserError
+from .limits import REQUEST_MB, Work, check_work, request_budget
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Quantized weights: value -> (label in the page, model-layer options). "-all" also quantizes the shared
@@ -89,6 +90,13 @@ class Loaded:
     family: str
     nbytes: int
     warnings: list[str] = field(default_factory=list)
+    request_mb: int = REQUEST_MB    # the deployment's per-request budget (Settings.request_mb; see app.limits)
+
+    def afford(self, work: Work, advice: str) -> int:
+        """Refuses `work` (UserError naming the limit) when it would take more working memory than one request
+        may on this deployment, for this model's size; returns the estimate in bytes. Called before the model
+        runs."""
+        return check_work(work, self.model.config, request_budget(self.nbytes, self.request_mb), advice)
 
     @property
     def head(self) -> str:
@@ -289,10 +297,11 @@ class ModelCache:
 
     def __init__(self, max_models: int = 3, max_bytes: int = 6 * 2**30, policy: ModelPolicy | None = None,
                  loader: Callable[[ModelRequest, Progress | None], Loaded] | None = None, *, offline: bool = False,
-                 folders: Mapping[str, Path] | None = None):
+                 folders: Mapping[str, Path] | None = None, request_mb: int = REQUEST_MB):
         """`offline`: read only the local Hugging Face cache; `folders`: short names of local checkpoints (the
-        demo's) and where they are (see `load_checkpoint`)."""
-        self.max_models, self.max_bytes = max_models, max_bytes
+        demo's) and where they are (see `load_checkpoint`); `request_mb`: one request's working-memory budget
+        (`Loaded.afford`)."""
+        self.max_models, self.max_bytes, self.request_mb = max_models, max_bytes, request_mb
         self.policy = policy or ModelPolicy()
         self.offline, self.folders = offline, dict(folders or {})
         self.loader = loader or (lambda request, progress: load_checkpoint(
@@ -316,6 +325,7 @@ class ModelCache:
                     return self._models[request]
             try:
                 loaded = self.loader(request, progress)
+                loaded.request_mb = self.request_mb
             finally:  # a failed load leaves no gate behind (an open deployment sees many bad ids)
                 with self._lock:
                     self._loading.pop(request, None)

@@ -23,6 +23,7 @@ from model.textgen import generate_text
 from . import align
 from .assets import ASSETS
 from .errors import UserError
+from .limits import check_template_limits, generation_work
 from .models import Loaded
 from .tasks import (MAX_INPUT_TOKENS, Decoding, Entity, Tagging, check_decoding, highlight, input_cap, is_rtl,
                     needs_generation, preset_decoding, require_text, tag, unspaced)
@@ -32,6 +33,8 @@ METHOD = "zero-shot (approximate)"
 HEAD = "token-classification head"
 MAX_TYPES = 12                 # one generated answer per type, in one batch: bounded
 MAX_TYPE_CHARS = 60
+MAX_TYPE_TOKENS = 24           # tokens, not characters: byte pieces make a short string many tokens
+TEMPLATE_USES = {"text": 1, "type": 3}
 PLACEHOLDER = re.compile(r"\{(text|type)\}")
 # how a model separates the strings it lists: commas (also the CJK and Arabic ones), semicolons, newlines
 SEPARATORS = re.compile(r"[,;\n\r、，；،؛]+")
@@ -108,7 +111,9 @@ def check_template(template: str | None) -> str:
     if not isinstance(template, str) or not template.strip():
         raise UserError("The prompt template is empty: write one with {text} where the text goes and {type} where "
                         "the entity type goes (clear the box to restore the default).")
-    used = set(PLACEHOLDER.findall(template))
+    found = PLACEHOLDER.findall(template)
+    check_template_limits(template, {name: found.count(name) for name in set(found)}, TEMPLATE_USES)
+    used = set(found)
     for name, what in (("text", "the text"), ("type", "the entity type")):
         if name not in used:
             raise UserError(f"The prompt template has no {{{name}}} placeholder: put {{{name}}} where {what} goes, "
@@ -122,18 +127,31 @@ def render(template: str, text: str, type_: str) -> str:
 
 
 def fit_text(tokenizer, template: str, text: str, types: list[str], max_input_tokens: int) -> tuple[str, bool]:
-    """The longest prefix of `text` (cut on characters) with which every type's prompt fits the model's input;
-    returns (prefix, whether it was cut). Offsets into the prefix are offsets into `text`."""
+    """The longest prefix of `text` (cut on a token's end) with which every type's prompt fits the model's input;
+    returns (prefix, whether it was cut). Offsets into the prefix are offsets into `text`.
+
+    Built by tokens: the template around the text is counted first, with the longest type (the template and the
+    types are bounded), then the text, capped to what `max_input_tokens` can hold, is cut to the room left."""
     cap = input_cap(max_input_tokens)
     cut = text[:cap]
-    longest = max(types, key=len)
-    over = len(tokenizer.encode(render(template, cut, longest), add_special_tokens=False)) + 1 - max_input_tokens
-    if over <= 0:
+    around = max(len(tokenizer.encode(render(template, "", t), add_special_tokens=False)) for t in types)
+    room = max_input_tokens - 1 - around - 8   # `</s>`, and a few tokens spare: pieces merge differently at joins
+    if room < 1:
+        raise UserError(f"The prompt template with an entity type takes {around:,} of the model's "
+                        f"{max_input_tokens} input tokens, leaving no room for the text: shorten the template.")
+    offsets = tokenizer(cut, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+    if len(offsets) <= room:
         return cut, len(text) > cap
-    ids = tokenizer(cut, return_offsets_mapping=True, add_special_tokens=False)
-    offsets = ids["offset_mapping"]
-    keep = max(1, len(offsets) - over - 8)   # a few tokens spare: pieces merge differently at the cut
-    return cut[: offsets[keep - 1][1]], True
+    return cut[: offsets[room - 1][1]], True
+
+
+def check_type_tokens(tokenizer, names: list[str]) -> None:
+    """An entity type over MAX_TYPE_TOKENS tokens is a UserError."""
+    for name in names:
+        n = len(tokenizer.encode(name, add_special_tokens=False))
+        if n > MAX_TYPE_TOKENS:
+            raise UserError(f"The entity type {name[:30]!r} is {n} tokens long; at most {MAX_TYPE_TOKENS}: "
+                            "shorten it.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -261,7 +279,10 @@ def tag_prompted(loaded: Loaded, text: str, types: str | list[str] | None, templ
     decoding = decoding or preset_decoding(loaded.model.generation_config, registry_preset())
     gen = check_decoding(loaded.model, Decoding(max_new_tokens=decoding.max_new_tokens, num_beams=1,
                                                 do_sample=False))
+    check_type_tokens(loaded.tokenizer, names)
     cut, truncated = fit_text(loaded.tokenizer, template, text, names, max_input_tokens)
+    loaded.afford(generation_work({**gen, "num_return_sequences": 1}, len(names), max_input_tokens,
+                                  f"{len(names)} entity types"), "use fewer entity types or fewer new tokens.")
     prompts = {t: render(template, cut, t) for t in names}
     answers = generate_text(loaded.model, loaded.tokenizer, list(prompts.values()), max_input_tokens,
                             **{**gen, "num_return_sequences": 1})

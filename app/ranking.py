@@ -20,11 +20,14 @@ from model.ranking import rank_choices
 
 from .assets import ASSETS
 from .errors import UserError
+from .limits import Work, check_template_limits
 from .models import Loaded
 from .tasks import MAX_INPUT_TOKENS, Classification, classify, input_cap, needs_generation, require_text
 
 MAX_LABELS = 100          # one decoder batch of (prompts x labels) rows: bounded
 MAX_LABEL_CHARS = 200
+MAX_LABEL_TOKENS = 64     # tokens, not characters: 200 emoji are 800 byte pieces, and attention grows with the square
+TEMPLATE_USES = {"text": 1, "premise": 1, "hypothesis": 1, "choices": 1}
 PRESETS_FILE = ASSETS / "prompts" / "classification.json"
 PLACEHOLDER = re.compile(r"\{(text|premise|hypothesis|choices)\}")
 RANK = "rank classification"
@@ -112,7 +115,9 @@ def check_template(template: str | None, fields: tuple[str, ...]) -> str:
     if not isinstance(template, str) or not template.strip():
         raise UserError("The prompt template is empty: write one with {text} where the text goes (and {choices} "
                         "where the labels are listed), or pick a preset to restore its template.")
-    used = set(PLACEHOLDER.findall(template))
+    found = PLACEHOLDER.findall(template)
+    check_template_limits(template, {name: found.count(name) for name in set(found)}, TEMPLATE_USES)
+    used = set(found)
     for f in fields:
         if f not in used:
             raise UserError(f"The prompt template has no {{{f}}} placeholder: put {{{f}}} where the {f} goes "
@@ -132,17 +137,35 @@ def render(template: str, values: Mapping[str, str]) -> str:
 def fit_prompt(tokenizer, template: str, values: dict[str, str], main: str, max_input_tokens: int
                ) -> tuple[str, bool]:
     """The prompt, the `main` input cut so the whole prompt fits `max_input_tokens` (the question and the
-    choices after it are kept); returns (prompt, whether anything was cut)."""
+    choices after it are kept); returns (prompt, whether anything was cut).
+
+    Built by tokens: the template around the inputs is counted first (every value capped to what
+    `max_input_tokens` can hold, so nothing unbounded is rendered or tokenized), then `main` is cut to the room
+    left, on a token's end."""
     cap = input_cap(max_input_tokens)
     cut = len(values[main]) > cap
-    values = {**values, main: values[main][:cap]}
-    prompt = render(template, values)
-    over = len(tokenizer.encode(prompt, add_special_tokens=False)) - max_input_tokens
-    if over <= 0:
-        return prompt, cut
-    ids = tokenizer.encode(values[main], add_special_tokens=False)
-    keep = max(1, len(ids) - over - 8)   # a few tokens spare: pieces merge differently at the cut
-    return render(template, {**values, main: tokenizer.decode(ids[:keep])}), True
+    values = {name: value[:cap] for name, value in values.items()}
+    around = len(tokenizer.encode(render(template, {**values, main: ""}), add_special_tokens=False))
+    room = max_input_tokens - around - 8   # a few tokens spare: pieces merge differently at the joins
+    if room < 1:
+        others = " and ".join(["the labels", *(f"the {f}" for f in values if f not in (main, "choices"))])
+        raise UserError(f"The prompt template with {others} takes {around:,} of the model's {max_input_tokens} "
+                        f"input tokens, leaving no room for the {main}: use fewer or shorter labels, or shorten "
+                        "the template.")
+    offsets = tokenizer(values[main], return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+    if len(offsets) > room:
+        values[main], cut = values[main][: offsets[room - 1][1]], True
+    return render(template, values), cut
+
+
+def label_tokens(tokenizer, names: list[str]) -> list[int]:
+    """Each label's token count (its `</s>` included); a label over MAX_LABEL_TOKENS is a UserError."""
+    counts = [len(tokenizer.encode(n)) for n in names]
+    for name, n in zip(names, counts):
+        if n > MAX_LABEL_TOKENS:
+            raise UserError(f"The label {name[:40]!r}{'…' if len(name) > 40 else ''} is {n:,} tokens long; a label "
+                            f"may have at most {MAX_LABEL_TOKENS} tokens: shorten it.")
+    return counts
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -156,8 +179,11 @@ def classify_prompted(loaded: Loaded, inputs: Mapping[str, str], labels: str | l
     names = parse_labels(labels)
     check_template(template, fields)
     needs_generation(loaded, "Rank classification")
+    counts = label_tokens(loaded.tokenizer, names)
     values["choices"] = separator.join(names)
     prompt, truncated = fit_prompt(loaded.tokenizer, template, values, fields[0], max_input_tokens)
+    loaded.afford(Work(f"{len(names)} labels × {max(counts)} tokens", 1, max_input_tokens, len(names), max(counts),
+                       teacher_forced=True, shared_source=True), "use fewer or shorter labels.")
     scores = rank_choices(loaded.model, loaded.tokenizer, prompt, names, normalize, max_input_tokens)[0]
     probs = torch.softmax(scores.double(), -1)
     ranked = sorted(zip(names, probs.tolist(), scores.tolist()), key=lambda r: -r[1])

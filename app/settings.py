@@ -34,6 +34,8 @@ class Settings:
     MT5_STUDIO_DEMO=1              demo mode without the --demo flag
     MT5_STUDIO_MAX_FILE_MB=10      largest upload accepted, in MB (Gradio refuses bigger files before they are read)
     MT5_STUDIO_BATCH_ROWS=N        rows per batch job: default 1000, or 200 when locked (a public deployment)
+    MT5_STUDIO_REQUEST_MB=1024     working memory one request may take (estimated from its token counts before the
+                                   model runs; app.limits): more is refused. At least half the loaded model's weights
     MT5_STUDIO_OFFLINE=1           read checkpoints from the local Hugging Face cache only (HF_HUB_OFFLINE=1 too);
                                    also set when the Hub cannot be reached at start-up
 
@@ -57,6 +59,7 @@ class Settings:
     offline: bool = False
     max_file_bytes: int = 10 * 2**20
     batch_rows: int = 1000
+    request_mb: int = 1024
     sign_in: str = ""                       # "huggingface", "password" or "" (nobody signs in)
     users: dict[str, str] = field(default_factory=dict, repr=False)   # name -> password ("password" sign-in)
     admins: frozenset[str] = frozenset()
@@ -89,6 +92,7 @@ class Settings:
             demo=env.get("MT5_STUDIO_DEMO", "").lower() in truthy,
             max_file_bytes=max(1, _int(env, "MT5_STUDIO_MAX_FILE_MB", 10)) * 2**20,
             batch_rows=max(1, _int(env, "MT5_STUDIO_BATCH_ROWS", LOCKED_BATCH_ROWS if locked else MAX_ROWS)),
+            request_mb=max(1, _int(env, "MT5_STUDIO_REQUEST_MB", 1024)),
             offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
         )
 

@@ -16,10 +16,11 @@ from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans
 
 from .batching import BATCHER
 from .errors import UserError
-from .limits import check_bounds
+from .limits import check_bounds, generation_work
 from .models import Loaded
 
 MAX_INPUT_TOKENS = 512
+ADVICE = "use fewer beams or returned sequences, or fewer new tokens."
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -130,6 +131,7 @@ def stream_summary(loaded: Loaded, text: str, decoding: Decoding,
     gen = check_decoding(loaded.model, decoding)
     enc = encode_inputs(loaded.tokenizer, text[: input_cap(max_input_tokens)], max_input_tokens)
     truncated = enc.truncated[0] or len(text) > input_cap(max_input_tokens)
+    loaded.afford(generation_work(gen, 1, enc.num_tokens[0], "a summary"), ADVICE)
     out = ""
     # concurrent visitors of the same model and settings decode in one batch (app/batching.py)
     for piece in BATCHER.stream(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],
@@ -168,6 +170,7 @@ def fill(loaded: Loaded, text: str, decoding: Decoding, max_input_tokens: int = 
         raise UserError("The text has no <extra_id_N> marker: put <extra_id_0> where the model should fill in "
                         "(the 'Insert next marker' button does it).")
     gen = check_decoding(loaded.model, decoding)
+    loaded.afford(generation_work(gen, 1, max_input_tokens, "span filling"), ADVICE)
     try:
         filled = fill_spans(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],
                             max_input_tokens, **gen)
