@@ -19,12 +19,13 @@ from .attention import AttentionInput, select
 from .batching import batched
 from .context import AppContext
 from .errors import UserError, describe
-from .limits import MAX_ANSWERS
+from .limits import MAX_ANSWERS, generation_work
 from .models import HEADS
 from .prompted_tagging import method_of as tagging_method, source_of, tag_checkpoint
 from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
-from .tasks import Decoding, answer_extractive, as_plain, fill, stream_summary
+from .tasks import (MAX_INPUT_TOKENS, Decoding, answer_extractive, as_plain, check_decoding, fill, input_cap,
+                    require_text, stream_summary)
 
 log = logging.getLogger("mt5studio")
 
@@ -152,9 +153,15 @@ def register(ctx: AppContext) -> None:
         # a question/context task reads its pair as the task does; without a question, the text alone
         what = (TASKS[task].attention({"question": question, "context": text}, None)
                 if "question" in fields and question else AttentionInput(text))
+        require_text(what.source, "text")
         if HEADS[loaded.head].decoder == "generated" and not target.strip():
-            target = (fill(loaded, what.source, Decoding()).raw if MARKER.search(what.source)
-                      else generate_text(loaded.model, loaded.tokenizer, what.source)[0])
+            source = what.source[: input_cap(MAX_INPUT_TOKENS)]
+            if MARKER.search(source):
+                target = fill(loaded, source, Decoding()).raw
+            else:
+                gen = check_decoding(loaded.model, Decoding())
+                loaded.afford(generation_work(gen, 1, MAX_INPUT_TOKENS, "the output to show"), "shorten the text.")
+                target = generate_text(loaded.model, loaded.tokenizer, source)[0]
         what = AttentionInput(what.source, what.question, target or None)
         maps = ctx.attention.get(loaded, what)
         view = select(maps, kind, layer, head)
