@@ -10,8 +10,8 @@ The file is read by the Batch tab's reader (app.annotation.batch.load_inputs); e
 own function (TASKS[task].run, as the tab's jobs do), so the outputs are the tab's. Every output record carries
 the provenance the tab records (model id, revision, family, dtype, decoding, app version), the row's index and
 inputs; the finished file imports into the Batch tab's annotation queue ("Import a command's output"). Killed,
-the same command resumes; an output file of another job is refused. The machinery (split, shards, merge) is
-model.batch's.
+the same command resumes; an output file of another job, or any other file, is refused and left as it is. The
+machinery (split, shards, merge) is model.batch's.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .annotation.batch import BatchInput, BatchRow, job_settings, load_inputs, o
 from .assets import load_assets
 from .context import AppContext
 from .demo import build_demo
-from .errors import UserError
+from .errors import UserError, read_json_line
 from .limits import check_bounds
 from .models import DTYPES, QUANTIZATIONS
 from .settings import Settings
@@ -116,6 +116,7 @@ def batch(args: argparse.Namespace) -> int:
     key = job_key(args, decoding, source.read_bytes())
     about = {"task": args.task, "model_id": args.model.strip(), "decoding": decoding_dict(decoding),
              "source": source.name, "app_version": __version__}
+    refuse_other_file(Path(args.output))
     existing(Path(args.output), key, about)   # another job's file is refused before a model is loaded
     ctx = context(args, state)
     device = args.device
@@ -146,6 +147,23 @@ def batch(args: argparse.Namespace) -> int:
             "them", file=sys.stderr)
         return 1
     return 0
+
+
+def refuse_other_file(output: Path) -> None:
+    """ValueError, the file left as it is, for an --output that exists and is not a job's output: any non-empty
+    file whose first line is not one of the command's records. (Resuming reads a last line without a newline as
+    torn by a kill and rewrites the file: a user's one-line file would be replaced.)"""
+    if not output.is_file() or output.stat().st_size == 0:
+        return
+    with output.open("rb") as f:
+        first = f.readline()
+    try:
+        rec = read_json_line(first, f"{output} line 1")
+    except ValueError:
+        rec = None
+    if not (isinstance(rec, dict) and isinstance(rec.get("index"), int) and "job" in rec):
+        raise ValueError(f"{output} exists and is not the output of `python -m app batch` (its first line is not "
+                         "one of its records): give another --output; the file was left as it is")
 
 
 def row_text(x: BatchInput) -> str:

@@ -9,18 +9,21 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from . import api
 from .annotation.api import mount as mount_annotation_api
 from .annotation.rights import identify
+from .annotation.sessions import METHODS, SessionBook, SessionGuard
 from .assets import Assets, load_assets
 from .context import AppContext
 from .demo import build_demo, hub_unavailable
+from .files import start_sweeper
 from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.backends import DatabaseUnavailable
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
-from .annotation.tabs import annotations, compare, panel as annotation_panel
+from .annotation.tabs import annotations, compare, panel as annotation_panel, sessions as sessions_tab
 from .annotation.tabs.identity import AnnotatorName
 from .tabs import task_tabs
 from .tabs.common import TabHandle
@@ -34,6 +37,7 @@ class App:
     blocks: gr.Blocks
     handles: dict[str, TabHandle]
     context: AppContext
+    store: AnnotationStore | None = None
 
 
 def build_app(ctx: AppContext, demo_reason: str = "",
@@ -48,6 +52,8 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         extra_tabs = [("Compare", lambda c, h: compare.build(c, store, annotator)),
                       ("Annotations", lambda c, h: annotations.build(c, store)),
                       ("Batch", lambda c, h: compare.build_batch_tab(c, store, annotator)), *extra_tabs]
+        if ctx.settings.sign_in:
+            extra_tabs.append(("Sessions", lambda c, h: sessions_tab.build(store, c.settings)))
     # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.
     with gr.Blocks(title="mT5 Studio", delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as blocks:
         gr.Markdown(ctx.assets.help["header"], elem_classes=["header"])
@@ -72,7 +78,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         annotator.link(blocks, ctx.settings)   # after every tab: the boxes are all known
         prefill, inputs, outputs = handles["summarization"].extra["prefill"]
         blocks.load(prefill, inputs, outputs, api_visibility="private")
-    return App(blocks, handles, ctx)
+    return App(blocks, handles, ctx, store)
 
 
 def sign_in_row(settings: Settings, blocks: gr.Blocks) -> None:
@@ -122,14 +128,25 @@ def prepare(demo_flag: bool, settings: Settings | None = None, assets: Assets | 
     return AppContext.create(settings, assets, demo=bool(reason)), reason
 
 
+def session_guard(app: App) -> list[Middleware]:
+    """The middleware that records sign-in sessions in the store and signs revoked ones out (Log out, an admin):
+    app.annotation.sessions. None without a store or a sign-in method."""
+    method = app.context.settings.sign_in
+    if app.store is None or method not in METHODS:
+        return []
+    return [Middleware(SessionGuard, book=SessionBook(app.store), method=method)]
+
+
 def launch(app: App, host: str | None = None, port: int | None = None, **options) -> None:
     app.blocks.queue(default_concurrency_limit=app.context.settings.concurrency, max_size=256)
     auth = password_check(app.context.settings)
     if auth is not None:
         options.setdefault("auth", auth)
         options.setdefault("auth_message", "mT5 Studio: log in with the user name and password the owner gave you.")
+    app_kwargs = dict(options.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), *session_guard(app)]
     app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css,
-                      max_file_size=app.context.settings.max_file_bytes, **options)
+                      max_file_size=app.context.settings.max_file_bytes, app_kwargs=app_kwargs, **options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot open the annotation store: %s", e)   # the message says what to check; no traceback
         return 2
     ctx, reason = prepare(args.demo)
+    start_sweeper(ctx.settings.files)   # visitors' files: what a previous run left, then on a schedule
     if reason:
         log.info("demo mode: %s", reason)
     sync = start_sync(store)   # pushes to a dataset repo only when MT5_STUDIO_DATASET_REPO and HF_TOKEN are set

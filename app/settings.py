@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+from .files import VisitorFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_ROWS, LOCKED_BATCH_ROWS = 1000, 200   # rows per batch job: a locked deployment is public, its workers shared
 UPLOAD_MAX_AGE_S = 3600                   # uploads older than this are deleted (checked as often)
+SPACE_DATA_DIR = Path("/data")            # a Space's persistent storage, when it has some
+
+
+def default_files_dir() -> Path:
+    """Visitors' files beside the annotation database (app.annotation.store.default_data_dir): under `/data` on a
+    Space with persistent storage, else under `data/`."""
+    data = SPACE_DATA_DIR if SPACE_DATA_DIR.is_dir() and os.access(SPACE_DATA_DIR, os.W_OK) else ROOT / "data"
+    return data / "visitor-files"
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -38,6 +49,12 @@ class Settings:
                                    model runs; app.limits): more is refused. At least half the loaded model's weights
     MT5_STUDIO_OFFLINE=1           read checkpoints from the local Hugging Face cache only (HF_HUB_OFFLINE=1 too);
                                    also set when the Hub cannot be reached at start-up
+    MT5_STUDIO_FILES_DIR=path      the one folder where the app writes files for visitors (exports of annotations
+                                   and comparisons); default: data/visitor-files, /data/visitor-files on a Space
+                                   with persistent storage (app.files)
+    MT5_STUDIO_FILES_AGE_S=3600    a visitor's file is removed this many seconds after it was written
+    MT5_STUDIO_FILES_MB=500        what the folder may hold in all, in MB: an export that would pass it is refused
+                                   with a message naming the limit (nothing is kept)
 
     Sign-in and rights (app.annotation.rights):
     MT5_STUDIO_USERS=alice:pw,bob:pw   users who log in with a password (Gradio's login page guards the whole app)
@@ -63,11 +80,19 @@ class Settings:
     sign_in: str = ""                       # "huggingface", "password" or "" (nobody signs in)
     users: dict[str, str] = field(default_factory=dict, repr=False)   # name -> password ("password" sign-in)
     admins: frozenset[str] = frozenset()
+    files_dir: Path = field(default_factory=default_files_dir)
+    files_max_age_s: int = 3600
+    files_max_bytes: int = 500 * 2**20
 
     @property
     def protected(self) -> bool:
         """Rights apply: saving needs a signed-in user, changing others' work needs an admin."""
         return self.locked or bool(self.sign_in)
+
+    @cached_property
+    def files(self) -> VisitorFiles:
+        """The folder for visitors' files (app.files), made once per Settings: the one the app's exports share."""
+        return VisitorFiles(self.files_dir, self.files_max_age_s, self.files_max_bytes)
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Settings":
@@ -93,6 +118,9 @@ class Settings:
             max_file_bytes=max(1, _int(env, "MT5_STUDIO_MAX_FILE_MB", 10)) * 2**20,
             batch_rows=max(1, _int(env, "MT5_STUDIO_BATCH_ROWS", LOCKED_BATCH_ROWS if locked else MAX_ROWS)),
             request_mb=max(1, _int(env, "MT5_STUDIO_REQUEST_MB", 1024)),
+            files_dir=Path(env.get("MT5_STUDIO_FILES_DIR") or default_files_dir()).expanduser().resolve(),
+            files_max_age_s=max(1, _int(env, "MT5_STUDIO_FILES_AGE_S", 3600)),
+            files_max_bytes=max(1, _int(env, "MT5_STUDIO_FILES_MB", 500)) * 2**20,
             offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
         )
 

@@ -71,6 +71,9 @@ def read_records(path: Path) -> Iterator[Record]:
             continue
         try:
             rec = json.loads(line)
+        except RecursionError:   # Python's parser recurses once per level: `[[[[…` is not a JSONDecodeError
+            raise ValueError(f"{path} line {number} is nested too deeply to be a batch record: it is not this "
+                             "command's output; give another --output") from None
         except json.JSONDecodeError:
             if number == len(lines):   # no newline after it: torn by a kill, the row runs again
                 continue

@@ -1,6 +1,7 @@
 """The batch command (`python -m app batch`, model/batch.py): one process and `accelerate launch` with two CPU
 processes (gloo) write the same bytes; a run killed midway finishes when run again, no row lost or repeated; bad
-input is refused with what to do; the output imports into the Batch tab's queue; the tab shows the commands for a
+input is refused with what to do (an --output that is not a job's file is left as it is; deep or malformed JSON is
+one line naming the file and line); the output imports into the Batch tab's queue; the tab shows the commands for a
 large file and lets only admins import."""
 import json
 import os
@@ -171,6 +172,66 @@ def test_bad_input_is_refused_with_a_clear_message(case, message, one_process, r
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def run_command(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`python -m app batch ...` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_an_output_that_is_not_a_jobs_file_is_refused_and_left_as_it_is(env, tmp_path):
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"text": "Hola mundo"}\n{"text": "Bonjour"}\n', encoding="utf-8")
+    users = tmp_path / "users.txt"
+    users.write_bytes(b"alice:secret")   # one line, no newline: resuming would read it as torn by a kill
+    done = run_command(batch_args(two, users), env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert f"error: {users} exists and is not the output of `python -m app batch`" in line
+    assert "give another --output" in line
+    assert users.read_bytes() == b"alice:secret" and not shard_dir(users).exists()
+
+
+def test_deep_json_is_a_one_line_message_naming_the_file_and_line(env, tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "uno"}\n' + "[" * 60000 + "\n", encoding="utf-8")
+    done = run_command(batch_args(deep, tmp_path / "o.jsonl"), env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "RecursionError" not in done.stderr, \
+        done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert line == "error: deep.jsonl line 2: not valid JSON (nested too deeply to read)"
+    out = tmp_path / "deep-out.jsonl"   # an --output whose first line is deep JSON: not a job's file
+    out.write_text("[" * 60000, encoding="utf-8")
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"text": "Hola mundo"}\n', encoding="utf-8")
+    done = run_command(batch_args(two, out), env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "is not the output of `python -m app batch`" in done.stderr and out.read_text() == "[" * 60000
+
+
+def test_every_reader_of_json_input_says_which_file_and_line(tmp_path):
+    from app.annotation.api import parse_decoding
+    from app.errors import read_json_line
+
+    deep = "[" * 60000
+    with pytest.raises(ValueError, match=r"^x\.jsonl line 3: not valid JSON \(nested too deeply to read\)$"):
+        read_json_line(deep, "x.jsonl line 3")
+    with pytest.raises(ValueError, match=r"^x\.jsonl line 3: not valid JSON \(Expecting value at column 7\)$"):
+        read_json_line('{"a": }', "x.jsonl line 3")
+    with pytest.raises(ValueError, match="decoding must be a JSON object .*nested too deeply"):
+        parse_decoding(deep)
+    path = tmp_path / "deep.jsonl"
+    path.write_text(deep + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"deep\.jsonl line 1: not valid JSON \(nested too deeply"):
+        load_inputs(path)
+    store = AnnotationStore(tmp_path / "annotations.db")
+    try:
+        with pytest.raises(ValueError, match=r"deep\.jsonl is not the output .*line 1: not valid JSON \(nested"):
+            import_outputs(store, path)
+    finally:
+        store.close()
+
+
 def test_a_text_column_is_named_by_the_option(tmp_path):
     other = tmp_path / "other.csv"
     other.write_text("id,Sentence\n1,Hola mundo\n2,مرحبا\n", encoding="utf-8")
@@ -243,6 +304,10 @@ def test_batch_tab_shows_the_command_for_a_large_file_and_imports_for_admins_onl
         assert "--demo --max-new-tokens 8 --num-beams 1" in shown and "--machine_rank 1" in shown
         quiet = command_for(str(small), "summarization", "", "auto", "auto", "none", *decoding)
         assert "".join(map(str, quiet.values())) == ""
+        deep = tmp_path / "deep.jsonl"   # unreadable: no command shown (creating the job says why), no traceback
+        deep.write_text("[" * 60000 + "\n", encoding="utf-8")
+        assert "".join(map(str, command_for(str(deep), "summarization", "", "auto", "auto", "none", *decoding)
+                           .values())) == ""
 
         refused = import_output(str(one_process), SimpleNamespace(username="bob"))
         assert "admin" in "".join(map(str, refused.values())) and list_jobs(store) == []

@@ -47,6 +47,12 @@ class Tok:   # ids of the lengths asked for, without a vocabulary
     def encode(self, text, add_special_tokens=True):
         return [5 + i % 50 for i in range(int(text))] + ([1] if add_special_tokens else [])
 rss = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1])
+# warm up with a little work first: what is built once per model (the output projection's packed copy) is not a
+# request's cost, as the server builds it once
+if kind == "rank":
+    rank_choices(model, Tok(), "8", ["3", "4", "5", "6"])
+else:
+    model.generate(torch.full((1, 8), 7), torch.ones(1, 8, dtype=torch.long), num_beams=rows, max_new_tokens=2)
 base = rss()
 if kind == "rank":
     rank_choices(model, Tok(), str(s), [str(t - 1)] * rows)
@@ -222,3 +228,14 @@ def test_many_long_labels_are_refused_over_the_budget_and_fewer_are_scored(clien
                             api_name="/classify")
     assert result["method"] == "rank classification" and len(result["probabilities"]) == 10
     torch.testing.assert_close(sum(result["probabilities"].values()), 1.0)
+
+
+def test_deep_json_in_spans_and_batch_records_is_a_one_line_message(tmp_path):
+    from app.annotation.spans import parse_spans
+    from model.batch import read_records
+    with pytest.raises(ValueError, match="nested too deeply to read$"):
+        parse_spans("[" * 60000)
+    out = tmp_path / "out.jsonl"
+    out.write_text("[" * 60000 + "\n")
+    with pytest.raises(ValueError, match="line 1 is nested too deeply to be a batch record"):
+        list(read_records(out))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..errors import read_json_line
+from ..files import VisitorFiles
 from ..models import bits_label
 from ..prompts import qa_prompt
 from ..settings import Settings
@@ -60,10 +60,7 @@ def parse_decoding(value: Any) -> dict[str, Any]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"decoding must be a JSON object such as {{\"num_beams\": 4}}: {e}") from None
+        value = read_json_line(value, 'decoding must be a JSON object such as {"num_beams": 4}')
     if not isinstance(value, dict):
         raise ValueError(f"decoding must be a JSON object such as {{\"num_beams\": 4}}, not {type(value).__name__}")
     return value
@@ -216,20 +213,28 @@ def filters(task: str | None = None, model: str | None = None, annotator: str | 
 
 def export(store: AnnotationStore, fmt: str = "jsonl", task: str | None = None, model: str | None = None,
            annotator: str | None = None, since: Any = None, until: Any = None, min_rating: Any = None,
-           max_rating: Any = None, folder: str | Path | None = None, ident: Identity = OPEN) -> Path:
-    """Write the annotations that pass the filters to a new file (CSV, JSONL or Parquet) in a fresh temporary
-    folder (or `folder`), named with the UTC time; returns its path. ValueError for an unknown format. On a
-    protected deployment (`ident`) an annotator exports their own annotations; admins export everyone's."""
+           max_rating: Any = None, folder: str | Path | None = None, ident: Identity = OPEN,
+           files: VisitorFiles | None = None) -> Path:
+    """Write the annotations that pass the filters to a new file (CSV, JSONL or Parquet) named with the UTC time,
+    in `folder`, or else in a new folder of `files` (the deployment's visitor files: default
+    `Settings.from_env().files`); returns its path. ValueError for an unknown format; FilesFull (a ValueError
+    naming the limit; nothing kept) when the file would pass the files' size cap. On a protected deployment
+    (`ident`) an annotator exports their own annotations; admins export everyone's."""
     owner = visible_owner(ident)
     fmt = str(fmt or "").strip().lower().lstrip(".")
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
-    where = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="mt5studio-export-"))
-    where.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     chosen = filters(task, model, annotator, since, until, min_rating, max_rating)
-    return store.export(where / f"annotations-{stamp}.{fmt}", fmt, **chosen,
-                        **({} if owner is None else {"owner": owner}))
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+    def write(where: Path) -> Path:
+        return store.export(where / f"annotations-{stamp}.{fmt}", fmt, **chosen,
+                            **({} if owner is None else {"owner": owner}))
+
+    if folder is None:
+        return (files or Settings.from_env().files).write(write)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return write(Path(folder))
 
 
 def endpoints(store: AnnotationStore, settings: Any = None) -> dict[str, Callable]:
@@ -289,7 +294,7 @@ def endpoints(store: AnnotationStore, settings: Any = None) -> dict[str, Callabl
         """Export annotations (fmt: csv, jsonl or parquet), filtered; dates YYYY-MM-DD. Returns the file."""
         try:
             path = export(store, fmt, task, model, annotator, since, until, min_rating, max_rating,
-                          ident=who(request))
+                          ident=who(request), files=settings.files)
         except ValueError as e:
             raise Error(f"Not exported: {e}") from None   # a client sees the message
         return FileData(path=str(path), orig_name=path.name)
@@ -308,10 +313,28 @@ def mount(store: AnnotationStore, settings: Any = None) -> None:
     gr.Blocks()`)."""
     import gradio as gr   # lazy, as in `endpoints`: only the page needs Gradio
 
+    settings = settings or Settings()
+    serve_visitor_files(settings)
     eps = endpoints(store, settings)
     gr.api(eps["annotate"], api_name="annotate")
     gr.api(eps["export"], api_name="export")
     gr.api(eps["import"], api_name="import")
+
+
+def serve_visitor_files(settings: Settings) -> None:
+    """Lets Gradio serve the exports from the deployment's files folder (app.files) as they are.
+
+    A file a handler returns (to a `gr.File`, or as an endpoint's FileData) is otherwise copied into Gradio's
+    cache. Those copies belong to the component that returned them (`Blocks.temp_file_sets`), so Gradio 6's
+    `delete_cache` (app/main.py: every UPLOAD_MAX_AGE_S, those older than UPLOAD_MAX_AGE_S) does remove them, but by
+    age only: a second copy of every export, for up to twice that age, outside the cap. A static path is served
+    without a copy, so the files folder's cap bounds all of it; and it is allowed wherever the folder is (`/data`
+    on a Space is outside the working and temp folders Gradio serves from by default). Gradio serves any file in
+    a static folder to whoever has its URL: the folders' names are random (128 bits), and the folder must be one
+    of its own (MT5_STUDIO_FILES_DIR)."""
+    import gradio as gr
+
+    gr.set_static_paths([settings.files_dir])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .. import __version__
+from ..errors import read_json_line
 from ..prompts import qa_prompt
 from ..settings import MAX_ROWS
 from ..tasklist import TASKS
@@ -180,10 +181,7 @@ def _jsonl_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{name} line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        rec = read_json_line(line, f"{name} line {number}")
         if not isinstance(rec, dict):
             raise ValueError(f'{name} line {number}: expected an object like {{"text": "..."}}')
         out.append((f"line {number}", {str(k).strip().lower(): v for k, v in rec.items()}))
@@ -296,10 +294,7 @@ def import_outputs(store: AnnotationStore, path: str | Path) -> BatchJob:
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what}: line {number} is not JSON ({e.msg})") from None
+        rec = read_json_line(line, f"{what}: line {number}")
         lacks = [k for k in RECORD_FIELDS if k not in rec] if isinstance(rec, dict) else list(RECORD_FIELDS)
         if lacks:
             raise ValueError(f"{what} (line {number} has no {', '.join(f'`{k}`' for k in lacks)}): import the file "

@@ -14,11 +14,14 @@ outputs as they were shown (A, B) with each side's provenance, so nothing about 
         protocol="esa", spans=[{"start": 0, "end": 4, "side": "B", "category": "", "severity": "major"}],
         comment="", annotator="Amina"), owner="")          # owner: the signed-in account, "" in open use
     delete_comparison(store, cmp_id, by="Amina")           # soft: the row stays, with deleted_at / deleted_by
+    comparison_history(store, cmp_id)    # earlier states: before each edit, delete, restore or import over it
 
 Spans are those of app.annotation.spans with sides "A", "B" and "input" and the same rules. A comparison of a
 system with itself (same checkpoint, revision, dtype and, for a task that decodes, decoding settings) is refused.
 Export and import (CSV, JSONL, Parquet) follow the annotation files: flat columns, spans a JSON column in CSV
-and a list of {start, end, side, category, severity} in JSONL and Parquet, all or nothing on import.
+and a list of {start, end, side, category, severity} in JSONL and Parquet, all or nothing on import. As with
+annotations, every change keeps the state before it (`comparison_versions`: who, when, which action), and an import
+never brings back a comparison deleted here (an admin restores it).
 
 Compare jobs (a file of inputs through both systems, then a blind queue) live in `comparison_jobs` and
 `comparison_job_rows`; the A/B order of each row is drawn when the job is made, so it stays put between visits.
@@ -198,8 +201,9 @@ def save_comparison(store: AnnotationStore, c: Comparison, *, owner: str = "") -
     return new.id
 
 
-def update_comparison(store: AnnotationStore, cmp_id: str, **changes: Any) -> Comparison:
-    """Change the judgement (preference, protocol, spans, comment) of a stored comparison; KeyError if absent."""
+def update_comparison(store: AnnotationStore, cmp_id: str, *, by: str = "", **changes: Any) -> Comparison:
+    """Change the judgement (preference, protocol, spans, comment) of a live comparison; the state before is kept
+    in its history with `by` (who changed it). KeyError if absent or deleted."""
     allowed = {"preference", "protocol", "spans", "comment"}
     bad = sorted(set(changes) - allowed)
     if bad:
@@ -209,6 +213,7 @@ def update_comparison(store: AnnotationStore, cmp_id: str, **changes: Any) -> Co
         if current is None:
             raise KeyError(f"no comparison with id {cmp_id!r}")
         new = prepare(store, dataclasses.replace(current, **changes, updated_at=utc_now()))
+        _keep_version(conn, current, "edit", by)
         conn.execute("UPDATE comparisons SET preference=?, protocol=?, spans=?, comment=?, updated_at=? WHERE id=?",
                      (new.preference, new.protocol, json.dumps(new.spans, ensure_ascii=False), new.comment,
                       new.updated_at, cmp_id))
@@ -216,16 +221,55 @@ def update_comparison(store: AnnotationStore, cmp_id: str, **changes: Any) -> Co
 
 
 def delete_comparison(store: AnnotationStore, cmp_id: str, *, by: str = "") -> bool:
-    """Soft delete: the row stays with `deleted_at` and `deleted_by`; False when there is no live one."""
+    """Soft delete: the row stays with `deleted_at` and `deleted_by`, its state kept in its history; False when
+    there is no live one."""
     with store.transaction() as conn:
-        return conn.execute("UPDATE comparisons SET deleted_at=?, deleted_by=? WHERE id=? AND deleted_at IS NULL",
-                            (utc_now(), by, cmp_id)).rowcount > 0
+        current = get_comparison(store, cmp_id)
+        if current is None:
+            return False
+        _keep_version(conn, current, "delete", by)
+        conn.execute("UPDATE comparisons SET deleted_at=?, deleted_by=? WHERE id=?", (utc_now(), by, cmp_id))
+        return True
 
 
-def restore_comparison(store: AnnotationStore, cmp_id: str) -> bool:
+def restore_comparison(store: AnnotationStore, cmp_id: str, *, by: str = "") -> bool:
+    """Bring back a deleted comparison as it was (`by`: who, kept in its history); False when it is not deleted."""
     with store.transaction() as conn:
-        return conn.execute("UPDATE comparisons SET deleted_at=NULL, deleted_by='' WHERE id=? AND deleted_at IS "
-                            "NOT NULL", (cmp_id,)).rowcount > 0
+        current = get_comparison(store, cmp_id, deleted=True)
+        if current is None or not store.read("SELECT 1 FROM comparisons WHERE id=? AND deleted_at IS NOT NULL",
+                                             (cmp_id,)):
+            return False
+        _keep_version(conn, current, "restore", by)
+        conn.execute("UPDATE comparisons SET deleted_at=NULL, deleted_by='' WHERE id=?", (cmp_id,))
+        return True
+
+
+@dataclass(frozen=True)
+class ComparisonVersion:
+    """An earlier state of a comparison: `record` as it was before `action` ("edit", "delete", "restore" or
+    "import") by `replaced_by` at `replaced_at`."""
+    version: int
+    action: str
+    record: Comparison
+    replaced_at: str
+    replaced_by: str
+
+
+def comparison_history(store: AnnotationStore, cmp_id: str) -> list[ComparisonVersion]:
+    """Every earlier state of a comparison, oldest first: what it was before each edit, delete, restore or import
+    over it, with who did that and when (the current state is `get_comparison`)."""
+    rows = store.read("SELECT * FROM comparison_versions WHERE comparison_id=? ORDER BY version", (cmp_id,))
+    return [ComparisonVersion(r["version"], r["action"], from_flat(json.loads(r["record"])), r["replaced_at"],
+                              r["replaced_by"]) for r in rows]
+
+
+def _keep_version(conn, c: Comparison, action: str, by: str) -> None:
+    """Copy `c` (the stored state) into comparison_versions before it changes; inside the change's transaction."""
+    n = conn.execute("SELECT COALESCE(MAX(version), 0) FROM comparison_versions WHERE comparison_id=?",
+                     (c.id,)).fetchone()[0]
+    conn.execute("INSERT INTO comparison_versions (comparison_id, version, action, record, replaced_at, replaced_by)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
+                 (c.id, n + 1, action, json.dumps(to_flat(c), ensure_ascii=False), utc_now(), by))
 
 
 def get_comparison(store: AnnotationStore, cmp_id: str, *, deleted: bool = False) -> Comparison | None:
@@ -258,6 +302,14 @@ def _insert(conn, c: Comparison) -> None:
     row = _to_row(c)
     conn.execute(f"INSERT INTO comparisons ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                  list(row.values()))
+
+
+def _replace(conn, c: Comparison) -> None:
+    """Overwrite a stored comparison's columns with `c` in place (an UPDATE, so the job row that links it stays
+    linked and its deletion marks stay)."""
+    row = _to_row(c)
+    cmp_id = row.pop("id")
+    conn.execute(f"UPDATE comparisons SET {', '.join(f'{k}=?' for k in row)} WHERE id=?", [*row.values(), cmp_id])
 
 
 def to_flat(c: Comparison) -> dict[str, Any]:
@@ -376,9 +428,26 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Comparison]]:
 
 
 
-def import_comparisons(store: AnnotationStore, path: str | Path) -> ImportResult:
+@dataclass(frozen=True)
+class ComparisonImport(ImportResult):
+    """An ImportResult whose `skipped` includes `deleted`: rows whose comparison is deleted here, left deleted."""
+    deleted: int = 0
+
+    @property
+    def message(self) -> str:
+        text = (f"imported {self.added} new, updated {self.updated}, skipped {self.skipped - self.deleted} "
+                "already present")
+        if self.deleted:
+            text += (f" and {self.deleted} deleted here (an import does not bring a deleted comparison back: an "
+                     "admin restores it from the list of deleted comparisons)")
+        return text
+
+
+def import_comparisons(store: AnnotationStore, path: str | Path, *, by: str = "") -> ComparisonImport:
     """Import a comparison export, all or nothing: every row is checked first (ValueError naming the line or row,
-    nothing written). An id already stored is replaced when the file's copy was edited later, else skipped."""
+    nothing written). An id already stored is replaced when the file's copy was edited later (the stored state goes
+    into its history, with `by`, who imported), else skipped; a comparison deleted here stays deleted and is
+    skipped (counted in `deleted` too)."""
     records = read_comparisons(path)
     if not records:
         raise ValueError(f"{Path(path).name} has no comparisons in it (an empty file?)")
@@ -397,20 +466,23 @@ def import_comparisons(store: AnnotationStore, path: str | Path) -> ImportResult
             raise ValueError(f"{where}: `item_key` does not match the task, input, systems and outputs: the row "
                              "was edited after export, or comes from another tool")
         ready.append(new)
-    added = updated = skipped = 0
+    added = updated = skipped = deleted = 0
     with store.transaction() as conn:
         for c in ready:
-            row = conn.execute("SELECT updated_at FROM comparisons WHERE id=?", (c.id,)).fetchone()
+            row = conn.execute("SELECT * FROM comparisons WHERE id=?", (c.id,)).fetchone()
             if row is None:
                 _insert(conn, c)
                 added += 1
-            elif c.updated_at > row[0]:
-                conn.execute("DELETE FROM comparisons WHERE id=?", (c.id,))
-                _insert(conn, c)
+            elif row["deleted_at"] is not None:
+                deleted += 1
+                skipped += 1
+            elif c.updated_at > row["updated_at"]:
+                _keep_version(conn, _from_row(row), "import", by)
+                _replace(conn, c)
                 updated += 1
             else:
                 skipped += 1
-    return ImportResult(added, updated, skipped)
+    return ComparisonImport(added, updated, skipped, deleted)
 
 
 # ---------------------------------------------------------------------------------------------------------------

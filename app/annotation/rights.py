@@ -17,7 +17,9 @@ name typed at the login page).
 Every check runs on the server inside the handler that does the work, for the page's events and the API alike:
 an event hidden from the API page can still be called over HTTP, so hiding it protects nothing. `identify` reads
 the account from the request itself (Gradio's login session or OAuth session cookie), never from anything the
-client sends as an input.
+client sends as an input. A session signed out ("Log out") or revoked by an admin reaches no handler with its
+credentials: app.annotation.sessions.SessionGuard takes them out of every request first, so `identify` (and
+Gradio's own login check) sees nobody signed in.
 """
 from __future__ import annotations
 

@@ -141,6 +141,9 @@ def parse_spans(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
+        except RecursionError:
+            raise ValueError("spans must be a JSON list of {start, end, side, category, severity} objects: this "
+                             "one is nested too deeply to read") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"spans must be a JSON list of {{start, end, side, category, severity}} objects: "
                              f"{e}") from None

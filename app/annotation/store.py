@@ -466,6 +466,19 @@ MIGRATIONS: list[tuple[str, ...]] = [
             output_1 TEXT, output_2 TEXT, error TEXT, processed_at TEXT, flipped INTEGER NOT NULL,
             comparison_id TEXT REFERENCES comparisons (id) ON DELETE SET NULL, PRIMARY KEY (job_id, idx))""",
     ),
+    # v6: comparisons keep versions as annotations do (v4): every edit, import over a record, delete and restore
+    # first copies the comparison as it was. Sign-in sessions recorded server-side (app/annotation/sessions.py), so
+    # "Log out" and an admin's revocation end a session on every instance sharing the database: `id` is a hash of
+    # the session's secret (never the secret itself).
+    (
+        """CREATE TABLE comparison_versions (
+            comparison_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL, record TEXT NOT NULL,
+            replaced_at TEXT NOT NULL, replaced_by TEXT NOT NULL, PRIMARY KEY (comparison_id, version))""",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY, account TEXT NOT NULL, method TEXT NOT NULL, created_at TEXT NOT NULL,
+            last_seen TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, revoked_by TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX sessions_account ON sessions (account, created_at)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = tuple(m.group(1) for step in MIGRATIONS for sql in step if (m := re.match(r"\s*CREATE TABLE (\w+)", sql)))
@@ -949,7 +962,9 @@ def read_export(path: str | Path) -> list[tuple[str, Annotation]]:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
     except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
-        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {e}") from None
+        # the reader's message may hold the server's path to the upload: show the file's name only
+        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {str(e).replace(str(path), path.name)}"
+                         ) from None
     out = []
     for i, raw in enumerate(df.to_dict("records"), start=1):
         where = f"{path.name} row {i}"   # a CSV row can span lines (newlines in text), so rows, not lines

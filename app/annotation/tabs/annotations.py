@@ -323,7 +323,8 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
 
     def export_it(fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, request: gr.Request = None):
         try:
-            path = export(store, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, ident=who(request))
+            path = export(store, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, ident=who(request),
+                          files=ctx.settings.files)
         except ValueError as e:
             return {io_status: status_html(f"Not exported: {e}", "error")}
         return {export_file: str(path), io_status: status_html(f"Exported to {path.name}.")}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,14 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 from ... import __version__
 from ...context import AppContext
 from ...errors import UserError
+from ...files import FilesFull
 from ...models import ModelRequest
 from ...tabs.common import DecodingControls, ModelPicker, decoding_controls, model_picker, progress_reporter, \
     status_html
 from ...tasklist import TASKS
 from ...tasks import Decoding
 from ..agreement import system_label
-from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, span_fields
+from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, serve_visitor_files, span_fields
 from ..batch import StopRequests, load_inputs
 from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, compare_rows, comparison_for_row,
                            comparison_owner, create_compare_job, delete_comparison, export_comparisons,
@@ -526,22 +526,27 @@ def endpoints(store: AnnotationStore, settings: Any) -> dict[str, Any]:
         except ValueError as e:
             raise gr.Error(f"Not exported: {e}") from None
         records = [c for c in query_comparisons(store, task=task or None) if owner is None or c.owner == owner]
-        folder = Path(tempfile.mkdtemp(prefix="mt5studio-compare-"))
-        path = export_comparisons(records, folder / f"comparisons.{fmt}")
+        try:
+            path = settings.files.write(lambda folder: export_comparisons(records, folder / f"comparisons.{fmt}"))
+        except FilesFull as e:
+            raise gr.Error(f"Not exported: {e}") from None
         return FileData(path=str(path), orig_name=path.name)
 
     def import_endpoint(file: FileData, request: gr.Request = None) -> dict:
         """Import a comparison export (CSV, JSONL or Parquet), all or nothing; for admins where rights apply.
-        Returns {"added", "updated", "skipped", "message"}."""
+        Returns {"added", "updated", "skipped", "deleted", "message"} ("deleted": skipped because deleted here,
+        where they stay deleted)."""
         path = file.get("path") if isinstance(file, dict) else getattr(file, "path", None)
         if not path or not is_in_or_equal(path, get_upload_folder()):
             raise gr.Error("Nothing imported: send the file itself (gradio_client.handle_file(path))")
         try:
-            require_admin(identify(request, settings), "Importing comparisons")
-            r = import_comparisons(store, path)
+            ident = identify(request, settings)
+            require_admin(ident, "Importing comparisons")
+            r = import_comparisons(store, path, by=ident.user)
         except ValueError as e:
             raise gr.Error(f"Nothing imported: {e}") from None
-        return {"added": r.added, "updated": r.updated, "skipped": r.skipped, "message": f"Imported: {r.message}."}
+        return {"added": r.added, "updated": r.updated, "skipped": r.skipped, "deleted": r.deleted,
+                "message": f"Imported: {r.message}."}
 
     export_endpoint.__annotations__["return"] = FileData
     import_endpoint.__annotations__["file"] = FileData
@@ -551,5 +556,6 @@ def endpoints(store: AnnotationStore, settings: Any) -> dict[str, Any]:
 
 def mount(store: AnnotationStore, settings: Any) -> None:
     """Adds the comparison endpoints to the page being built (inside `with gr.Blocks()`)."""
+    serve_visitor_files(settings)
     for api_name, fn in endpoints(store, settings).items():
         gr.api(fn, api_name=api_name)

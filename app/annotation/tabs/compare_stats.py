@@ -3,10 +3,8 @@ the agreement between annotators on preferences (Krippendorff's alpha, nominal),
 (delete: the owner or an admin), and their export and import."""
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,6 +15,7 @@ from ..comparisons import (PREFERENCE_LABELS, comparison_owner, delete_compariso
                            import_comparisons, query_comparisons, restore_comparison)
 from ..rights import Identity, identify, require_admin, require_owner_or_admin, visible_owner
 from ..store import AnnotationStore
+from ...files import FilesFull
 from ...tabs.common import status_html
 
 EXPLAINED = (
@@ -108,10 +107,11 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
         if not cmp_id:
             return {status: status_html("Select a deleted comparison first.", "warn")}
         try:
-            require_admin(identify(request, settings), "Restoring a deleted comparison")
+            ident = identify(request, settings)
+            require_admin(ident, "Restoring a deleted comparison")
         except ValueError as e:
             return {status: status_html(f"Not restored: {e}", "error")}
-        if not restore_comparison(store, cmp_id):
+        if not restore_comparison(store, cmp_id, by=ident.user):
             return {status: status_html("It is not deleted any more: refresh.", "warn")}
         return {picked_deleted: None, status: status_html(f"Restored comparison {cmp_id[:8]}.")}
 
@@ -146,16 +146,19 @@ def build(store: AnnotationStore, settings: Any) -> CompareStats:
             records = visible(store, identify(request, settings))
         except ValueError as e:
             return {status: status_html(f"Not exported: {e}", "error")}
-        path = export_comparisons(records, Path(tempfile.mkdtemp(prefix="mt5studio-compare-")) /
-                                  f"comparisons.{fmt_v}")
+        try:
+            path = settings.files.write(lambda folder: export_comparisons(records, folder / f"comparisons.{fmt_v}"))
+        except FilesFull as e:
+            return {status: status_html(f"Not exported: {e}", "error")}
         return {export_file: str(path), status: status_html(f"Exported {len(records)} comparison(s).")}
 
     def compare_import(path, request: gr.Request = None):
         if not path:
             return {status: status_html("Choose a file to import first.", "warn")}
         try:
-            require_admin(identify(request, settings), "Importing comparisons")
-            result = import_comparisons(store, path)
+            ident = identify(request, settings)
+            require_admin(ident, "Importing comparisons")
+            result = import_comparisons(store, path, by=ident.user)
         except ValueError as e:
             return {status: status_html(f"Nothing imported: {e}", "error")}
         return {status: status_html(f"Imported: {result.message}.")}
