@@ -12,6 +12,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from . import api
+from .annotation import campaign_api
 from .annotation.api import mount as mount_annotation_api
 from .annotation.rights import identify
 from .annotation.sessions import METHODS, SessionBook, SessionGuard
@@ -66,6 +67,7 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         if store is not None:
             mount_annotation_api(store, ctx.settings)  # /annotate, /export and /import, with rights
             compare.mount(store, ctx.settings)   # /compare, /export_comparisons and /import_comparisons
+            campaign_api.mount(store, ctx.settings)   # /campaign_create, _next, _submit, _results, _export, ...
         handles: dict[str, TabHandle] = {}
         with gr.Tabs():
             for tab in task_tabs():

@@ -41,6 +41,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import read_json_line
 from ..prompts import qa_prompt
 from ..tasklist import TASKS
 from .spans import check_spans, stored_protocol
@@ -398,7 +399,7 @@ def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig") if fmt == "csv" \
             else pd.read_parquet(path)
     except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
-        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {e}") from None
+        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {str(e).replace(str(path), path.name)}") from None
     out = []
     for i, raw in enumerate(df.to_dict("records"), start=1):
         where = f"{path.name} row {i}"
@@ -421,9 +422,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Comparison]]:
             continue
         where = f"{path.name} line {number}"
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{where}: not valid JSON ({e}); nothing was imported") from None
+            row = read_json_line(line, where)
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was imported") from None
         yield where, from_flat(row, where)
 
 

@@ -479,6 +479,37 @@ MIGRATIONS: list[tuple[str, ...]] = [
             last_seen TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, revoked_by TEXT NOT NULL DEFAULT '')""",
         "CREATE INDEX sessions_account ON sessions (account, created_at)",
     ),
+    # v7: evaluation campaigns (app/annotation/campaigns.py): a campaign, its items (each system's output), who
+    # has which item (one row per item and annotator, so nobody judges an item twice; the order the outputs were
+    # shown in, recorded), and one judgement per assignment with its scores ({system: {score: value}}) and versions.
+    (
+        """CREATE TABLE campaigns (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, protocol TEXT NOT NULL,
+            guidelines TEXT NOT NULL, categories TEXT NOT NULL, overlap INTEGER NOT NULL CHECK (overlap >= 1),
+            blind INTEGER NOT NULL, labels TEXT NOT NULL, systems TEXT NOT NULL, check_fraction REAL NOT NULL,
+            source TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL)""",
+        """CREATE TABLE campaign_items (
+            campaign_id TEXT NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE, item_id TEXT NOT NULL,
+            idx INTEGER NOT NULL, source TEXT NOT NULL, reference TEXT NOT NULL, outputs TEXT NOT NULL,
+            metadata TEXT NOT NULL, check_kind TEXT NOT NULL CHECK (check_kind IN ('', 'expected', 'degraded')),
+            expected TEXT NOT NULL, PRIMARY KEY (campaign_id, item_id))""",
+        """CREATE TABLE campaign_assignments (
+            campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL, shown_order TEXT NOT NULL,
+            assigned_at TEXT NOT NULL, submitted_at TEXT, seconds REAL, skipped TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (campaign_id, item_id, annotator),
+            FOREIGN KEY (campaign_id, item_id) REFERENCES campaign_items (campaign_id, item_id) ON DELETE CASCADE)""",
+        "CREATE INDEX campaign_assignments_annotator ON campaign_assignments (campaign_id, annotator)",
+        """CREATE TABLE campaign_judgements (
+            id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
+            protocol TEXT NOT NULL, scores TEXT NOT NULL, judgement TEXT NOT NULL, comment TEXT NOT NULL,
+            seconds REAL NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            UNIQUE (campaign_id, item_id, annotator),
+            FOREIGN KEY (campaign_id, item_id, annotator)
+                REFERENCES campaign_assignments (campaign_id, item_id, annotator) ON DELETE CASCADE)""",
+        """CREATE TABLE campaign_judgement_versions (
+            judgement_id TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, replaced_at TEXT NOT NULL,
+            replaced_by TEXT NOT NULL, PRIMARY KEY (judgement_id, version))""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = tuple(m.group(1) for step in MIGRATIONS for sql in step if (m := re.match(r"\s*CREATE TABLE (\w+)", sql)))
