@@ -399,7 +399,8 @@ def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig") if fmt == "csv" \
             else pd.read_parquet(path)
     except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
-        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {str(e).replace(str(path), path.name)}") from None
+        shown = str(e).replace(str(path), path.name)   # not the server's path to the upload
+        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {shown}") from None
     out = []
     for i, raw in enumerate(df.to_dict("records"), start=1):
         where = f"{path.name} row {i}"
