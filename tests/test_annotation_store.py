@@ -242,3 +242,15 @@ def test_sigkill_while_saving_keeps_every_committed_annotation(databases):
         present = {a.id for a in store.query()}
         assert set(printed) <= present
         assert len(present) - len(printed) <= 1    # at most the save the kill interrupted after its commit
+
+
+def test_both_backends_implement_the_declared_interface():
+    import inspect
+
+    from app.annotation.backends import Backend, PostgresBackend, SQLiteBackend
+    declared = {name: inspect.signature(fn) for name, fn in vars(Backend).items()
+                if inspect.isfunction(fn) and not name.startswith("_")}
+    assert set(declared) == {"connection", "write", "read", "integrity_check", "close"}
+    for cls in (SQLiteBackend, PostgresBackend):
+        for name, signature in declared.items():
+            assert list(inspect.signature(getattr(cls, name)).parameters) == list(signature.parameters), (cls, name)

@@ -36,7 +36,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -137,6 +137,29 @@ SQLITE, POSTGRES = SQLiteDialect(), PostgresDialect()
 
 # ---------------------------------------------------------------------------------------------------------------
 # SQLite: a connection per thread (readers never wait for writers in WAL mode).
+
+
+class Backend(Protocol):
+    """What the store needs of a database, declared once: SQLiteBackend and PostgresBackend implement it.
+    Connections run `execute(sql, params)` with `?` placeholders and return rows readable by name and index."""
+    dialect: Dialect
+    location: str             # for messages: the file, or the URL without its password
+
+    def connection(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection for reads (and the migrations, which open their own write transactions)."""
+
+    def write(self) -> contextlib.AbstractContextManager[Any]:
+        """A connection inside one write transaction, serialised with every other writer of the database
+        (across processes); committed when the block ends, rolled back when it raises."""
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one query."""
+
+    def integrity_check(self, tables: Sequence[str] = ()) -> str:
+        """"ok", or what is wrong with the database."""
+
+    def close(self) -> None:
+        """Closes every connection it opened."""
 
 
 class SQLiteBackend:
@@ -461,7 +484,7 @@ class PostgresBackend:
             conn.close()
 
 
-def open_backend(location: str | Path) -> SQLiteBackend | PostgresBackend:
+def open_backend(location: str | Path) -> Backend:
     """The backend for a SQLite file path or a postgresql:// URL."""
     if is_database_url(location):
         return PostgresBackend(str(location))

@@ -96,7 +96,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from .backends import POSTGRES, SQLITE, Dialect, is_database_url, open_backend
+from .backends import POSTGRES, SQLITE, Backend, Dialect, is_database_url, open_backend
 from .spans import Protocols, check_scores, check_spans, load_protocols, mqm_score
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -574,7 +574,7 @@ class AnnotationStore:
         location = path if path is not None else default_db_path()
         if isinstance(location, str) and not is_database_url(location):
             location = Path(location)
-        self._backend = open_backend(location)   # ValueError for a malformed URL; DatabaseUnavailable
+        self._backend: Backend = open_backend(location)   # ValueError for a malformed URL; DatabaseUnavailable
         # The SQLite file, or None on PostgreSQL; `location` names either (a URL without its password).
         self.path: Path | None = getattr(self._backend, "path", None)
         self.location: str = self._backend.location
