@@ -24,7 +24,7 @@ from .settings import UPLOAD_MAX_AGE_S, Settings
 from .annotation.backends import DatabaseUnavailable
 from .annotation.store import AnnotationStore
 from .annotation.sync import start_sync, sync_status
-from .annotation.tabs import annotations, compare, panel as annotation_panel, sessions as sessions_tab
+from .annotation.tabs import annotations, campaign, compare, panel as annotation_panel, sessions as sessions_tab
 from .annotation.tabs.identity import AnnotatorName
 from .tabs import task_tabs
 from .tabs.common import TabHandle
@@ -52,7 +52,8 @@ def build_app(ctx: AppContext, demo_reason: str = "",
         annotation_panel.register(ctx, store, annotator)  # before the task tabs, which mount ctx.panels in their slots
         extra_tabs = [("Compare", lambda c, h: compare.build(c, store, annotator)),
                       ("Annotations", lambda c, h: annotations.build(c, store)),
-                      ("Batch", lambda c, h: compare.build_batch_tab(c, store, annotator)), *extra_tabs]
+                      ("Batch", lambda c, h: compare.build_batch_tab(c, store, annotator)),
+                      ("Campaigns", lambda c, h: campaign.build(c, store, annotator)), *extra_tabs]
         if ctx.settings.sign_in:
             extra_tabs.append(("Sessions", lambda c, h: sessions_tab.build(store, c.settings)))
     # Uploads are read once (a batch file goes into the database at once): an hour later they are deleted.

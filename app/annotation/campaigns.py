@@ -316,6 +316,16 @@ def view(camp: Campaign, item: CampaignItem, order: Sequence[str], progress: Map
     return out
 
 
+def my_items(store: AnnotationStore, campaign_id: str, ident: Identity) -> list[str]:
+    """This annotator's items in the order they were assigned (skipped ones left out): the judging page's back
+    and forward."""
+    who = annotator_of(ident)
+    camp = get_campaign(store, campaign_id)
+    return [r["item_id"] for r in store.read("SELECT item_id FROM campaign_assignments WHERE campaign_id=? AND "
+                                             "annotator=? AND skipped='' ORDER BY assigned_at, item_id",
+                                             (camp.id, who))]
+
+
 def get_item(store: AnnotationStore, campaign_id: str, item_id: str, ident: Identity) -> dict[str, Any]:
     """An item assigned to this annotator, with their judgement so far (None before they submit), to go back or
     edit. ValueError for an item that is not theirs."""
