@@ -319,11 +319,13 @@ def check_judgements(db: Db, cid: str, log: dict[str, Any]) -> None:
                           f"WHERE campaign_id='{cid}'")
     # Nothing assigned and left open; carol's skipped item went to the two others.
     assert sorted((i, w) for i, w, _, skipped in assignments if not skipped) == sorted(judged)
-    assert [(i, w, at, skipped) for i, w, at, skipped in assignments if skipped] == \
+    shown = dict(db.rows(f"SELECT item_id, public_id FROM campaign_items WHERE campaign_id='{cid}'"))
+    assert not set(shown) & set(shown.values())     # annotators see other ids than the file's
+    assert [(shown[i], w, at, skipped) for i, w, at, skipped in assignments if skipped] == \
         [(log["carol"]["skipped"][0], "carol", None, "not my language")]
     assert all(at is not None for _, _, at, skipped in assignments if not skipped)
     for who in ANNOTATORS:
-        mine = sorted(i for i, w in judged if w == who)
+        mine = sorted(shown[i] for i, w in judged if w == who)
         assert sorted(log[who]["submitted"]) == mine
         assert log[who]["final"]["progress"] == {"done": len(mine), "total": len(mine)}
         assert log[who]["final"]["message"] == f"Done: you have judged every item open to you ({len(mine)})."

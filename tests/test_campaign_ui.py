@@ -103,7 +103,8 @@ def test_judging_through_actions_is_blind_and_counts_progress(store, tmp_path):
     assert "Skipped" in p["message"] and second not in p["mine"] and p["forget"] == second
     no_reason = act(store, cid, "alice", {"do": "skip", "item_id": p["item"]["item_id"], "reason": ""})
     assert no_reason["kind"] == "error" and "say why" in no_reason["message"]
-    row = store.read("SELECT seconds, annotator FROM campaign_judgements WHERE item_id=?", (item,))[0]
+    row = store.read("SELECT j.seconds, j.annotator FROM campaign_judgements j JOIN campaign_items i ON "
+                     "i.campaign_id = j.campaign_id AND i.item_id = j.item_id WHERE i.public_id=?", (item,))[0]
     assert row["seconds"] == 12.5 and row["annotator"] == "alice"
     shown = " ".join(T.screen_html(x) for x in seen)
     assert not any(s in shown for s in SYSTEMS)      # blind: no system name in anything the page gets

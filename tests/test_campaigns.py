@@ -42,6 +42,15 @@ def counts(store):
             ("campaigns", "campaign_items", "campaign_assignments", "campaign_judgements")}
 
 
+def internal(store, public_id):
+    """The file's id of the item an annotator was shown as `public_id` (what the test knows, they do not)."""
+    return store.read("SELECT item_id FROM campaign_items WHERE public_id=?", (public_id,))[0][0]
+
+
+def public(store, cid, item_id):
+    return store.read("SELECT public_id FROM campaign_items WHERE campaign_id=? AND item_id=?", (cid, item_id))[0][0]
+
+
 def esa_judgement(view, index_of):
     """Zephyr 70 + i, Quokka 50 + i, whoever judges: the score depends only on the system (read by the test
     from the text, as the annotator cannot) and the item."""
@@ -74,7 +83,7 @@ def test_overlap_blinding_progress_results_and_exchange(store, databases, tmp_pa
     assert C.next_item(store, cid, PEOPLE["alice"])["item_id"] == first["item_id"]    # not submitted: again
     assert first["guidelines"] == "# Judge the meaning" and first["progress"] == {"done": 0, "total": 6}
     assert [c["id"] for c in first["categories"]][:2] == ["accuracy", "fluency"]       # summarization's only
-    answers = judge_all(store, cid, PEOPLE, lambda v: esa_judgement(v, lambda i: int(i[1:])), [first])
+    answers = judge_all(store, cid, PEOPLE, lambda v: esa_judgement(v, lambda i: int(internal(store, i)[1:])), [first])
     text = json.dumps(answers, ensure_ascii=False)
     assert not any(name in text for name in SYSTEMS) and '"system"' not in text
 
@@ -132,12 +141,14 @@ def test_attention_checks_are_scored(store, tmp_path):
     failing = sorted(checks)[0]
     seen, alice = [], PEOPLE["alice"]
     while not (view := C.next_item(store, cid, alice))["done"]:
-        if view["item_id"] in checks:       # a copy comes only after its original was judged
-            assert checks[view["item_id"]]["of"] in seen
-            score = 90 if view["item_id"] == failing else 20
+        iid = internal(store, view["item_id"])
+        assert iid != view["item_id"]       # the file's ids and the checks' are never shown
+        if iid in checks:       # a copy comes only after its original was judged
+            assert checks[iid]["of"] in seen
+            score = 90 if iid == failing else 20
             C.submit(store, cid, view["item_id"], {o["slot"]: {"score": score} for o in view["outputs"]}, 1, alice)
         else:
-            seen.append(view["item_id"])
+            seen.append(iid)
             C.submit(store, cid, view["item_id"], {o["slot"]: {"score": 80} for o in view["outputs"]}, 1, alice)
     assert view["progress"] == {"done": 6, "total": 6}
     me, = C.results(store, cid, ADMIN)["annotators"]
@@ -160,15 +171,16 @@ def test_expected_answers_pairwise_edits_and_skips(store, tmp_path):
     for who in (alice, bob):
         while not (view := C.next_item(store, cid, who))["done"]:
             zephyr = next(o["slot"] for o in view["outputs"] if o["text"].startswith(("First", "Second")))
-            pref = "tie" if view["item_id"] == "b" and who is alice else zephyr
+            pref = "tie" if internal(store, view["item_id"]) == "b" and who is alice else zephyr
             C.submit(store, cid, view["item_id"], {"preference": pref, "comment": "ok"}, 2, who)
-    old = C.get_item(store, cid, "a", alice)
+    a = public(store, cid, "a")
+    old = C.get_item(store, cid, a, alice)
     assert old["judgement"]["preference"] in ("A", "B") and old["comment"] == "ok"
-    again = C.submit(store, cid, "a", {"preference": "tie"}, 1, alice)
+    again = C.submit(store, cid, a, {"preference": "tie"}, 1, alice)
     assert "version 1" in again["message"]
     assert store.read("SELECT COUNT(*) FROM campaign_judgements WHERE annotator='alice'")[0][0] == 2
-    assert C.get_item(store, cid, "a", alice)["judgement"]["preference"] == "tie"
-    assert C.get_item(store, cid, "a", alice)["seconds"] == 3.0
+    assert C.get_item(store, cid, a, alice)["judgement"]["preference"] == "tie"
+    assert C.get_item(store, cid, public(store, cid, "a"), alice)["seconds"] == 3.0
     assert len(C.judgement_versions(store, again["id"])) == 1
     res = C.results(store, cid, ADMIN)
     win, = res["win_rates"]
@@ -201,7 +213,7 @@ def test_a_campaign_from_a_batch_job(store):
     made = C.create_campaign(store, C.CampaignSpec("job", "summarization", "likert"), job_id=job.id, ident=ADMIN)
     assert (made["items"], made["systems"], made["blind"]) == (2, ["google/mt5-small"], False)
     view = C.next_item(store, made["id"], PEOPLE["alice"])
-    text = {"1": "EIN TEXT.", "2": "NOCH EINER."}[view["item_id"]]
+    text = {"1": "EIN TEXT.", "2": "NOCH EINER."}[internal(store, view["item_id"])]
     assert view["outputs"] == [{"slot": "A", "text": text, "system": "google/mt5-small"}]
     C.submit(store, made["id"], view["item_id"], {"rating": 4}, 1.5, PEOPLE["alice"])
 

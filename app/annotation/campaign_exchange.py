@@ -61,7 +61,8 @@ def export_rows(store: AnnotationStore, camp: Campaign, ident: Identity) -> tupl
         for slot, system in zip(SLOTS, j.order):
             fields = slotted if proto.compares else slotted["outputs"][slot]
             row = {"campaign": camp.id, "campaign_name": camp.name, "task": camp.task, "protocol": camp.protocol,
-                   "item": j.item.item_id, "check": j.item.check_kind, "source": j.item.source,
+                   "item": j.item.item_id if everyone else j.item.public_id, "check": j.item.check_kind,
+                   "source": j.item.source,
                    "reference": j.item.reference, "slot": slot, "system": system, "output": j.item.outputs[system],
                    "annotator": j.annotator, "judgement": fields, "scores": j.scores[system], "comment": t["comment"],
                    "seconds": j.seconds, "created_at": t["created_at"], "updated_at": t["updated_at"]}

@@ -47,6 +47,7 @@ class CampaignItem:
     metadata: dict[str, Any] = field(default_factory=dict)
     check_kind: str = ""
     expected: Any = None
+    public_id: str = ""     # what annotators see: random, so a check's id does not stand out among the file's ids
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -169,9 +169,9 @@ def insert_campaign(conn: Any, camp: Campaign) -> None:
 def insert_items(conn: Any, campaign_id: str, items: Sequence[CampaignItem], start: int = 0) -> None:
     conn.executemany(
         "INSERT INTO campaign_items (campaign_id, item_id, idx, source, reference, outputs, metadata, check_kind, "
-        "expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "expected, public_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(campaign_id, it.item_id, start + i, it.source, it.reference, _json(it.outputs), _json(it.metadata),
-          it.check_kind, _json(it.expected)) for i, it in enumerate(items)])
+          it.check_kind, _json(it.expected), it.public_id or uuid.uuid4().hex[:16]) for i, it in enumerate(items)])
 
 
 def _json(value: Any) -> str:
@@ -199,7 +199,16 @@ def list_campaigns(store: AnnotationStore) -> list[Campaign]:
 
 def item_from_row(r: Any) -> CampaignItem:
     return CampaignItem(r["item_id"], r["source"], json.loads(r["outputs"]), r["reference"], json.loads(r["metadata"]),
-                        r["check_kind"], json.loads(r["expected"]))
+                        r["check_kind"], json.loads(r["expected"]), r["public_id"])
+
+
+def internal_id(store: AnnotationStore, camp: Campaign, public_id: Any) -> str:
+    """The item behind the id an annotator was shown (their answers carry public ids only: the file's ids, and
+    the attention checks' made-up ones, are never shown); an unknown id gives one no item has."""
+    rows = store.read("SELECT item_id FROM campaign_items WHERE campaign_id=? AND public_id=?",
+                      (camp.id, str(public_id)))
+    return rows[0][0] if rows else "\x00unknown"
+
 
 
 def _item(store: AnnotationStore, campaign_id: str, item_id: str) -> CampaignItem | None:
@@ -309,7 +318,7 @@ def view(camp: Campaign, item: CampaignItem, order: Sequence[str], progress: Map
     outputs = []
     for slot, system in zip(SLOTS, order):
         outputs.append({"slot": slot, "text": item.outputs[system]} | ({} if camp.blind else {"system": system}))
-    out = {**_frame(camp), "done": False, "item_id": item.item_id, "source": item.source, "outputs": outputs,
+    out = {**_frame(camp), "done": False, "item_id": item.public_id, "source": item.source, "outputs": outputs,
            "progress": dict(progress)}
     if item.reference:
         out["reference"] = item.reference
@@ -321,9 +330,10 @@ def my_items(store: AnnotationStore, campaign_id: str, ident: Identity) -> list[
     and forward."""
     who = annotator_of(ident)
     camp = get_campaign(store, campaign_id)
-    return [r["item_id"] for r in store.read("SELECT item_id FROM campaign_assignments WHERE campaign_id=? AND "
-                                             "annotator=? AND skipped='' ORDER BY assigned_at, item_id",
-                                             (camp.id, who))]
+    return [r["public_id"] for r in store.read(
+        "SELECT i.public_id FROM campaign_assignments a JOIN campaign_items i ON i.campaign_id = a.campaign_id AND "
+        "i.item_id = a.item_id WHERE a.campaign_id=? AND a.annotator=? AND a.skipped='' ORDER BY a.assigned_at, "
+        "a.item_id", (camp.id, who))]
 
 
 def get_item(store: AnnotationStore, campaign_id: str, item_id: str, ident: Identity) -> dict[str, Any]:
@@ -334,12 +344,12 @@ def get_item(store: AnnotationStore, campaign_id: str, item_id: str, ident: Iden
     rows = store.read("SELECT a.shown_order, a.skipped, a.seconds, j.judgement, j.comment FROM campaign_assignments a "
                       "LEFT JOIN campaign_judgements j ON j.campaign_id = a.campaign_id AND j.item_id = a.item_id AND "
                       "j.annotator = a.annotator WHERE a.campaign_id=? AND a.item_id=? AND a.annotator=?",
-                      (camp.id, str(item_id), who))
+                      (camp.id, internal_id(store, camp, item_id), who))
     if not rows:
         raise ValueError(f"item {item_id!r} is not assigned to you ({who}) in this campaign: take your next item "
                          "instead")
     r = rows[0]
-    item = _item(store, camp.id, str(item_id))
+    item = _item(store, camp.id, internal_id(store, camp, item_id))
     progress = _progress(store, camp, who)
     judgement = json.loads(r["judgement"]) if r["judgement"] is not None else None
     return {**view(camp, item, json.loads(r["shown_order"]), progress), "judgement": judgement,
@@ -390,17 +400,18 @@ def submit(store: AnnotationStore, campaign_id: str, item_id: str, judgement: An
         with store.transaction() as conn:
             a = _assignment(store, camp, str(item_id), who)
             order = json.loads(a["shown_order"])
-            item = _item(store, camp.id, str(item_id))
+            item = _item(store, camp.id, a["item_id"])
             normal = proto.check(fields, shown(item, order), camp)
             scores = proto.scores(proto.by_system(normal, order))
-            return _save_judgement(store, conn, camp, a, public(normal), scores, comment, spent)
+            return _save_judgement(store, conn, camp, a, public(normal), scores, comment, spent, str(item_id))
     except ValueError as e:
         raise type(e)(str(e) if str(e).startswith("Not saved") else f"Not saved: {e}") from None
 
 
 def _assignment(store: AnnotationStore, camp: Campaign, item_id: str, who: str) -> Any:
+    """The assignment of the item shown to `who` as `item_id` (its public id)."""
     rows = store.read("SELECT * FROM campaign_assignments WHERE campaign_id=? AND item_id=? AND annotator=?",
-                      (camp.id, item_id, who))
+                      (camp.id, internal_id(store, camp, item_id), who))
     if not rows:
         raise ValueError(f"item {item_id!r} is not assigned to you ({who}) in campaign {camp.name!r}: judge the "
                          "item your next item gives you")
@@ -410,7 +421,7 @@ def _assignment(store: AnnotationStore, camp: Campaign, item_id: str, who: str) 
 
 
 def _save_judgement(store: AnnotationStore, conn: Any, camp: Campaign, a: Any, judgement: dict[str, Any],
-                    scores: dict[str, Any], comment: str, spent: float) -> dict[str, Any]:
+                    scores: dict[str, Any], comment: str, spent: float, shown_id: str) -> dict[str, Any]:
     key = (camp.id, a["item_id"], a["annotator"])
     now, seconds = utc_now(), (a["seconds"] or 0.0) + spent
     old = store.read("SELECT * FROM campaign_judgements WHERE campaign_id=? AND item_id=? AND annotator=?", key)
@@ -418,10 +429,10 @@ def _save_judgement(store: AnnotationStore, conn: Any, camp: Campaign, a: Any, j
         version = _keep_version(store, conn, {k: old[0][k] for k in old[0].keys()}, a["annotator"])
         conn.execute("UPDATE campaign_judgements SET scores=?, judgement=?, comment=?, seconds=?, updated_at=? "
                      "WHERE id=?", (_json(scores), _json(judgement), comment, seconds, now, old[0]["id"]))
-        jid, message = old[0]["id"], f"Saved your new judgement of item {a['item_id']} (the earlier one is " \
+        jid, message = old[0]["id"], f"Saved your new judgement of item {shown_id} (the earlier one is " \
                                      f"kept as version {version})."
     else:
-        jid, message = uuid.uuid4().hex, f"Saved your judgement of item {a['item_id']}."
+        jid, message = uuid.uuid4().hex, f"Saved your judgement of item {shown_id}."
         conn.execute("INSERT INTO campaign_judgements (id, campaign_id, item_id, annotator, protocol, scores, "
                      "judgement, comment, seconds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (jid, *key, camp.protocol, _json(scores), _json(judgement), comment, seconds, now, now))
@@ -462,7 +473,7 @@ def skip(store: AnnotationStore, campaign_id: str, item_id: str, reason: str, id
         if a["submitted_at"] is not None:
             raise ValueError(f"Not skipped: you have judged item {item_id!r} already; change your judgement instead")
         conn.execute("UPDATE campaign_assignments SET skipped=? WHERE campaign_id=? AND item_id=? AND annotator=?",
-                     (reason, camp.id, str(item_id), who))
+                     (reason, camp.id, a["item_id"], who))
     return {"message": f"Skipped item {item_id}: {reason}."}
 
 

@@ -492,13 +492,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
             campaign_id TEXT NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE, item_id TEXT NOT NULL,
             idx INTEGER NOT NULL, source TEXT NOT NULL, reference TEXT NOT NULL, outputs TEXT NOT NULL,
             metadata TEXT NOT NULL, check_kind TEXT NOT NULL CHECK (check_kind IN ('', 'expected', 'degraded')),
-            expected TEXT NOT NULL, PRIMARY KEY (campaign_id, item_id))""",
+            expected TEXT NOT NULL, public_id TEXT NOT NULL, PRIMARY KEY (campaign_id, item_id))""",
         """CREATE TABLE campaign_assignments (
             campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL, shown_order TEXT NOT NULL,
             assigned_at TEXT NOT NULL, submitted_at TEXT, seconds REAL, skipped TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (campaign_id, item_id, annotator),
             FOREIGN KEY (campaign_id, item_id) REFERENCES campaign_items (campaign_id, item_id) ON DELETE CASCADE)""",
         "CREATE INDEX campaign_assignments_annotator ON campaign_assignments (campaign_id, annotator)",
+        "CREATE UNIQUE INDEX campaign_items_public ON campaign_items (campaign_id, public_id)",
         """CREATE TABLE campaign_judgements (
             id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
             protocol TEXT NOT NULL, scores TEXT NOT NULL, judgement TEXT NOT NULL, comment TEXT NOT NULL,
