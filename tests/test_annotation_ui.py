@@ -174,7 +174,8 @@ def test_endpoints_through_gradio_client(store, tmp_path):
 
 
 def handler(demo, name):
-    """A handler of the built page by its function's name (the tabs' handlers are private: no API to call)."""
+    """A task tab's handler of the built page by its function's name (the annotation tabs' handlers are module
+    functions: the tests call those)."""
     found = list({id(f.fn): f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name}.values())
     assert len(found) == 1, (name, len(found))
     return found[0]
@@ -206,50 +207,44 @@ def annotation_page(store, settings=None):
 
 
 def test_handlers_panel_table_and_queue(store, tmp_path):
-    import gradio as gr
-
     from app.annotation.batch import BatchInput, create_job, job_progress
-
-    demo = annotation_page(store)
+    from app.annotation.rights import OPEN
+    from app.annotation.tabs import annotations, batch_tab, panel
 
     # the panel: a new result prefills the correction; saving needs a result; messages are escaped text
-    prefilled = handler(demo, "new_result")(RECORD)
-    assert any(getattr(v, "value", None) == TEXTS["output"] for v in prefilled.values())
-    save_it = handler(demo, "save_it")
-    assert NO_RESULT in "".join(map(str, save_it(None, "4", "", [], "", "Amina", None).values()))
-    refused = "".join(map(str, save_it(RECORD, "4", "", ["<script>"], "", "Amina", None).values()))
+    prefilled = panel.new_result(store, OPEN, RECORD, task="summarization")
+    assert text_of(prefilled["fields.corrected"]) == TEXTS["output"] and prefilled["saved_id"] is None
+    assert NO_RESULT in panel.save_it(store, OPEN, None, "4", "", [], "", "Amina", None)["status"]
+    refused = panel.save_it(store, OPEN, RECORD, "4", "", ["<script>"], "", "Amina", None)["status"]
     assert "Not saved" in refused and "<script>" not in refused and "&lt;script&gt;" in refused
-    saved = save_it(RECORD, "4", "fixed", ["fluency"], "<script>alert(1)</script>", "Amina", None)
-    (ann_id,) = [v for v in saved.values() if isinstance(v, str) and "<" not in v]
+    saved = panel.save_it(store, OPEN, RECORD, "4", "fixed", ["fluency"], "<script>alert(1)</script>", "Amina", None)
+    ann_id = saved["saved_id"]
     assert store.get(ann_id).comment == "<script>alert(1)</script>"
 
     # the table: refresh, select, edit, export, a malformed import changes nothing, delete
-    shown = handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5)
-    (df,) = [v for v in shown.values() if hasattr(v, "iloc")][:1]
-    (ids,) = [v for v in shown.values() if isinstance(v, dict) and v]   # shown ids (no deleted ones yet)
+    shown = annotations.refresh_all(store, OPEN, "(all)", "(all)", "(all)", "", "", 1, 5)
+    df, ids = shown["table"], shown["shown_ids"]
     assert list(df["id"]) == [ann_id[:8]] and ids == {ann_id[:8]: ann_id}   # short ids shown
-    picked = handler(demo, "select")(ids, gr.SelectData(None, {"index": [0, 2], "value": "x",
-                                                               "row_value": list(df.iloc[0])}))
-    assert ann_id in picked.values()
-    handler(demo, "save_changes")(ann_id, "2", "fixed again", [], "ok", "Amina")
+    picked = annotations.select(store, OPEN, ids, list(df.iloc[0]))
+    assert picked["selected"] == ann_id and text_of(picked["editor.views.output"]).count("data-span-side") == 1
+    annotations.save_changes(store, OPEN, ann_id, "2", "fixed again", [], "ok", "Amina")
     assert (store.get(ann_id).rating, store.get(ann_id).corrected_output) == (2, "fixed again")
-    exported = handler(demo, "export_it")("csv", "(all)", "(all)", "(all)", "", "", 1, 5)
-    assert any(str(v).endswith(".csv") for v in exported.values())
+    exported = annotations.export_it(store, OPEN, "csv", "(all)", "(all)", "(all)", "", "", 1, 5)
+    assert exported["export_file"].endswith(".csv")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\nnot json\n', encoding="utf-8")
-    msg = "".join(map(str, handler(demo, "import_it")(str(bad)).values()))
-    assert "Nothing imported" in msg and store.count() == 1
-    asked = handler(demo, "delete_it")(ann_id, None)   # the first press asks
-    assert store.count() == 1 and "Confirm delete?" in "".join(map(str, asked.values()))
-    gone = handler(demo, "delete_it")(ann_id, ann_id)
+    assert "Nothing imported" in annotations.import_it(store, OPEN, str(bad))["io_status"] and store.count() == 1
+    asked = annotations.delete_it(store, OPEN, ann_id, None)   # the first press asks
+    assert store.count() == 1 and asked["armed"] == ann_id and "Confirm delete?" in asked["status"]
+    gone = annotations.delete_it(store, OPEN, ann_id, ann_id)
     assert store.count() == 0
-    assert ann_id in gone.values()                     # the id Undo restores
+    assert gone["deleted"] == ann_id                     # the id Undo restores
     kept = store.get(ann_id, include_deleted=True).to_dict()
-    assert store.deleted_info(ann_id)[0]               # a soft delete: still there, marked deleted
-    handler(demo, "undo_it")(ann_id)                   # Undo puts the same record back
+    assert store.deleted_info(ann_id)[0]                 # a soft delete: still there, marked deleted
+    annotations.undo_it(store, OPEN, ann_id)             # Undo puts the same record back
     assert store.get(ann_id).to_dict() == kept
     assert [v.action for v in store.history(ann_id)] == ["edit", "delete", "restore"]
-    handler(demo, "delete_it")(ann_id, ann_id)
+    annotations.delete_it(store, OPEN, ann_id, ann_id)
     assert store.count() == 0
 
     # the batch queue (a job stored with its outputs, as after a run): save and move on
@@ -257,12 +252,33 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
                      settings={"model_id": "demo", "family": "mt5", "decoding": {}})
     with store.transaction() as conn:
         conn.execute("UPDATE batch_rows SET output='out', processed_at='t' WHERE job_id=?", (job.id,))
-    first = handler(demo, "pick")(job.id)
-    assert "0 of 2 done" in "".join(map(str, first.values()))
-    after = handler(demo, "save_next")(job.id, 0, "5", "out!", [], "", "Amina")
-    assert "1 of 2 done" in "".join(map(str, after.values()))
+    first = batch_tab.pick(store, OPEN, job.id)
+    assert "0 of 2 done" in first["done"] and first["index"] == 0
+    after = batch_tab.save_next(store, OPEN, job.id, 0, "5", "out!", [], "", "Amina")
+    assert "1 of 2 done" in after["done"] and after["index"] == 1 and "Saved row 1" in after["status"]
     assert job_progress(store, job.id).annotated == 1
-    assert handler(demo, "refresh_jobs")(job.id)
+    assert batch_tab.move(store, OPEN, job.id, 1, where="prev")["index"] == 0
+    assert "This is the first row" in batch_tab.move(store, OPEN, job.id, 0, where="prev")["status"]
+    assert batch_tab.refresh_jobs(store, OPEN, job.id)["job"].value == job.id
+
+
+def test_annotation_tabs_wire_their_handlers_by_name(store):
+    """The page wires the module handlers: every name a handler returns is a component of its tab's layout."""
+    import gradio as gr
+
+    from app.annotation.rights import OPEN
+    from app.annotation.tabs import annotations, panel
+    from app.annotation.tabs.wiring import component, on_layout
+
+    ctx = minimal_context()
+    with gr.Blocks():
+        tab = annotations.layout(ctx)
+        with gr.Column():
+            p = panel.layout(ctx, "summarization")
+    shown = annotations.refresh_all(store, OPEN, "(all)", "(all)", "(all)", "", "", 1, 5)
+    assert set(on_layout(tab, shown)) <= set(tab.refresh_outputs())
+    fresh = panel.new_result(store, OPEN, RECORD, task="summarization")
+    assert component(p, "editor.views.input") in on_layout(p, fresh)
 
 
 def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
@@ -282,12 +298,16 @@ def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     names = {d.get("api_name") for d in app.blocks.get_config_file()["dependencies"]}
     assert {"annotate", "export", "summarize"} <= names
 
-    create_and_run = handler(app.blocks, "create_and_run")
+    from app.annotation.batch import StopRequests
+    from app.annotation.rights import OPEN
+
+    def create_and_run(*values):
+        return batch_tab.create_and_run(store, OPEN, *values, ctx=ctx, stops=StopRequests())
     source = ctx.assets.models["summarization"].default
     texts = tmp_path / "texts.csv"
     texts.write_text("text\n\"שלום עולם, זה טקסט\"\nDas ist ein Text.\n", encoding="utf-8")
     decoding = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() order, max_new_tokens=8
-    out = create_and_run(str(texts), "summarization", source, "auto", "cpu", "none", None, *decoding)
+    out = create_and_run(str(texts), "summarization", source, "auto", "cpu", "none", *decoding)
     (job,) = list_jobs(store)
     assert job_progress(store, job.id).processed == 2, out
     assert job.settings["model_id"] == source and job.settings["decoding"]["max_new_tokens"] == 8
@@ -296,10 +316,10 @@ def test_real_app_panels_and_a_real_batch_run(store, tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": "Who?", "context": "Ada wrote it."}) + "\n", encoding="utf-8")
     create_and_run(str(qa), "question_answering", ctx.assets.models["question_answering"].default, "auto", "cpu",
-                   "none", None, *decoding)
+                   "none", *decoding)
     qa_job = next(j for j in list_jobs(store) if j.task == "question_answering")
     assert job_progress(store, qa_job.id).processed == 1
-    refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", None, *decoding)
+    refused = create_and_run(str(texts), "question_answering", "", "auto", "cpu", "none", *decoding)
     assert "question" in "".join(map(str, refused.values())) and len(list_jobs(store)) == 2
 
 

@@ -278,12 +278,12 @@ def test_command_lines_are_the_command_with_the_settings_picked():
 
 
 def test_batch_tab_shows_the_command_for_a_large_file_and_imports_for_admins_only(one_process, demo_dir, tmp_path):
-    import gradio as gr
+    import functools
 
+    from app.annotation.rights import identify
     from app.annotation.tabs import batch_tab
     from app.main import prepare
     from app.settings import Settings
-    from test_annotation_ui import handler
 
     big, small = tmp_path / "big.csv", tmp_path / "small.csv"
     big.write_text("text\n" + "".join(f"Texto número {i}\n" for i in range(201)), encoding="utf-8")
@@ -293,9 +293,8 @@ def test_batch_tab_shows_the_command_for_a_large_file_and_imports_for_admins_onl
     ctx, _ = prepare(True, settings)
     store = AnnotationStore(tmp_path / "annotations.db")
     try:
-        with gr.Blocks() as blocks:
-            batch_tab.build(ctx, store)
-        command_for, import_output = handler(blocks, "command_for"), handler(blocks, "import_output")
+        ada = identify(SimpleNamespace(username="ada"), settings)
+        command_for = functools.partial(batch_tab.command_for, store, ada, ctx=ctx)
         decoding = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, -1]   # decoding_controls() order
         shown = "".join(map(str, command_for(str(big), "summarization", "", "auto", "auto", "none", *decoding)
                             .values()))
@@ -309,9 +308,10 @@ def test_batch_tab_shows_the_command_for_a_large_file_and_imports_for_admins_onl
         assert "".join(map(str, command_for(str(deep), "summarization", "", "auto", "auto", "none", *decoding)
                            .values())) == ""
 
-        refused = import_output(str(one_process), SimpleNamespace(username="bob"))
+        refused = batch_tab.import_output(store, identify(SimpleNamespace(username="bob"), settings),
+                                          str(one_process))
         assert "admin" in "".join(map(str, refused.values())) and list_jobs(store) == []
-        done = import_output(str(one_process), SimpleNamespace(username="ada"))
+        done = batch_tab.import_output(store, ada, str(one_process))
         assert f"Imported {ROWS} row(s)" in "".join(map(str, done.values()))
         assert [j.total for j in list_jobs(store)] == [ROWS]
     finally:

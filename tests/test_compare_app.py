@@ -91,3 +91,53 @@ def test_export_and_reimport_through_the_app(app, fmt):
         assert [to_flat(c) for c in query_comparisons(store)] == before
     again = client.predict(file=gradio_client.handle_file(path), api_name="/import_comparisons")
     assert again["skipped"] == len(before) and count(db) == len(before)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Compare tab's and the compare jobs' handlers, called as the page calls them (open use)
+
+
+SYSTEMS = ({"model_id": "demo/generation", "decoding": {"num_beams": 1}},
+           {"model_id": "demo/generation", "decoding": {"num_beams": 4}})
+
+
+def test_a_stand_alone_comparison_reveals_the_systems_once_saved(tmp_path):
+    import dataclasses
+
+    from app.annotation.rights import OPEN
+    from app.annotation.tabs import compare
+
+    pair = compare.Pair("summarization", {"text": IN}, SYSTEMS, (OUT_A, OUT_B), flipped=True)
+    with AnnotationStore(tmp_path / "pair.db") as store:
+        unsaved = compare.compare_save(store, OPEN, dataclasses.asdict(pair), None, "Dan", "", "esa", [])
+        assert "Not saved: choose a preference" in unsaved["status"] and "was system" not in unsaved["status"]
+        saved = compare.compare_save(store, OPEN, dataclasses.asdict(pair), "B", "Dan", "", "esa", [])
+        # the status line sits under the judged pair (which stays on show): A was system 2 (flipped)
+        assert "A was system 2" in saved["status"] and "B was system 1" in saved["status"]
+        (c,) = query_comparisons(store)
+        assert saved["pair"]["saved_id"] == c.id and (c.output_a, c.system_a.decoding) == (OUT_B, {"num_beams": 4})
+        again = compare.compare_save(store, OPEN, saved["pair"], "A", "Dan", "", "esa", [])
+        assert "saved already" in again["status"] and len(query_comparisons(store)) == 1
+
+
+def test_a_compare_job_queue_stays_blind_after_every_save(tmp_path):
+    import json
+
+    from app.annotation.batch import BatchInput
+    from app.annotation.comparisons import create_compare_job, run_compare_job
+    from app.annotation.rights import OPEN
+    from app.annotation.tabs import compare
+
+    with AnnotationStore(tmp_path / "job.db") as store:
+        job = create_compare_job(store, [BatchInput("שלום עולם"), BatchInput("Guten Tag")], task="summarization",
+                                 systems=list(SYSTEMS))
+        run_compare_job(store, job.id, lambda n, row: f"system {n} says {row.text}")
+        first = compare.cjob_pick(store, OPEN, job.id)
+        assert first["index"] == 0 and "0 of 2 judged" in first["where"]
+        saved = compare.cjob_save_next(store, OPEN, job.id, 0, "A", "Dan", "", "esa", [])
+        shown = json.dumps(saved, default=str)
+        assert "Saved comparison" in saved["status"] and "1 of 2 judged" in saved["where"] and saved["index"] == 1
+        assert "was system" not in shown and "num_beams" not in shown   # no reveal, not even of the row judged
+        last = compare.cjob_save_next(store, OPEN, job.id, 1, "tie", "Dan", "", "esa", [])
+        assert "2 of 2 judged" in last["where"] and "was system" not in json.dumps(last, default=str)
+        assert len(query_comparisons(store)) == 2

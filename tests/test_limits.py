@@ -377,17 +377,25 @@ def test_cuda_on_a_cpu_machine_names_the_available_devices(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# 4 (cont.). The Batch tab: its row limit when locked, and its Stop button (handlers of the built page: they are
-# private, no API reaches them)
+# 4 (cont.). The Batch tab: its row limit when locked, and its Stop button (the tab's handlers, called as its page
+# calls them: they are private, no API reaches them)
 # ------------------------------------------------------------------------------------------------------------
-def batch_page(root, tmp_path, monkeypatch, **env):
+def batch_page(root, tmp_path, monkeypatch, user=None, **env):
+    """The store, the Batch tab's create and stop handlers as `user` calls them (one StopRequests, as one page
+    has), and the app's context, on a deployment set by `env`."""
+    import functools
+    from types import SimpleNamespace
+    from app.annotation.batch import StopRequests
+    from app.annotation.rights import identify
     from app.annotation.store import AnnotationStore
-    from app.main import build_app, prepare
+    from app.annotation.tabs import batch_tab
+    from app.main import prepare
     monkeypatch.setenv("MT5_STUDIO_DB", str(tmp_path / "annotations.db"))
     store = AnnotationStore()
     ctx, _ = prepare(True, Settings.from_env({"MT5_STUDIO_DEMO_DIR": str(root / "demo"), **env}))
-    blocks = build_app(ctx, store=store).blocks
-    fns = {getattr(f.fn, "__name__", ""): f.fn for f in blocks.fns.values()}
+    ident, stops = identify(SimpleNamespace(username=user), ctx.settings), StopRequests()
+    fns = {"create_and_run": functools.partial(batch_tab.create_and_run, store, ident, ctx=ctx, stops=stops),
+           "stop_it": functools.partial(batch_tab.stop_it, store, ident, stops=stops)}
     return store, fns, ctx
 
 
@@ -396,14 +404,13 @@ DECODING = [8, 1, 0, 1.0, False, 1.0, 50, 1.0, 1.0, 0]   # decoding_controls() o
 
 def test_a_locked_batch_tab_refuses_a_file_over_its_row_limit(open_server, root, tmp_path, monkeypatch):
     from app.annotation.batch import list_jobs
-    from types import SimpleNamespace
     # locked: only an admin creates jobs (app/annotation/rights.py), and the limit holds for them too
-    store, fns, ctx = batch_page(root, tmp_path, monkeypatch, MT5_STUDIO_LOCKED="1", MT5_STUDIO_USERS="root:pw",
-                                 MT5_STUDIO_ADMINS="root")
+    store, fns, ctx = batch_page(root, tmp_path, monkeypatch, "root", MT5_STUDIO_LOCKED="1",
+                                 MT5_STUDIO_USERS="root:pw", MT5_STUDIO_ADMINS="root")
     rows = tmp_path / "rows.csv"
     rows.write_text("text\n" + "".join(f"row {i}\n" for i in range(201)), encoding="utf-8")
     out = fns["create_and_run"](str(rows), "summarization", ctx.assets.models["summarization"].default, "auto",
-                                "cpu", "none", SimpleNamespace(username="root"), *DECODING)
+                                "cpu", "none", *DECODING)
     assert "No job created: rows.csv has 201 rows; the limit is 200 per batch" in "".join(map(str, out.values()))
     assert list_jobs(store) == []
 
@@ -417,8 +424,7 @@ def test_a_running_batch_job_stops_on_request(open_server, root, tmp_path, monke
                     encoding="utf-8")
     result = {}
     worker = threading.Thread(target=lambda: result.update(out=fns["create_and_run"](
-        str(rows), "summarization", ctx.assets.models["summarization"].default, "auto", "cpu", "none", None,
-        *DECODING)))
+        str(rows), "summarization", ctx.assets.models["summarization"].default, "auto", "cpu", "none", *DECODING)))
     worker.start()
     deadline = time.monotonic() + 60
     started = lambda: list_jobs(store) and job_progress(store, list_jobs(store)[0].id).processed

@@ -1,7 +1,7 @@
 """Identities and rights (issue 13 item 1): who may save, change, delete, restore, import, export and run jobs.
 
 Three layers: the rules themselves (app.annotation.rights, the store's soft deletes and history); the page's
-handlers called in-process with a request as Gradio builds it (every protected action checked in the handler);
+handlers called in-process with the identity a request gives (every protected action checked in the handler);
 and the real app over HTTP — behind Gradio's `auth=` login, and behind "Sign in with Hugging Face" with Gradio's
 real OAuth code against a local fake identity provider (tests/fakeidp.py) — attacked with raw calls to private
 events by their function index."""
@@ -18,7 +18,7 @@ from app.annotation.rights import OPEN, Identity, Refused, identify, require_adm
     require_save, visible_owner
 from app.annotation.store import Annotation, AnnotationStore
 from app.settings import Settings
-from test_annotation_ui import RECORD, annotation_page, handler, text_of
+from test_annotation_ui import RECORD, text_of
 
 USERS = {"alice": "alice-pw", "bob": "bob-pw", "root": "root-pw"}
 PROTECTED = Settings(sign_in="password", users=USERS, admins=frozenset({"root"}))
@@ -175,7 +175,7 @@ def test_api_functions_apply_the_rights(store, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The page's handlers, in-process, with requests as Gradio passes them
+# The page's handlers, in-process, with the identity of each request as the page's wiring works it out
 
 
 def shown(out) -> str:
@@ -183,57 +183,55 @@ def shown(out) -> str:
 
 
 def test_handlers_check_rights_whatever_the_inputs(store, tmp_path):
-    import gradio as gr
+    from app.annotation.batch import StopRequests
+    from app.annotation.tabs import annotations, batch_tab, panel
 
-    demo = annotation_page(store, PROTECTED)
-    req = {n: SimpleNamespace(username=n) for n in USERS}
-    anon = SimpleNamespace(username=None)
-    save_it = handler(demo, "save_it")
-    refused = shown(save_it(RECORD, "4", "", [], "", "alice", None, request=anon))
+    ident = {n: identify(SimpleNamespace(username=n), PROTECTED) for n in USERS}
+    anon = identify(SimpleNamespace(username=None), PROTECTED)
+    refused = shown(panel.save_it(store, anon, RECORD, "4", "", [], "", "alice", None))
     assert "Not saved: Not signed in" in refused and store.count() == 0
-    save_it(RECORD, "4", "", [], "", "mallory", None, request=req["alice"])
+    panel.save_it(store, ident["alice"], RECORD, "4", "", [], "", "mallory", None)
     (a,) = store.query()
     assert (a.annotator, a.owner) == ("alice", "alice")
 
     # bob, given alice's id in every input a client could forge: refused, nothing changes
-    assert "Not deleted: Only the annotator who saved it" in shown(handler(demo, "delete_it")(a.id, a.id,
-                                                                                               request=req["bob"]))
+    bob = ident["bob"]
+    assert "Not deleted: Only the annotator who saved it" in shown(annotations.delete_it(store, bob, a.id, a.id))
     assert "Not saved: Only the annotator who saved it" in shown(
-        handler(demo, "save_changes")(a.id, "1", "hacked", [], "", "bob", request=req["bob"]))
-    assert "is for admins" in shown(handler(demo, "restore_it")(a.id, request=req["bob"]))
+        annotations.save_changes(store, bob, a.id, "1", "hacked", [], "", "bob"))
+    assert "is for admins" in shown(annotations.restore_it(store, bob, a.id))
     other = tmp_path / "x.jsonl"
     other.write_text(json.dumps({**a.to_dict(), "rating": 1, "updated_at": "2999-01-01T00:00:00Z"}) + "\n")
-    assert "Nothing imported: Importing annotations is for admins" in shown(
-        handler(demo, "import_it")(str(other), request=req["bob"]))
-    selected = handler(demo, "select")({a.id[:8]: a.id}, gr.SelectData(None, {"index": [0, 0], "value": "x",
-                                                                              "row_value": [a.id[:8]]}),
-                                       request=req["bob"])
+    assert "Nothing imported: Importing annotations is for admins" in shown(annotations.import_it(store, bob,
+                                                                                                 str(other)))
+    selected = annotations.select(store, bob, {a.id[:8]: a.id}, [a.id[:8]])
     assert "gone" in shown(selected) and a.id not in selected.values()
-    table = handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5, request=req["bob"])
+    table = annotations.refresh_all(store, bob, "(all)", "(all)", "(all)", "", "", 1, 5)
     assert "0 annotation(s) of yours" in shown(table)
-    assert "log in" in shown(handler(demo, "refresh_all")("(all)", "(all)", "(all)", "", "", 1, 5, request=anon))
-    exported = handler(demo, "export_it")("jsonl", "(all)", "(all)", "(all)", "", "", 1, 5, request=req["bob"])
-    (path,) = [v for v in exported.values() if isinstance(v, str) and v.endswith(".jsonl")]
-    assert open(path).read() == ""
-    for name, args in [("create_and_run", (str(other), "summarization", "demo", "auto", "auto", "none")),
-                       ("resume_it", ("some-job",)), ("stop_it", ("some-job",))]:
-        out = shown(handler(demo, name)(*args, req["bob"]))
-        assert "batch jobs is for admins" in out, (name, out)
+    assert "log in" in shown(annotations.refresh_all(store, anon, "(all)", "(all)", "(all)", "", "", 1, 5))
+    exported = annotations.export_it(store, bob, "jsonl", "(all)", "(all)", "(all)", "", "", 1, 5)
+    assert open(exported["export_file"]).read() == ""
+    ctx, stops = SimpleNamespace(settings=PROTECTED), StopRequests()
+    for out in (batch_tab.create_and_run(store, bob, str(other), "summarization", "demo", "auto", "auto", "none",
+                                         ctx=ctx, stops=stops),
+                batch_tab.resume_it(store, bob, "some-job", ctx=ctx, stops=stops),
+                batch_tab.stop_it(store, bob, "some-job", stops=stops)):
+        assert "batch jobs is for admins" in shown(out), out
     assert store.get(a.id) == a and store.history(a.id) == []
 
     # alice edits and deletes her own; her undo brings it back; root restores one alice deleted
-    assert "Saved changes" in shown(handler(demo, "save_changes")(a.id, "5", "", [], "", "zed",
-                                                                  request=req["alice"]))
+    alice = ident["alice"]
+    assert "Saved changes" in shown(annotations.save_changes(store, alice, a.id, "5", "", [], "", "zed"))
     assert (store.get(a.id).rating, store.get(a.id).annotator) == (5, "alice")   # the annotator stays
-    handler(demo, "delete_it")(a.id, a.id, request=req["alice"])
+    annotations.delete_it(store, alice, a.id, a.id)
     assert store.get(a.id) is None
-    assert "Restored" in shown(handler(demo, "undo_it")(a.id, request=req["alice"]))
-    handler(demo, "delete_it")(a.id, a.id, request=req["alice"])
-    assert "is for admins" in shown(handler(demo, "restore_it")(a.id, request=req["bob"]))
-    assert "Restored" in shown(handler(demo, "restore_it")(a.id, request=req["root"]))
+    assert "Restored" in shown(annotations.undo_it(store, alice, a.id))
+    annotations.delete_it(store, alice, a.id, a.id)
+    assert "is for admins" in shown(annotations.restore_it(store, bob, a.id))
+    assert "Restored" in shown(annotations.restore_it(store, ident["root"], a.id))
     assert [(v.action, v.replaced_by) for v in store.history(a.id)] == [
         ("edit", "alice"), ("delete", "alice"), ("restore", "alice"), ("delete", "alice"), ("restore", "root")]
-    assert "Imported" in shown(handler(demo, "import_it")(str(other), request=req["root"]))
+    assert "Imported" in shown(annotations.import_it(store, ident["root"], str(other)))
     assert store.get(a.id).rating == 1 and store.history(a.id)[-1].action == "import"
 
 
@@ -373,24 +371,19 @@ def test_signed_in_with_hugging_face(oauth_app):
 
 
 def test_deleted_comparisons_are_listed_and_restored_by_admins_only(store):
-    import gradio as gr
-
     from app.annotation.comparisons import get_comparison, save_comparison
     from app.annotation.tabs import compare_stats
     from test_annotation_compare import make
 
-    with gr.Blocks() as demo:
-        compare_stats.build(store, PROTECTED)
     cmp_id = save_comparison(store, make(annotator="alice"), owner="alice")
-    req = {n: SimpleNamespace(username=n) for n in USERS}
-    handler(demo, "compare_delete")(cmp_id, cmp_id, request=req["alice"])
+    ident = {n: identify(SimpleNamespace(username=n), PROTECTED) for n in USERS}
+    compare_stats.compare_delete(store, ident["alice"], cmp_id, cmp_id)
     assert get_comparison(store, cmp_id) is None and get_comparison(store, cmp_id, deleted=True) is not None
-    listed = handler(demo, "compare_refresh")(request=req["alice"])
-    assert any(cmp_id in v.values() for v in listed.values() if isinstance(v, dict))   # her own, deleted
-    assert not any(cmp_id in v.values() for v in handler(demo, "compare_refresh")(request=req["bob"]).values()
-                   if isinstance(v, dict))                                               # not bob's to see
+    listed = compare_stats.compare_refresh(store, ident["alice"])
+    assert cmp_id in listed["deleted_ids"].values()                                     # her own, deleted
+    assert cmp_id not in compare_stats.compare_refresh(store, ident["bob"])["deleted_ids"].values()   # not bob's
     assert "Not restored: Restoring a deleted comparison is for admins" in shown(
-        handler(demo, "compare_restore")(cmp_id, request=req["alice"]))
+        compare_stats.compare_restore(store, ident["alice"], cmp_id))
     assert get_comparison(store, cmp_id) is None
-    assert "Restored comparison" in shown(handler(demo, "compare_restore")(cmp_id, request=req["root"]))
+    assert "Restored comparison" in shown(compare_stats.compare_restore(store, ident["root"], cmp_id))
     assert get_comparison(store, cmp_id).annotator == "alice"

@@ -1,6 +1,12 @@
-"""The Annotations tab: every saved judgement in a filtered table; edit, delete, export, import, agreement."""
+"""The Annotations tab: every saved judgement in a filtered table; edit, delete, export, import, agreement.
+
+Layout (`layout`), the handlers (plain functions of the store, the identity and the values, returning
+{name: value}), then `wire`. Each message shows under the buttons that caused it: filters above the table, editing
+under the editor, export and import in their section.
+"""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,12 +16,17 @@ import pandas as pd
 
 from ..agreement import agreement_frame
 from ..api import EXPORT_FORMATS, export, filters, import_export_file, judgement
-from ..rights import Identity, Refused, identify, require_admin, require_owner_or_admin, visible_owner
+from ..rights import Identity, Refused, require_admin, require_owner_or_admin, visible_owner
 from ...context import AppContext
+from ...files import VisitorFiles
+from ...settings import Settings
+from ..spans import load_protocols
 from ..store import AnnotationStore
 from ...tasks import is_rtl
 from . import compare_stats, span_editor
-from .panel import fields
+from .panel import JudgementFields, fields, judgement_values
+from .span_editor import Frame, SpanEditor, span_js
+from .wiring import PRIVATE, bind, under
 from ...tabs.common import status_html
 
 ALL = "(all)"
@@ -104,16 +115,269 @@ def agreement_tables(store: AnnotationStore, **query: Any) -> dict[str, pd.DataF
     return {"task": agreement_frame(records, by="task"), "model": agreement_frame(records, by="model_id")}
 
 
-def build(ctx: AppContext, store: AnnotationStore) -> None:
-    """Lays out the tab (call inside a `gr.Tab`) and wires its events. Each message shows under the buttons
-    that caused it: filters above the table, editing under the editor, export and import in their section."""
-    gr.Markdown(help_text(ctx, "annotations"), elem_classes=["tab-help"])
+EDIT_TITLES = {"output": "Output: select a stretch to mark an error",
+               "input": "Input: select what the output leaves out"}
+FILTERS = ("task", "model", "annotator", "since", "until", "min_rating", "max_rating")
 
+
+def edit_frame() -> Frame:
+    """The frame of the editor's span editor."""
+    return Frame("annotations-edit", EDIT_TITLES, load_protocols(), with_esa=True)
+
+
+@dataclass
+class AnnotationsTab:
+    """The tab's components, by section: filters and table, the editor, deleted ones, export and import,
+    agreement, and the comparisons' section."""
+    task: gr.Dropdown
+    model: gr.Dropdown
+    annotator: gr.Dropdown
+    since: gr.Textbox
+    until: gr.Textbox
+    min_rating: gr.Slider
+    max_rating: gr.Slider
+    refresh: gr.Button
+    summary: gr.HTML                  # the count, or why the filters were not applied
+    shown_ids: gr.State               # short id shown -> full id
+    table: gr.Dataframe
+    selected: gr.State
+    armed: gr.State                   # the id "Delete" was pressed for once: a second press deletes it
+    deleted: gr.State                 # the id of the last record deleted: Undo restores it
+    sel_input: gr.Textbox
+    sel_output: gr.Textbox
+    provenance: gr.JSON
+    fields: JudgementFields           # the record's own annotator (not the name remembered for new annotations)
+    editor: SpanEditor                # its error spans, highlighted and editable (ESA / MQM)
+    update: gr.Button
+    delete: gr.Button
+    undo: gr.Button
+    status: gr.HTML
+    history: gr.Dataframe
+    deleted_ids: gr.State
+    to_restore: gr.State
+    deleted_table: gr.Dataframe
+    restore: gr.Button
+    restore_status: gr.HTML
+    fmt: gr.Radio
+    export: gr.Button
+    export_file: gr.File
+    upload: gr.File
+    import_: gr.Button
+    io_status: gr.HTML
+    by_task: gr.Dataframe
+    by_model: gr.Dataframe
+    compare: compare_stats.CompareStats
+
+    def filters(self) -> list:
+        return [getattr(self, name) for name in FILTERS]
+
+    def refresh_outputs(self) -> list:
+        return [self.table, self.shown_ids, self.summary, self.task, self.model, self.annotator, self.by_task,
+                self.by_model, self.deleted_table, self.deleted_ids]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The handlers
+
+
+def choices(store: AnnotationStore, column: str, current: str, owner: str | None = None) -> gr.Dropdown:
+    values = [ALL, *store.distinct(column, owner=owner)]
+    return gr.Dropdown(choices=values, value=current if current in values else ALL)
+
+
+def refresh_all(store: AnnotationStore, ident: Identity, task_v, model_v, annotator_v, since_v, until_v, lo,
+                hi) -> dict:
+    """The table, the filters' choices, agreement and the deleted list, as `ident` may see them."""
+    try:
+        # a signed-in annotator sees their own annotations; admins (and open use) everyone's
+        owner = visible_owner(ident)
+        query = filters(task_v, model_v, annotator_v, since_v, until_v, lo, hi)
+    except Refused as e:
+        empty = pd.DataFrame(columns=list(TABLE_COLUMNS.values()))
+        return {"table": empty, "shown_ids": {}, "summary": status_html(str(e), "warn"),
+                "deleted_table": pd.DataFrame(columns=DELETED_COLUMNS), "deleted_ids": {}}
+    except ValueError as e:
+        return {"summary": status_html(f"Filters not applied: {e}", "error")}
+    mine = {} if owner is None else {"owner": owner}
+    view = table_frame(store, **query, **mine)
+    n = store.count(**query, **mine)
+    tables = agreement_tables(store, **query)   # figures only: no names or texts of others
+    gone, gone_ids = deleted_frame(store, owner)
+    whose = "" if owner is None else " of yours"
+    return {"table": view.frame, "shown_ids": view.ids, "deleted_table": gone, "deleted_ids": gone_ids,
+            "summary": status_html(f"{n} annotation(s){whose} match; {store.count(**mine)}{whose} in the store."),
+            "task": choices(store, "task", task_v, owner), "model": choices(store, "model_id", model_v, owner),
+            "annotator": choices(store, "annotator", annotator_v, owner), "by_task": tables["task"],
+            "by_model": tables["model"]}
+
+
+def disarmed() -> dict:
+    """Updates that put "Delete" back to a first press (made in the handler: in the layout it would add one)."""
+    return {"armed": None, "delete": gr.Button("Delete")}
+
+
+def select(store: AnnotationStore, ident: Identity, ids: dict[str, str], row: list | None, *,
+           frame: Frame | None = None) -> dict:
+    """A row of the table selected (`row`: its values, right even when the table was sorted in the page)."""
+    short = str(row[0]) if row else ""
+    a = store.get(ids.get(short, "")) if short else None
+    if a is not None and not ident.sees_all and a.owner != ident.user:
+        a = None    # not theirs: as if it were not there
+    if a is None:
+        return {"selected": None, **disarmed(), "status": status_html("That annotation is gone: refresh the table.",
+                                                                      "warn")}
+    prov = {k: v for k, v in a.to_dict().items()
+            if k not in ("input", "output", "rating", "corrected_output", "error_categories", "comment")}
+    return {"selected": a.id, "sel_input": gr.Textbox(value=a.input, rtl=is_rtl(a.input)),
+            "sel_output": gr.Textbox(value=a.output, rtl=is_rtl(a.output)), "provenance": prov,
+            **under("fields", judgement_values(a.rating, a.corrected_output, a.error_categories, a.comment)),
+            "fields.annotator": gr.Textbox(value=a.annotator, interactive=not ident.protected),
+            "history": history_frame(store, a.id),
+            **under("editor", span_editor.load(frame or edit_frame(), {"output": a.output, "input": a.input}, a.task,
+                                               a.spans, a.protocol or "none", a.esa_score)),
+            **disarmed(), "status": status_html(f"Editing {a.id[:SHORT_ID]} by {a.annotator}.")}
+
+
+def save_changes(store: AnnotationStore, ident: Identity, ann_id, rating, corrected, categories, comment, annotator,
+                 protocol_v=None, spans_v=None, esa_v=None) -> dict:
+    if not ann_id:
+        return {"status": status_html("Select a row of the table first.", "warn")}
+    try:
+        current = store.get(ann_id)
+        if current is None:
+            raise KeyError(ann_id)
+        require_owner_or_admin(ident, current.owner, "change")
+        changes = judgement(rating, corrected, categories, comment, annotator, protocol=protocol_v,
+                            spans=spans_v, esa_score=esa_v if protocol_v == "esa" else None)
+        if ident.protected:
+            changes["annotator"] = current.annotator   # the judgement stays its annotator's
+        if not changes["annotator"]:
+            raise ValueError("the annotator's name cannot be empty")
+        store.update(ann_id, by=ident.user, **changes)
+    except KeyError:
+        return {"status": status_html("That annotation is gone: refresh the table.", "warn")}
+    except ValueError as e:
+        return {"status": status_html(f"Not saved: {e}", "error")}
+    # a save ends the chance to undo the last delete
+    return {"deleted": None, "undo": gr.Button(visible=False), **disarmed(), "history": history_frame(store, ann_id),
+            "status": status_html(f"Saved changes to {ann_id[:SHORT_ID]} (the version before is kept).")}
+
+
+def delete_it(store: AnnotationStore, ident: Identity, ann_id, armed_id) -> dict:
+    """First press: asks for confirmation. Second press (same row): deletes, keeping the record for Undo."""
+    if not ann_id:
+        return {**disarmed(), "status": status_html("Select a row of the table first.", "warn")}
+    if armed_id != ann_id:
+        return {"armed": ann_id, "delete": gr.Button("Confirm delete?"),
+                "status": status_html(f"Delete {ann_id[:SHORT_ID]}? Press \"Confirm delete?\" to delete it (Undo "
+                                      "puts it back until the next save), or select another row.", "warn")}
+    record = store.get(ann_id)
+    try:
+        if record is not None:
+            require_owner_or_admin(ident, record.owner, "delete")
+    except Refused as e:
+        return {**disarmed(), "status": status_html(f"Not deleted: {e}", "error")}
+    if record is None or not store.delete(ann_id, by=ident.user):
+        return {"selected": None, **disarmed(), "status": status_html("It was already deleted.", "warn")}
+    return {"selected": None, **disarmed(), "deleted": record.id, "undo": gr.Button(visible=True),
+            "status": status_html(f"Deleted {ann_id[:SHORT_ID]}. \"Undo delete\" puts it back (until the next "
+                                  "save); an admin can restore it later too.")}
+
+
+def may_restore(store: AnnotationStore, ident: Identity, ann_id: str) -> None:
+    """Admins restore anything; an annotator undoes their own delete of their own annotation."""
+    a = store.get(ann_id, include_deleted=True)
+    info = store.deleted_info(ann_id)
+    own_undo = a is not None and info is not None and a.owner == ident.user and info[1] == ident.user
+    if not own_undo:
+        require_admin(ident, "Restoring a deleted annotation")
+
+
+def undo_it(store: AnnotationStore, ident: Identity, ann_id) -> dict:
+    if not ann_id:
+        return {"undo": gr.Button(visible=False), "status": status_html("Nothing to undo.", "warn")}
+    try:
+        may_restore(store, ident, ann_id)
+        store.restore(ann_id, by=ident.user)
+    except (KeyError, ValueError) as e:
+        return {"status": status_html(f"Not restored: {e}", "error")}
+    return {"deleted": None, "undo": gr.Button(visible=False),
+            "status": status_html(f"Restored {ann_id[:SHORT_ID]}.")}
+
+
+def pick_deleted(store: AnnotationStore, ident: Identity, ids: dict[str, str], row: list | None) -> dict:
+    short = str(row[0]) if row else ""
+    return {"to_restore": ids.get(short), "restore_status": status_html(
+        f"Selected {short}: press \"Restore the selected one\"." if short in ids else "Refresh the list.")}
+
+
+def restore_it(store: AnnotationStore, ident: Identity, ann_id) -> dict:
+    if not ann_id:
+        return {"restore_status": status_html("Select a deleted annotation first.", "warn")}
+    try:
+        may_restore(store, ident, ann_id)
+        store.restore(ann_id, by=ident.user)
+    except (KeyError, ValueError) as e:
+        return {"restore_status": status_html(f"Not restored: {e}", "error")}
+    return {"to_restore": None, "restore_status": status_html(f"Restored {ann_id[:SHORT_ID]}: it is back in the "
+                                                              "table.")}
+
+
+def export_it(store: AnnotationStore, ident: Identity, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi,
+              *, files: VisitorFiles | None = None) -> dict:
+    try:
+        path = export(store, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, ident=ident, files=files)
+    except ValueError as e:
+        return {"io_status": status_html(f"Not exported: {e}", "error")}
+    return {"export_file": str(path), "io_status": status_html(f"Exported to {path.name}.")}
+
+
+def import_it(store: AnnotationStore, ident: Identity, path) -> dict:
+    if not path:
+        return {"io_status": status_html("Choose a file to import first.", "warn")}
+    try:
+        result = import_export_file(store, path, ident)
+    except ValueError as e:
+        return {"io_status": status_html(f"Nothing imported: {e}", "error")}
+    return {"io_status": status_html(result["message"])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout and wiring
+
+
+def build(ctx: AppContext, store: AnnotationStore) -> None:
+    """Lays out the tab (call inside a `gr.Tab`) and wires its events."""
+    tab = layout(ctx)
+    wire(tab, store, ctx.settings, span_js(ctx, "span_select"))
+
+
+def layout(ctx: AppContext) -> AnnotationsTab:
+    gr.Markdown(help_text(ctx, "annotations"), elem_classes=["tab-help"])
+    parts = filters_section()
+    parts["summary"] = gr.HTML(elem_id="annotations-summary")
+    parts["shown_ids"] = gr.State({})
+    parts["table"] = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS.values())), interactive=False, wrap=True,
+                                  max_height=900, column_widths=COLUMN_WIDTHS, datatype="str",
+                                  label="Annotations, newest first (select a row to edit it)",
+                                  elem_id="annotations-table")
+    parts |= editor_section(ctx)
+    parts |= deleted_section()
+    parts |= exchange_section()
+    with gr.Accordion("Inter-annotator agreement (Krippendorff's alpha on ratings)", open=False):
+        gr.Markdown("Items rated by two or more annotators; the filters above apply.")
+        parts["by_task"] = gr.Dataframe(interactive=False, label="Per task")
+        parts["by_model"] = gr.Dataframe(interactive=False, label="Per model")
+    parts["compare"] = compare_stats.layout()   # win rates, agreement on preferences, export
+    return AnnotationsTab(**parts)
+
+
+def filters_section() -> dict:
     with gr.Accordion("Filters", open=True):
         with gr.Row():
             task = gr.Dropdown([ALL], value=ALL, label="Task", elem_id="annotations-task")
             model = gr.Dropdown([ALL], value=ALL, label="Model", elem_id="annotations-model")
-            annotator_f = gr.Dropdown([ALL], value=ALL, label="Annotator", elem_id="annotations-annotator")
+            annotator = gr.Dropdown([ALL], value=ALL, label="Annotator", elem_id="annotations-annotator")
         with gr.Row():
             since = gr.Textbox(label="From (YYYY-MM-DD, UTC)", max_length=40, elem_id="annotations-since")
             until = gr.Textbox(label="Until (YYYY-MM-DD, inclusive)", max_length=40, elem_id="annotations-until")
@@ -121,46 +385,42 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
             max_rating = gr.Slider(1, 5, value=5, step=1, label="Highest rating",
                                    info="1–5 shows unrated annotations too")
         refresh = gr.Button("Apply filters / refresh", elem_id="annotations-refresh")
-    filter_inputs = [task, model, annotator_f, since, until, min_rating, max_rating]
+    return {"task": task, "model": model, "annotator": annotator, "since": since, "until": until,
+            "min_rating": min_rating, "max_rating": max_rating, "refresh": refresh}
 
-    summary = gr.HTML(elem_id="annotations-summary")   # the count, or why the filters were not applied
-    shown_ids = gr.State({})                            # short id shown -> full id
-    table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS.values())), interactive=False, wrap=True,
-                         max_height=900, column_widths=COLUMN_WIDTHS, datatype="str",
-                         label="Annotations, newest first (select a row to edit it)", elem_id="annotations-table")
 
+def editor_section(ctx: AppContext) -> dict:
     with gr.Accordion("Edit the selected annotation", open=True):
-        selected = gr.State(None)
-        armed = gr.State(None)      # the id "Delete" was pressed for once: a second press deletes it
-        deleted = gr.State(None)    # the last record deleted, as a dict: Undo saves it again
+        out = {"selected": gr.State(None), "armed": gr.State(None), "deleted": gr.State(None)}
         with gr.Row():
-            sel_input = gr.Textbox(label="Input", lines=3, interactive=False)
-            sel_output = gr.Textbox(label="Model output", lines=3, interactive=False)
-        provenance = gr.JSON(label="Provenance", open=False)
-        # the record's own annotator (not the name remembered for new annotations)
-        f = fields("annotations-edit")
-        # its error spans, highlighted and editable (ESA / MQM, as in the panel under each result)
-        spans_ed = span_editor.build(ctx, store, "annotations-edit", {
-            "output": "Output: select a stretch to mark an error",
-            "input": "Input: select what the output leaves out"}, with_esa=True)
+            out["sel_input"] = gr.Textbox(label="Input", lines=3, interactive=False)
+            out["sel_output"] = gr.Textbox(label="Model output", lines=3, interactive=False)
+        out["provenance"] = gr.JSON(label="Provenance", open=False)
+        out["fields"] = fields("annotations-edit")
+        out["editor"] = span_editor.layout(ctx, edit_frame())
         with gr.Row():
-            update = gr.Button("Save changes", variant="primary", elem_id="annotations-update")
-            delete = gr.Button("Delete", variant="stop", elem_id="annotations-delete")
-            undo = gr.Button("Undo delete", visible=False, elem_id="annotations-undo")
-        status = gr.HTML(elem_id="annotations-status")
-        history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, wrap=True, datatype="str",
-                               label="Earlier versions of the selected annotation (every edit keeps the one before)",
-                               elem_id="annotations-history")
+            out["update"] = gr.Button("Save changes", variant="primary", elem_id="annotations-update")
+            out["delete"] = gr.Button("Delete", variant="stop", elem_id="annotations-delete")
+            out["undo"] = gr.Button("Undo delete", visible=False, elem_id="annotations-undo")
+        out["status"] = gr.HTML(elem_id="annotations-status")
+        out["history"] = gr.Dataframe(
+            pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, wrap=True, datatype="str",
+            label="Earlier versions of the selected annotation (every edit keeps the one before)",
+            elem_id="annotations-history")
+    return out
 
+
+def deleted_section() -> dict:
     with gr.Accordion("Deleted annotations (admins restore them)", open=False):
-        deleted_ids = gr.State({})
-        to_restore = gr.State(None)
-        deleted_table = gr.Dataframe(pd.DataFrame(columns=DELETED_COLUMNS), interactive=False, wrap=True,
-                                     datatype="str", label="Deleted, newest first (select one to restore it)",
-                                     elem_id="annotations-deleted")
-        restore_btn = gr.Button("Restore the selected one", elem_id="annotations-restore")
-        restore_status = gr.HTML(elem_id="annotations-restore-status")
+        return {"deleted_ids": gr.State({}), "to_restore": gr.State(None),
+                "deleted_table": gr.Dataframe(pd.DataFrame(columns=DELETED_COLUMNS), interactive=False, wrap=True,
+                                              datatype="str", label="Deleted, newest first (select one to restore it)",
+                                              elem_id="annotations-deleted"),
+                "restore": gr.Button("Restore the selected one", elem_id="annotations-restore"),
+                "restore_status": gr.HTML(elem_id="annotations-restore-status")}
 
+
+def exchange_section() -> dict:
     with gr.Accordion("Export and import", open=False):
         with gr.Row():
             fmt = gr.Radio(list(EXPORT_FORMATS), value="jsonl", label="Export format (the filters above apply)")
@@ -172,191 +432,41 @@ def build(ctx: AppContext, store: AnnotationStore) -> None:
                              elem_id="annotations-import-file")
             import_btn = gr.Button("Import", elem_id="annotations-import")
         io_status = gr.HTML(elem_id="annotations-io-status")
+    return {"fmt": fmt, "export": export_btn, "export_file": export_file, "upload": upload, "import_": import_btn,
+            "io_status": io_status}
 
-    with gr.Accordion("Inter-annotator agreement (Krippendorff's alpha on ratings)", open=False):
-        gr.Markdown("Items rated by two or more annotators; the filters above apply.")
-        by_task = gr.Dataframe(interactive=False, label="Per task")
-        by_model = gr.Dataframe(interactive=False, label="Per model")
-    compare_view = compare_stats.build(store, ctx.settings)   # win rates, agreement on preferences, export
 
-    def choices(column: str, current: str, owner: str | None = None) -> gr.Dropdown:
-        values = [ALL, *store.distinct(column, owner=owner)]
-        return gr.Dropdown(choices=values, value=current if current in values else ALL)
+def wire(tab: AnnotationsTab, store: AnnotationStore, settings: Settings, select_js: str) -> None:
+    def on(handler, **kw):
+        return bind(functools.partial(handler, **kw), tab, store, settings,
+                    event="row_value" if handler in (select, pick_deleted) else "")
 
-    def who(request: gr.Request | None) -> Identity:
-        return identify(request, ctx.settings)
-
-    def refresh_all(task_v, model_v, annotator_v, since_v, until_v, lo, hi, request: gr.Request = None):
-        ident = who(request)
-        try:
-            # a signed-in annotator sees their own annotations; admins (and open use) everyone's
-            owner = visible_owner(ident)
-            query = filters(task_v, model_v, annotator_v, since_v, until_v, lo, hi)
-        except Refused as e:
-            empty = pd.DataFrame(columns=list(TABLE_COLUMNS.values()))
-            return {table: empty, shown_ids: {}, summary: status_html(str(e), "warn"),
-                    deleted_table: pd.DataFrame(columns=DELETED_COLUMNS), deleted_ids: {}}
-        except ValueError as e:
-            return {summary: status_html(f"Filters not applied: {e}", "error")}
-        mine = {} if owner is None else {"owner": owner}
-        view = table_frame(store, **query, **mine)
-        n = store.count(**query, **mine)
-        tables = agreement_tables(store, **query)   # figures only: no names or texts of others
-        gone, gone_ids = deleted_frame(store, owner)
-        whose = "" if owner is None else " of yours"
-        return {table: view.frame, shown_ids: view.ids, deleted_table: gone, deleted_ids: gone_ids,
-                summary: status_html(f"{n} annotation(s){whose} match; {store.count(**mine)}{whose} in the "
-                                     "store."),
-                task: choices("task", task_v, owner), model: choices("model_id", model_v, owner),
-                annotator_f: choices("annotator", annotator_v, owner), by_task: tables["task"],
-                by_model: tables["model"]}
-
-    refresh_outputs = [table, shown_ids, summary, task, model, annotator_f, by_task, by_model, deleted_table,
-                       deleted_ids]
-
-    def disarmed() -> dict:
-        """Updates that put "Delete" back to a first press (made in the handler: in the layout it would add one)."""
-        return {armed: None, delete: gr.Button("Delete")}
-
-    def select(ids: dict[str, str], evt: gr.SelectData, request: gr.Request = None):
-        # the row's own values: right even when the table was sorted by a column in the page
-        short = str(evt.row_value[0]) if evt.row_value else ""
-        a = store.get(ids.get(short, "")) if short else None
-        ident = who(request)
-        if a is not None and not ident.sees_all and a.owner != ident.user:
-            a = None    # not theirs: as if it were not there
-        if a is None:
-            return {selected: None, **disarmed(),
-                    status: status_html("That annotation is gone: refresh the table.", "warn")}
-        prov = {k: v for k, v in a.to_dict().items()
-                if k not in ("input", "output", "rating", "corrected_output", "error_categories", "comment")}
-        return {selected: a.id, sel_input: gr.Textbox(value=a.input, rtl=is_rtl(a.input)),
-                sel_output: gr.Textbox(value=a.output, rtl=is_rtl(a.output)), provenance: prov,
-                **f.fill(a.rating, a.corrected_output, a.error_categories, a.comment),
-                f.annotator: gr.Textbox(value=a.annotator, interactive=not ident.protected),
-                history: history_frame(store, a.id),
-                **spans_ed.load({"output": a.output, "input": a.input}, a.task, a.spans, a.protocol or "none",
-                                a.esa_score),
-                **disarmed(), status: status_html(f"Editing {a.id[:SHORT_ID]} by {a.annotator}.")}
-
-    def save_changes(ann_id, rating, corrected, categories, comment, annotator, protocol_v=None, spans_v=None,
-                     esa_v=None, request: gr.Request = None):
-        if not ann_id:
-            return {status: status_html("Select a row of the table first.", "warn")}
-        ident = who(request)
-        try:
-            current = store.get(ann_id)
-            if current is None:
-                raise KeyError(ann_id)
-            require_owner_or_admin(ident, current.owner, "change")
-            changes = judgement(rating, corrected, categories, comment, annotator, protocol=protocol_v,
-                                spans=spans_v, esa_score=esa_v if protocol_v == "esa" else None)
-            if ident.protected:
-                changes["annotator"] = current.annotator   # the judgement stays its annotator's
-            if not changes["annotator"]:
-                raise ValueError("the annotator's name cannot be empty")
-            store.update(ann_id, by=ident.user, **changes)
-        except KeyError:
-            return {status: status_html("That annotation is gone: refresh the table.", "warn")}
-        except ValueError as e:
-            return {status: status_html(f"Not saved: {e}", "error")}
-        # a save ends the chance to undo the last delete
-        return {deleted: None, undo: gr.Button(visible=False), **disarmed(), history: history_frame(store, ann_id),
-                status: status_html(f"Saved changes to {ann_id[:SHORT_ID]} (the version before is kept).")}
-
-    def delete_it(ann_id, armed_id, request: gr.Request = None):
-        """First press: asks for confirmation. Second press (same row): deletes, keeping the record for Undo."""
-        if not ann_id:
-            return {**disarmed(), status: status_html("Select a row of the table first.", "warn")}
-        if armed_id != ann_id:
-            return {armed: ann_id, delete: gr.Button("Confirm delete?"),
-                    status: status_html(f"Delete {ann_id[:SHORT_ID]}? Press \"Confirm delete?\" to delete it "
-                                        "(Undo puts it back until the next save), or select another row.", "warn")}
-        record = store.get(ann_id)
-        ident = who(request)
-        try:
-            if record is not None:
-                require_owner_or_admin(ident, record.owner, "delete")
-        except Refused as e:
-            return {**disarmed(), status: status_html(f"Not deleted: {e}", "error")}
-        if record is None or not store.delete(ann_id, by=ident.user):
-            return {selected: None, **disarmed(), status: status_html("It was already deleted.", "warn")}
-        return {selected: None, **disarmed(), deleted: record.id, undo: gr.Button(visible=True),
-                status: status_html(f"Deleted {ann_id[:SHORT_ID]}. \"Undo delete\" puts it back (until the "
-                                    "next save); an admin can restore it later too.")}
-
-    def may_restore(ident: Identity, ann_id: str) -> None:
-        """Admins restore anything; an annotator undoes their own delete of their own annotation."""
-        a = store.get(ann_id, include_deleted=True)
-        info = store.deleted_info(ann_id)
-        own_undo = a is not None and info is not None and a.owner == ident.user and info[1] == ident.user
-        if not own_undo:
-            require_admin(ident, "Restoring a deleted annotation")
-
-    def undo_it(ann_id, request: gr.Request = None):
-        if not ann_id:
-            return {undo: gr.Button(visible=False), status: status_html("Nothing to undo.", "warn")}
-        ident = who(request)
-        try:
-            may_restore(ident, ann_id)
-            store.restore(ann_id, by=ident.user)
-        except (KeyError, ValueError) as e:
-            return {status: status_html(f"Not restored: {e}", "error")}
-        return {deleted: None, undo: gr.Button(visible=False), status: status_html(f"Restored {ann_id[:SHORT_ID]}.")}
-
-    def pick_deleted(ids: dict[str, str], evt: gr.SelectData):
-        short = str(evt.row_value[0]) if evt.row_value else ""
-        return {to_restore: ids.get(short), restore_status: status_html(
-            f"Selected {short}: press \"Restore the selected one\"." if short in ids else "Refresh the list.")}
-
-    def restore_it(ann_id, request: gr.Request = None):
-        if not ann_id:
-            return {restore_status: status_html("Select a deleted annotation first.", "warn")}
-        ident = who(request)
-        try:
-            may_restore(ident, ann_id)
-            store.restore(ann_id, by=ident.user)
-        except (KeyError, ValueError) as e:
-            return {restore_status: status_html(f"Not restored: {e}", "error")}
-        return {to_restore: None, restore_status: status_html(f"Restored {ann_id[:SHORT_ID]}: it is back in the "
-                                                              "table.")}
-
-    def export_it(fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, request: gr.Request = None):
-        try:
-            path = export(store, fmt_v, task_v, model_v, annotator_v, since_v, until_v, lo, hi, ident=who(request),
-                          files=ctx.settings.files)
-        except ValueError as e:
-            return {io_status: status_html(f"Not exported: {e}", "error")}
-        return {export_file: str(path), io_status: status_html(f"Exported to {path.name}.")}
-
-    def import_it(path, request: gr.Request = None):
-        if not path:
-            return {io_status: status_html("Choose a file to import first.", "warn")}
-        try:
-            result = import_export_file(store, path, who(request))
-        except ValueError as e:
-            return {io_status: status_html(f"Nothing imported: {e}", "error")}
-        return {io_status: status_html(result["message"])}
-
-    priv = {"api_visibility": "private"}
-    refresh.click(refresh_all, filter_inputs, refresh_outputs, **priv)
-    refresh.click(compare_view.refresh, None, compare_view.outputs, **priv)
-    table.select(select, shown_ids, [selected, sel_input, sel_output, provenance, *f.judgement(), f.annotator,
-                                     armed, delete, history, status, *spans_ed.load_outputs()], **priv)
-    update.click(save_changes, [selected, *f.components(), spans_ed.protocol, spans_ed.spans, spans_ed.esa_score],
-                 [deleted, undo, armed, delete, history, status],
-                 **priv).then(
-        refresh_all, filter_inputs, refresh_outputs, **priv)
-    delete.click(delete_it, [selected, armed], [selected, armed, deleted, delete, undo, status], **priv).then(
-        refresh_all, filter_inputs, refresh_outputs, **priv)
-    undo.click(undo_it, deleted, [deleted, undo, status], **priv).then(
-        refresh_all, filter_inputs, refresh_outputs, **priv)
-    deleted_table.select(pick_deleted, deleted_ids, [to_restore, restore_status], **priv)
-    restore_btn.click(restore_it, to_restore, [to_restore, restore_status], **priv).then(
-        refresh_all, filter_inputs, refresh_outputs, **priv)
-    export_btn.click(export_it, [fmt, *filter_inputs], [export_file, io_status], **priv)
-    import_btn.click(import_it, upload, io_status, **priv).then(refresh_all, filter_inputs, refresh_outputs, **priv)
+    span_editor.wire(tab.editor, store, settings, select_js)
+    compare_stats.wire(tab.compare, store, settings)
+    filters_in, refresh_out, f, ed = tab.filters(), tab.refresh_outputs(), tab.fields, tab.editor
+    refresh = on(refresh_all)
+    tab.refresh.click(refresh, filters_in, refresh_out, **PRIVATE)
+    tab.refresh.click(compare_stats.bind_refresh(tab.compare, store, settings), None, tab.compare.outputs(),
+                      **PRIVATE)
+    tab.table.select(on(select, frame=ed.frame), tab.shown_ids,
+                     [tab.selected, tab.sel_input, tab.sel_output, tab.provenance, *f.judgement(), f.annotator,
+                      tab.armed, tab.delete, tab.history, tab.status, *ed.load_outputs()], **PRIVATE)
+    tab.update.click(on(save_changes), [tab.selected, *f.components(), ed.protocol, ed.spans, ed.esa_score],
+                     [tab.deleted, tab.undo, tab.armed, tab.delete, tab.history, tab.status],
+                     **PRIVATE).then(refresh, filters_in, refresh_out, **PRIVATE)
+    tab.delete.click(on(delete_it), [tab.selected, tab.armed],
+                     [tab.selected, tab.armed, tab.deleted, tab.delete, tab.undo, tab.status], **PRIVATE).then(
+        refresh, filters_in, refresh_out, **PRIVATE)
+    tab.undo.click(on(undo_it), tab.deleted, [tab.deleted, tab.undo, tab.status], **PRIVATE).then(
+        refresh, filters_in, refresh_out, **PRIVATE)
+    tab.deleted_table.select(on(pick_deleted), tab.deleted_ids, [tab.to_restore, tab.restore_status], **PRIVATE)
+    tab.restore.click(on(restore_it), tab.to_restore, [tab.to_restore, tab.restore_status], **PRIVATE).then(
+        refresh, filters_in, refresh_out, **PRIVATE)
+    tab.export.click(on(export_it, files=settings.files), [tab.fmt, *filters_in], [tab.export_file, tab.io_status],
+                     **PRIVATE)
+    tab.import_.click(on(import_it), tab.upload, tab.io_status, **PRIVATE).then(refresh, filters_in, refresh_out,
+                                                                               **PRIVATE)
     root = Context.root_block
     if root is not None:
-        root.load(refresh_all, filter_inputs, refresh_outputs, **priv)
-        root.load(compare_view.refresh, None, compare_view.outputs, **priv)
+        root.load(refresh, filters_in, refresh_out, **PRIVATE)
+        root.load(compare_stats.bind_refresh(tab.compare, store, settings), None, tab.compare.outputs(), **PRIVATE)

@@ -1,12 +1,15 @@
 """The Compare tab: one input through two systems, the outputs shown blind as A and B, a preference with error spans
 on both sides; the Batch tab's compare jobs; and the /compare, /export_comparisons, /import_comparisons endpoints.
 
-The work is plain functions (`check_pair`, `run_pair`, `save_pair`, `compare`); the handlers only lay out what
-they return. Which system is A lives in a server-side `gr.State`, never in the page, until the judgement is saved.
+The work is plain functions (`check_pair`, `run_pair`, `save_comparison`, `compare`); each part is a layout, the
+handlers (plain functions of the store, the identity and the values, returning {name: value}; what runs models gets
+the app's context as `ctx`), then its wiring. Which system is A lives in a server-side `gr.State`, never in the
+page: a stand-alone comparison reveals it under the judged pair once saved; a compare job's queue never does.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +39,12 @@ from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, c
                            system_from_settings)
 from ..rights import Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from ..store import AnnotationStore
-from . import batch_tab
-from .batch_tab import job_settings
+from ..spans import load_protocols
+from . import batch_tab, span_editor
+from .batch_tab import DECODING_NAMES, decoding_of, job_settings
 from .identity import AnnotatorName
-from . import span_editor
+from .span_editor import Frame, span_js
+from .wiring import PRIVATE, bind, under
 
 TITLES = {"A": "Output A", "B": "Output B", "input": "Input: select what an output leaves out (omissions)"}
 QA_FIELDS = ("question", "context")
@@ -148,6 +153,22 @@ def system_columns(ctx: AppContext, prefix: str, task: str) -> tuple[SystemColum
     return out[0], out[1]
 
 
+def system_values(one: SystemColumn, two: SystemColumn) -> list:
+    """Both systems' pickers, then both systems' decoding controls: what `split_systems` takes apart."""
+    return [*one.picker.components(), *two.picker.components(), *one.controls.inputs(), *two.controls.inputs()]
+
+
+def split_systems(values: tuple | list) -> tuple[tuple, tuple, tuple[Decoding, Decoding]]:
+    """The values of `system_values`: picker 1, picker 2, the two decodings."""
+    n = len(DECODING_NAMES)
+    return tuple(values[:4]), tuple(values[4:8]), (decoding_of(values[8:8 + n]), decoding_of(values[8 + n:]))
+
+
+def compare_frame(prefix: str) -> Frame:
+    """The frame of a judge's span editor (A and B side by side, the input below)."""
+    return Frame(prefix, TITLES, load_protocols())
+
+
 @dataclass
 class JudgeFields:
     editor: span_editor.SpanEditor
@@ -155,12 +176,15 @@ class JudgeFields:
     comment: gr.Textbox
     annotator: gr.Textbox
 
-    def clear(self) -> dict:
-        return {self.preference: None, self.comment: ""}
+
+def cleared() -> dict:
+    """No preference, no comment: a new pair."""
+    return {"judge.preference": None, "judge.comment": ""}
 
 
-def judge_fields(ctx: AppContext, store: AnnotationStore, prefix: str, name: AnnotatorName | None) -> JudgeFields:
-    editor = span_editor.build(ctx, store, prefix, TITLES, row=("A", "B"))
+def judge_fields(ctx: AppContext, prefix: str, name: AnnotatorName | None) -> JudgeFields:
+    """Lays out the span editor and the judgement of a pair (the owner wires the editor)."""
+    editor = span_editor.layout(ctx, compare_frame(prefix), row=("A", "B"))
     with gr.Row():
         preference = gr.Radio([(PREFERENCE_LABELS[p], p) for p in PREFERENCES], value=None, label="Preference",
                               elem_id=f"{prefix}-preference", scale=3)
@@ -172,16 +196,92 @@ def judge_fields(ctx: AppContext, store: AnnotationStore, prefix: str, name: Ann
     return JudgeFields(editor, preference, comment, annotator)
 
 
-def saved_message(c: Comparison, cmp_id: str, revealed: str) -> str:
-    return f"Saved comparison {cmp_id[:8]} ({PREFERENCE_LABELS[c.preference]}, {len(c.spans)} span(s)). {revealed}"
+def saved_message(c: Comparison, cmp_id: str, revealed: str = "") -> str:
+    said = f"Saved comparison {cmp_id[:8]} ({PREFERENCE_LABELS[c.preference]}, {len(c.spans)} span(s))."
+    return f"{said} {revealed}" if revealed else said
+
+
+def model_choices(ctx: AppContext, task: str) -> gr.Dropdown:
+    entry = ctx.assets.models[task]
+    return gr.Dropdown(choices=entry.suggestions or [entry.default], value=entry.default)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The Compare tab
 
 
+@dataclass
+class CompareTab:
+    task: gr.Dropdown
+    question: gr.Textbox
+    text: gr.Textbox
+    one: SystemColumn
+    two: SystemColumn
+    run: gr.Button
+    run_status: gr.HTML
+    judge: JudgeFields
+    save: gr.Button
+    status: gr.HTML               # under the judged pair: the reveal after saving
+    pair: gr.State                # the Pair as a dict: server-side, so the page never knows which system is A
+
+
+def compare_run(store: AnnotationStore, ident: Identity, task_v, question_v, text_v, *values, ctx: AppContext,
+                progress: Any = None) -> dict:
+    """Both systems run on the input (`values`: see `system_values`); A and B drawn at random, shown blind."""
+    inputs = {"question": question_v or "", "context": text_v or ""} if TASKS[task_v].fields == QA_FIELDS \
+        else {"text": text_v or ""}
+    frame = compare_frame("compare")
+    try:
+        p1, p2, decodings = split_systems(values)
+        result = run_pair(ctx, task_v, inputs, (p1, p2), decodings,
+                          progress=progress_reporter(progress or gr.Progress()))
+    except (UserError, ValueError) as e:
+        return {"run_status": status_html(f"Nothing run: {e}", "error"), "pair": None,
+                **under("judge.editor", span_editor.load(frame, {}, task_v, [], frame.protocols.default)),
+                **cleared()}
+    return {"pair": dataclasses.asdict(result), "status": "", **cleared(),
+            "run_status": status_html("Both systems ran. Which one is A was drawn at random: judge, then save to see "
+                                      "it."),
+            **under("judge.editor", span_editor.load(frame, result.shown(), task_v, [], frame.protocols.default))}
+
+
+def compare_save(store: AnnotationStore, ident: Identity, pair_v, preference_v, annotator_v, comment_v, protocol_v,
+                 spans_v) -> dict:
+    """Saves the judgement of the pair on show; the systems are revealed under it (a stand-alone comparison)."""
+    if not pair_v:
+        return {"status": status_html("Run both systems first, then judge and save.", "warn")}
+    p = Pair(**{**pair_v, "systems": tuple(pair_v["systems"]), "outputs": tuple(pair_v["outputs"])})
+    if p.saved_id:
+        return {"status": status_html(f"This pair is saved already ({p.saved_id[:8]}): run again for a new one.",
+                                      "warn")}
+    try:
+        require_save(ident)
+        c = pair_comparison(p, preference_v, ident.annotator(annotator_v), protocol_v, spans_v, comment_v)
+        if not c.preference:
+            raise ValueError("choose a preference: A is better, B is better, tie or both bad")
+        cmp_id = save_comparison(store, c, owner=ident.owner)
+    except ValueError as e:
+        return {"status": status_html(f"Not saved: {e}", "error")}
+    revealed = reveal(p.systems, {"A": p.system_on("A"), "B": p.system_on("B")}, p.task)
+    return {"status": status_html(saved_message(c, cmp_id, revealed)), "pair": {**pair_v, "saved_id": cmp_id}}
+
+
+def compare_task_changed(store: AnnotationStore, ident: Identity, task_v, *, ctx: AppContext) -> dict:
+    qa = TASKS[task_v].fields == QA_FIELDS
+    source = model_choices(ctx, task_v)
+    return {"question": gr.Textbox(visible=qa),
+            "text": gr.Textbox(label="Context (the same for both systems)" if qa
+                               else "Input (the same for both systems)"),
+            "one.picker.source": source, "two.picker.source": source}
+
+
 def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
     """Lays out the Compare tab (inside a `gr.Tab`) and wires it."""
+    tab = layout(ctx, name)
+    wire(tab, ctx, store)
+
+
+def layout(ctx: AppContext, name: AnnotatorName | None = None) -> CompareTab:
     gr.Markdown(ctx.assets.help.get("compare", ""), elem_classes=["tab-help"])
     first = next(iter(TASKS))
     task = gr.Dropdown([(t.title, t.name) for t in TASKS.values()], value=first, label="Task",
@@ -191,64 +291,26 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
     one, two = system_columns(ctx, "compare", first)
     run = gr.Button("Run both systems (shown blind as A and B)", variant="primary", elem_id="compare-run")
     run_status = gr.HTML(elem_id="compare-run-status")
-    j = judge_fields(ctx, store, "compare", name)
+    judge = judge_fields(ctx, "compare", name)
     save = gr.Button("Save preference and reveal the systems", variant="primary", elem_id="compare-save")
     status = gr.HTML(elem_id="compare-status")
-    pair = gr.State(None)        # the Pair as a dict: server-side, so the page never knows which system is A
+    return CompareTab(task, question, text, one, two, run, run_status, judge, save, status, gr.State(None))
 
-    pickers = [*one.picker.components(), *two.picker.components()]
-    settings = [*one.controls.inputs(), *two.controls.inputs()]
-    n1, n2 = len(one.controls.inputs()), len(two.controls.inputs())
 
-    def compare_run(task_v, question_v, text_v, *values, progress=gr.Progress()):
-        p1, p2, rest = values[:4], values[4:8], values[8:]
-        inputs = {"question": question_v or "", "context": text_v or ""} if TASKS[task_v].fields == QA_FIELDS \
-            else {"text": text_v or ""}
-        try:
-            decodings = (one.controls.decoding(list(rest[:n1])), two.controls.decoding(list(rest[n1:n1 + n2])))
-            result = run_pair(ctx, task_v, inputs, (p1, p2), decodings, progress=progress_reporter(progress))
-        except (UserError, ValueError) as e:
-            return {run_status: status_html(f"Nothing run: {e}", "error"), pair: None,
-                    **j.editor.load({}, task_v, [], j.editor.protocols.default), **j.clear()}
-        return {pair: dataclasses.asdict(result), status: "", **j.clear(),
-                run_status: status_html("Both systems ran. Which one is A was drawn at random: judge, then save to "
-                                        "see it."),
-                **j.editor.load(result.shown(), task_v, [], j.editor.protocols.default)}
+def wire(tab: CompareTab, ctx: AppContext, store: AnnotationStore) -> None:
+    j, settings = tab.judge, ctx.settings
 
-    def compare_save(pair_v, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
-        if not pair_v:
-            return {status: status_html("Run both systems first, then judge and save.", "warn")}
-        p = Pair(**{**pair_v, "systems": tuple(pair_v["systems"]), "outputs": tuple(pair_v["outputs"])})
-        if p.saved_id:
-            return {status: status_html(f"This pair is saved already ({p.saved_id[:8]}): run again for a new one.",
-                                        "warn")}
-        try:
-            ident = identify(request, ctx.settings)
-            require_save(ident)
-            c = pair_comparison(p, preference_v, ident.annotator(annotator_v), protocol_v, spans_v, comment_v)
-            if not c.preference:
-                raise ValueError("choose a preference: A is better, B is better, tie or both bad")
-            cmp_id = save_comparison(store, c, owner=ident.owner)
-        except ValueError as e:
-            return {status: status_html(f"Not saved: {e}", "error")}
-        revealed = reveal(p.systems, {"A": p.system_on("A"), "B": p.system_on("B")}, p.task)
-        return {status: status_html(saved_message(c, cmp_id, revealed)), pair: {**pair_v, "saved_id": cmp_id}}
+    def on(handler, **kw):
+        return bind(functools.partial(handler, **kw), tab, store, settings)
 
-    def compare_task_changed(task_v):
-        entry = ctx.assets.models[task_v]
-        source = gr.Dropdown(choices=entry.suggestions or [entry.default], value=entry.default)
-        return {question: gr.Textbox(visible=TASKS[task_v].fields == QA_FIELDS),
-                text: gr.Textbox(label="Context (the same for both systems)" if TASKS[task_v].fields == QA_FIELDS
-                                 else "Input (the same for both systems)"),
-                one.picker.source: source, two.picker.source: source}
-
-    priv = {"api_visibility": "private"}
-    task.input(compare_task_changed, task, [question, text, one.picker.source, two.picker.source], **priv)
-    run.click(compare_run, [task, question, text, *pickers, *settings],
-              [pair, status, run_status, j.preference, j.comment, *j.editor.load_outputs()],
-              concurrency_id="models", **priv)
-    save.click(compare_save, [pair, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
-               [status, pair], **priv)
+    span_editor.wire(j.editor, store, settings, span_js(ctx, "span_select"))
+    tab.task.input(on(compare_task_changed, ctx=ctx), tab.task,
+                   [tab.question, tab.text, tab.one.picker.source, tab.two.picker.source], **PRIVATE)
+    tab.run.click(on(compare_run, ctx=ctx), [tab.task, tab.question, tab.text, *system_values(tab.one, tab.two)],
+                  [tab.pair, tab.status, tab.run_status, j.preference, j.comment, *j.editor.load_outputs()],
+                  concurrency_id="models", **PRIVATE)
+    tab.save.click(on(compare_save), [tab.pair, j.preference, j.annotator, j.comment, j.editor.protocol,
+                                      j.editor.spans], [tab.status, tab.pair], **PRIVATE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,6 +326,176 @@ def job_choices(store: AnnotationStore) -> list[tuple[str, str]]:
     return out
 
 
+@dataclass
+class CompareJobs:
+    """The Batch tab's compare section: a new job, the job row, the blind A/B queue."""
+    upload: gr.File
+    task: gr.Dropdown
+    one: SystemColumn
+    two: SystemColumn
+    create: gr.Button
+    create_status: gr.HTML
+    job: gr.Dropdown
+    resume: gr.Button
+    stop: gr.Button
+    job_status: gr.HTML
+    index: gr.State
+    where: gr.HTML
+    judge: JudgeFields
+    prev: gr.Button
+    save: gr.Button
+    next: gr.Button
+    status: gr.HTML
+
+    def shown(self) -> list:
+        """What `cjob_show` updates."""
+        return [self.index, self.where, *self.judge.editor.load_outputs(), self.judge.preference,
+                self.judge.comment, self.status]
+
+
+def cjob_show(store: AnnotationStore, job_id, i, note="", kind="info", ident: Identity | None = None) -> dict:
+    """The queue at row `i`: A and B as drawn for the row, an earlier judgement `ident` may see, or none."""
+    if not job_id:
+        return {"where": status_html("Pick or create a compare job."), "status": status_html(note, kind)}
+    jb = get_compare_job(store, job_id)
+    rows = compare_rows(store, job_id)
+    i = min(max(0, int(i or 0)), len(rows) - 1)
+    row = rows[i]
+    judged = sum(r.comparison_id is not None for r in rows)
+    earlier = get_comparison(store, row.comparison_id) if row.comparison_id else None
+    if earlier is not None and ident is not None and not ident.sees_all and earlier.owner != ident.user:
+        earlier = None   # someone else's judgement: not shown to another annotator
+    a, b = row.shown()
+    texts = {"A": a, "B": b, "input": input_as_text(row.inputs) if row.question else row.text}
+    line = f"{judged} of {jb.total} judged · item {i + 1} of {jb.total}" + (" · judged" if earlier else "") + \
+        ("" if row.processed else f" · not processed yet{': ' + row.error if row.error else ''} (Run / resume)")
+    frame = compare_frame("batch-compare")
+    return {"index": i, "where": status_html(line, "info" if row.processed else "warn"),
+            **under("judge.editor", span_editor.load(frame, texts, jb.task, earlier.spans if earlier else [],
+                                                     earlier.protocol if earlier else frame.protocols.default)),
+            "judge.preference": earlier.preference if earlier else None,
+            "judge.comment": earlier.comment if earlier else "", "status": status_html(note, kind) if note else ""}
+
+
+def cjob_run(ctx: AppContext, store: AnnotationStore, job_id, progress, out_status: str,
+             stops: StopRequests) -> dict:
+    """Runs (or resumes) the job through both systems; the queue at its first row, the outcome under `out_status`."""
+    jb = get_compare_job(store, job_id)
+    models = []
+    for s in jb.systems:
+        req = s.get("request", {})
+        models.append((ctx.load(jb.task, req.get("source") or s.get("model_id"), req.get("dtype", "auto"),
+                                req.get("device", "auto"), req.get("quantization", "none"),
+                                progress_reporter(progress)), Decoding(**(s.get("decoding") or {}))))
+    processes = [batch_process(jb.task, m, d) for m, d in models]
+    asked = stops.start(job_id)
+    try:
+        done, failed = run_compare_job(store, job_id, lambda n, row: processes[n - 1](row),
+                                       progress=lambda k, total: progress((k, total), desc=f"{k} of {total} rows"),
+                                       should_stop=asked)
+        stopped = asked()
+    finally:
+        stops.finish(job_id)
+    note = f"Processed {done} row(s) with both systems" + (f"; {failed} failed (run again to retry)" if failed
+                                                           else "") + "."
+    if stopped:
+        note = f"Stopped on request: {note} Run / resume finishes the rest."
+    return {**cjob_show(store, job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
+            "job": gr.Dropdown(choices=job_choices(store), value=job_id)}
+
+
+def cjob_create_and_run(store: AnnotationStore, ident: Identity, path, task_v, *values, ctx: AppContext,
+                        stops: StopRequests, progress: Any = None) -> dict:
+    """A compare job from the uploaded file (admins), run at once (`values`: see `system_values`)."""
+    if not path:
+        return {"create_status": status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
+    progress = progress or gr.Progress()
+    try:
+        require_admin(ident, "Creating compare jobs")
+        inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
+        spec = TASKS[task_v]
+        if any(spec.missing(vars(x)) for x in inputs):
+            raise ValueError(f"{task_v} needs {' and '.join(spec.fields)} on every row")
+        p1, p2, decodings = split_systems(values)
+        requests = [ctx.request(task_v, *p) for p in (p1, p2)]
+        check_pair(task_v, requests[0], decodings[0], requests[1], decodings[1])
+        loaded = [ctx.load(task_v, *p, progress=progress_reporter(progress)) for p in (p1, p2)]
+        systems = [job_settings(m, d) for m, d in zip(loaded, decodings)]
+        new = create_compare_job(store, inputs, task=task_v, systems=systems, source=Path(path).name,
+                                 owner=ident.owner)
+    except (ValueError, UserError) as e:
+        return {"create_status": status_html(f"No compare job created: {e}", "error")}
+    return cjob_run(ctx, store, new.id, progress, "create_status", stops)
+
+
+def cjob_resume(store: AnnotationStore, ident: Identity, job_id, *, ctx: AppContext, stops: StopRequests,
+                progress: Any = None) -> dict:
+    if not job_id:
+        return {"job_status": status_html("Pick a compare job to run or resume.", "warn")}
+    try:
+        require_admin(ident, "Running compare jobs")
+        return cjob_run(ctx, store, job_id, progress or gr.Progress(), "job_status", stops)
+    except (UserError, KeyError, ValueError) as e:
+        return {"job_status": status_html(f"Not run: {e}", "error")}
+
+
+def cjob_save_next(store: AnnotationStore, ident: Identity, job_id, i, preference_v, annotator_v, comment_v,
+                   protocol_v, spans_v) -> dict:
+    """Saves the row's judgement, then the next row not judged. The systems stay hidden: a compare job is judged
+    blind from its first row to its last (a reveal would teach the annotator each system's style)."""
+    if not job_id:
+        return {"status": status_html("Pick or create a compare job first.", "warn")}
+    try:
+        require_save(ident)
+        jb = get_compare_job(store, job_id)
+        row = compare_rows(store, job_id)[int(i or 0)]
+        if not preference_v:
+            raise ValueError("choose a preference: A is better, B is better, tie or both bad")
+        fields = span_fields(protocol_v, spans_v, None)
+        c = comparison_for_row(jb, row, preference=preference_v, annotator=ident.annotator(annotator_v),
+                               protocol=fields["protocol"], spans=fields["spans"], comment=str(comment_v or ""))
+        cmp_id = judge_row(store, job_id, row.index, c, owner=ident.owner)
+    except (ValueError, KeyError, IndexError) as e:
+        return {"status": status_html(f"Not saved: {e}", "error")}
+    rows = compare_rows(store, job_id)
+    nxt_i = next((r.index for r in rows[row.index + 1:] + rows[:row.index] if r.comparison_id is None), row.index)
+    return cjob_show(store, job_id, nxt_i, saved_message(c, cmp_id), ident=ident)
+
+
+def cjob_pick(store: AnnotationStore, ident: Identity, job_id) -> dict:
+    if not job_id:
+        return cjob_show(store, None, 0)
+    rows = compare_rows(store, job_id)
+    return cjob_show(store, job_id, next((r.index for r in rows if r.comparison_id is None), 0), ident=ident)
+
+
+def cjob_move(store: AnnotationStore, ident: Identity, job_id, i, *, step: int) -> dict:
+    return cjob_show(store, job_id, max(0, int(i or 0) + step), ident=ident)
+
+
+def cjob_refresh(store: AnnotationStore, ident: Identity, job_id) -> dict:
+    values = job_choices(store)
+    return {"job": gr.Dropdown(choices=values, value=job_id if job_id in [v for _, v in values] else None)}
+
+
+def cjob_stop(store: AnnotationStore, ident: Identity, job_id, *, stops: StopRequests) -> dict:
+    """Stops the picked compare job before its next row (the rows done are kept)."""
+    try:
+        require_admin(ident, "Stopping compare jobs")
+    except ValueError as e:
+        return {"job_status": status_html(f"Not stopped: {e}", "error")}
+    if not job_id or not stops.request(job_id):
+        return {"job_status": status_html("That compare job is not running: pick the running one and press Stop.",
+                                          "warn")}
+    return {"job_status": status_html("Stopping before the next row (the rows done are kept; Run / resume "
+                                      "finishes the rest)…", "warn")}
+
+
+def cjob_task_changed(store: AnnotationStore, ident: Identity, task_v, *, ctx: AppContext) -> dict:
+    source = model_choices(ctx, task_v)
+    return {"one.picker.source": source, "two.picker.source": source}
+
+
 def build_batch_tab(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
     """The Batch tab: its one-system jobs (batch_tab), then compare jobs."""
     batch_tab.build(ctx, store, name)
@@ -272,6 +504,11 @@ def build_batch_tab(ctx: AppContext, store: AnnotationStore, name: AnnotatorName
 
 def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = None) -> None:
     """The Batch tab's compare section: a file through two systems, then a blind A/B queue."""
+    section = layout_jobs(ctx, name)
+    wire_jobs(section, ctx, store)
+
+
+def layout_jobs(ctx: AppContext, name: AnnotatorName | None = None) -> CompareJobs:
     first = next(iter(TASKS))
     with gr.Accordion("Compare job: every row through two systems, then judged blind as A and B", open=False,
                       elem_id="batch-compare"):
@@ -290,168 +527,39 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
         job_status = gr.HTML(elem_id="batch-compare-job-status")
         index = gr.State(0)
         where = gr.HTML(elem_id="batch-compare-where")
-        j = judge_fields(ctx, store, "batch-compare", name)
+        judge = judge_fields(ctx, "batch-compare", name)
         with gr.Row():
             prev = gr.Button("◀ Previous", elem_id="batch-compare-prev")
             save = gr.Button("Save and next", variant="primary", elem_id="batch-compare-save")
             nxt = gr.Button("Next ▶", elem_id="batch-compare-next")
         status = gr.HTML(elem_id="batch-compare-status")
+    return CompareJobs(upload, task, one, two, create, create_status, job, resume, stop, job_status, index, where,
+                       judge, prev, save, nxt, status)
 
-    pickers = [*one.picker.components(), *two.picker.components()]
-    settings = [*one.controls.inputs(), *two.controls.inputs()]
-    n1 = len(one.controls.inputs())
 
-    def cjob_show(job_id, i, note="", kind="info", ident: Identity | None = None):
-        """The queue at row `i`: A and B as drawn for the row, an earlier judgement `ident` may see, or none."""
-        if not job_id:
-            return {where: status_html("Pick or create a compare job."), status: status_html(note, kind)}
-        jb = get_compare_job(store, job_id)
-        rows = compare_rows(store, job_id)
-        i = min(max(0, int(i or 0)), len(rows) - 1)
-        row = rows[i]
-        judged = sum(r.comparison_id is not None for r in rows)
-        earlier = get_comparison(store, row.comparison_id) if row.comparison_id else None
-        if earlier is not None and ident is not None and not ident.sees_all and earlier.owner != ident.user:
-            earlier = None   # someone else's judgement: not shown to another annotator
-        a, b = row.shown()
-        texts = {"A": a, "B": b, "input": input_as_text(row.inputs) if row.question else row.text}
-        line = f"{judged} of {jb.total} judged · item {i + 1} of {jb.total}" + (" · judged" if earlier else "") + \
-            ("" if row.processed else f" · not processed yet{': ' + row.error if row.error else ''} (Run / resume)")
-        spans = earlier.spans if earlier else []
-        return {index: i, where: status_html(line, "info" if row.processed else "warn"),
-                **j.editor.load(texts, jb.task, spans, earlier.protocol if earlier else j.editor.protocols.default),
-                j.preference: earlier.preference if earlier else None, j.comment: earlier.comment if earlier else "",
-                status: status_html(note, kind) if note else ""}
+def wire_jobs(s: CompareJobs, ctx: AppContext, store: AnnotationStore) -> None:
+    settings, stops, shown, j = ctx.settings, StopRequests(), s.shown(), s.judge
 
-    shown = [index, where, *j.editor.load_outputs(), j.preference, j.comment, status]
-    stops = StopRequests()      # the Stop button's requests to running compare jobs
+    def on(handler, progress=False, **kw):
+        return bind(functools.partial(handler, **kw), s, store, settings, progress=progress)
 
-    def cjob_run(job_id, progress, out_status):
-        jb = get_compare_job(store, job_id)
-        models = []
-        for s in jb.systems:
-            req = s.get("request", {})
-            models.append((ctx.load(jb.task, req.get("source") or s.get("model_id"), req.get("dtype", "auto"),
-                                    req.get("device", "auto"), req.get("quantization", "none"),
-                                    progress_reporter(progress)), Decoding(**(s.get("decoding") or {}))))
-        processes = [batch_process(jb.task, m, d) for m, d in models]
-        asked = stops.start(job_id)
-        try:
-            done, failed = run_compare_job(store, job_id, lambda n, row: processes[n - 1](row),
-                                           progress=lambda k, total: progress((k, total), desc=f"{k} of {total} rows"),
-                                           should_stop=asked)
-            stopped = asked()
-        finally:
-            stops.finish(job_id)
-        note = f"Processed {done} row(s) with both systems" + (f"; {failed} failed (run again to retry)" if failed
-                                                               else "") + "."
-        if stopped:
-            note = f"Stopped on request: {note} Run / resume finishes the rest."
-        return {**cjob_show(job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
-                job: gr.Dropdown(choices=job_choices(store), value=job_id)}
-
-    def cjob_create_and_run(path, task_v, request: gr.Request, *values, progress=gr.Progress()):
-        if not path:
-            return {create_status: status_html("Upload a CSV or JSONL file of inputs first.", "warn")}
-        p1, p2, rest = values[:4], values[4:8], values[8:]
-        try:
-            ident = identify(request, ctx.settings)
-            require_admin(ident, "Creating compare jobs")
-            inputs = load_inputs(path, max_rows=ctx.settings.batch_rows)
-            spec = TASKS[task_v]
-            if any(spec.missing(vars(x)) for x in inputs):
-                raise ValueError(f"{task_v} needs {' and '.join(spec.fields)} on every row")
-            decodings = (one.controls.decoding(list(rest[:n1])), two.controls.decoding(list(rest[n1:])))
-            requests = [ctx.request(task_v, *p) for p in (p1, p2)]
-            check_pair(task_v, requests[0], decodings[0], requests[1], decodings[1])
-            loaded = [ctx.load(task_v, *p, progress=progress_reporter(progress)) for p in (p1, p2)]
-            systems = [job_settings(m, d) for m, d in zip(loaded, decodings)]
-            new = create_compare_job(store, inputs, task=task_v, systems=systems, source=Path(path).name,
-                                     owner=ident.owner)
-        except (ValueError, UserError) as e:
-            return {create_status: status_html(f"No compare job created: {e}", "error")}
-        return cjob_run(new.id, progress, create_status)
-
-    def cjob_resume(job_id, request: gr.Request = None, progress=gr.Progress()):
-        if not job_id:
-            return {job_status: status_html("Pick a compare job to run or resume.", "warn")}
-        try:
-            require_admin(identify(request, ctx.settings), "Running compare jobs")
-            return cjob_run(job_id, progress, job_status)
-        except (UserError, KeyError, ValueError) as e:
-            return {job_status: status_html(f"Not run: {e}", "error")}
-
-    def cjob_save_next(job_id, i, preference_v, annotator_v, comment_v, protocol_v, spans_v, request: gr.Request):
-        if not job_id:
-            return {status: status_html("Pick or create a compare job first.", "warn")}
-        try:
-            ident = identify(request, ctx.settings)
-            require_save(ident)
-            jb = get_compare_job(store, job_id)
-            row = compare_rows(store, job_id)[int(i or 0)]
-            if not preference_v:
-                raise ValueError("choose a preference: A is better, B is better, tie or both bad")
-            fields = span_fields(protocol_v, spans_v, None)
-            c = comparison_for_row(jb, row, preference=preference_v, annotator=ident.annotator(annotator_v),
-                                   protocol=fields["protocol"], spans=fields["spans"], comment=str(comment_v or ""))
-            cmp_id = judge_row(store, job_id, row.index, c, owner=ident.owner)
-        except (ValueError, KeyError, IndexError) as e:
-            return {status: status_html(f"Not saved: {e}", "error")}
-        revealed = reveal(jb.systems, {"A": 2 if row.flipped else 1, "B": 1 if row.flipped else 2}, jb.task)
-        rows = compare_rows(store, job_id)
-        nxt_i = next((r.index for r in rows[row.index + 1:] + rows[:row.index] if r.comparison_id is None), row.index)
-        return cjob_show(job_id, nxt_i, saved_message(c, cmp_id, revealed), ident=ident)
-
-    def cjob_pick(job_id, request: gr.Request = None):
-        if not job_id:
-            return cjob_show(None, 0)
-        rows = compare_rows(store, job_id)
-        return cjob_show(job_id, next((r.index for r in rows if r.comparison_id is None), 0),
-                         ident=identify(request, ctx.settings))
-
-    def cjob_move(job_id, i, step, request: gr.Request = None):
-        return cjob_show(job_id, max(0, int(i or 0) + step), ident=identify(request, ctx.settings))
-
-    def cjob_prev(job_id, i, request: gr.Request = None):
-        return cjob_move(job_id, i, -1, request)
-
-    def cjob_next(job_id, i, request: gr.Request = None):
-        return cjob_move(job_id, i, 1, request)
-
-    def cjob_refresh(job_id):
-        values = job_choices(store)
-        return {job: gr.Dropdown(choices=values, value=job_id if job_id in [v for _, v in values] else None)}
-
-    def cjob_stop(job_id, request: gr.Request = None):
-        """Stops the picked compare job before its next row (the rows done are kept)."""
-        try:
-            require_admin(identify(request, ctx.settings), "Stopping compare jobs")
-        except ValueError as e:
-            return {job_status: status_html(f"Not stopped: {e}", "error")}
-        if not job_id or not stops.request(job_id):
-            return {job_status: status_html("That compare job is not running: pick the running one and press "
-                                            "Stop.", "warn")}
-        return {job_status: status_html("Stopping before the next row (the rows done are kept; Run / resume "
-                                        "finishes the rest)…", "warn")}
-
-    priv = {"api_visibility": "private"}
+    span_editor.wire(j.editor, store, settings, span_js(ctx, "span_select"))
     # outside the models queue: it runs while the job holds a worker
-    stop.click(cjob_stop, job, job_status, **priv)
-    create.click(cjob_create_and_run, [upload, task, *pickers, *settings], [*shown, create_status, job],
-                 concurrency_id="models", **priv)
-    resume.click(cjob_resume, job, [*shown, job_status, job], concurrency_id="models", **priv)
-    job.input(cjob_pick, job, shown, **priv)
-    prev.click(cjob_prev, [job, index], shown, **priv)
-    nxt.click(cjob_next, [job, index], shown, **priv)
-    save.click(cjob_save_next, [job, index, j.preference, j.annotator, j.comment, j.editor.protocol, j.editor.spans],
-               shown, **priv).then(cjob_refresh, job, job, **priv)
-    task.input(lambda t: {s: gr.Dropdown(choices=ctx.assets.models[t].suggestions or [ctx.assets.models[t].default],
-                                         value=ctx.assets.models[t].default)
-                          for s in (one.picker.source, two.picker.source)}, task,
-               [one.picker.source, two.picker.source], **priv)
+    s.stop.click(on(cjob_stop, stops=stops), s.job, s.job_status, **PRIVATE)
+    s.create.click(on(cjob_create_and_run, ctx=ctx, stops=stops), [s.upload, s.task, *system_values(s.one, s.two)],
+                   [*shown, s.create_status, s.job], concurrency_id="models", **PRIVATE)
+    s.resume.click(on(cjob_resume, progress=True, ctx=ctx, stops=stops), s.job, [*shown, s.job_status, s.job],
+                   concurrency_id="models", **PRIVATE)
+    s.job.input(on(cjob_pick), s.job, shown, **PRIVATE)
+    s.prev.click(on(cjob_move, step=-1), [s.job, s.index], shown, **PRIVATE)
+    s.next.click(on(cjob_move, step=1), [s.job, s.index], shown, **PRIVATE)
+    s.save.click(on(cjob_save_next), [s.job, s.index, j.preference, j.annotator, j.comment, j.editor.protocol,
+                                      j.editor.spans], shown, **PRIVATE).then(on(cjob_refresh), s.job, s.job,
+                                                                               **PRIVATE)
+    s.task.input(on(cjob_task_changed, ctx=ctx), s.task, [s.one.picker.source, s.two.picker.source], **PRIVATE)
     root = Context.root_block
     if root is not None:
-        root.load(cjob_refresh, job, job, **priv)
+        root.load(on(cjob_refresh), s.job, s.job, **PRIVATE)
 
 
 # ---------------------------------------------------------------------------------------------------------------
