@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = {"bitsandbytes"}  # the nf4/fp4 path, imported only when asked for (README: pip install bitsandbytes)
+OPTIONAL = {"bitsandbytes"}  # the nf4/fp4 path, imported only when asked for (docs/model.md: pip install bitsandbytes)
 
 
 def requirement_names(path: Path = ROOT / "requirements.txt") -> set[str]:
