@@ -66,8 +66,11 @@ def test_annotate_and_export_round_trip_every_format(store, tmp_path):
     assert first["id"] and first["message"].startswith("Saved")
     a = store.get(first["id"])
     assert a.corrected_output == TEXTS["output"] and a.error_categories == ["accuracy", "omission"]
-    second = annotate(store, "classification", "demo/cls", "טקסט", "positive", annotator="Dan", rating=None)
-    assert store.get(second["id"]).rating is None
+    with pytest.raises(ValueError, match="the judgement is empty: give a rating"):   # it would count as done
+        annotate(store, "classification", "demo/cls", "טקסט", "positive", annotator="Dan", rating=None)
+    second = annotate(store, "classification", "demo/cls", "טקסט", "positive", annotator="Dan", rating=None,
+                      corrected_output="negative")
+    assert store.get(second["id"]).rating is None and store.count() == 2
     with pytest.raises(ValueError, match="rating"):
         annotate(store, "summarization", "m", "in", "out", rating=9, annotator="Dan")
     assert store.count() == 2
@@ -211,9 +214,10 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     from app.annotation.rights import OPEN
     from app.annotation.tabs import annotations, batch_tab, panel
 
-    # the panel: a new result prefills the correction; saving needs a result; messages are escaped text
+    # the panel: a new result starts empty (the correction too: "not looked at" is not "no correction needed");
+    # saving needs a result and a judgement; messages are escaped text
     prefilled = panel.new_result(store, OPEN, RECORD, task="summarization")
-    assert text_of(prefilled["fields.corrected"]) == TEXTS["output"] and prefilled["saved_id"] is None
+    assert text_of(prefilled["fields.corrected"]) == "" and prefilled["saved_id"] is None
     assert NO_RESULT in panel.save_it(store, OPEN, None, "4", "", [], "", "Amina", None)["status"]
     refused = panel.save_it(store, OPEN, RECORD, "4", "", ["<script>"], "", "Amina", None)["status"]
     assert "Not saved" in refused and "<script>" not in refused and "&lt;script&gt;" in refused
@@ -254,6 +258,8 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
         conn.execute("UPDATE batch_rows SET output='out', processed_at='t' WHERE job_id=?", (job.id,))
     first = batch_tab.pick(store, OPEN, job.id)
     assert "0 of 2 done" in first["done"] and first["index"] == 0
+    empty = batch_tab.save_next(store, OPEN, job.id, 0, None, "out", [], " ", "Amina")   # the output as it is
+    assert "Not saved: the judgement is empty" in empty["status"] and job_progress(store, job.id).annotated == 0
     after = batch_tab.save_next(store, OPEN, job.id, 0, "5", "out!", [], "", "Amina")
     assert "1 of 2 done" in after["done"] and after["index"] == 1 and "Saved row 1" in after["status"]
     assert job_progress(store, job.id).annotated == 1

@@ -105,6 +105,20 @@ def judgement(rating: Any, corrected_output: Any, error_categories: Any, comment
     return out
 
 
+EMPTY = ("the judgement is empty: give a rating, an ESA score or error spans, an error category, a correction "
+         "or a comment")
+
+
+def require_judged(fields: dict[str, Any], output: str) -> None:
+    """Refuses a judgement that says nothing (it would count as done): no rating, ESA score, spans, MQM protocol,
+    category or comment, and no corrected output other than the output itself."""
+    said = (fields.get("rating") is not None or fields.get("esa_score") is not None or fields.get("spans")
+            or fields.get("protocol") == "mqm" or fields.get("error_categories") or str(fields.get("comment")).strip()
+            or str(fields.get("corrected_output") or "").strip() not in ("", output.strip()))
+    if not said:
+        raise ValueError(EMPTY)
+
+
 def span_fields(protocol: Any, spans: Any, esa_score: Any) -> dict[str, Any]:
     """protocol, spans and ESA score as the store takes them: "none" is stored as "", spans may be JSON text, the
     score a number box's float. An ESA score given with another protocol is kept, so the store refuses it."""
@@ -129,6 +143,7 @@ def save_from_record(store: AnnotationStore, record: dict[str, Any] | None, rati
                        protocol=protocol, spans=spans, esa_score=esa_score)
     if not fields["annotator"]:
         raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
+    require_judged(fields, str(record.get("output_text", "")))
     existing = store.get(ann_id) if ann_id else None
     if existing is not None:
         require_owner_or_admin(ident, existing.owner, "change")
@@ -162,6 +177,7 @@ def annotate(store: AnnotationStore, task: str, model_id: str, input_text: str, 
     fields = judgement(rating, output_text if corrected_output is None else corrected_output,
                        error_categories, comment, ident.annotator(annotator), protocol=protocol or "", spans=spans,
                        esa_score=esa_score)
+    require_judged(fields, str(output_text or ""))
     ann_id = store.save(Annotation(task=str(task or ""), model_id=str(model_id or ""), input=str(input_text or ""),
                                    output=str(output_text or ""), model_revision=str(model_revision or ""),
                                    family=str(family or "mt5"), dtype=str(dtype or ""),

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
-from ..api import batch_process, judgement
+from ..api import batch_process, judgement, require_judged
 from ..batch import (StopRequests, annotate_row, annotation_for, create_job, get_job, import_outputs, job_progress,
                      job_settings, list_jobs, load_inputs, next_unannotated, queue_position, run_batch)
 from ...cli import LARGE_FILE_ROWS, command_lines
@@ -149,7 +149,7 @@ def show(store: AnnotationStore, job_id: str | None, i: int | None, note: str = 
     if earlier is not None:
         judged = judgement_values(earlier.rating, earlier.corrected_output, earlier.error_categories, earlier.comment)
     else:
-        judged = judgement_values(corrected=output)
+        judged = judgement_values()   # empty: "no correction given", never mistaken for "checked, correct"
     text = row.input_text
     line = f"{pos.label} · {pos.position_label}" + (" · annotated" if row.annotated else "")
     frame = frame or queue_frame()
@@ -296,6 +296,7 @@ def save_next(store: AnnotationStore, ident: Identity, job_id, i, rating, correc
                              protocol=protocol_v, spans=spans_v, esa_score=esa_v if protocol_v == "esa" else None)
         if not fields_v["annotator"]:
             raise ValueError("Enter your name as annotator before saving (it is remembered in this browser).")
+        require_judged(fields_v, pos.row.output or "")
         annotate_row(store, job_id, pos.index, annotation_for(get_job(store, job_id), pos.row, **fields_v,
                                                               owner=ident.owner))
     except (ValueError, KeyError, IndexError) as e:

@@ -82,7 +82,8 @@ def fields(prefix: str, annotator: gr.Textbox | None = None, task: str | None = 
         if annotator is None:
             annotator = gr.Textbox(label="Annotator", placeholder="your name (remembered in this browser)",
                                    max_length=200, elem_id=f"{prefix}-annotator")
-    corrected = gr.Textbox(lines=3, label="Corrected output (starts as the model's)", elem_id=f"{prefix}-corrected")
+    corrected = gr.Textbox(lines=3, label="Corrected output (empty: no correction given)",
+                           placeholder="type the output as it should read", elem_id=f"{prefix}-corrected")
     categories = gr.CheckboxGroup([(c.label, c.id) for c in cats], label="Error categories",
                                   elem_id=f"{prefix}-categories")
     # Each category's help on its own line under the group (a CheckboxGroup has one `info` for all choices).
@@ -163,14 +164,14 @@ def earlier_shown(frame: Frame, task: str, record, earlier: Annotation) -> dict:
 
 def new_result(store: AnnotationStore, ident: Identity, record, protocol_v=None, annotator_v=None, *, task: str,
                frame: Frame | None = None) -> dict:
-    """A new result: the annotator's earlier judgement of it, or a fresh one with the corrected output prefilled."""
+    """A new result: the annotator's earlier judgement of it, or a fresh, empty one (the corrected output too)."""
     frame = frame or panel_frame(task)
     if not record:
         return {"saved_id": None}
     earlier = earlier_annotation(store, record, annotator_v, ident)
     if earlier is not None:
         return earlier_shown(frame, task, record, earlier)
-    return {**under("fields", judgement_values(corrected=record.get("output_text", ""))), "saved_id": None,
+    return {**under("fields", judgement_values()), "saved_id": None,
             "status": "", "editor.esa_score": None,
             **spans_shown(frame, task, record, [], protocol_v or frame.protocols.default)}
 
@@ -248,7 +249,7 @@ def register(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None
 
 def build(ctx: AppContext, store: AnnotationStore, handle: Any, name: AnnotatorName | None = None) -> AnnotationPanel:
     """The panel for one tab. `handle.record` is a gr.State holding the last RunRecord as a dict (None before the
-    first run); a new result prefills the corrected output and clears the judgement."""
+    first run); a new result clears the judgement, the corrected output too."""
     panel = layout(ctx, handle.task)
     if name is not None:
         name.remember(panel.fields.annotator)
