@@ -130,18 +130,47 @@ class VisitorFiles:
                 f"{age_label(self.max_age_s)}, removed as they age): try again later, or export fewer records")
 
 
-class Sweeper:
-    """A daemon thread that sweeps `files` every `every_s` seconds, until `stop()`."""
+def trim_oldest(folder: Path, max_bytes: int) -> list[Path]:
+    """Removes the oldest entries right under `folder` (Gradio's upload folder: one sub-folder per upload) until
+    what is left holds at most `max_bytes`; returns what was removed. Uploads are read once, when their handler
+    runs (a batch file goes into the database at once), so only a file uploaded and not yet used can be lost, and
+    its handler then says it is gone."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.lstat().st_mtime)
+    except FileNotFoundError:
+        return []
+    sizes = [folder_bytes(p) if p.is_dir() else p.lstat().st_size for p in entries]
+    total, removed = sum(sizes), []
+    for path, size in zip(entries, sizes):
+        if total <= max_bytes:
+            break
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed
 
-    def __init__(self, files: VisitorFiles, every_s: float):
-        self.files, self.every_s = files, every_s
+
+class Sweeper:
+    """A daemon thread that sweeps `files` every `every_s` seconds, and trims `uploads` (Gradio's upload folder)
+    to the same size cap, until `stop()`."""
+
+    def __init__(self, files: VisitorFiles, every_s: float, uploads: Path | None = None):
+        self.files, self.every_s, self.uploads = files, every_s, uploads
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="visitor-files-sweeper", daemon=True)
+
+    def sweep(self) -> None:
+        self.files.sweep()
+        if self.uploads is not None:
+            trim_oldest(self.uploads, self.files.max_bytes)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             try:
-                self.files.sweep()
+                self.sweep()
             except OSError:   # a full or read-only disk must not end the sweeping
                 pass
 
@@ -150,11 +179,13 @@ class Sweeper:
         self.thread.join(timeout=10)
 
 
-def start_sweeper(files: VisitorFiles, every_s: float | None = None) -> Sweeper:
+def start_sweeper(files: VisitorFiles, every_s: float | None = None, uploads: Path | None = None) -> Sweeper:
     """Sweeps `files` now (what a previous run left) and then on a schedule: by default every quarter of the age
-    limit, between 1 s and 5 min, so a folder outlives its age limit by at most that."""
+    limit, between 1 s and 5 min, so a folder outlives its age limit by at most that. `uploads` (Gradio's upload
+    folder, whose files Gradio deletes after an hour, each at most MT5_STUDIO_MAX_FILE_MB) is held to the same
+    size cap, oldest first, so many uploads within the hour cannot fill the disk either."""
     every_s = every_s if every_s is not None else min(300.0, max(1.0, files.max_age_s / 4))
-    files.sweep()
-    sweeper = Sweeper(files, every_s)
+    sweeper = Sweeper(files, every_s, uploads)
+    sweeper.sweep()
     sweeper.thread.start()
     return sweeper

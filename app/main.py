@@ -6,9 +6,11 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
 from . import api
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot open the annotation store: %s", e)   # the message says what to check; no traceback
         return 2
     ctx, reason = prepare(args.demo)
-    start_sweeper(ctx.settings.files)   # visitors' files: what a previous run left, then on a schedule
+    # visitors' files and uploads: what a previous run left, then on a schedule
+    start_sweeper(ctx.settings.files, uploads=Path(get_upload_folder()))
     if reason:
         log.info("demo mode: %s", reason)
     sync = start_sync(store)   # pushes to a dataset repo only when MT5_STUDIO_DATASET_REPO and HF_TOKEN are set

@@ -9,7 +9,7 @@ import pytest
 
 from app.annotation.api import export
 from app.annotation.store import Annotation, AnnotationStore
-from app.files import PREFIX, FilesFull, VisitorFiles, folder_bytes, start_sweeper
+from app.files import PREFIX, FilesFull, VisitorFiles, folder_bytes, start_sweeper, trim_oldest
 from app.settings import Settings
 
 
@@ -114,7 +114,7 @@ def test_the_settings_name_the_folder_its_age_and_its_cap(tmp_path):
 @pytest.mark.slow   # one app start: about 20 s on a busy 2-core machine
 def test_thirty_exports_through_the_app_keep_the_disk_bounded(tmp_path):
     import apphost
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     files, tmp = tmp_path / "files", tmp_path / "tmp"
     tmp.mkdir()
@@ -143,5 +143,24 @@ def test_thirty_exports_through_the_app_keep_the_disk_bounded(tmp_path):
         now = {p.name for p in files.iterdir()}
         assert now and not first & now   # (the second round's first ones may be swept too: it takes seconds)
         assert folder_bytes(files) <= 2**20 and not list((tmp_path / "gradio").rglob("*.jsonl"))
+        # uploads: each under MT5_STUDIO_MAX_FILE_MB, and all of them held to the cap by the sweeper, oldest first
+        blob = tmp_path / "upload.csv"
+        blob.write_bytes(b"x" * 200_000)
+        for _ in range(12):   # 2.4 MB in all; refused as imports, but Gradio keeps each upload
+            with pytest.raises(Exception, match="Nothing imported"):
+                client.predict(handle_file(str(blob)), api_name="/import")
+        time.sleep(2.5)   # a sweep or two
+        assert folder_bytes(tmp_path / "gradio") <= 2**20
     finally:
         srv.stop()
+
+
+def test_trim_oldest_keeps_the_newest_within_the_cap(tmp_path):
+    for i in range(5):
+        (tmp_path / f"u{i}").mkdir()
+        (tmp_path / f"u{i}" / "f.bin").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / f"u{i}", (1000 + i, 1000 + i))
+    removed = trim_oldest(tmp_path, 2500)
+    assert [p.name for p in removed] == ["u0", "u1", "u2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u3", "u4"]
+    assert trim_oldest(tmp_path / "missing", 1) == []
