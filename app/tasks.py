@@ -61,7 +61,7 @@ class Decoding:
         """From a `model.config.GenerationConfig`: the values the page is prefilled with."""
         values = {f.name: getattr(cfg, f.name, None) for f in dataclasses.fields(cls)}
         if values["max_new_tokens"] is None:
-            values["max_new_tokens"] = max(1, (cfg.max_length or 21) - 1)
+            values["max_new_tokens"] = max(1, cfg.total_length(1) - 1)   # what generate() would give
         return cls(**values)
 
     def kwargs(self) -> dict[str, Any]:

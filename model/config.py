@@ -1,4 +1,4 @@
-"""Typed configs for mT5 and UMT5, field for field the Hub's `config.json`.
+"""Typed configs for mT5, UMT5 and T5 (aya-101, MADLAD-400, Flan-T5, t5-*), field for field the Hub's `config.json`.
 
 Unknown keys are kept (in `extra`) and written back on save; nothing is guessed from file or repo names.
 """
@@ -18,6 +18,7 @@ from .hub import resolve_file
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
 MAX_NEW_TOKENS_LIMIT = 2048  # a documented clamp: larger requests are cut here, with a warning
+DEFAULT_MAX_LENGTH = 20  # transformers' GenerationConfig().max_length: 20 new tokens after the decoder prompt
 CACHE_IMPLEMENTATIONS = (None, "dynamic")  # our cache grows as it fills: transformers' "dynamic" cache
 
 # Keys whose values transformers writes but which we derive or do not need to keep separately.
@@ -209,7 +210,8 @@ class MT5Config:
         """From a config.json dict; `kwargs` override its values (as in transformers)."""
         data = {**data, **kwargs}
         family = data.pop("model_type", None)
-        check_model_type(family, data.get("architectures"), cls)
+        if family is not None or data.get("architectures"):  # a bare dict of fields is this class's
+            check_model_type(family, data.get("architectures"), cls)
         if "dtype" in data:   # 4.57 writes `dtype`, older versions `torch_dtype`
             dtype = data.pop("dtype")
             data["torch_dtype"] = data.get("torch_dtype") or dtype
@@ -263,6 +265,22 @@ class UMT5Config(MT5Config):
     tie_word_embeddings: bool = True
 
 
+@accepts_pretrained_kwargs
+@dataclass
+class T5Config(MT5Config):
+    """Configuration of a `model_type: t5` checkpoint: the same network as mT5, with transformers' T5Config
+    defaults (t5-small's shape: ReLU feed-forward, 32128 ids, embeddings tied to the head). aya-101, MADLAD-400
+    and Flan-T5 set their own values (gated-gelu, untied; MADLAD: pad 1, eos 2, d_kv 128) in config.json."""
+
+    model_type: ClassVar[str] = "t5"
+    vocab_size: int = 32128
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_heads: int = 8
+    feed_forward_proj: str = "relu"
+    tie_word_embeddings: bool = True
+
+
 def read_json(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
@@ -274,37 +292,39 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def family_of(data: dict[str, Any]) -> str:
-    """'mt5' or 'umt5' from a config dict: `model_type`, else `architectures` (google/umt5-small has none).
+FAMILIES = ("mt5", "umt5", "t5")
+CLASS_PREFIX = {"mt5": "MT5", "umt5": "UMT5", "t5": "T5"}  # family -> its public classes' name prefix
+# mT5 and T5 checkpoints run the same network: either config class reads the other's config.json (fine-tunes of
+# mT5 saved as `model_type: t5` exist, and transformers loads across the two with a warning only).
+INTERCHANGEABLE = {"mt5", "t5"}
 
-    Fine-tunes that say `model_type: "t5"` with the mT5 layout are read as mT5 (same architecture).
-    """
+
+def family_of(data: dict[str, Any]) -> str:
+    """'mt5', 'umt5' or 't5' from a config dict: `model_type`, else `architectures` (google/umt5-small has none)."""
     model_type = data.get("model_type")
-    if model_type in ("mt5", "t5"):
-        return "mt5"
-    if model_type == "umt5":
-        return "umt5"
+    if model_type in FAMILIES:
+        return model_type
     if model_type is None:
         archs = data.get("architectures") or []
-        if any(a.startswith("UMT5") for a in archs):
-            return "umt5"
-        if any(a.startswith(("MT5", "T5")) for a in archs):
-            return "mt5"
-        raise ValueError("config.json has neither `model_type` nor an mT5/UMT5 entry in `architectures`: "
-                         "add `\"model_type\": \"mt5\"` or `\"umt5\"` to it")
-    raise ValueError(f"config.json is for model_type {model_type!r}, not an mT5/UMT5 model: this library only "
-                     "loads mt5, umt5 (and t5-typed mT5 fine-tunes)")
+        for prefix, family in (("UMT5", "umt5"), ("MT5", "mt5"), ("T5", "t5")):
+            if any(a.startswith(prefix) for a in archs):
+                return family
+        raise ValueError("config.json has neither `model_type` nor an mT5/UMT5/T5 entry in `architectures`: "
+                         "add `\"model_type\": \"mt5\"`, `\"umt5\"` or `\"t5\"` to it")
+    raise ValueError(f"config.json is for model_type {model_type!r}, not an mT5/UMT5 model or a T5 one (model_type "
+                     "t5: aya-101, MADLAD-400, Flan-T5, t5-*), which is all this library runs: pick a checkpoint "
+                     "whose model_type is mt5, umt5 or t5")
 
 
 def check_model_type(model_type: str | None, architectures: list[str] | None, cls: type) -> None:
     family = family_of({"model_type": model_type, "architectures": architectures})
-    if family != cls.model_type:
+    if family != cls.model_type and {family, cls.model_type} != INTERCHANGEABLE:
         raise ValueError(f"config.json describes a {family} model but {cls.__name__} was asked for: use "
-                         f"{'UMT5Config' if family == 'umt5' else 'MT5Config'} or model.load_model()")
+                         f"{config_class(family).__name__} or model.load_model()")
 
 
 def config_class(family: str) -> type[MT5Config]:
-    return UMT5Config if family == "umt5" else MT5Config
+    return {"umt5": UMT5Config, "t5": T5Config}.get(family, MT5Config)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -316,7 +336,9 @@ class GenerationConfig:
 
     max_new_tokens: int | None = None
     min_new_tokens: int | None = None
-    max_length: int | None = None       # counts the decoder start token, as in transformers
+    # Counts the decoder start token, as in transformers; its default 20 means "20 new tokens" (transformers adds
+    # the decoder prompt's length to it unless a call passes max_length itself).
+    max_length: int | None = 20
     min_length: int = 0
     num_beams: int = 1
     length_penalty: float = 1.0
@@ -332,6 +354,7 @@ class GenerationConfig:
     eos_token_id: int | list[int] | None = 1
     pad_token_id: int = 0
     decoder_start_token_id: int = 0
+    bos_token_id: int | None = None          # the encoder's input when generate() is called without one
     output_scores: bool = False
     return_dict_in_generate: bool = False
     seed: int | None = None
@@ -415,10 +438,10 @@ class GenerationConfig:
         included; bounded by MAX_NEW_TOKENS_LIMIT new tokens. As transformers: max_length counts the prompt."""
         if self.max_new_tokens is not None:
             length = self.max_new_tokens + prompt
-        elif self.max_length is not None:
+        elif self.max_length is not None and self.max_length != DEFAULT_MAX_LENGTH:
             length = self.max_length
         else:
-            length = 20 + prompt  # transformers: 20 new tokens by default
+            length = DEFAULT_MAX_LENGTH + prompt  # transformers: 20 new tokens by default
         if length - prompt > MAX_NEW_TOKENS_LIMIT:
             warnings.warn(f"max_new_tokens {length - prompt} is above the limit; generating at most "
                           f"{MAX_NEW_TOKENS_LIMIT}", stacklevel=4)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .config import MAX_NEW_TOKENS_LIMIT, GenerationConfig  # noqa: F401 (the limit is read from here too)
+from .config import DEFAULT_MAX_LENGTH, MAX_NEW_TOKENS_LIMIT, GenerationConfig  # noqa: F401 (the limit is read here too)
 from .fast_head import FastHead
 from .modeling import KVCache, StackContext, StackOutput, as_stack_output, causal_mask, padding_mask
 
@@ -560,7 +560,7 @@ def generate(model, input_ids: torch.Tensor | None = None, attention_mask: torch
              generation_config: GenerationConfig | None = None, generator: torch.Generator | None = None,
              prefix_allowed_tokens_fn: PrefixFn | None = None, *, inputs_embeds: torch.Tensor | None = None,
              encoder_outputs: Any = None, decoder_input_ids: torch.Tensor | None = None,
-             **kwargs: Any) -> torch.Tensor | GenerateOutput:
+             past_key_values: KVCache | None = None, **kwargs: Any) -> torch.Tensor | GenerateOutput:
     """transformers-style generate(): returns sequences (N, L) starting with the decoder prompt, or with
     `return_dict_in_generate=True` a GenerateEncoderDecoderOutput / GenerateBeamEncoderDecoderOutput (beams)
     whose fields (`scores`, `logits`, attentions, hidden states, `past_key_values`) follow output_scores,
@@ -572,9 +572,20 @@ def generate(model, input_ids: torch.Tensor | None = None, attention_mask: torch
 
     `prefix_allowed_tokens_fn(batch_id, ids)` (ids (L,): the row's decoder tokens so far) lists the tokens
     allowed next; all others get -inf after the other bans (transformers 4.57's PrefixConstrainedLogitsProcessor;
-    batch_id counts inputs under beam search, rows otherwise)."""
+    batch_id counts inputs under beam search, rows otherwise).
+
+    Without any encoder input, the encoder reads `bos_token_id` alone (transformers' rule; an error when the
+    checkpoint has none). `past_key_values`: the KVCache of an earlier forward or generate() call of this model
+    on the same input, whose positions `decoder_input_ids` must start with: decoding feeds only the tokens after
+    them (greedy or sampling, one sequence per input), and the cache grows in place."""
     cfg = (generation_config or model.generation_config).updated(**kwargs)
+    if kwargs.get("max_length") == DEFAULT_MAX_LENGTH and cfg.max_new_tokens is None:
+        # asked for by the call: 20 counts the decoder prompt (transformers adds it only to the default)
+        prompt_len = 1 if decoder_input_ids is None else torch.as_tensor(decoder_input_ids).shape[-1]
+        cfg = dataclasses.replace(cfg, max_new_tokens=max(1, DEFAULT_MAX_LENGTH - prompt_len))
     cfg.validate()
+    if input_ids is None and inputs_embeds is None and encoder_outputs is None:
+        input_ids = bos_input(cfg, decoder_input_ids, model.device)
     if attention_mask is None and input_ids is not None and encoder_outputs is None:
         attention_mask = inferred_attention_mask(input_ids, cfg)
     want = cfg.return_dict_in_generate
@@ -591,6 +602,8 @@ def generate(model, input_ids: torch.Tensor | None = None, attention_mask: torch
     head = FastHead.for_model(model, rows=batch * cfg.num_beams) if cfg.num_beams > 1 else None  # full fp32 head
     state = encode_for_generation(model, None, attention_mask, expand, head, allowed, encoder=enc,
                                   use_cache=cfg.use_cache, record=record)
+    if past_key_values is not None:
+        state.cache = continued_cache(past_key_values, prompt, expand)
     if cfg.num_beams > 1:
         out = beam_search(state, cfg, batch, generator, prompt)
     else:
@@ -603,6 +616,29 @@ def generate(model, input_ids: torch.Tensor | None = None, attention_mask: torch
     out.encoder_hidden_states = enc.hidden_states if cfg.output_hidden_states else None
     out.past_key_values = state.cache if cfg.use_cache else None
     return out
+
+
+def bos_input(cfg: GenerationConfig, decoder_input_ids, device: torch.device) -> torch.Tensor:
+    """(B, 1) of bos_token_id: the encoder input of a generate() call given none (B from decoder_input_ids)."""
+    if cfg.bos_token_id is None:
+        raise ValueError("`bos_token_id` has to be defined when no `input_ids` are provided: pass input_ids (the "
+                         "encoded text, or inputs_embeds, or encoder_outputs), or bos_token_id=... to generate()")
+    batch = 1 if decoder_input_ids is None or torch.as_tensor(decoder_input_ids).dim() < 2 else len(decoder_input_ids)
+    return torch.full((batch, 1), cfg.bos_token_id, dtype=torch.long, device=device)
+
+
+def continued_cache(cache: KVCache, prompt: torch.Tensor, expand: int) -> KVCache:
+    """Checks that `cache` (past_key_values) can continue `prompt` (N, P): decoding feeds prompt[:, cached:]."""
+    if not isinstance(cache, KVCache):
+        raise TypeError("past_key_values must be the KVCache a previous call of this model returned")
+    if expand > 1:
+        raise ValueError("past_key_values continues one sequence per input: use num_beams=1 and "
+                         "num_return_sequences=1 with it")
+    cached = cache.get_seq_length()
+    if cached >= prompt.shape[1]:
+        raise ValueError(f"past_key_values holds {cached} decoder positions, so decoder_input_ids must hold those "
+                         f"and at least one more (it has {prompt.shape[1]})")
+    return cache
 
 
 def inferred_attention_mask(input_ids: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import generation, loading, placement
-from .config import GenerationConfig, MT5Config, UMT5Config
+from .config import CLASS_PREFIX, GenerationConfig, MT5Config, T5Config, UMT5Config
 from .modeling import (
     EncoderDecoderBase,
     KVCache,
@@ -421,7 +421,7 @@ class MT5ForSequenceClassification(HubMixin, PreTrainedModel):
 
     def __init__(self, config: MT5Config):
         super().__init__(config)
-        self.transformer = (UMT5Model if config.per_layer_bias else MT5Model)(config)
+        self.transformer = family_class(config, "Model")(config)
         self.classification_head = ClassificationHead(config)
         self.post_init()
 
@@ -462,7 +462,7 @@ class MT5ForTokenClassification(HubMixin, PreTrainedModel):
 
     def __init__(self, config: MT5Config):
         super().__init__(config)
-        self.transformer = (UMT5EncoderModel if config.per_layer_bias else MT5EncoderModel)(config)
+        self.transformer = family_class(config, "EncoderModel")(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.post_init()
@@ -545,3 +545,37 @@ class UMT5ForTokenClassification(MT5ForTokenClassification):
 
 class UMT5ForQuestionAnswering(MT5ForQuestionAnswering):
     config_class = UMT5Config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# T5 (`model_type: t5`: aya-101, MADLAD-400, Flan-T5, t5-*): the mT5 network over T5Config, whose defaults are
+# transformers' T5Config's (ReLU, tied). What varies between those checkpoints is read from config.json.
+# ------------------------------------------------------------------------------------------------------------
+class T5Model(MT5Model):
+    config_class = T5Config
+
+
+class T5ForConditionalGeneration(MT5ForConditionalGeneration):
+    config_class = T5Config
+
+
+class T5EncoderModel(MT5EncoderModel):
+    config_class = T5Config
+
+
+class T5ForSequenceClassification(MT5ForSequenceClassification):
+    config_class = T5Config
+
+
+class T5ForTokenClassification(MT5ForTokenClassification):
+    config_class = T5Config
+
+
+class T5ForQuestionAnswering(MT5ForQuestionAnswering):
+    config_class = T5Config
+
+
+
+def family_class(config: MT5Config, suffix: str) -> type:
+    """The public class of `config`'s family for a class-name suffix ("Model", "EncoderModel", ...)."""
+    return globals()[CLASS_PREFIX[config.model_type] + suffix]

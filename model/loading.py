@@ -11,7 +11,6 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,12 +19,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import (
+    CLASS_PREFIX,
     COMMON_DEFAULTS,
     CONFIG_NAME,
+    INTERCHANGEABLE,
     GENERATION_KEYS,
     GenerationConfig,
     MT5Config,
-    config_class,
     family_of,
     read_json,
 )
@@ -56,19 +56,28 @@ class AlreadyQuantizedError(CheckpointError):
     """A quantized checkpoint loaded with load_in_4bit / load_in_8bit: it must be loaded as it is."""
 
 
-@dataclass
-class LoadingInfo:
-    """What loading did beyond a one-to-one copy, by key name."""
-    missing_keys: list[str] = field(default_factory=list)      # initialised at random (task heads only)
-    unexpected_keys: list[str] = field(default_factory=list)   # present in the checkpoint, not used
-    # skipped and initialised (ignore_mismatched_sizes=True); their (checkpoint, model) shapes alongside
-    mismatched_keys: list[str] = field(default_factory=list)
-    mismatched_shapes: list[tuple[tuple, tuple]] = field(default_factory=list)
+class LoadingInfo(dict):
+    """What loading did beyond a one-to-one copy, by key name: transformers' loading-info dict (`missing_keys`:
+    initialised at random, task heads only; `unexpected_keys`: in the checkpoint, not used; `mismatched_keys`:
+    skipped and initialised with ignore_mismatched_sizes=True; `error_msgs`), each also an attribute, plus
+    `mismatched_shapes` ((checkpoint, model) shape per mismatched key) and `source_files`."""
 
-    def __getitem__(self, key: str):
-        """transformers returns a dict: info["missing_keys"] reads the same."""
-        return getattr(self, key)
-    source_files: list[str] = field(default_factory=list)
+    def __init__(self, source_files: list[str] | None = None):
+        super().__init__(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
+        self.mismatched_shapes: list[tuple[tuple, tuple]] = []
+        self.source_files = list(source_files or [])
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self:
+            self[name] = value
+        else:
+            super().__setattr__(name, value)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -287,12 +296,12 @@ def load_config(cls: type, repo_or_dir: str | os.PathLike, config: MT5Config | N
     if config is not None:
         return config
     data = read_json(resolve_file(repo_or_dir, CONFIG_NAME, **hub))
-    family = family_of(data)
-    if family != cls.config_class.model_type:
-        other = "UMT5" if family == "umt5" else "MT5"
+    family, wanted = family_of(data), cls.config_class.model_type
+    if family != wanted and {family, wanted} != INTERCHANGEABLE:
+        name = cls.__name__.removeprefix("UMT5").removeprefix("MT5").removeprefix("T5")
         raise ValueError(f"{repo_or_dir} holds a {family} checkpoint but {cls.__name__} was asked for: use "
-                         f"{other}{cls.__name__.removeprefix('UMT5').removeprefix('MT5')} or model.load_model()")
-    return config_class(family).from_dict(data)
+                         f"{CLASS_PREFIX[family]}{name} or model.load_model()")
+    return cls.config_class.from_dict(data)
 
 
 def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Config | None = None,

@@ -498,7 +498,7 @@ class PreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, MT5Config) or config.model_type != self.config_class.model_type:
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
-                            f"{type(config).__name__}: use the matching MT5*/UMT5* class or model.load_model()")
+                            f"{type(config).__name__}: use the matching MT5*/UMT5*/T5* class or model.load_model()")
         self.config = config
 
     @property

@@ -1,11 +1,11 @@
-"""`load_model`: picks the family (mT5 / UMT5) and the class for a task from the checkpoint's own config."""
+"""`load_model`: picks the family (mT5 / UMT5 / T5) and the class for a task from the checkpoint's own config."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 from . import heads
-from .config import CONFIG_NAME, family_of, read_json
+from .config import CLASS_PREFIX, CONFIG_NAME, family_of, read_json
 from .hub import hub_options, resolve_file
 
 # Task names users type (and the app uses) -> class name suffix.
@@ -20,11 +20,11 @@ TASKS = {
 
 
 def model_class(family: str, task: str | None = None, architectures: list[str] | None = None) -> type:
-    """The class for `family` ('mt5'|'umt5') and `task`; with no task, the checkpoint's `architectures`."""
-    prefix = "UMT5" if family == "umt5" else "MT5"
+    """The class for `family` ('mt5'|'umt5'|'t5') and `task`; with no task, the checkpoint's `architectures`."""
+    prefix = CLASS_PREFIX[family]
     if task is None:
         for arch in architectures or []:
-            suffix = arch.removeprefix("UMT5").removeprefix("MT5").removeprefix("T5")
+            suffix = arch.removeprefix("U").removeprefix("M").removeprefix("T5")
             if suffix in TASKS.values():
                 return getattr(heads, prefix + suffix)
         return getattr(heads, prefix + "ForConditionalGeneration")
@@ -34,7 +34,7 @@ def model_class(family: str, task: str | None = None, architectures: list[str] |
 
 
 def load_model(repo_or_dir: str | os.PathLike, task: str | None = None, **options: Any):
-    """Loads any mT5/UMT5 checkpoint for `task`, reading the family from its config.json.
+    """Loads any mT5/UMT5/T5 checkpoint for `task`, reading the family from its config.json.
 
     Options are those of `from_pretrained` (revision, token, dtype, ...).
     """

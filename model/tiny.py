@@ -43,21 +43,42 @@ TINY_VERSION = 4  # bump when the checkpoints' layout changes, so cached demo fo
 # ------------------------------------------------------------------------------------------------------------
 # Tokenizers
 # ------------------------------------------------------------------------------------------------------------
-def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1500,
-                        hard_vocab_limit: bool = True) -> model_pb2.ModelProto:
-    """Trains a unigram model with mT5's special-id layout on `texts`; returns its proto.
+def train_sentencepiece(texts: Iterable[str], vocab_size: int = 1500, hard_vocab_limit: bool = True, *,
+                        byte_fallback: bool = True, pad_id: int = 0, eos_id: int = 1, unk_id: int = 2,
+                        user_defined_symbols: Iterable[str] = ()) -> model_pb2.ModelProto:
+    """Trains a unigram model on `texts`; returns its proto. Defaults are mT5's special-id layout.
 
     Without `hard_vocab_limit`, `vocab_size` is an upper bound: a small corpus gets what it can support.
+    MADLAD-400's layout is unk 0, pad 1, eos 2 with its `<2xx>` language tokens as `user_defined_symbols`; T5's
+    and Flan-T5's has no byte fallback.
     """
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(texts)), model_writer=buf, model_type="unigram", vocab_size=vocab_size,
-        hard_vocab_limit=hard_vocab_limit, byte_fallback=True, normalization_rule_name="nmt_nfkc",
-        character_coverage=1.0,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-        num_threads=1, minloglevel=2,
+        hard_vocab_limit=hard_vocab_limit, byte_fallback=byte_fallback, normalization_rule_name="nmt_nfkc",
+        character_coverage=1.0, user_defined_symbols=list(user_defined_symbols),
+        pad_id=pad_id, eos_id=eos_id, unk_id=unk_id, bos_id=-1, pad_piece="<pad>", eos_piece="</s>",
+        unk_piece="<unk>", num_threads=1, minloglevel=2,
     )
     return model_pb2.ModelProto.FromString(buf.getvalue())
+
+
+def train_madlad_style(texts: Iterable[str], languages: Iterable[str], vocab_size: int = 1500,
+                       hard_vocab_limit: bool = False) -> model_pb2.ModelProto:
+    """A MADLAD-400-style model: unk 0, pad 1, eos 2, byte fallback, a `<2xx>` piece per language code."""
+    return train_sentencepiece(texts, vocab_size, hard_vocab_limit, pad_id=1, eos_id=2, unk_id=0,
+                               user_defined_symbols=[f"<2{code}>" for code in languages])
+
+
+def write_madlad_style(folder: Path, proto: model_pb2.ModelProto) -> Path:
+    """Writes spiece.model and Hub-like json files for a MADLAD-400-style model (no sentinels: extra_ids 0)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(proto.SerializeToString())
+    specials = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    _write_json(folder / "tokenizer_config.json", {**specials, "extra_ids": 0, "tokenizer_class": "T5Tokenizer"})
+    _write_json(folder / "special_tokens_map.json", specials)
+    return folder
 
 
 def write_mt5_style(folder: Path, proto: model_pb2.ModelProto, n_sentinels: int = 100) -> Path:

@@ -21,6 +21,7 @@ A repo with only `tokenizer.json` (what transformers 5 saves) gets `MT5Tokenizer
 library, equal to transformers 4.57's `T5TokenizerFast`; `MT5Tokenizer.from_pretrained` returns it for such a repo.
 Both share `TokenizerBase`, the backend-independent part (batches, truncation, padding, tensors, sentinels).
 """
+import difflib
 import json
 import re
 import warnings
@@ -39,6 +40,7 @@ from .hub import CheckpointNotFoundError, resolve_file
 
 SPIECE_UNDERLINE = "▁"
 MARKER = re.compile(r"<extra_id_(\d+)>")
+LANGUAGE_TOKEN = re.compile(r"<2([^<>\s]+)>")  # MADLAD-400's target-language tokens: <2de>, <2zh_Latn>, ...
 # transformers' "no limit" model_max_length, and the bound above which it refuses to truncate or pad to it.
 VERY_LARGE_INTEGER = int(1e30)
 LARGE_INTEGER = int(1e20)
@@ -102,6 +104,7 @@ class _Settings:
     add_prefix_space: bool = True
     legacy: bool | None = None
     padding_side: str = "right"
+    truncation_side: str = "right"
 
     @classmethod
     def merged(cls, base: "_Settings | None", overrides: dict) -> "_Settings":
@@ -217,7 +220,7 @@ class TokenizerBase:
 
     def __call__(self, text=None, text_pair=None, text_target=None, *, padding=False, truncation=None,
                  max_length=None, pad_to_multiple_of=None, return_tensors=None, return_offsets_mapping=False,
-                 add_special_tokens=True, padding_side=None) -> BatchEncoding:
+                 add_special_tokens=True, padding_side=None, return_attention_mask=None) -> BatchEncoding:
         """Encodes a text or a batch (list) of texts, optionally pairs and targets.
 
         padding: False | True/"longest" (to the longest row) | "max_length"; `pad_to_multiple_of` rounds the
@@ -226,6 +229,7 @@ class TokenizerBase:
         (longest_first). Returns `input_ids`, `attention_mask`, `offset_mapping` on request ((0, 0) for `</s>`
         and padding), and `labels` (the target ids, padded with pad id) when `text_target` is given. A single
         string gives flat lists, or (1, T) tensors with return_tensors="pt" (torch.long) or "np" (int64).
+        `return_attention_mask=False` leaves `attention_mask` out. Truncation cuts from `self.truncation_side`.
         """
         if text is None and text_target is None:
             raise ValueError("give `text` or `text_target`")
@@ -233,16 +237,26 @@ class TokenizerBase:
         padding_side = self.padding_side if padding_side is None else padding_side
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', not {padding_side!r}")
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', not {self.truncation_side!r}")
         plan = (*self._strategies(padding, truncation, max_length, pad_to_multiple_of), pad_to_multiple_of)
         options = dict(plan=plan, add_special_tokens=add_special_tokens, return_tensors=return_tensors,
                        return_offsets_mapping=return_offsets_mapping, padding_side=padding_side)
         targets = self._encode_batch(text_target, None, **options) if text_target is not None else None
-        if text is None:
-            return targets
-        encoded = self._encode_batch(text, text_pair, **options)
-        if targets is not None:
+        encoded = targets if text is None else self._encode_batch(text, text_pair, **options)
+        if text is not None and targets is not None:
             encoded["labels"] = targets["input_ids"]
+        if return_attention_mask is False:
+            encoded.pop("attention_mask")
         return encoded
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        """transformers' older batch call: a list of texts, or of (text, text_pair) pairs; `__call__`'s keyword
+        arguments and result."""
+        items = list(batch_text_or_text_pairs)
+        if items and all(isinstance(item, (tuple, list)) for item in items):
+            return self([a for a, _ in items], [b for _, b in items], **kwargs)
+        return self(items, **kwargs)
 
     def _strategies(self, padding, truncation, max_length, pad_to_multiple_of=None) -> tuple:
         """(padding mode, truncation mode, max_length) by `PreTrainedTokenizerBase`'s rules."""
@@ -295,7 +309,11 @@ class TokenizerBase:
         n_special = (1 if second is None else 2) if add_special_tokens else 0
         total = len(first) + len(second or []) + n_special
         if trunc and max_length and total > max_length:
-            first, second = self._truncate_pair(first, second, total - max_length, trunc)
+            if self.truncation_side == "left":   # the same cut, counted from each text's start
+                flip = lambda row: None if row is None else row[::-1]  # noqa: E731
+                first, second = map(flip, self._truncate_pair(flip(first), flip(second), total - max_length, trunc))
+            else:
+                first, second = self._truncate_pair(first, second, total - max_length, trunc)
         if add_special_tokens:
             first = self._add_eos(first)
             second = None if second is None else self._add_eos(second)
@@ -384,6 +402,37 @@ class TokenizerBase:
                 row[key] = list(row[key]) + extra if side == "right" else extra + list(row[key])
         return row
 
+    # ------------------------------------------------------------------ target language (MADLAD-400)
+
+    def language_tokens(self) -> dict:
+        """code -> id of every `<2xx>` target-language token in the vocabulary (MADLAD-400: `<2de>` -> "de");
+        {} for tokenizers without them (mT5, Flan-T5). Read from the vocabulary once."""
+        if getattr(self, "_language_tokens", None) is None:
+            self._language_tokens = {m.group(1): i for token, i in self.get_vocab().items()
+                                     if (m := LANGUAGE_TOKEN.fullmatch(token))}
+        return self._language_tokens
+
+    def with_target_language(self, text, language: str):
+        """`<2xx> text`: MADLAD-400 picks the language to translate into from a token prefixed to the source.
+
+        text: a str or a list of them; language: a code ("de", "zh_Latn") or its token ("<2de>"). Raises
+        ValueError naming the codes to use when the tokenizer has no such token.
+        """
+        code = LANGUAGE_TOKEN.fullmatch(language).group(1) if LANGUAGE_TOKEN.fullmatch(language) else language
+        known = self.language_tokens()
+        if not known:
+            raise ValueError("this tokenizer has no <2xx> target-language tokens, so its model is not "
+                             "MADLAD-400-style: for mT0 and other prompted models, put the instruction in the text "
+                             "(\"Translate to German: ...\")")
+        if code not in known:
+            close = difflib.get_close_matches(code, known, n=3)
+            raise ValueError(f"{language!r} is not a target language of this tokenizer"
+                             f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}: it knows "
+                             f"{len(known)} codes, e.g. {', '.join(sorted(known)[:8])}. The codes are its <2xx> "
+                             "tokens: list them with tokenizer.language_tokens(); the model card names the languages")
+        prefix = f"<2{code}> "
+        return prefix + text if isinstance(text, str) else [prefix + t for t in text]
+
     # ------------------------------------------------------------------ decoding
 
     def batch_decode(self, sequences, **kwargs) -> list:
@@ -427,6 +476,7 @@ class MT5Tokenizer(TokenizerBase):
         self.clean_up_tokenization_spaces = settings.clean_up_tokenization_spaces
         self.add_prefix_space = settings.add_prefix_space
         self.padding_side = settings.padding_side
+        self.truncation_side = settings.truncation_side
         self.eos_token, self.unk_token, self.pad_token = settings.eos_token, settings.unk_token, settings.pad_token
         self._unk_token_length = len(self._sp.encode(self.unk_token))
         self._build_added_tokens(settings)
@@ -771,6 +821,7 @@ class MT5Tokenizer(TokenizerBase):
             "legacy": self.legacy,
             "add_prefix_space": self.add_prefix_space,
             "padding_side": self.padding_side,
+            **({"truncation_side": "left"} if self.truncation_side == "left" else {}),
             "sp_model_kwargs": {},
             "tokenizer_class": "T5Tokenizer",
         }
@@ -829,6 +880,7 @@ class MT5TokenizerFast(TokenizerBase):
         self.model_max_length = settings.model_max_length
         self.clean_up_tokenization_spaces = settings.clean_up_tokenization_spaces
         self.padding_side = settings.padding_side
+        self.truncation_side = settings.truncation_side
         self.eos_token, self.unk_token, self.pad_token = settings.eos_token, settings.unk_token, settings.pad_token
         self.additional_special_tokens = list(dict.fromkeys(settings.additional_special_tokens or []))
         missing = [t for t in self.additional_special_tokens if self._tk.token_to_id(t) is None]
@@ -980,6 +1032,7 @@ class MT5TokenizerFast(TokenizerBase):
             "model_max_length": self.model_max_length,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
             "padding_side": self.padding_side,
+            **({"truncation_side": "left"} if self.truncation_side == "left" else {}),
             "tokenizer_class": "T5Tokenizer",
         }
         paths[1].write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -1202,4 +1255,5 @@ def _read_settings(files: dict) -> _Settings:
         clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),
         add_prefix_space=bool(config.get("add_prefix_space", True)),
         legacy=config.get("legacy"), padding_side=config.get("padding_side") or "right",
+        truncation_side=config.get("truncation_side") or "right",
     )

@@ -310,7 +310,7 @@ def test_defaults_come_from_the_checkpoint(tokenizers, tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 2, "decoder_start_token_id": 0,
                                                                  "transformers_version": "4.57.6"}))
     g = MT5ForConditionalGeneration.from_pretrained(tmp_path).generation_config
-    assert g.num_beams == 2 and g.max_length is None  # generation_config.json wins over config.json
+    assert g.num_beams == 2 and g.max_length == 20  # generation_config.json wins; transformers: default 20
     assert GenerationConfig.from_pretrained(tmp_path) == g
     assert m.generate(torch.tensor([[5, 1]]), cache_implementation="dynamic", max_new_tokens=2).shape[1] <= 3
     with pytest.raises(ValueError, match="cache_implementation='static' is not supported: use None or 'dynamic'"):
