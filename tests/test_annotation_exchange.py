@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from app.annotation.store import Annotation, AnnotationStore, csv_guard, csv_unguard, read_export
+from app.annotation.exchange import csv_guard, csv_unguard
+from app.annotation.store import Annotation, AnnotationStore, read_export
 
 HOSTILE = [
     "Привет, мир", "שלום עולם", "مرحبا بالعالم", "你好，世界", "नमस्ते दुनिया", "Γειά σου", "안녕하세요",
@@ -153,7 +154,8 @@ def test_import_refuses_deeply_nested_jsonl_line(databases, filled, tmp_path):
     lines.insert(1, "[" * 50_000 + "]" * 50_000)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with AnnotationStore(databases("dst.db")) as dst:
-        with pytest.raises(ValueError, match=r"deep\.jsonl line 2: nested too deeply.*nothing was imported"):
+        with pytest.raises(ValueError,
+                           match=r"deep\.jsonl line 2: not valid JSON \(nested too deeply.*nothing was imported"):
             dst.import_file(path)
         assert dst.count() == 0
 

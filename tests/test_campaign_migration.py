@@ -1,5 +1,7 @@
 """A database written by the code before campaigns opens with today's store, migrates, and keeps every annotation,
-comparison, span, version and job, field for field (issue 22, "Done when"), on SQLite and PostgreSQL.
+comparison, span, version and job, field for field (issue 22, "Done when"), on SQLite and PostgreSQL: the
+annotations' three score columns (rating, esa_score, mqm_score) end up in one `scores` JSON object (v8) with every
+value, and the versions kept as JSON of the old records read back as they were.
 
 The database is written by the old code itself — the app as of commit bf10f85^ (schema v5) and bf10f85 (v6, the
 commit campaigns were built on), taken from git history into a folder and run in a child process — so what is
@@ -15,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from app.annotation.comparisons import get_comparison
-from app.annotation.store import SCHEMA_VERSION, AnnotationStore
+from app.annotation.backends import open_backend
+from app.annotation.schema import MIGRATIONS, SCHEMA_VERSION
+from app.annotation.store import SCORES, AnnotationStore
 
 REPO = Path(__file__).resolve().parent.parent
 OLD = {"bf10f85^": 5, "bf10f85": 6}     # commit -> its schema version
@@ -119,9 +123,6 @@ def tables(store: AnnotationStore, names: list[str]) -> dict[str, list[dict]]:
 
 def old_tables(location, version: int) -> dict[str, list[dict]]:
     """The tables of a database at schema `version`, read before today's store migrates it."""
-    from app.annotation.backends import open_backend
-    from app.annotation.store import MIGRATIONS
-
     names = [t for step in MIGRATIONS[:version] for sql in step if sql.lstrip().startswith("CREATE TABLE")
              for t in [sql.split()[2]]]
     backend = open_backend(location)
@@ -149,11 +150,12 @@ def test_old_database_migrates_and_keeps_everything(databases, old_code, commit,
     assert len(before["annotation_versions"]) == 5     # two edits, two deletes, one restore
 
     with AnnotationStore(location) as store:
-        assert store.schema_version == SCHEMA_VERSION == 7
+        assert store.schema_version == SCHEMA_VERSION == 8
         assert store.integrity_check() == "ok"
         after = tables(store, list(before))
+        assert {"rating", "esa_score", "mqm_score"}.isdisjoint(after["annotations"][0]), "v8 drops the columns"
         for name in before:                            # every row of every old table, field for field
-            assert after[name] == before[name], name
+            assert _scores_as_json(after, name) == _scores_as_json(before, name), name
         for key, ann_id in seen["ids"].items():        # and as today's store reads them
             a = store.get(ann_id, include_deleted=True)
             assert _plain(a) == seen["annotations"][key], key
@@ -165,8 +167,27 @@ def test_old_database_migrates_and_keeps_everything(databases, old_code, commit,
         esa = store.get(seen["ids"]["esa"])
         assert (esa.protocol, esa.esa_score, sorted(s["side"] for s in esa.spans)) == ("esa", 71, ["input", "output"])
         assert store.get(seen["ids"]["mqm"]).mqm_score == 5.0
+        scores = {r["id"]: json.loads(r["scores"]) for r in store.read("SELECT id, scores FROM annotations")}
+        assert [scores[seen["ids"][k]] for k in ("plain", "esa", "mqm", "edited", "deleted")] == \
+            [{"likert": 4}, {"esa": 71}, {"mqm": 5.0}, {"likert": 5, "esa": 90}, {"likert": 1}]
+        assert store.query(min_rating=4, max_rating=4, owner="alice") == [store.get(seen["ids"]["plain"])]
         assert store.get(seen["ids"]["deleted"]) is None and store.get(seen["ids"]["restored"]) is not None
         assert store.read("SELECT COUNT(*) FROM campaigns")[0][0] == 0      # the new tables are there, empty
+
+
+def _scores_as_json(tables: dict[str, list[dict]], name: str) -> list[dict]:
+    """The rows of one table; annotations' scores as one object (from today's `scores`, or from the three columns
+    of the old schema), so that a database before and after v8 compare field for field."""
+    rows = [dict(r) for r in tables[name]]
+    if name == "annotations":
+        for row in rows:
+            if "scores" in row:
+                row["scores"] = json.loads(row["scores"])
+            else:
+                row["scores"] = {key: row.pop(field) for field, key in SCORES.items() if row[field] is not None}
+                for field in SCORES:
+                    row.pop(field, None)
+    return sorted(rows, key=lambda r: r["id"] if name == "annotations" else json.dumps(r, sort_keys=True))
 
 
 def _plain(value):

@@ -254,9 +254,9 @@ def attack(raw, db, victim_id):
 
 def db_rows(db):
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id, rating, comment, corrected_output, deleted_at FROM annotations "
-                            "ORDER BY id").fetchall(), conn.execute("SELECT COUNT(*) FROM annotation_versions"
-                                                                    ).fetchone()[0]
+        rows = conn.execute("SELECT id, json_extract(scores, '$.likert'), comment, corrected_output, deleted_at "
+                            "FROM annotations ORDER BY id").fetchall()
+        return rows, conn.execute("SELECT COUNT(*) FROM annotation_versions").fetchone()[0]
 
 
 @pytest.fixture(scope="module")

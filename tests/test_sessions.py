@@ -188,7 +188,8 @@ def login_cookie(url: str, user: str) -> str:
 
 def annotations(db) -> list[tuple]:
     with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT id, annotator, rating FROM annotations ORDER BY id").fetchall()
+        return conn.execute("SELECT id, annotator, json_extract(scores, '$.likert') FROM annotations "
+                            "ORDER BY id").fetchall()
 
 
 def sessions_rows(db) -> list[tuple]:

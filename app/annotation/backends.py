@@ -15,6 +15,8 @@ write transaction      BEGIN IMMEDIATE (one writer per file)       BEGIN + a tra
 schema version         PRAGMA user_version                         table schema_version (one row)
 DDL                    as written                                  REAL -> DOUBLE PRECISION; TEXT sorts as "C"
                                                                    (byte order, as SQLite's BINARY)
+a number in JSON text  json_extract(col, '$.key')                  CAST(CAST(col AS jsonb) ->> 'key' AS DOUBLE
+                                                                   PRECISION)
 a broken constraint    IntegrityError (sqlite3's)                  IntegrityError (a subclass of sqlite3's)
 text with NUL chars    stored as is                                escaped reversibly (PostgreSQL text has no NUL)
 =====================  ==========================================  ===============================================
@@ -83,6 +85,10 @@ class Dialect:
     def ddl(self, statement: str) -> str:
         return statement
 
+    def json_number(self, column: str, key: str) -> str:
+        """SQL for the number under `key` of the JSON object in text `column` (NULL when absent)."""
+        raise NotImplementedError
+
     @contextlib.contextmanager
     def write(self, conn: Any) -> Iterator[Any]:
         """One write transaction on `conn`: committed when the block ends, rolled back if it raises."""
@@ -108,6 +114,16 @@ class SQLiteDialect(Dialect):
     def set_version(self, conn: Any, version: int) -> None:
         conn.execute(f"PRAGMA user_version = {int(version)}")
 
+    def ddl(self, statement: str) -> str:
+        if "DROP COLUMN" in statement and sqlite3.sqlite_version_info < (3, 35):
+            raise RuntimeError(f"this Python's SQLite {sqlite3.sqlite_version} cannot drop a column, which the "
+                               "annotation database's next schema needs: use a Python built with SQLite 3.35 or "
+                               "newer (nothing was changed)")
+        return statement
+
+    def json_number(self, column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -130,6 +146,9 @@ class PostgresDialect(Dialect):
         # REAL is 4 bytes in PostgreSQL (8 in SQLite); TEXT compares by bytes in SQLite, by locale in PostgreSQL.
         statement = re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement)
         return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', statement)
+
+    def json_number(self, column: str, key: str) -> str:
+        return f"CAST(CAST({column} AS jsonb) ->> '{key}' AS DOUBLE PRECISION)"
 
 
 SQLITE, POSTGRES = SQLiteDialect(), PostgresDialect()

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 
 from .. import __version__
-from ..errors import read_json_line
 from ..prompts import qa_prompt
 from ..settings import MAX_ROWS
 from ..tasklist import TASKS
 from .api import decoding_dict, dtype_label
+from .exchange import decode_utf8, jsonl_rows
 from .store import MAX_TEXT_BYTES, Annotation, AnnotationStore, insert_annotation, utc_now
 
 TEXT_COLUMNS = ("text", "input")
@@ -144,12 +144,9 @@ def load_inputs(path: str | Path, *, max_rows: int = MAX_ROWS, text_column: str 
     if suffix == ".parquet":
         records = _parquet_records(raw, path.name)
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path.name} is not UTF-8 text (byte {raw[e.start]:#04x} at position {e.start}): "
-                             "save it as UTF-8 (in Excel: CSV UTF-8)") from None
-        records = _csv_records(text, path.name) if suffix == ".csv" else _jsonl_records(text, path.name)
+        text = decode_utf8(raw, path.name)
+        records = _csv_records(text, path.name) if suffix == ".csv" else \
+            [(where, _lowered(rec)) for where, rec in jsonl_rows(text, path.name, example='{"text": "..."}')]
     if not records:
         raise ValueError(f"{path.name} has a header but no rows")
     if len(records) > max_rows:
@@ -162,8 +159,7 @@ def _parquet_records(raw: bytes, name: str) -> list[tuple[str, dict[str, Any]]]:
         df = pd.read_parquet(io.BytesIO(raw))
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, …
         raise ValueError(f"{name} cannot be read as Parquet: {e}") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    return [(f"row {i}", rec) for i, rec in enumerate(df.to_dict("records"), start=1)]
+    return [(f"{name} row {i}", _lowered(rec)) for i, rec in enumerate(df.to_dict("records"), start=1)]
 
 
 def _csv_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -172,20 +168,12 @@ def _csv_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises ParserError, EmptyDataError, …
         raise ValueError(f"{name} cannot be read as CSV: {e}") from None
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    return [(f"row {i}", rec) for i, rec in enumerate(df.to_dict("records"), start=1)]
+    return [(f"{name} row {i}", _lowered(rec)) for i, rec in enumerate(df.to_dict("records"), start=1)]
 
 
-def _jsonl_records(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        rec = read_json_line(line, f"{name} line {number}")
-        if not isinstance(rec, dict):
-            raise ValueError(f'{name} line {number}: expected an object like {{"text": "..."}}')
-        out.append((f"line {number}", {str(k).strip().lower(): v for k, v in rec.items()}))
-    return out
+def _lowered(rec: dict[Any, Any]) -> dict[str, Any]:
+    """Column names as the reader looks them up: `Text ` is `text`."""
+    return {str(k).strip().lower(): v for k, v in rec.items()}
 
 
 def _inputs(records: list[tuple[str, dict[str, Any]]], name: str, text_column: str | None = None) -> list[BatchInput]:
@@ -207,16 +195,16 @@ def _inputs(records: list[tuple[str, dict[str, Any]]], name: str, text_column: s
                 continue
             value = rec.get(key, "")
             if not isinstance(value, str):
-                raise ValueError(f"{name} {where}: `{key}` must be text, got {json.dumps(value)[:40]}")
+                raise ValueError(f"{where}: `{key}` must be text, got {json.dumps(value)[:40]}")
             if len(value.encode("utf-8")) > MAX_TEXT_BYTES:
-                raise ValueError(f"{name} {where}: `{key}` is over {MAX_TEXT_BYTES:,} bytes")
+                raise ValueError(f"{where}: `{key}` is over {MAX_TEXT_BYTES:,} bytes")
             values[key] = value
         if qa:
             for key in ("question", "context"):
                 if not values[key].strip():
-                    raise ValueError(f"{name} {where}: `{key}` is empty")
+                    raise ValueError(f"{where}: `{key}` is empty")
         elif not values[text_col].strip():
-            raise ValueError(f"{name} {where}: `{text_col}` is empty: remove the row or fill it in")
+            raise ValueError(f"{where}: `{text_col}` is empty: remove the row or fill it in")
         out.append(BatchInput(values.get(text_col, ""), values.get("question", ""), values.get("context", "")))
     return out
 
@@ -290,14 +278,15 @@ def import_outputs(store: AnnotationStore, path: str | Path) -> BatchJob:
     what = f"{path.name} is not the output of `python -m app batch`"
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{what}: that command writes a .jsonl file (--output)")
+    try:
+        lines = list(jsonl_rows(path.read_text(encoding="utf-8", errors="replace"), ""))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
-        if not line.strip():
-            continue
-        rec = read_json_line(line, f"{what}: line {number}")
-        lacks = [k for k in RECORD_FIELDS if k not in rec] if isinstance(rec, dict) else list(RECORD_FIELDS)
+    for where, rec in lines:
+        lacks = [k for k in RECORD_FIELDS if k not in rec]
         if lacks:
-            raise ValueError(f"{what} (line {number} has no {', '.join(f'`{k}`' for k in lacks)}): import the file "
+            raise ValueError(f"{what} ({where} has no {', '.join(f'`{k}`' for k in lacks)}): import the file "
                              "the command wrote, or create a job from an input file above")
         records.append(rec)
     if not records:

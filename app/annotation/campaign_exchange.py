@@ -26,7 +26,8 @@ from .campaigns import Campaign, CampaignSpec, check_spec, get_campaign, insert_
     shown
 from .protocols import SLOTS, protocol_named, public
 from .rights import Identity, require_admin, require_save
-from .store import AnnotationStore, csv_guard, csv_unguard, load_error_categories
+from .exchange import csv_guard, csv_unguard, decode_utf8, jsonl_rows, write_jsonl
+from .store import AnnotationStore, load_error_categories
 
 COLUMNS = ("campaign", "campaign_name", "task", "protocol", "item", "check", "source", "reference", "slot",
            "system", "output", "annotator", "judgement", "scores", "comment", "seconds", "created_at", "updated_at")
@@ -76,10 +77,7 @@ def export_campaign(store: AnnotationStore, campaign_id: str, ident: Identity, p
     fmt = export_format(path)
     rows, columns = export_rows(store, get_campaign(store, campaign_id), ident)
     if fmt == "jsonl":
-        with path.open("w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return path
+        return write_jsonl(rows, path)
     with path.open("w", encoding="utf-8-sig", newline="") as f:
         out = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
         out.writerow(columns)
@@ -104,8 +102,8 @@ def read_export(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """The rows of an admin's export as (where, row) with JSON and numbers read; ValueError naming the line."""
     path = Path(path)
     fmt = export_format(path)
-    text = path.read_text(encoding="utf-8-sig")
-    rows = list(_jsonl(text, path.name) if fmt == "jsonl" else _csv(text, path.name))
+    text = decode_utf8(path.read_bytes(), path.name)
+    rows = list(jsonl_rows(text, path.name) if fmt == "jsonl" else _csv(text, path.name))
     if not rows:
         raise ValueError(f"{path.name} has no judgements in it")
     for where, row in rows:
@@ -114,18 +112,6 @@ def read_export(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
             raise ValueError(f"{where}: missing column(s) {', '.join(missing)}: import an admin's export of a "
                              "campaign (an annotator's export has no systems)")
     return rows
-
-
-def _jsonl(text: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for n, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{name} line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{name} line {n}: expected a JSON object")
-            yield f"{name} line {n}", row
 
 
 def _csv(text: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:

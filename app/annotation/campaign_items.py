@@ -26,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from ..settings import MAX_ROWS
-from .store import MAX_TEXT_BYTES, plain_values
+from .exchange import decode_utf8, jsonl_rows, plain_values
+from .store import MAX_TEXT_BYTES
 
 SOURCE_COLUMNS = ("source", "text", "input")
 KNOWN_COLUMNS = ("id", "reference", "expected", "system", "output")
@@ -65,12 +66,11 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
         raise ValueError(f"{path.name} is empty: it needs a `source` column and the outputs")
     if suffix == ".parquet":
         return _parquet_rows(raw, path.name)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path.name} is not UTF-8 text (byte {raw[e.start]:#04x} at position {e.start}): save "
-                         "it as UTF-8") from None
-    return _csv_rows(text, path.name) if suffix == ".csv" else _jsonl_rows(text, path.name)
+    text = decode_utf8(raw, path.name)
+    if suffix == ".csv":
+        return _csv_rows(text, path.name)
+    return [(where, {str(k).strip(): v for k, v in rec.items()})
+            for where, rec in jsonl_rows(text, path.name, example='{"source": "...", "output": "..."}')]
 
 
 def _parquet_rows(raw: bytes, name: str) -> list[tuple[str, dict[str, Any]]]:
@@ -98,23 +98,6 @@ def _csv_rows(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
         raise ValueError(f"{name} line {reader.line_num}: cannot be read as CSV ({e})") from None
     except StopIteration:
         return []
-    return out
-
-
-def _jsonl_rows(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{name} line {number}"
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            detail = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-            raise ValueError(f"{where}: not valid JSON ({detail})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f'{where}: expected an object like {{"source": "...", "output": "..."}}')
-        out.append((where, {str(k).strip(): v for k, v in rec.items()}))
     return out
 
 

@@ -28,25 +28,23 @@ Compare jobs (a file of inputs through both systems, then a blind queue) live in
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
 import random
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..errors import read_json_line
 from ..prompts import qa_prompt
 from ..tasklist import TASKS
 from .spans import check_spans, stored_protocol
-from .store import (FAMILIES, MAX_SHORT_CHARS, MAX_TEXT_BYTES, AnnotationStore, ImportResult, csv_guard, csv_unguard,
-                    export_format, parse_time, plain_values, utc_now)
+from .exchange import export_format, read_jsonl, read_table, write_csv, write_jsonl
+from .store import FAMILIES, MAX_SHORT_CHARS, MAX_TEXT_BYTES, AnnotationStore, ImportResult, parse_time, utc_now
 
 PREFERENCES = ("A", "B", "tie", "both_bad")
 PREFERENCE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie (equally good)", "both_bad": "Both bad"}
@@ -372,20 +370,15 @@ def export_comparisons(records: Sequence[Comparison], path: str | Path, fmt: str
     fmt = export_format(path, fmt)
     rows = [to_flat(c) for c in records]
     if fmt == "jsonl":
-        with path.open("w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return path
+        return write_jsonl(rows, path)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     if fmt == "csv":
         for name in (*_DICT_COLUMNS, "spans"):
             df[name] = df[name].map(lambda v: json.dumps(v, ensure_ascii=False))
-        df = df.map(csv_guard)   # every column is text
-        df.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\n", quoting=csv.QUOTE_ALL)
-    else:
-        for name in _DICT_COLUMNS:
-            df[name] = df[name].map(lambda v: json.dumps(v, ensure_ascii=False))
-        df.to_parquet(path, index=False)
+        return write_csv(df, path, guard=COLUMNS)   # every column is text
+    for name in _DICT_COLUMNS:
+        df[name] = df[name].map(lambda v: json.dumps(v, ensure_ascii=False))
+    df.to_parquet(path, index=False)
     return path
 
 
@@ -394,19 +387,13 @@ def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
     path = Path(path)
     fmt = export_format(path, None)
     if fmt == "jsonl":
-        return list(_read_jsonl(path))
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig") if fmt == "csv" \
-            else pd.read_parquet(path)
-    except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
-        shown = str(e).replace(str(path), path.name)   # not the server's path to the upload
-        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {shown}") from None
+        try:
+            rows = list(read_jsonl(path))
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was imported") from None
+        return [(where, from_flat(row, where)) for where, row in rows]
     out = []
-    for i, raw in enumerate(df.to_dict("records"), start=1):
-        where = f"{path.name} row {i}"
-        row = {k: plain_values(v) for k, v in raw.items()}
-        if fmt == "csv":
-            row = {k: csv_unguard(v) if isinstance(v, str) else v for k, v in row.items()}
+    for where, row in read_table(path, fmt):
         for name in (*_DICT_COLUMNS, *(("spans",) if fmt == "csv" else ())):
             if isinstance(row.get(name), str):
                 try:
@@ -415,19 +402,6 @@ def read_comparisons(path: str | Path) -> list[tuple[str, Comparison]]:
                     raise ValueError(f"{where}: field `{name}` is not valid JSON") from None
         out.append((where, from_flat(row, where)))
     return out
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Comparison]]:
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name} line {number}"
-        try:
-            row = read_json_line(line, where)
-        except ValueError as e:
-            raise ValueError(f"{e}; nothing was imported") from None
-        yield where, from_flat(row, where)
-
 
 
 @dataclass(frozen=True)

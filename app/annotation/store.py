@@ -1,5 +1,6 @@
 """Annotation store: SQLite, one file, lose nothing (or PostgreSQL for a team: app.annotation.backends); export and
-import through pandas.
+import through pandas. The tables and their migrations are app.annotation.schema; the file formats (one JSONL
+reader, CSV and Parquet tables, the CSV formula guard) are app.annotation.exchange.
 
 How the UI uses this
 ====================
@@ -78,13 +79,11 @@ Text is stored verbatim, `<script>` included: escaping for HTML is the page's jo
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import uuid
@@ -93,10 +92,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 
-from .backends import POSTGRES, SQLITE, Backend, Dialect, is_database_url, open_backend
+from .backends import Backend, Dialect, is_database_url, open_backend
+from .exchange import export_format, json_field, read_jsonl, read_table, write_csv, write_jsonl
+from .protocols import ESA, MQM, Likert
+from .schema import MIGRATIONS, TABLES, migrate
 from .spans import Protocols, check_scores, check_spans, load_protocols, mqm_score
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,7 @@ CATEGORIES_PATH = REPO_ROOT / "assets" / "error_categories.json"
 ENV_DB = "MT5_STUDIO_DB"
 SPACE_DATA_DIR = Path("/data")
 
-FAMILIES = ("mt5", "umt5")
+FAMILIES = ("mt5", "umt5", "t5")
 MAX_COMMENT_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 1024 * 1024        # input, output, corrected output: far above what a tab accepts
 MAX_SHORT_CHARS = 200               # task, model id, revision, dtype, annotator, app version
@@ -218,7 +219,8 @@ class Annotation:
 
     `protocol` is "esa", "mqm" or "" (categories only); `spans` are error spans, {start, end, side, category,
     severity} with Python character offsets into `output` or `input` (see app.annotation.spans); `esa_score` is
-    the ESA 0–100 score, `mqm_score` the MQM penalty computed from the spans (None unless MQM).
+    the ESA 0–100 score, `mqm_score` the MQM penalty computed from the spans (None unless MQM). The database holds
+    the three scores in one `scores` JSON column under their protocol ids (`SCORES`); exports keep the three fields.
 
     `owner` is the signed-in account that saved it ("" in open use, where nobody signs in): on a protected
     deployment only the owner and admins may change or delete it (app.annotation.rights)."""
@@ -296,6 +298,8 @@ EXPORT_COLUMNS = ("id", "item_key", "task", "model_id", "model_revision", "famil
                   "output", "rating", "corrected_output", "error_categories", "protocol", "spans", "esa_score",
                   "mqm_score", "comment", "annotator", "owner", "created_at", "updated_at", "app_version")
 assert sorted(EXPORT_COLUMNS) == sorted(FIELDS)
+# The scores a record holds, by field, and the protocol id each is stored under in the `scores` JSON column (v8).
+SCORES = {"rating": Likert.id, "esa_score": ESA.id, "mqm_score": MQM.id}
 
 
 def item_key(task: str, model_id: str, input: str, output: str) -> str:
@@ -390,153 +394,9 @@ class _Validator:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Schema: an ordered list of migrations; `PRAGMA user_version` (SQLite) or the table schema_version (PostgreSQL)
-# says how many have run. To change the schema, append a migration (never edit a released one): v(N+1) runs on
-# every database at vN. Write it in the SQL both backends speak (app/annotation/backends.py): TEXT, INTEGER, REAL.
-
-MIGRATIONS: list[tuple[str, ...]] = [
-    # v1: annotations
-    (
-        """CREATE TABLE annotations (
-            id TEXT PRIMARY KEY, item_key TEXT NOT NULL, task TEXT NOT NULL, model_id TEXT NOT NULL,
-            model_revision TEXT NOT NULL, family TEXT NOT NULL, dtype TEXT NOT NULL, decoding TEXT NOT NULL,
-            input TEXT NOT NULL, output TEXT NOT NULL, rating INTEGER CHECK (rating BETWEEN 1 AND 5),
-            corrected_output TEXT NOT NULL, error_categories TEXT NOT NULL, comment TEXT NOT NULL,
-            annotator TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, app_version TEXT NOT NULL)""",
-        "CREATE INDEX annotations_task ON annotations (task, created_at)",
-        "CREATE INDEX annotations_model ON annotations (model_id, created_at)",
-        "CREATE INDEX annotations_annotator ON annotations (annotator, created_at)",
-        "CREATE INDEX annotations_created ON annotations (created_at)",
-        "CREATE INDEX annotations_item ON annotations (item_key)",
-    ),
-    # v2: batch jobs and their rows (app/batch.py), so a batch resumes after a restart
-    (
-        """CREATE TABLE batch_jobs (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, settings TEXT NOT NULL,
-            source TEXT NOT NULL, total INTEGER NOT NULL, created_at TEXT NOT NULL)""",
-        """CREATE TABLE batch_rows (
-            job_id TEXT NOT NULL REFERENCES batch_jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
-            text TEXT NOT NULL, question TEXT NOT NULL, context TEXT NOT NULL,
-            output TEXT, error TEXT, processed_at TEXT,
-            annotation_id TEXT REFERENCES annotations (id) ON DELETE SET NULL,
-            PRIMARY KEY (job_id, idx))""",
-    ),
-    # v3: error spans (JSON list) and the ESA / MQM protocol and scores
-    (
-        "ALTER TABLE annotations ADD COLUMN protocol TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE annotations ADD COLUMN spans TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE annotations ADD COLUMN esa_score INTEGER CHECK (esa_score BETWEEN 0 AND 100)",
-        "ALTER TABLE annotations ADD COLUMN mqm_score REAL",
-    ),
-    # v4: owners, soft deletes and edit history. `owner` is the signed-in account that saved the annotation ("" in
-    # open use, where nobody signs in); a deleted annotation keeps its row with `deleted_at` set, until an admin
-    # restores it; every edit, delete, restore or import over it first copies the record as it was into
-    # `annotation_versions`.
-    (
-        "ALTER TABLE annotations ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE annotations ADD COLUMN deleted_at TEXT",
-        "ALTER TABLE annotations ADD COLUMN deleted_by TEXT NOT NULL DEFAULT ''",
-        "CREATE INDEX annotations_owner ON annotations (owner, created_at)",
-        """CREATE TABLE annotation_versions (
-            annotation_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL, record TEXT NOT NULL,
-            replaced_at TEXT NOT NULL, replaced_by TEXT NOT NULL, PRIMARY KEY (annotation_id, version))""",
-    ),
-    # v5: side-by-side comparisons (app/annotation/comparisons.py): the two outputs as shown (A, B) with each
-    # side's provenance, the preference and spans on both sides; owner and soft delete as annotations (v4). Compare
-    # jobs: a file of inputs through both systems, each row's A/B order drawn when the job is made.
-    (
-        """CREATE TABLE comparisons (
-            id TEXT PRIMARY KEY, item_key TEXT NOT NULL, task TEXT NOT NULL, input TEXT NOT NULL,
-            model_id_a TEXT NOT NULL, model_revision_a TEXT NOT NULL, family_a TEXT NOT NULL, dtype_a TEXT NOT NULL,
-            decoding_a TEXT NOT NULL, output_a TEXT NOT NULL,
-            model_id_b TEXT NOT NULL, model_revision_b TEXT NOT NULL, family_b TEXT NOT NULL, dtype_b TEXT NOT NULL,
-            decoding_b TEXT NOT NULL, output_b TEXT NOT NULL,
-            preference TEXT NOT NULL CHECK (preference IN ('A', 'B', 'tie', 'both_bad')),
-            protocol TEXT NOT NULL, spans TEXT NOT NULL, comment TEXT NOT NULL, annotator TEXT NOT NULL,
-            owner TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-            app_version TEXT NOT NULL, deleted_at TEXT, deleted_by TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX comparisons_item ON comparisons (item_key)",
-        "CREATE INDEX comparisons_created ON comparisons (created_at)",
-        """CREATE TABLE comparison_jobs (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, systems TEXT NOT NULL,
-            source TEXT NOT NULL, total INTEGER NOT NULL, created_at TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '')""",
-        """CREATE TABLE comparison_job_rows (
-            job_id TEXT NOT NULL REFERENCES comparison_jobs (id) ON DELETE CASCADE, idx INTEGER NOT NULL,
-            text TEXT NOT NULL, question TEXT NOT NULL, context TEXT NOT NULL,
-            output_1 TEXT, output_2 TEXT, error TEXT, processed_at TEXT, flipped INTEGER NOT NULL,
-            comparison_id TEXT REFERENCES comparisons (id) ON DELETE SET NULL, PRIMARY KEY (job_id, idx))""",
-    ),
-    # v6: comparisons keep versions as annotations do (v4): every edit, import over a record, delete and restore
-    # first copies the comparison as it was. Sign-in sessions recorded server-side (app/annotation/sessions.py), so
-    # "Log out" and an admin's revocation end a session on every instance sharing the database: `id` is a hash of
-    # the session's secret (never the secret itself).
-    (
-        """CREATE TABLE comparison_versions (
-            comparison_id TEXT NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL, record TEXT NOT NULL,
-            replaced_at TEXT NOT NULL, replaced_by TEXT NOT NULL, PRIMARY KEY (comparison_id, version))""",
-        """CREATE TABLE sessions (
-            id TEXT PRIMARY KEY, account TEXT NOT NULL, method TEXT NOT NULL, created_at TEXT NOT NULL,
-            last_seen TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, revoked_by TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX sessions_account ON sessions (account, created_at)",
-    ),
-    # v7: evaluation campaigns (app/annotation/campaigns.py): a campaign, its items (each system's output), who
-    # has which item (one row per item and annotator, so nobody judges an item twice; the order the outputs were
-    # shown in, recorded), and one judgement per assignment with its scores ({system: {score: value}}) and versions.
-    (
-        """CREATE TABLE campaigns (
-            id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, protocol TEXT NOT NULL,
-            guidelines TEXT NOT NULL, categories TEXT NOT NULL, overlap INTEGER NOT NULL CHECK (overlap >= 1),
-            blind INTEGER NOT NULL, labels TEXT NOT NULL, systems TEXT NOT NULL, check_fraction REAL NOT NULL,
-            source TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL)""",
-        """CREATE TABLE campaign_items (
-            campaign_id TEXT NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE, item_id TEXT NOT NULL,
-            idx INTEGER NOT NULL, source TEXT NOT NULL, reference TEXT NOT NULL, outputs TEXT NOT NULL,
-            metadata TEXT NOT NULL, check_kind TEXT NOT NULL CHECK (check_kind IN ('', 'expected', 'degraded')),
-            expected TEXT NOT NULL, public_id TEXT NOT NULL, PRIMARY KEY (campaign_id, item_id))""",
-        """CREATE TABLE campaign_assignments (
-            campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL, shown_order TEXT NOT NULL,
-            assigned_at TEXT NOT NULL, submitted_at TEXT, seconds REAL, skipped TEXT NOT NULL DEFAULT '',
-            PRIMARY KEY (campaign_id, item_id, annotator),
-            FOREIGN KEY (campaign_id, item_id) REFERENCES campaign_items (campaign_id, item_id) ON DELETE CASCADE)""",
-        "CREATE INDEX campaign_assignments_annotator ON campaign_assignments (campaign_id, annotator)",
-        "CREATE UNIQUE INDEX campaign_items_public ON campaign_items (campaign_id, public_id)",
-        """CREATE TABLE campaign_judgements (
-            id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL, item_id TEXT NOT NULL, annotator TEXT NOT NULL,
-            protocol TEXT NOT NULL, scores TEXT NOT NULL, judgement TEXT NOT NULL, comment TEXT NOT NULL,
-            seconds REAL NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-            UNIQUE (campaign_id, item_id, annotator),
-            FOREIGN KEY (campaign_id, item_id, annotator)
-                REFERENCES campaign_assignments (campaign_id, item_id, annotator) ON DELETE CASCADE)""",
-        """CREATE TABLE campaign_judgement_versions (
-            judgement_id TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, replaced_at TEXT NOT NULL,
-            replaced_by TEXT NOT NULL, PRIMARY KEY (judgement_id, version))""",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = tuple(m.group(1) for step in MIGRATIONS for sql in step if (m := re.match(r"\s*CREATE TABLE (\w+)", sql)))
-_NO_LIMIT = 2**63 - 1   # LIMIT for "no limit" in both dialects (SQLite's -1 is an error in PostgreSQL)
-
-
-def migrate(conn: Any, migrations: Sequence[tuple[str, ...]] = MIGRATIONS, dialect: Dialect | None = None) -> int:
-    """Bring the database to the latest schema, one write transaction per version; the version is read inside
-    it, so app instances starting together each see the others' steps. Returns the final version.
-    `dialect`: SQLite for a sqlite3 connection, else PostgreSQL (app.annotation.backends)."""
-    dialect = dialect or (SQLITE if isinstance(conn, sqlite3.Connection) else POSTGRES)
-    while True:
-        with dialect.write(conn):
-            version = dialect.version(conn)
-            if version > len(migrations):
-                raise RuntimeError(f"database schema is v{version}, newer than this app's v{len(migrations)}: "
-                                   "update the app, or point MT5_STUDIO_DB at another database")
-            if version == len(migrations):
-                return version
-            for statement in migrations[version]:
-                conn.execute(dialect.ddl(statement))
-            dialect.set_version(conn, version + 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The store
+
+_NO_LIMIT = 2**63 - 1   # LIMIT for "no limit" in both dialects (SQLite's -1 is an error in PostgreSQL)
 
 
 @dataclass(frozen=True)
@@ -685,11 +545,11 @@ class AnnotationStore:
             new.annotator = new.annotator.strip()
             new.updated_at = utc_now()
             _keep_version(conn, current, "edit", by)
-            conn.execute("UPDATE annotations SET rating=?, corrected_output=?, error_categories=?, comment=?, "
-                         "annotator=?, protocol=?, spans=?, esa_score=?, mqm_score=?, updated_at=? WHERE id=?",
-                         (new.rating, new.corrected_output, json.dumps(new.error_categories, ensure_ascii=False),
-                          new.comment, new.annotator, new.protocol, json.dumps(new.spans, ensure_ascii=False),
-                          new.esa_score, new.mqm_score, new.updated_at, ann_id))
+            conn.execute("UPDATE annotations SET scores=?, corrected_output=?, error_categories=?, comment=?, "
+                         "annotator=?, protocol=?, spans=?, updated_at=? WHERE id=?",
+                         (_scores_json(new), new.corrected_output,
+                          json.dumps(new.error_categories, ensure_ascii=False), new.comment, new.annotator,
+                          new.protocol, json.dumps(new.spans, ensure_ascii=False), new.updated_at, ann_id))
         return new
 
     def delete(self, ann_id: str, *, by: str = "") -> bool:
@@ -748,8 +608,8 @@ class AnnotationStore:
         for a time and includes the whole day for a date. A rating filter leaves out unrated annotations.
         `owner`: only that account's (`""` is a filter too: open-use annotations). `deleted`: the deleted ones
         instead of the live ones."""
-        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key, owner,
-                                 deleted)
+        where, params = _filters(self.dialect, task, model, annotator, since, until, min_rating, max_rating,
+                                 item_key, owner, deleted)
         sql = f"SELECT * FROM annotations{where} ORDER BY created_at, id"
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
@@ -760,8 +620,8 @@ class AnnotationStore:
               since: str | dt.datetime | dt.date | None = None, until: str | dt.datetime | dt.date | None = None,
               min_rating: int | None = None, max_rating: int | None = None, item_key: str | None = None,
               owner: str | None = None, deleted: bool = False) -> int:
-        where, params = _filters(task, model, annotator, since, until, min_rating, max_rating, item_key, owner,
-                                 deleted)
+        where, params = _filters(self.dialect, task, model, annotator, since, until, min_rating, max_rating,
+                                 item_key, owner, deleted)
         return self.read(f"SELECT COUNT(*) FROM annotations{where}", params)[0][0]
 
     def stats(self) -> StoreStats:
@@ -778,7 +638,7 @@ class AnnotationStore:
         sorted: choices for the filter dropdowns."""
         if column not in ("task", "model_id", "annotator", "family", "dtype"):
             raise ValueError(f"no filter choices for column {column!r}")
-        where, params = _filters(None, None, None, None, None, None, None, None, owner)
+        where, params = _filters(self.dialect, None, None, None, None, None, None, None, None, owner)
         return [r[0] for r in self.read(f"SELECT DISTINCT {column} FROM annotations{where} ORDER BY {column}",
                                         params)]
 
@@ -876,17 +736,27 @@ def _keep_version(conn: sqlite3.Connection, a: Annotation, action: str, by: str)
 
 
 def _to_row(a: Annotation) -> dict[str, Any]:
-    row = a.to_dict()
+    row = {k: v for k, v in a.to_dict().items() if k not in SCORES}
     row["decoding"] = json.dumps(a.decoding, ensure_ascii=False)
     row["error_categories"] = json.dumps(a.error_categories, ensure_ascii=False)
     row["spans"] = json.dumps(a.spans, ensure_ascii=False)
+    row["scores"] = _scores_json(a)
     return row
 
 
+def _scores_json(a: Annotation) -> str:
+    """The `scores` column: the record's scores that are set, under their protocol ids."""
+    return json.dumps({key: getattr(a, name) for name, key in SCORES.items() if getattr(a, name) is not None})
+
+
 def _from_row(row: sqlite3.Row) -> Annotation:
-    d = {k: row[k] for k in FIELDS}
+    d = {k: row[k] for k in FIELDS if k not in SCORES}
     for name in ("decoding", "error_categories", "spans"):
         d[name] = json.loads(d[name])
+    scores = json.loads(row["scores"])
+    d.update({name: scores.get(key) for name, key in SCORES.items()})
+    if d["mqm_score"] is not None:
+        d["mqm_score"] = float(d["mqm_score"])     # 5 (as PostgreSQL printed 5.0 when v8 copied it) is 5.0
     return Annotation(**d)
 
 
@@ -895,7 +765,7 @@ def _decode(d: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in OPTIONAL_FIELDS.items() if k not in d}, **{k: d[k] for k in FIELDS if k in d}}
 
 
-def _filters(task, model, annotator, since, until, min_rating, max_rating, key, owner=None,
+def _filters(dialect: Dialect, task, model, annotator, since, until, min_rating, max_rating, key, owner=None,
              deleted=False) -> tuple[str, list[Any]]:
     clauses, params = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"], []
     if owner is not None:
@@ -919,18 +789,13 @@ def _filters(task, model, annotator, since, until, min_rating, max_rating, key, 
             params.append(parse_time(until))
     for op, value in ((">=", min_rating), ("<=", max_rating)):
         if value is not None:
-            clauses.append(f"rating {op} ?")
+            clauses.append(f"{dialect.json_number('scores', SCORES['rating'])} {op} ?")
             params.append(int(value))
     return " WHERE " + " AND ".join(clauses), params
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Export and import files. CSV and Parquet are written by pandas; JSONL by the json module row by row (pandas'
-# to_json rounds floats to 10 digits and writes `\/`, and our reader must name the line of a bad row).
-# Only CSV guards against spreadsheet formulas; JSONL and Parquet keep the raw text.
-
-FORMATS = ("csv", "jsonl", "parquet")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Annotations as files (the formats themselves: app.annotation.exchange)
 
 
 def records_to_frame(records: Sequence[Annotation]) -> pd.DataFrame:
@@ -943,39 +808,22 @@ def records_to_frame(records: Sequence[Annotation]) -> pd.DataFrame:
     return df
 
 
-def csv_guard(text: str) -> str:
-    """Make a cell inert in spreadsheets: text starting with = + - @ tab or CR (a formula to Excel, LibreOffice,
-    Sheets) gets a leading `'`. Text already starting with `'` gets one more, so `csv_unguard` is exact."""
-    return "'" + text if text.startswith(_FORMULA_START + ("'",)) else text
-
-
-def csv_unguard(text: str) -> str:
-    return text[1:] if text.startswith("'") else text
-
-
 def export_annotations(records: Sequence[Annotation], path: str | Path, fmt: str | None = None) -> Path:
     """Write annotations to `path` as csv, jsonl or parquet (from `fmt`, else the file suffix). Returns `path`."""
     path = Path(path)
     fmt = export_format(path, fmt)
-    df = records_to_frame(records)
     if fmt == "jsonl":
-        with path.open("w", encoding="utf-8", newline="\n") as f:
-            for a in records:
-                f.write(json.dumps({c: getattr(a, c) for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
-    elif fmt == "csv":
+        return write_jsonl(({c: getattr(a, c) for c in EXPORT_COLUMNS} for a in records), path)
+    df = records_to_frame(records)
+    if fmt == "csv":
         for col in ("decoding", "error_categories", "spans"):
             df[col] = df[col].map(lambda v: json.dumps(v, ensure_ascii=False))
         # Scores as exact text: repr of a float reads back as the same float.
         df["esa_score"] = [str(a.esa_score) if a.esa_score is not None else "" for a in records]
         df["mqm_score"] = [repr(a.mqm_score) if a.mqm_score is not None else "" for a in records]
-        text_cols = [c for c in EXPORT_COLUMNS if c not in ("rating", "esa_score", "mqm_score")]
-        df[text_cols] = df[text_cols].map(csv_guard)
-        # utf-8-sig: Excel needs the BOM to read UTF-8; pandas strips it again on read. QUOTE_ALL: the csv module
-        # leaves a bare CR unquoted when the line terminator is LF, and readers then split the row there.
-        df.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\n", quoting=csv.QUOTE_ALL)
-    else:
-        df["decoding"] = df["decoding"].map(lambda v: json.dumps(v, ensure_ascii=False))
-        df.to_parquet(path, index=False)
+        return write_csv(df, path, guard=[c for c in EXPORT_COLUMNS if c not in ("rating", "esa_score", "mqm_score")])
+    df["decoding"] = df["decoding"].map(lambda v: json.dumps(v, ensure_ascii=False))
+    df.to_parquet(path, index=False)
     return path
 
 
@@ -985,29 +833,18 @@ def read_export(path: str | Path) -> list[tuple[str, Annotation]]:
     path = Path(path)
     fmt = export_format(path, None)
     if fmt == "jsonl":
-        return list(_read_jsonl(path))
-    try:
-        if fmt == "csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        else:
-            df = pd.read_parquet(path)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
-    except Exception as e:  # pandas/pyarrow raise many kinds for a broken file
-        # the reader's message may hold the server's path to the upload: show the file's name only
-        raise ValueError(f"{path.name} cannot be read as {fmt.upper()}: {str(e).replace(str(path), path.name)}"
-                         ) from None
-    out = []
-    for i, raw in enumerate(df.to_dict("records"), start=1):
-        where = f"{path.name} row {i}"   # a CSV row can span lines (newlines in text), so rows, not lines
-        out.append((where, Annotation.from_dict(_row_from_table(raw, fmt, where), where=where)))
-    return out
+        try:
+            return [(where, Annotation.from_dict(row, where=where)) for where, row in read_jsonl(path)]
+        except ValueError as e:
+            raise ValueError(f"{e}; nothing was imported") from None
+    return [(where, Annotation.from_dict(_row_from_table(row, fmt, where), where=where))
+            for where, row in read_table(path, fmt)]
 
 
-def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
-    row = dict(raw)
+def _row_from_table(row: dict[str, Any], fmt: str, where: str) -> dict[str, Any]:
+    """A CSV or Parquet row (as `read_table` gives it) with the types of an Annotation field."""
+    row = dict(row)
     if fmt == "csv":
-        row = {k: csv_unguard(v) if isinstance(v, str) else v for k, v in row.items()}
         rating = row.get("rating", "")
         try:
             row["rating"] = int(rating) if rating != "" else None
@@ -1015,7 +852,7 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
             raise ValueError(f"{where}: rating must be a whole number 1–5 or empty, got {rating!r}") from None
         for name in ("error_categories", "spans"):
             if name in row:
-                row[name] = _json_field(row[name], name, where)
+                row[name] = json_field(row[name], name, where)
         for name, kind in (("esa_score", int), ("mqm_score", float)):
             text = row.get(name, "")
             try:
@@ -1023,9 +860,8 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
             except ValueError:
                 raise ValueError(f"{where}: field `{name}` must be a number or empty, got {text!r}") from None
     else:
-        # Parquet gives lists back as numpy arrays (of dicts for spans) with numpy numbers: turn those into the
-        # same Python values and change nothing else, so a wrong type is refused by the type check.
-        row = {k: plain_values(v) for k, v in row.items()}
+        # Parquet's numbers come back as Python ones (read_table); a missing one is NaN or NA: None here, and
+        # nothing else changes, so a wrong type is refused by the type check.
         row["rating"] = _whole(row.get("rating"), "rating", "1–5", where)
         if "esa_score" in row:
             row["esa_score"] = _whole(row["esa_score"], "esa_score", "0–100", where)
@@ -1033,7 +869,7 @@ def _row_from_table(raw: dict[str, Any], fmt: str, where: str) -> dict[str, Any]
         if mqm is pd.NA or (isinstance(mqm, float) and mqm != mqm):
             row["mqm_score"] = None
     if "decoding" in row:
-        row["decoding"] = _json_field(row["decoding"], "decoding", where)
+        row["decoding"] = json_field(row["decoding"], "decoding", where)
     return row
 
 
@@ -1046,19 +882,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def plain_values(value: Any) -> Any:
-    """Numpy scalars and arrays (as Parquet gives them back) as the same Python values; nothing else changes."""
-    if isinstance(value, np.ndarray):
-        return [plain_values(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [plain_values(v) for v in value]
-    if isinstance(value, dict):
-        return {k: plain_values(v) for k, v in value.items()}
-    return value
-
-
 def _whole(value: Any, name: str, words: str, where: str) -> Any:
     """A missing number as None, an integral float as the same int; a fraction is refused, other types left
     for the type check to refuse."""
@@ -1069,48 +892,3 @@ def _whole(value: Any, name: str, words: str, where: str) -> Any:
             raise ValueError(f"{where}: {name} must be a whole number {words}, got {value!r}")
         return int(value)
     return value
-
-
-def _json_field(text: Any, name: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError(f"{where}: field `{name}` is nested too deeply") from None
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: field `{name}` is not valid JSON: {str(text)[:60]!r}") from None
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[str, Annotation]]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").split("\n")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
-    found = False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name} line {number}"
-        try:
-            row = json.loads(line)
-        except RecursionError:
-            raise ValueError(f"{where}: nested too deeply to read; nothing was imported") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                             "nothing was imported") from None
-        found = True
-        try:
-            yield where, Annotation.from_dict(row, where=where)
-        except ValueError as e:
-            raise ValueError(f"{e}; nothing was imported") from None
-    if not found:
-        raise ValueError(f"{path.name} has no annotations in it (an empty file?)")
-
-
-def export_format(path: Path, fmt: str | None) -> str:
-    """The file format of an export: `fmt`, else the suffix (json/ndjson mean JSONL, pq Parquet); ValueError
-    for another."""
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
-    fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(fmt, fmt)
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r} for {path.name}: use .csv, .jsonl or .parquet")
-    return fmt
