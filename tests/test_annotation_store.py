@@ -99,7 +99,7 @@ def test_query_filters_and_counts(store):
     (dict(rating="3"), "rating must be"),
     (dict(error_categories=["fluency", "grammar"]), "unknown error category 'grammar'"),
     (dict(annotator="  "), "annotator name is empty"),
-    (dict(family="t5"), "family 't5' is not one of mt5, umt5"),
+    (dict(family="bert"), "family 'bert' is not one of mt5, umt5, t5"),
     (dict(task=""), "`task` is empty"),
     (dict(decoding={"x": float("nan")}), "not plain JSON"),
     (dict(comment="x" * (MAX_COMMENT_BYTES + 1)), "comment is 65,537 bytes; the limit is 65,536"),

@@ -259,11 +259,11 @@ def test_annotation_is_saved_and_exported(page):
     page.click("#summarize-run")
     page.locator("#tab-summarization .status-info", has_text="Done").wait_for()
     page.locator("#summarization-annotation").get_by_text("Annotate this result").click()
-    # the panel resets for each new result (the corrected output starts as the model's): judge after that
+    # the panel resets for each new result (the corrected output starts empty: none given): judge after that
     page.wait_for_function("""() => {
         const out = document.querySelector('#summarize-output textarea');
         const corrected = document.querySelector('#summarization-annotation-corrected textarea');
-        return out && corrected && out.value !== '' && corrected.value === out.value;
+        return out && corrected && out.value !== '' && corrected.value === '';
     }""", timeout=TIMEOUT)
     page.locator("#summarization-annotation-annotator textarea, #summarization-annotation-annotator input").first \
         .fill("Ana")

@@ -181,8 +181,9 @@ def test_judging_with_the_keyboard_alone(app):
     page.locator(".cj-help", has_text="submit and go to the next item").wait_for()
     keys(page, "Escape")
     rows = sqlite3.connect(db).execute(
-        "SELECT item_id, judgement, seconds FROM campaign_judgements WHERE campaign_id=? AND annotator='alice' "
-        "ORDER BY created_at", (cid,)).fetchall()
+        "SELECT i.public_id, j.judgement, j.seconds FROM campaign_judgements j JOIN campaign_items i ON "
+        "i.campaign_id = j.campaign_id AND i.item_id = j.item_id WHERE j.campaign_id=? AND j.annotator='alice' "
+        "ORDER BY j.created_at", (cid,)).fetchall()   # the page shows the random public ids, never the file's
     assert [r[0] for r in rows] == [first, second] and all(r[2] > 0 for r in rows)
     one = json.loads(rows[0][1])["outputs"]
     assert (one["A"]["score"], one["B"]["score"]) == (73, 40)

@@ -64,6 +64,7 @@ def test_log_in_save_and_see_only_ones_own(app, scheme):
                            "#summarization-annotation-annotator textarea").first
         page.wait_for_function("(el) => el.value === 'alice'", arg=box.element_handle())
         assert box.is_disabled()   # the account, not a name to type
+        page.locator("#summarization-annotation-rating").get_by_text("4", exact=True).click()   # not empty
         tab.get_by_role("button", name="Save annotation").click()
         # the second run (dark) gets alice's earlier judgement of the same output back: saving updates it
         tab.locator(".status-info", has_text=re.compile("(Saved|Updated) annotation")).wait_for()
