@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 AppError = gradio_client.exceptions.AppError
 BUDGET_MB = 128          # the test server's MT5_STUDIO_REQUEST_MB
 SHAPES = {"demo": dict(d_model=64, d_ff=128, num_heads=4, d_kv=16, num_layers=2, vocab_size=932),
-          "small": dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=8, vocab_size=32000)}
+          "small": dict(d_model=512, d_ff=1024, num_heads=6, d_kv=64, num_layers=4, vocab_size=32000)}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ AppError = gradio_client.exceptions.AppError
 handle_file = gradio_client.handle_file
 BUDGET_MB = 192          # the server's MT5_STUDIO_REQUEST_MB: the most one request may add to its peak memory
 CALL_S = 30              # the slowest answer allowed (8 beams x 512 new tokens on the demo model is a few seconds)
-FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None, print_blob=True,
+FUZZ = settings(max_examples=10, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
