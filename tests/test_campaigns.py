@@ -367,3 +367,26 @@ def test_api_endpoints(tmp_path, monkeypatch):
         assert "alice" in text and not any(n in text for n in SYSTEMS)
         everyone = eps["campaign_export"](made["id"], "jsonl", request=root)
         assert all(n in open(everyone.path, encoding="utf-8").read() for n in SYSTEMS)
+
+
+def test_fixed_batches_give_whole_batches_and_keep_the_overlap(store, tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be a whole number: 0 assigns items one at a time"):
+        C.create_campaign(store, C.CampaignSpec("b", "summarization", "esa", batch_size=-1), items_file(tmp_path),
+                          ident=ADMIN)
+    spec = C.CampaignSpec("batches", "summarization", "esa", overlap=2, batch_size=2)
+    cid = C.create_campaign(store, spec, items_file(tmp_path, n=6), ident=ADMIN)["id"]
+    first = C.next_item(store, cid, PEOPLE["alice"])
+    held = store.read("SELECT item_id FROM campaign_assignments WHERE annotator='alice' ORDER BY item_id")
+    a, b = (int(r[0][1:]) for r in held)     # the whole batch at once, its first item first
+    assert a % 2 == 0 and b == a + 1 and internal(store, first["item_id"]) == f"s{a}"
+    judge_all(store, cid, PEOPLE, lambda v: esa_judgement(v, lambda i: int(internal(store, i)[1:])), [first])
+    rows = store.read("SELECT annotator, item_id FROM campaign_judgements WHERE campaign_id=?", (cid,))
+    per_item, per_person = {}, {}
+    for who, item in rows:
+        per_item.setdefault(item, []).append(who)
+        per_person.setdefault(who, set()).add(int(item[1:]) // 2)
+    assert sorted(per_item) == [f"s{i}" for i in range(6)]
+    assert all(len(w) == 2 == len(set(w)) for w in per_item.values())
+    for who, batches in per_person.items():   # nobody holds part of a batch
+        mine = {int(item[1:]) for w, item in rows if w == who}
+        assert mine == {i for b in batches for i in (2 * b, 2 * b + 1)}, (who, mine)

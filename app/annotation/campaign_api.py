@@ -72,13 +72,15 @@ def endpoints(store: AnnotationStore, settings: Settings | None = None) -> dict[
 
     def campaign_create(name: str, task: str, protocol: str, items: FileData | None = None, guidelines: str = "",
                         overlap: int = 1, blind: bool | None = None, labels: list[str] | str | None = None,
-                        check_fraction: float = 0.0, job_id: str = "", request: Request = None) -> dict:
+                        check_fraction: float = 0.0, job_id: str = "", batch_size: int = 0,
+                        request: Request = None) -> dict:
         """Create a campaign (admins): items from a CSV/JSONL/Parquet file of plain records, or job_id of a batch
-        or compare job. Returns {"id", "items", "checks", "systems", "blind", "message"}."""
+        or compare job; batch_size 0 assigns items one at a time, n > 0 in fixed batches of n. Returns {"id",
+        "items", "checks", "systems", "blind", "message"}."""
         try:
             path = uploaded_path(items)
             spec = CampaignSpec(name, task, protocol, guidelines or "", overlap, blind, parse_labels(labels),
-                                check_fraction)
+                                check_fraction, batch_size=batch_size)
             out = create_campaign(store, spec, path, ident=caller(request, settings), job_id=job_id or None)
         except ValueError as e:
             raise refuse("Not created: ", e) from None

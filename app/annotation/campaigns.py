@@ -57,7 +57,9 @@ RESERVED_SYSTEM_NAMES = {"tie", "both_bad", "input", "output"}   # preferences a
 class CampaignSpec:
     """What an admin decides. `blind` None: blind when the protocol compares systems or the items have several;
     `labels`: the choices of "label" and "relabel"; `check_fraction`: the share of items that also get a degraded
-    copy as an attention check (0–0.5); `seed` makes the copies reproducible."""
+    copy as an attention check (0–0.5); `seed` makes the copies reproducible; `batch_size` 0 assigns items one at a
+    time (dynamic: the open item with the fewest judgements), n > 0 in fixed batches of n consecutive items (an
+    annotator takes a whole batch, as in Appraise), the overlap holding per item either way."""
     name: str
     task: str
     protocol: str
@@ -67,6 +69,7 @@ class CampaignSpec:
     labels: tuple[str, ...] = ()
     check_fraction: float = 0.0
     seed: int | None = None
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Campaign:
     source: str                                 # the file's name or "batch job <id>"
     created_by: str
     created_at: str
+    batch_size: int = 0                         # 0: items one at a time; n: fixed batches of n items
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,6 +115,9 @@ def check_spec(spec: CampaignSpec) -> EvalProtocol:
             not 0 <= fraction <= MAX_CHECK_FRACTION:
         raise ValueError(f"check_fraction must be a number from 0 to {MAX_CHECK_FRACTION} (the share of items that "
                          f"get a degraded copy as an attention check), got {fraction!r}")
+    if isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int) or spec.batch_size < 0:
+        raise ValueError(f"batch_size must be a whole number: 0 assigns items one at a time, n > 0 in fixed batches "
+                         f"of n items, got {spec.batch_size!r}")
     if not isinstance(spec.guidelines, str) or len(spec.guidelines.encode("utf-8")) > MAX_GUIDELINES_BYTES:
         raise ValueError(f"guidelines must be Markdown text of at most {MAX_GUIDELINES_BYTES // 1024} KB")
     return proto
@@ -138,7 +145,7 @@ def create_campaign(store: AnnotationStore, spec: CampaignSpec, items_path: str 
     camp = Campaign(uuid.uuid4().hex, spec.name.strip(), spec.task, proto.id, spec.guidelines,
                     tuple(dataclasses.asdict(c) for c in load_error_categories(spec.task)), spec.overlap,
                     bool(blind), tuple(spec.labels), systems, float(spec.check_fraction), source, ident.user,
-                    utc_now())
+                    utc_now(), spec.batch_size)
     with store.transaction() as conn:
         insert_campaign(conn, camp)
         insert_items(conn, camp.id, [*items, *checks])
@@ -190,7 +197,7 @@ def get_campaign(store: AnnotationStore, campaign_id: str) -> Campaign:
     r = rows[0]
     return Campaign(r["id"], r["name"], r["task"], r["protocol"], r["guidelines"], tuple(json.loads(r["categories"])),
                     r["overlap"], bool(r["blind"]), tuple(json.loads(r["labels"])), tuple(json.loads(r["systems"])),
-                    r["check_fraction"], r["source"], r["created_by"], r["created_at"])
+                    r["check_fraction"], r["source"], r["created_by"], r["created_at"], r["batch_size"])
 
 
 def list_campaigns(store: AnnotationStore) -> list[Campaign]:
@@ -240,8 +247,9 @@ def next_item(store: AnnotationStore, campaign_id: str, ident: Identity) -> dict
     camp = get_campaign(store, campaign_id)
     # Reads inside the transaction use its connection (store.read), so the choice and the insert are one step.
     with store.transaction() as conn:
-        rows = store.read("SELECT item_id, shown_order FROM campaign_assignments WHERE campaign_id=? AND "
-                          "annotator=? AND submitted_at IS NULL AND skipped='' ORDER BY assigned_at, item_id",
+        rows = store.read("SELECT a.item_id, a.shown_order FROM campaign_assignments a JOIN campaign_items i ON "
+                          "i.campaign_id = a.campaign_id AND i.item_id = a.item_id WHERE a.campaign_id=? AND "
+                          "a.annotator=? AND a.submitted_at IS NULL AND a.skipped='' ORDER BY a.assigned_at, i.idx",
                           (camp.id, who))
         if rows:
             item_id, order = rows[0]["item_id"], json.loads(rows[0]["shown_order"])
@@ -285,17 +293,34 @@ def _open_items(store: AnnotationStore, camp: Campaign, who: str, *,
 
 
 def _assign(store: AnnotationStore, conn: Any, camp: Campaign, who: str) -> tuple[str | None, list[str]]:
-    """Assign `who` the open item with the fewest assignments (inside `conn`'s write transaction); (None, [])
-    when none is open."""
+    """Assign `who` the open item with the fewest assignments — with fixed batches, every open item of its batch
+    — inside `conn`'s write transaction; returns the first one and its order, (None, []) when none is open."""
     candidates = _open_items(store, camp, who)
     if not candidates:
         return None, []
-    item_id = min(candidates)[2]
-    item = _item(store, camp.id, item_id)
-    order = random.SystemRandom().sample(list(item.outputs), len(item.outputs))
-    conn.execute("INSERT INTO campaign_assignments (campaign_id, item_id, annotator, shown_order, assigned_at) "
-                 "VALUES (?, ?, ?, ?, ?)", (camp.id, item_id, who, json.dumps(order, ensure_ascii=False), utc_now()))
-    return item_id, order
+    best = min(candidates)[2]
+    chosen = _batch_of(store, camp, best, {c[2] for c in candidates}) if camp.batch_size else [best]
+    now, orders = utc_now(), {}
+    for item_id in chosen:
+        item = _item(store, camp.id, item_id)
+        orders[item_id] = random.SystemRandom().sample(list(item.outputs), len(item.outputs))
+        conn.execute("INSERT INTO campaign_assignments (campaign_id, item_id, annotator, shown_order, assigned_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (camp.id, item_id, who, json.dumps(orders[item_id], ensure_ascii=False),
+                                               now))
+    return chosen[0], orders[chosen[0]]
+
+
+def _batch_of(store: AnnotationStore, camp: Campaign, item_id: str, open_ids: set[str]) -> list[str]:
+    """Fixed batches: the items open to this annotator in `item_id`'s batch (file positions idx // batch_size),
+    in file order. An attention-check copy, which comes only after its original, goes alone."""
+    rows = store.read("SELECT item_id, idx, check_kind FROM campaign_items WHERE campaign_id=? ORDER BY idx",
+                      (camp.id,))
+    of = {r["item_id"]: r for r in rows}
+    if of[item_id]["check_kind"] == "degraded":
+        return [item_id]
+    batch = of[item_id]["idx"] // camp.batch_size
+    return [r["item_id"] for r in rows if r["check_kind"] != "degraded" and r["item_id"] in open_ids
+            and r["idx"] // camp.batch_size == batch]
 
 
 def _progress(store: AnnotationStore, camp: Campaign, who: str) -> dict[str, int]:

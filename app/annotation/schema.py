@@ -107,7 +107,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             id TEXT PRIMARY KEY, name TEXT NOT NULL, task TEXT NOT NULL, protocol TEXT NOT NULL,
             guidelines TEXT NOT NULL, categories TEXT NOT NULL, overlap INTEGER NOT NULL CHECK (overlap >= 1),
             blind INTEGER NOT NULL, labels TEXT NOT NULL, systems TEXT NOT NULL, check_fraction REAL NOT NULL,
-            source TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL)""",
+            source TEXT NOT NULL, created_by TEXT NOT NULL, created_at TEXT NOT NULL,
+            batch_size INTEGER NOT NULL DEFAULT 0 CHECK (batch_size >= 0))""",
         """CREATE TABLE campaign_items (
             campaign_id TEXT NOT NULL REFERENCES campaigns (id) ON DELETE CASCADE, item_id TEXT NOT NULL,
             idx INTEGER NOT NULL, source TEXT NOT NULL, reference TEXT NOT NULL, outputs TEXT NOT NULL,
