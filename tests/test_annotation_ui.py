@@ -265,6 +265,11 @@ def test_handlers_panel_table_and_queue(store, tmp_path):
     assert job_progress(store, job.id).annotated == 1
     assert batch_tab.move(store, OPEN, job.id, 1, where="prev")["index"] == 0
     assert "This is the first row" in batch_tab.move(store, OPEN, job.id, 0, where="prev")["status"]
+    # leaving a row with a judgement not saved is refused, saying what would be lost; the saved one moves freely
+    kept = batch_tab.move(store, OPEN, job.id, 1, "3", "", [], "too short", where="prev")
+    assert "index" not in kept and "Row 2 has unsaved changes (rating, comment)" in kept["status"]
+    assert batch_tab.move(store, OPEN, job.id, 0, "5", "out!", [], "", where="next")["index"] == 1
+    assert batch_tab.move(store, OPEN, job.id, 1, None, "out", [], "", where="prev")["index"] == 0   # as output
     assert batch_tab.refresh_jobs(store, OPEN, job.id)["job"].value == job.id
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 from gradio.context import Context
 
-from ..api import batch_process, judgement, require_judged
+from ..api import batch_process, judgement, parse_categories, parse_rating, require_judged
 from ..batch import (StopRequests, annotate_row, annotation_for, create_job, get_job, import_outputs, job_progress,
                      job_settings, list_jobs, load_inputs, next_unannotated, queue_position, run_batch)
 from ...cli import LARGE_FILE_ROWS, command_lines
@@ -271,17 +271,40 @@ def pick(store: AnnotationStore, ident: Identity, job_id) -> dict:
     return show(store, job_id, start, note, "warn" if note else "info", "job_status", ident)
 
 
-def move(store: AnnotationStore, ident: Identity, job_id, i, *, where: str) -> dict:
-    """◀ Previous ("prev"), Next ▶ ("next") or Next not annotated ("skip")."""
+def move(store: AnnotationStore, ident: Identity, job_id, i, rating=None, corrected="", categories=(), comment="",
+         spans_v=None, esa_v=None, *, where: str) -> dict:
+    """◀ Previous ("prev"), Next ▶ ("next") or Next not annotated ("skip"); the row's judgement as the page holds
+    it stays put when it differs from what is saved (nothing is dropped without a word)."""
     if not job_id:
         return show(store, None, 0)
     pos = queue_position(store, job_id, int(i or 0))
+    changed = unsaved(store, pos.row, rating, corrected, categories, comment, spans_v, esa_v)
+    if changed:
+        return {"status": status_html(f"Row {pos.index + 1} has unsaved changes ({', '.join(changed)}): save them "
+                                      "with Save and next, or clear them to leave the row.", "warn")}
     target = {"prev": pos.previous_index, "next": pos.next_index, "skip": pos.next_unannotated}[where]
     if target is None:
         end = {"prev": "This is the first row.", "next": "This is the last row.",
                "skip": "Every row is annotated."}[where]
         return show(store, job_id, pos.index, end, ident=ident)
     return show(store, job_id, target, ident=ident)
+
+
+def unsaved(store: AnnotationStore, row: Any, rating: Any, corrected: Any, categories: Any, comment: Any,
+            spans_v: Any, esa_v: Any) -> list[str]:
+    """The judgement fields the page holds that differ from the row's saved annotation (or from nothing)."""
+    saved = store.get(row.annotation_id) if row.annotation_id else None
+    given = {"rating": parse_rating(rating), "comment": str(comment or "").strip(),
+             "categories": sorted(parse_categories(categories)), "spans": list(spans_v or []),
+             "ESA score": None if esa_v in (None, "") else esa_v}
+    kept = {"rating": saved.rating if saved else None, "comment": saved.comment.strip() if saved else "",
+            "categories": sorted(saved.error_categories) if saved else [], "spans": saved.spans if saved else [],
+            "ESA score": saved.esa_score if saved else None}
+    changed = [name for name in given if given[name] not in (kept[name], None, "", [])]
+    text = str(corrected or "").strip()
+    if text and text not in ((saved.corrected_output.strip() if saved else ""), (row.output or "").strip()):
+        changed.append("corrected output")
+    return changed
 
 
 def save_next(store: AnnotationStore, ident: Identity, job_id, i, rating, corrected, categories, comment, annotator,
@@ -405,7 +428,8 @@ def wire(tab: BatchTab, ctx: AppContext, store: AnnotationStore) -> None:
     tab.stop.click(on(stop_it, stops=stops), tab.job, tab.job_status, **PRIVATE)
     tab.job.input(on(pick), tab.job, [*shown, tab.job_status], **PRIVATE)
     for button, where in ((tab.prev, "prev"), (tab.next, "next"), (tab.skip, "skip")):
-        button.click(on(move, where=where), [tab.job, tab.index], shown, **PRIVATE)
+        button.click(on(move, where=where), [tab.job, tab.index, *tab.fields.judgement(), tab.editor.spans,
+                                              tab.editor.esa_score], shown, **PRIVATE)
     tab.save.click(on(save_next), [tab.job, tab.index, *tab.fields.components(), tab.editor.protocol,
                                    tab.editor.spans, tab.editor.esa_score], shown,
                    **PRIVATE).then(on(refresh_jobs), tab.job, tab.job, **PRIVATE)
