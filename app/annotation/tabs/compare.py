@@ -23,7 +23,6 @@ from gradio.utils import get_upload_folder, is_in_or_equal
 from ... import __version__
 from ...context import AppContext
 from ...errors import UserError
-from ...files import FilesFull
 from ...models import ModelRequest
 from ...tabs.common import DecodingControls, ModelPicker, decoding_controls, model_picker, progress_reporter, \
     status_html
@@ -629,14 +628,11 @@ def endpoints(store: AnnotationStore, settings: Any) -> dict[str, Any]:
         fmt = str(fmt or "").strip().lower()
         if fmt not in ("csv", "jsonl", "parquet"):
             raise gr.Error(f"Not exported: format must be csv, jsonl or parquet, not {fmt!r}")
-        try:
+        try:   # a refusal (rights) and a full files folder (FilesFull is a ValueError) read the same way
             owner = visible_owner(identify(request, settings))
-        except ValueError as e:
-            raise gr.Error(f"Not exported: {e}") from None
-        records = [c for c in query_comparisons(store, task=task or None) if owner is None or c.owner == owner]
-        try:
+            records = [c for c in query_comparisons(store, task=task or None) if owner is None or c.owner == owner]
             path = settings.files.write(lambda folder: export_comparisons(records, folder / f"comparisons.{fmt}"))
-        except FilesFull as e:
+        except ValueError as e:
             raise gr.Error(f"Not exported: {e}") from None
         return FileData(path=str(path), orig_name=path.name)
 

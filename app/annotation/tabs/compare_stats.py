@@ -19,7 +19,7 @@ from ..comparisons import (PREFERENCE_LABELS, comparison_owner, delete_compariso
                            import_comparisons, query_comparisons, restore_comparison)
 from ..rights import Identity, require_admin, require_owner_or_admin, visible_owner
 from ..store import AnnotationStore
-from ...files import FilesFull, VisitorFiles
+from ...files import VisitorFiles
 from ...tabs.common import status_html
 from .wiring import PRIVATE, bind
 
@@ -141,13 +141,10 @@ def compare_delete(store: AnnotationStore, ident: Identity, cmp_id, armed_id) ->
 
 
 def compare_export(store: AnnotationStore, ident: Identity, fmt_v, *, files: VisitorFiles) -> dict:
-    try:
+    try:   # a refusal (rights) and a full files folder (FilesFull is a ValueError) read the same way
         records = visible(store, ident)
-    except ValueError as e:
-        return {"status": status_html(f"Not exported: {e}", "error")}
-    try:
         path = files.write(lambda folder: export_comparisons(records, folder / f"comparisons.{fmt_v}"))
-    except FilesFull as e:
+    except ValueError as e:
         return {"status": status_html(f"Not exported: {e}", "error")}
     return {"export_file": str(path), "status": status_html(f"Exported {len(records)} comparison(s).")}
 
