@@ -97,6 +97,29 @@ class FastHead:
         return picked
 
 
+def log_normalizer(logits: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
+    """logsumexp over the last dim, (N, V) -> (N, 1), by hand and in vocabulary chunks.
+
+    torch.logsumexp (and exp of very negative values) hits denormals, 10-30x slower on CPU; terms below e^-80
+    cannot change an fp32 sum that contains 1, so they are clamped. Chunks keep the temporaries in the L2 cache
+    (one (N, V) temporary per step costs ~4x more on 2 cores than the arithmetic)."""
+    top, log_sum = log_normalizer_parts(logits, chunk)
+    return top + log_sum
+
+
+def log_normalizer_parts(logits: torch.Tensor, chunk: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
+    """log_normalizer as (max (N, 1), log of the sum of exp(logits - max) (N, 1)): log-probabilities computed as
+    (logit - max) - log_sum round as transformers' log_softmax does, to the log-probability's own size."""
+    top = logits.amax(-1, keepdim=True)
+    total = torch.zeros_like(top)
+    buf = logits.new_empty(logits.shape[0], min(chunk, logits.shape[1]))
+    for start in range(0, logits.shape[1], chunk):
+        part = logits[:, start:start + chunk]
+        shifted = torch.sub(part, top, out=buf[:, :part.shape[1]])
+        total += shifted.clamp_(min=-80.0).exp_().sum(-1, keepdim=True)
+    return top, total.log()
+
+
 def plain_cpu_head(model) -> torch.nn.Linear | None:
     """The lm_head when the fast paths apply to it: untied plain nn.Linear, fp32, CPU, not dispatched."""
     head = model.lm_head
@@ -171,6 +194,12 @@ class Int8Screen:
         # bf16 activations, and a bf16 result: its rounding (2^-8 relative) is added by the caller's margin
         return approx, self.l2 * (h - hb.float()).norm(dim=-1) + approx.abs().amax(-1) * 2 ** -7
 
+    def bound(self, h: torch.Tensor, act_bound: torch.Tensor) -> torch.Tensor:
+        """(N,): |approximate - exact logit| <= bound for every token of row i. The weight error (L2 per row,
+        Cauchy-Schwarz against |h|), the activation error from `approximate`, and fp32 accumulation over D terms."""
+        h_norm = h.norm(dim=-1)
+        return self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm
+
     def rescore(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Exact logits (N, len(rows)) of the head's `rows` (a multiple of 64 of them)."""
         # index_select copies whole rows (~3x faster than advanced indexing for thousands of them)
@@ -185,8 +214,7 @@ class Int8Screen:
         (then the caller rescores it in full)."""
         approx, act_bound = self.approximate(h)
         scores = process(approx)
-        h_norm = h.norm(dim=-1)
-        bound = self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm  # + fp32 accumulation
+        bound = self.bound(h, act_bound)
         block_max = None if scores.shape[-1] % 64 else scores.view(len(h), -1, 64).amax(-1)
         top = scores.amax(-1) if block_max is None else block_max.amax(-1)
         # a non-candidate j has exact_j <= approx_j + bound < top - bound <= exact(approximate argmax) <= best

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import DEFAULT_MAX_LENGTH, MAX_NEW_TOKENS_LIMIT, GenerationConfig  # noqa: F401 (the limit is read here too)
-from .fast_head import FastHead
+from .beam_screen import (REAL, BeamScreen, RowCandidates, Uncertified, along, decided_order, improvable_decided,
+                          path_uncertainty)
+from .fast_head import FastHead, log_normalizer  # noqa: F401 (log_normalizer is read from here too)
 from .modeling import KVCache, StackContext, StackOutput, as_stack_output, causal_mask, padding_mask
 
 NEG_INF = float("-inf")
@@ -115,6 +117,7 @@ class DecoderState:
     use_cache: bool = True                 # False: every step decodes the whole sequence again
     record: StepRecord | None = None       # what the dict output keeps per step
     cache: KVCache = field(init=False)
+    screen: "BeamScreen | None" = field(default=None, init=False)   # a beam search's screen (its stats)
 
     def __post_init__(self):
         self.cache = KVCache(len(self.model.decoder.block))
@@ -148,6 +151,14 @@ class DecoderState:
         ctx = StackContext(cache=self.cache, encoder_states=self.encoder_states, encoder_mask=self.encoder_mask,
                            need_weights=self.record.attentions)
         return self.model.decoder(self.model.shared(new), mask, positions, ctx, self.record.hidden_states)
+
+    def restart(self) -> None:
+        """Back to before the first decoder step (an exact rerun of a search): an empty cache and records."""
+        self.cache = KVCache(len(self.model.decoder.block))
+        if self.record is not None:
+            for kept in (self.record.decoder_attentions, self.record.cross_attentions,
+                         self.record.decoder_hidden_states, self.record.raw_logits):
+                kept.clear()
 
     def keep_rows(self, index: torch.Tensor) -> None:
         """Keeps only decoder rows `index` (n',): the cache (cross-attention too), encoder states and mask."""
@@ -376,6 +387,7 @@ class Beams:
     prompt_len: int = 1            # decoder tokens given before the search (start token, decoder_input_ids)
     running_rows: torch.Tensor | None = None   # (B, K, L - P) int32: row of each token's parent (dict output)
     finished_rows: torch.Tensor | None = None  # (B, K, L - P)
+    hits: torch.Tensor | None = None           # (B, keep) the last step's candidates that stopped
 
 
 def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -404,57 +416,225 @@ def start_beams(prompt: torch.Tensor, cfg: GenerationConfig, batch: int, max_len
 
 def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int, generator: torch.Generator | None,
                 prompt: torch.Tensor | None = None) -> GenerateBeamEncoderDecoderOutput:
-    """`prompt` (B*K, P): the decoder tokens every beam continues (the start token by default)."""
+    """`prompt` (B*K, P): the decoder tokens every beam continues (the start token by default).
+
+    Where only tokens are returned (no per-step scores, no sampling, bans only), the search runs on the int8
+    screen of the head (model/beam_screen.py) and falls back to the exact fp32 path when its bounds cannot
+    decide a comparison, so the tokens are always those of the exact search."""
     prompt = start_tokens(state, cfg) if prompt is None else prompt
+    if max_len_of(cfg, prompt) <= prompt.shape[1]:
+        raise ValueError(f"decoder_input_ids already hold {prompt.shape[1]} tokens but max_length is "
+                         f"{max_len_of(cfg, prompt)}: raise max_length or use max_new_tokens")
+    screen = BeamScreen.for_search(state.model, state.head, batch * cfg.num_beams) if screenable(state, cfg) \
+        else None
+    state.screen = screen
+    if screen is not None:
+        try:
+            return run_beams(state, cfg, batch, generator, prompt, screen)
+        except Uncertified:   # a near-tie within rounding: transformers' own arithmetic decides it
+            screen.stats.restarted = True
+            state.restart()
+            return run_beams(state, cfg, batch, generator, prompt, None, faithful=True)
+    return run_beams(state, cfg, batch, generator, prompt, None)
+
+
+def max_len_of(cfg: GenerationConfig, prompt: torch.Tensor) -> int:
+    return cfg.total_length(prompt.shape[1])
+
+
+def screenable(state: DecoderState, cfg: GenerationConfig) -> bool:
+    """The screen decides tokens from bans-only processing; per-step scores, sampling, a repetition penalty
+    (it rescales scores by sign), invalid-value removal and per-step records need every exact logit."""
+    record = state.record
+    return not (keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or cfg.remove_invalid_values
+                or not state.use_cache or (record is not None and (record.attentions or record.hidden_states
+                                                                   or record.logits)))
+
+
+@dataclass
+class Advance:
+    """One step of the search, computed without touching the previous Beams."""
+    beams: Beams
+    parent: torch.Tensor        # (B, K) the running beam each new running beam extends
+    best: torch.Tensor          # (B, K) which candidates became running
+    merged: torch.Tensor        # (B, K + keep) finished scores before the merge, then the new ones (penalised)
+    top: torch.Tensor           # (B, K) which merged entries were kept
+
+
+def run_beams(state: DecoderState, cfg: GenerationConfig, batch: int, generator: torch.Generator | None,
+              prompt: torch.Tensor, screen: BeamScreen | None, faithful: bool = False
+              ) -> GenerateBeamEncoderDecoderOutput:
+    """The search loop. `faithful`: every step computes as transformers does (log_softmax over all logits, the
+    running scores added to all of them, one top-k over beams x vocabulary), for the same bits, ties included."""
     k, p = cfg.num_beams, prompt.shape[1]
-    max_len = cfg.total_length(p)
-    if max_len <= p:
-        raise ValueError(f"decoder_input_ids already hold {p} tokens but max_length is {max_len}: raise "
-                         "max_length or use max_new_tokens")
+    max_len = max_len_of(cfg, prompt)
     device = state.encoder_states.device
     keep = max(2, 1 + len(cfg.eos_ids)) * k  # candidates per step, so k live beams remain after some finish
-    first_k = torch.arange(keep, device=device) < k
-    b = start_beams(prompt, cfg, batch, max_len, track_rows=cfg.return_dict_in_generate)
-    eos = torch.tensor(cfg.eos_ids, device=device)
+    # the screen reads each hypothesis's path (transformers' beam indices)
+    b = start_beams(prompt, cfg, batch, max_len, track_rows=cfg.return_dict_in_generate or screen is not None)
     all_scores = []
-    full_scores = keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or cfg.remove_invalid_values
+    full_scores = faithful or keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or \
+        cfg.remove_invalid_values
     for cur in range(p, max_len):
         seqs = b.running[:, :, :cur].reshape(batch * k, cur)
-        logits = state.step(seqs)
-        if full_scores:
-            log_probs = process_scores(F.log_softmax(logits, dim=-1), seqs, cfg, allowed=state.allowed)
-            if cfg.do_sample:
-                log_probs = warp_for_sampling(log_probs, cfg, keep=keep)
-            if keeps_scores(cfg):
-                all_scores.append(log_probs)
-            vocab = log_probs.shape[-1]
-            totals = (log_probs.view(batch, k, vocab) + b.running_scores[:, :, None]).view(batch, k * vocab)
-            cand_scores, cand_seqs, cand_beams = top_continuations(totals, b.running, cur, keep, vocab, cfg,
-                                                                   generator)
+        if screen is not None:
+            adv = screened_advance(state, screen, b, seqs, cur, keep, cfg, max_len)
         else:
-            cand_scores, cand_seqs, cand_beams = top_continuations_fast(logits, seqs, b, cur, keep, cfg,
-                                                                        state.allowed)
-        hits = torch.isin(cand_seqs[:, :, cur], eos) if len(eos) else torch.zeros_like(cand_scores, dtype=torch.bool)
-        hits |= cur + 1 >= max_len
-        cand_rows = None
-        if b.running_rows is not None:  # transformers' beam_indices: the flat row each new token extends
-            cand_rows = gather(b.running_rows, cand_beams).clone()
-            cand_rows[:, :, cur - p] = (cand_beams + torch.arange(batch, device=device)[:, None] * k).int()
-        # the best k candidates that did not stop keep running
-        live_scores = cand_scores + hits.float() * -1e9
-        best = torch.topk(live_scores, k).indices
-        b.running, b.running_scores = gather(cand_seqs, best), gather(live_scores, best)
-        if cand_rows is not None:
-            b.running_rows = gather(cand_rows, best)
-        parent = gather(cand_beams, best)
-        add_finished(b, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg, cand_rows)
+            logits = state.step(seqs)
+            if full_scores:
+                log_probs = process_scores(F.log_softmax(logits, dim=-1), seqs, cfg, allowed=state.allowed)
+                if cfg.do_sample:
+                    log_probs = warp_for_sampling(log_probs, cfg, keep=keep)
+                if keeps_scores(cfg):
+                    all_scores.append(log_probs)
+                vocab = log_probs.shape[-1]
+                totals = (log_probs.view(batch, k, vocab) + b.running_scores[:, :, None]).view(batch, k * vocab)
+                cands = top_continuations(totals, b.running, cur, keep, vocab, cfg, generator)
+            else:
+                lse = log_normalizer(logits)     # over the raw logits: transformers bans after log_softmax
+                top, tokens = torch.topk(process_scores(logits, seqs, cfg, inplace=True, allowed=state.allowed),
+                                         keep, dim=-1)
+                cands = top_continuations_fast(top - lse, tokens, b, cur, keep)
+            adv = advance(b, *cands, cur, keep, cfg, max_len)
+        b = adv.beams
         # parents stay within each input's group, whose cross-attention K/V rows are identical: keep those
         if state.use_cache:
-            state.cache.reorder((parent + torch.arange(batch, device=device)[:, None] * k).view(-1), cross=False)
-        b.improvable = still_improvable(b, cur + 1, max_len, cfg)
-        if not done_searching(b, hits, cfg):
+            state.cache.reorder((adv.parent + torch.arange(batch, device=device)[:, None] * k).view(-1),
+                                cross=False)
+        if not done_searching(b, b.hits, cfg):
             break
     return finish_beams(b, cfg, batch, all_scores)
+
+
+def advance(b: Beams, cand_scores, cand_seqs, cand_beams, cur: int, keep: int, cfg: GenerationConfig,
+            max_len: int) -> Advance:
+    """transformers' step from the best `keep` candidates of each input (B, keep): the best k that did not stop
+    keep running, those that stopped among the first k join the finished ones."""
+    batch, k = b.running_scores.shape
+    device = cand_scores.device
+    eos = torch.tensor(cfg.eos_ids, device=device)
+    hits = torch.isin(cand_seqs[:, :, cur], eos) if len(eos) else torch.zeros_like(cand_scores, dtype=torch.bool)
+    hits |= cur + 1 >= max_len
+    cand_rows = None
+    if b.running_rows is not None:  # transformers' beam_indices: the flat row each new token extends
+        cand_rows = gather(b.running_rows, cand_beams).clone()
+        cand_rows[:, :, cur - b.prompt_len] = (cand_beams + torch.arange(batch, device=device)[:, None] * k).int()
+    live_scores = cand_scores + hits.float() * -1e9
+    best = torch.topk(live_scores, k).indices
+    new = dataclasses.replace(b, running=gather(cand_seqs, best), running_scores=gather(live_scores, best))
+    if cand_rows is not None:
+        new.running_rows = gather(cand_rows, best)
+    first_k = torch.arange(keep, device=device) < k
+    merged, top = add_finished(new, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg, cand_rows)
+    new.improvable = still_improvable(new, cur + 1, max_len, cfg)
+    new.hits = hits
+    return Advance(new, gather(cand_beams, best), best, merged, top)
+
+
+def screened_advance(state: DecoderState, screen: BeamScreen, b: Beams, seqs: torch.Tensor, cur: int, keep: int,
+                     cfg: GenerationConfig, max_len: int) -> Advance:
+    """One step on the int8 screen with every comparison it makes decided (model/beam_screen.py). Undecided: the
+    step is redone on full logits; still undecided: the earlier screened steps' log-normalisers are recounted
+    exactly and the step decided again; still undecided (a near-tie at rounding level): `Uncertified`."""
+    h = state.states(seqs)
+    step = cur - b.prompt_len
+
+    def process(scores, rows):
+        return process_scores(scores, seqs if rows is None else seqs[rows], cfg, inplace=True,
+                              allowed=state.allowed, rows=rows)
+
+    rc = screen.rows(h, process, keep, full=False)
+    while True:
+        screen.book.record(step, rc, h)
+        cands = top_continuations_fast(rc.log_probs(), rc.tokens, b, cur, keep)
+        adv = advance(b, *cands, cur, keep, cfg, max_len)
+        if decided(b, adv, rc, screen, cur, keep, cfg, max_len):
+            return adv
+        if not rc.full:
+            screen.stats.redone += 1
+            rc = screen.rows(h, process, keep, full=True)
+        elif screen.book.screened():
+            screen.stats.recounts += 1
+            b = recounted(b, screen, cfg)
+        else:
+            raise Uncertified
+
+
+def recounted(b: Beams, screen: BeamScreen, cfg: GenerationConfig) -> Beams:
+    """b with its scores moved to the exact log-normalisers of every earlier screened step."""
+    shift = list(screen.book.recount(screen.head.logits))
+    past = len(shift) - 1                                       # the current step is not in the scores yet
+    running = along(shift[:past], b.running_rows[:, :, :past]).sum(-1) if past else 0.0
+    finished = along(shift[:past], b.finished_rows[:, :, :past]).sum(-1) if past else 0.0
+    scale = 1.0 / b.finished_lengths.clamp(min=1).double() ** cfg.length_penalty
+    return dataclasses.replace(b, running_scores=b.running_scores + running,
+                               finished_scores=b.finished_scores + finished * scale.float())
+
+
+def decided(b: Beams, adv: Advance, rc: RowCandidates, screen: BeamScreen, cur: int, keep: int,
+            cfg: GenerationConfig, max_len: int) -> bool:
+    """Whether every comparison this step made is decided under the bounds: the best `keep` candidates and
+    their order, the merge of finished hypotheses, and the improvable test. Inputs whose search was already
+    over (not improvable) are frozen and not checked."""
+    batch, k = b.running_scores.shape
+    live = b.improvable[:, 0]
+    steps = cur + 1 - b.prompt_len
+    n = k * keep
+    totals = rc.log_probs().view(batch, n) + b.running_scores.repeat_interleave(keep, 1)
+    parent = torch.arange(n) // keep
+    rows = b.running_rows[:, parent, :steps].clone()                                    # (B, n, S)
+    rows[:, :, -1] = (parent[None, :] + torch.arange(batch)[:, None] * k).int()
+    ones = torch.ones_like(totals)
+    _, pairs = path_uncertainty(screen.book, rows, totals, ones)
+    # Tokens of one beam with the very same logit (an int8 head's bf16 logits tie often) tie in transformers too,
+    # bit for bit: top-k orders them by position on both sides, so they need no gap
+    logit = rc.logits.view(batch, n)
+    pairs.masked_fill_((parent[:, None] == parent[None, :]) & (logit[:, :, None] == logit[:, None, :]), -1.0)
+    # For tokens, only sets matter: the best `keep`, the first k of them (only those may finish) and the k best
+    # that did not stop (they run on); their order changes nothing but the beams' row numbers, which the dict
+    # output returns (beam_indices): then the whole order is decided.
+    ordered = cfg.return_dict_in_generate
+    if not decided_order(totals, pairs, keep, live, None if ordered else (k,)):
+        return False
+    index = torch.topk(totals, keep).indices                          # as top_continuations_fast ordered them
+    cand_pairs = torch.gather(torch.gather(pairs, 1, index[:, :, None].expand(-1, -1, n)), 2,
+                              index[:, None, :].expand(-1, keep, -1))
+    live_scores = torch.gather(totals, 1, index) + adv.beams.hits.float() * -1e9
+    if not ordered and not decided_order(live_scores, cand_pairs, k, live, ()):
+        return False
+    cand_rows = torch.gather(rows, 1, index[:, :, None].expand(-1, -1, steps))
+    old_rows = b.finished_rows[:, :, :steps]
+    merged_rows = torch.cat([old_rows, cand_rows], 1)                 # (B, K + keep, S)
+    gen = cur + 1 - b.prompt_len
+    scale = torch.cat([1.0 / b.finished_lengths.clamp(min=1).float() ** cfg.length_penalty,
+                       torch.full((batch, keep), 1.0 / gen ** cfg.length_penalty)], 1)
+    real = adv.merged > REAL
+    _, merged_pairs = path_uncertainty(screen.book, merged_rows, torch.where(real, adv.merged, -1.0), scale)
+    old = torch.arange(k + keep) < k
+    merged_pairs[:, old[:, None] & old[None, :]] = 0.0               # their order was decided when they merged
+    if not decided_order(adv.merged, merged_pairs, k, live):
+        return False
+    return improvable_test_decided(adv.beams, screen, cur, max_len, cfg, live)
+
+
+def improvable_test_decided(new: Beams, screen: BeamScreen, cur: int, max_len: int, cfg: GenerationConfig,
+                            live: torch.Tensor) -> bool:
+    """still_improvable's test decided for every input whose finished slots are all real (otherwise it
+    compares with -1e9 and nothing is close)."""
+    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+        length = max_len - new.prompt_len
+    else:
+        length = cur + 1 - new.prompt_len
+    steps = cur + 1 - new.prompt_len
+    best = new.running_scores[:, :1] / length ** cfg.length_penalty
+    best_u, _ = path_uncertainty(screen.book, new.running_rows[:, :1, :steps], best,
+                                 torch.full_like(best, 1.0 / length ** cfg.length_penalty))
+    scale = 1.0 / new.finished_lengths.clamp(min=1).float() ** cfg.length_penalty
+    real = new.finished_scores > REAL
+    fin_u, _ = path_uncertainty(screen.book, new.finished_rows[:, :, :steps],
+                                torch.where(real, new.finished_scores, -1.0), scale)
+    check = live & new.is_finished.all(1) & real.all(1) & (best[:, 0] > REAL)
+    return improvable_decided(best[:, 0], best_u[:, 0], new.finished_scores, fin_u, check)
 
 
 def top_continuations(totals, running, cur, keep, vocab, cfg, generator):
@@ -470,16 +650,13 @@ def top_continuations(totals, running, cur, keep, vocab, cfg, generator):
     return scores, seqs, parent
 
 
-def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: GenerationConfig,
-                           allowed: PrefixMask | None = None):
-    """top_continuations for the common case (bans only, no sampling): the same candidates without building
-    (B, K*V) log-probs. Bans commute with the per-row log-softmax shift, so each beam's best `keep` tokens are
-    found on its logits, and only those get normalised."""
+def top_continuations_fast(log_probs: torch.Tensor, tokens: torch.Tensor, b: Beams, cur: int, keep: int):
+    """top_continuations for the common case (bans only, no sampling) from each row's best `keep` processed
+    log-probabilities (B*K, keep) and their `tokens`: the same candidates without building (B, K*V)
+    log-probs. Bans commute with the per-row log-softmax shift, so each beam's best `keep` tokens are found on
+    its logits, and only those get normalised."""
     batch, k = b.running_scores.shape
-    lse = log_normalizer(logits)
-    logits = process_scores(logits, seqs, cfg, inplace=True, allowed=allowed)
-    top, tokens = torch.topk(logits, keep, dim=-1)                          # (B*K, keep)
-    totals = ((top - lse).view(batch, k, keep) + b.running_scores[:, :, None]).view(batch, k * keep)
+    totals = (log_probs.view(batch, k, keep) + b.running_scores[:, :, None]).view(batch, k * keep)
     scores, index = torch.topk(totals, keep)                                # (B, keep)
     parent = index // keep
     out = gather(b.running, parent).clone()
@@ -487,25 +664,10 @@ def top_continuations_fast(logits, seqs, b: Beams, cur: int, keep: int, cfg: Gen
     return scores, out, parent
 
 
-def log_normalizer(logits: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
-    """logsumexp over the last dim, (N, V) -> (N, 1), by hand and in vocabulary chunks.
-
-    torch.logsumexp (and exp of very negative values) hits denormals, 10-30x slower on CPU; terms below e^-80
-    cannot change an fp32 sum that contains 1, so they are clamped. Chunks keep the temporaries in the L2 cache
-    (one (N, V) temporary per step costs ~4x more on 2 cores than the arithmetic)."""
-    top = logits.amax(-1, keepdim=True)
-    total = torch.zeros_like(top)
-    buf = logits.new_empty(logits.shape[0], min(chunk, logits.shape[1]))
-    for start in range(0, logits.shape[1], chunk):
-        part = logits[:, start:start + chunk]
-        shifted = torch.sub(part, top, out=buf[:, :part.shape[1]])
-        total += shifted.clamp_(min=-80.0).exp_().sum(-1, keepdim=True)
-    return top + total.log()
-
-
 def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig,
-                 cand_rows: torch.Tensor | None = None) -> None:
-    """Merges newly finished candidates into the k best finished hypotheses (length-penalised scores)."""
+                 cand_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges newly finished candidates into the k best finished hypotheses (length-penalised scores).
+    Returns the merged scores (B, K + keep), penalties included, and which of them were kept (B, K)."""
     generated = cur + 1 - b.prompt_len  # tokens after the prompt, eos included
     scores = cand_scores / (generated ** cfg.length_penalty)
     full = b.is_finished.all(-1, keepdim=True) & (cfg.early_stopping is True)
@@ -519,6 +681,7 @@ def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg:
     b.is_finished = gather(torch.cat([b.is_finished, just_finished], 1), top)
     if cand_rows is not None:
         b.finished_rows = gather(torch.cat([b.finished_rows, cand_rows], 1), top)
+    return merged_scores, top
 
 
 def still_improvable(b: Beams, cur_len: int, max_len: int, cfg: GenerationConfig) -> torch.Tensor:
