@@ -98,9 +98,11 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
             import transformers as lib
         cls = getattr(lib, prefix + "ForConditionalGeneration")
         m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
+        screens = watch_screens() if impl == "ours" else None
         with torch.no_grad():
             results = time_cases(cases(vocab), repeat,
-                                 lambda ids, mask, kw: m.generate(input_ids=ids, attention_mask=mask, **kw))
+                                 lambda ids, mask, kw: m.generate(input_ids=ids, attention_mask=mask, **kw),
+                                 screens)
             ids, mask = inputs(1, (512, 512), vocab, 4)
             encoder = m.get_encoder() if impl == "transformers" else None
             run_enc = ((lambda: encoder(input_ids=ids, attention_mask=mask)) if encoder
@@ -110,8 +112,9 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
     print(json.dumps(results))
 
 
-def time_cases(cases: dict, repeat: int, generate: Callable) -> dict:
-    """Times `generate(ids, mask, kwargs)` (sequences, decoder start token first) on every case."""
+def time_cases(cases: dict, repeat: int, generate: Callable, screens: list | None = None) -> dict:
+    """Times `generate(ids, mask, kwargs)` (sequences, decoder start token first) on every case; `screens`
+    collects our beam searches' screens (what the certified search decided, redid, recounted or reran)."""
     results = {}
     for name, ((ids, mask), kwargs) in cases.items():
         out = {}
@@ -124,7 +127,28 @@ def time_cases(cases: dict, repeat: int, generate: Callable) -> dict:
         steps = max(len(row) for row in seqs) - 1          # after the decoder start token
         results[name] = {"seconds": seconds, "tok_s": steps * ids.shape[0] / seconds,
                          "ms_token": seconds / steps * 1e3, "seqs": seqs}
+        if screens:
+            st = screens[-1].stats
+            results[name]["screen"] = dict(steps=st.steps, full=st.full_rows, redone=st.redone,
+                                           recounts=st.recounts, restarted=st.restarted)
+            screens.clear()
     return results
+
+
+def watch_screens() -> list:
+    """Our beam searches' screens, as they are made (model.beam_screen.BeamScreen.for_search, wrapped)."""
+    from model.beam_screen import BeamScreen
+
+    made, original = [], BeamScreen.for_search
+
+    def spy(*args, **kwargs):
+        screen = original(*args, **kwargs)
+        if screen is not None:
+            made.append(screen)
+        return screen
+
+    BeamScreen.for_search = spy
+    return made
 
 
 def make_checkpoint(shape: str, workdir: Path) -> tuple[Path, str]:
@@ -188,6 +212,12 @@ def report(shape: str, res: dict[str, dict], floor_fp32: float, floor_int8: floa
             same = same_tokens(o, res[name][case])
             if same != "same":
                 print(f"    ({name}: tokens {same})")
+    for case in CASES:
+        if "screen" in ours[case]:
+            st = ours[case]["screen"]
+            print(f"  {case}: certified beams, last run: {st['steps']} screened steps, {st['full']} on full "
+                  f"logits, {st['redone']} redone, {st['recounts']} recounts, "
+                  f"{'rerun exactly' if st['restarted'] else 'no rerun'}")
     if "transformers" in res:
         o, r = ours["encoder_512"]["seconds"], res["transformers"]["encoder_512"]["seconds"]
         print(f"  {'encoder_512':<10} {o * 1e3:7.1f} ms | transformers {r * 1e3:7.1f} ms | {r / o:5.2f}x")

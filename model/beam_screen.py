@@ -80,7 +80,7 @@ def full_rows(head: FastHead, h: torch.Tensor, process: Process, keep: int) -> R
 
 
 def screened_rows(screen: Int8Screen, h: torch.Tensor, process: Process, keep: int,
-                  cap: int = 8192) -> RowCandidates | None:
+                  cap: int = 32768) -> RowCandidates | None:
     """Step 1-2 of the proof on the int8 screen; None when a row needs its full logits (more than `cap`
     candidates, or fewer than `keep` allowed tokens)."""
     h = h.float()
@@ -96,6 +96,8 @@ def screened_rows(screen: Int8Screen, h: torch.Tensor, process: Process, keep: i
     if bool((torch.bincount(rows, minlength=len(h)) > cap).any()):
         return None
     union = torch.unique(cols, sorted=True)
+    if len(union) > 2 * cap:       # rescoring that many rows costs about what the full head does
+        return None
     padded = torch.cat([union, union[:1].expand(-len(union) % 64)])        # F.linear's bits (see Int8Screen)
     exact = screen.rescore(h, padded)[:, :len(union)]                      # (N, U) raw exact logits
     mine = torch.full_like(exact, NEG_INF)
@@ -260,8 +262,13 @@ class BeamScreen:
     after it would rarely be decided), and the screen then rests for a few steps (doubling while it keeps
     failing), so a model whose distributions are too flat for the screen pays little for trying."""
 
-    def __init__(self, screen: Int8Screen, head: FastHead, rows: int, cap: int = 8192, lam_cap: float = 1e-3):
-        self.screen, self.head, self.cap, self.lam_cap = screen, head, cap, lam_cap
+    def __init__(self, screen: Int8Screen, head: FastHead, rows: int, cap: int | None = None,
+                 lam_cap: float = 1e-3):
+        # a row's candidates are rescored from fp32 rows of the head: up to an eighth of them per row, a quarter
+        # for all rows together, and the step still reads far less than the full head
+        vocab = head.model.lm_head.out_features
+        self.screen, self.head, self.lam_cap = screen, head, lam_cap
+        self.cap = vocab // 8 if cap is None else cap
         self.book = PathBook(rows)
         self.stats = ScreenStats()
         self.rest = self.pause = 0
