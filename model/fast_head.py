@@ -208,11 +208,12 @@ class Int8Screen:
         copy itself. Every chunk is a multiple of 64 rows, so the bits stay F.linear's."""
         if len(rows) <= chunk:   # index_select copies whole rows (~3x faster than advanced indexing)
             return torch.nn.functional.linear(h, self.weight.index_select(0, rows))
+        weight = self.weight.detach()
         out = h.new_empty(h.shape[0], len(rows))
-        buf = self.weight.new_empty(chunk, self.weight.shape[1])
+        buf = weight.new_empty(chunk, weight.shape[1])
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            w = torch.index_select(self.weight, 0, part, out=buf[:len(part)])
+            w = torch.index_select(weight, 0, part, out=buf[:len(part)])
             out[:, start:start + len(part)] = torch.nn.functional.linear(h, w)
         return out
 
