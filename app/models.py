@@ -36,6 +36,9 @@ QUANTIZATIONS: dict[str, tuple[str, dict[str, Any]]] = {
                  dict(load_in_4bit=True, bnb_4bit_quant_type="int4", quantize_embeddings=True)),
     "int8": ("8-bit int8, layers", dict(load_in_8bit=True)),
     "int8-all": ("8-bit int8, layers + embeddings", dict(load_in_8bit=True, quantize_embeddings=True)),
+    # not exact: the fp32 model's tokens at most positions, not all (model.fast_mode; bench/generate.py)
+    "fast": ("fast decoding: int8 decoder + head on the CPU (fast, tokens may differ)",
+             dict(fast_decoding=True, dtype="float32")),
 }
 
 
@@ -73,7 +76,7 @@ class ModelRequest:
         opts: dict[str, Any] = {}
         if self.dtype != "auto":
             opts["dtype"] = self.dtype
-        if self.device not in ("auto", ""):
+        if self.device not in ("auto", "") and self.quantization != "fast":   # fast decoding runs on the CPU
             opts["device_map"] = self.device
         opts.update(QUANTIZATIONS.get(self.quantization, ("", {}))[1])
         if self.revision:
@@ -183,6 +186,10 @@ def check_request(request: ModelRequest) -> str:
         raise UserError(f"Unknown head {request.head!r}: use one of {', '.join(HEADS)}.")
     if request.quantization not in QUANTIZATIONS:
         raise UserError(f"Unknown quantization {request.quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+    if request.quantization == "fast" and (request.dtype not in ("auto", "float32") or
+                                           request.device not in ("auto", "", "cpu")):
+        raise UserError("Fast decoding quantizes the decoder from float32 weights on the CPU: set dtype to auto "
+                        "or float32 and device to auto or cpu.")
     if request.device not in ("auto", "", *available_devices()):
         raise UserError(f"Unknown or unusable device {request.device!r}: use one of "
                         f"{', '.join(['auto', *available_devices()])}.")

@@ -8,6 +8,8 @@ the XLSum preset (csebuetnlp/mT5_multilingual_XLSum's decoding settings: 4 beams
 length_penalty 0.6, max_length 84) on a 128-token input; and the encoder alone at 512 tokens. ms/step is the
 whole call (encoder included) over the tokens generated.
 
+Ours runs twice: exact (fp32 tokens; beams on the certified int8 screen) and fast mode (`fast_decoding=True`:
+int8 decoder and head, tokens may differ), with fast mode's top-1 agreement with the exact model printed.
 Each implementation runs in its own subprocess (transformers in .venv-ref) so peak RSS is its own. CTranslate2
 (fp32 and int8, also in .venv-ref; bench/ct2.py) is measured on the same ids when .venv-ref has it. Every row
 compares all generated tokens of every batch row with ours. The floor (bench/floor.py) is the time reading the
@@ -91,13 +93,14 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
         runner = ct2.Runner(path, impl.removeprefix("ct2-"))
         results = time_cases(cases(vocab), repeat, runner.generate_like)
     else:
-        if impl == "ours":
+        if impl.startswith("ours"):
             sys.path.insert(0, str(ROOT))
             import model as lib
         else:
             import transformers as lib
         cls = getattr(lib, prefix + "ForConditionalGeneration")
-        m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype)).eval()
+        fast = dict(fast_decoding=True) if impl == "ours-fast" else {}
+        m = cls.from_pretrained(path, torch_dtype=getattr(torch, dtype), **fast).eval()
         screens = watch_screens() if impl == "ours" else None
         with torch.no_grad():
             results = time_cases(cases(vocab), repeat,
@@ -109,6 +112,9 @@ def child(impl: str, path: str, family: str, repeat: int, dtype: str) -> None:
                        else (lambda: m.encode(ids, mask)))
             results["encoder_512"] = {"seconds": timed(run_enc, repeat)}
     results["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if impl == "ours-fast":   # after the peak is read: this loads the exact model beside it
+        with torch.no_grad():
+            agreement(results, cls.from_pretrained(path).eval(), m, cases(vocab))
     print(json.dumps(results))
 
 
@@ -133,6 +139,18 @@ def time_cases(cases: dict, repeat: int, generate: Callable, screens: list | Non
                                            recounts=st.recounts, restarted=st.restarted)
             screens.clear()
     return results
+
+
+def agreement(results: dict, exact, fast, all_cases: dict) -> None:
+    """Fast mode's top-1 agreement with the exact model: both read the exact model's own output teacher-forced,
+    and at what share of its positions their best next tokens are the same."""
+    for name, ((ids, mask), kwargs) in all_cases.items():
+        seqs = exact.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        rows = len(seqs) // len(ids)
+        enc = dict(input_ids=ids.repeat_interleave(rows, 0), attention_mask=mask.repeat_interleave(rows, 0),
+                   decoder_input_ids=seqs)
+        same = exact(**enc).logits.argmax(-1) == fast(**enc).logits.argmax(-1)
+        results[name]["agreement"] = float(same.float().mean())
 
 
 def watch_screens() -> list:
@@ -168,7 +186,7 @@ def make_checkpoint(shape: str, workdir: Path) -> tuple[Path, str]:
 
 
 def measure(impl: str, path: Path, family: str, repeat: int, dtype: str) -> dict:
-    python = sys.executable if impl == "ours" else str(REF_PYTHON)
+    python = sys.executable if impl.startswith("ours") else str(REF_PYTHON)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
     proc = subprocess.run([python, __file__, "--child", impl, str(path), family, str(repeat), dtype],
@@ -212,6 +230,13 @@ def report(shape: str, res: dict[str, dict], floor_fp32: float, floor_int8: floa
             same = same_tokens(o, res[name][case])
             if same != "same":
                 print(f"    ({name}: tokens {same})")
+    if "ours fast" in res:
+        line = "  fast mode, top-1 agreement with exact fp32 (teacher-forced on its output):"
+        print(line + ",".join(f" {case} {res['ours fast'][case]['agreement']:.1%}" for case in CASES))
+        if "CTranslate2 int8" in res:
+            ct2 = res["CTranslate2 int8"]
+            print("  fast mode ms/step / CTranslate2 int8's:" + ",".join(
+                f" {case} {res['ours fast'][case]['ms_token'] / ct2[case]['ms_token']:.2f}" for case in CASES))
     for case in CASES:
         if "screen" in ours[case]:
             st = ours[case]["screen"]
@@ -233,8 +258,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--workdir", default="/tmp/mt5-bench-generate")
-    ap.add_argument("--only", help="comma-separated subset of ours,transformers,ct2-float32,ct2-int8 (the table "
-                                   "needs ours; without it the raw results are printed)")
+    ap.add_argument("--only", help="comma-separated subset of ours,ours-fast,transformers,ct2-float32,ct2-int8 "
+                                   "(the table needs ours; without it the raw results are printed)")
     ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2")
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
@@ -249,7 +274,7 @@ def main() -> None:
     print(f"streaming read bandwidth: {gb_s / 1e9:.1f} GB/s (1 GiB buffer, best of 15 reads)")
     for shape in args.shapes.split(","):
         path, family = make_checkpoint(shape, Path(args.workdir))
-        impls = args.only.split(",") if args.only else ["ours", "transformers"]
+        impls = args.only.split(",") if args.only else ["ours", "ours-fast", "transformers"]
         with_ct2 = not (args.only or args.no_ct2) and args.dtype == "float32"
         if with_ct2 and not ct2.available(REF_PYTHON):
             print(f"(CTranslate2 skipped: not in {REF_PYTHON}; `bash .ci/setup-reference` installs it)")
@@ -264,7 +289,8 @@ def main() -> None:
             print(shape, json.dumps(res))
             continue
         cfg = json.loads((path / "config.json").read_text())
-        named = {("CTranslate2 " + impl[4:] if impl.startswith("ct2-") else impl): r for impl, r in res.items()}
+        named = {("CTranslate2 " + impl[4:] if impl.startswith("ct2-") else impl.replace("-", " ")): r
+                 for impl, r in res.items()}
         report(shape, named, floor.floor_ms(cfg, gb_s), floor.floor_ms(cfg, gb_s, 1.0))
 
 

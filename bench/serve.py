@@ -1,6 +1,6 @@
 """Concurrent visitors against the real app over HTTP: eight people pressing Summarize at once.
 
-    python bench/serve.py [--shape mt5-small] [--visitors 8] [--tokens 32] [--repeat 2]
+    python bench/serve.py [--shape mt5-small] [--visitors 8] [--tokens 32] [--repeat 2] [--preset greedy|xlsum]
 
 A random-weight checkpoint of the given shape (bench/generate.py's) with the demo tokenizer, served by
 `python app.py` (tests/apphost.py) on this machine, called through gradio_client's /summarize (greedy). Per
@@ -54,9 +54,13 @@ def texts(n: int) -> list[str]:
     return [rows[i % len(rows)] + f" ({i})" for i in range(n)]
 
 
+DECODING = {"greedy": (1, None, None), "xlsum": (4, 2, 0.6)}   # beams, no_repeat_ngram_size, length_penalty
+PRESET = ["greedy"]
+
+
 def call(client, text: str, model: str, tokens: int) -> float:
     start = time.perf_counter()
-    client.predict(text, model, tokens, 1, api_name="/summarize")
+    client.predict(text, model, tokens, *DECODING[PRESET[0]], api_name="/summarize")
     return time.perf_counter() - start
 
 
@@ -118,12 +122,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--stagger", type=float, default=0.2, help="seconds between visitors in the staggered round")
     ap.add_argument("--workdir", default=None, help="where checkpoints are kept (default: a temporary folder)")
+    ap.add_argument("--preset", choices=list(DECODING), default="greedy",
+                    help="xlsum: csebuetnlp/mT5_multilingual_XLSum's beams (4 beams, no_repeat_ngram_size 2, "
+                         "length_penalty 0.6); visitors with the same settings share one beam search")
     args = ap.parse_args()
+    PRESET[0] = args.preset
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         path = checkpoint(args.shape, work)
-        print(f"{args.shape} random weights, {args.visitors} visitors at once, greedy, {args.tokens} new tokens, "
+        print(f"{args.shape} random weights, {args.visitors} visitors at once, {args.preset}, {args.tokens} new tokens, "
               f"through /summarize (gradio_client), median of {args.repeat}")
         print(f"{'configuration':<34}{'solo s':>8}{'all done s':>12}{'throughput vs line':>20}"
               f"{'slowest / solo':>16}{'staggered':>11}")

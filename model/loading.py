@@ -29,6 +29,7 @@ from .config import (
     family_of,
     read_json,
 )
+from .fast_mode import make_fast
 from .hub import CheckpointError, CheckpointNotFoundError, hub_options, resolve_file
 from .placement import check_model_device, place, warn_slow_dtype
 from .quant import (
@@ -315,11 +316,16 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     "sequential") or {module name: device}; with max_memory and offload_folder for CPU/disk offload.
     4-bit: load_in_4bit=True, bnb_4bit_quant_type="nf4"|"fp4"|"int4", bnb_4bit_compute_dtype,
     bnb_4bit_use_double_quant, quantize_embeddings (see model.quant). 8-bit: load_in_8bit=True (per-row int8
-    on PyTorch kernels), with quantize_embeddings.
+    on PyTorch kernels), with quantize_embeddings. fast_decoding=True: int8 decoder layers and head on fbgemm
+    (model.fast_mode; tokens may differ from the fp32 model's).
     """
     check_model_device(device_map)
     ignore_mismatched = bool(options.pop("ignore_mismatched_sizes", False))
+    fast = bool(options.pop("fast_decoding", False))
     quant = QuantOptions.pop_from(options)
+    if fast and (quant is not None or device_map is not None or dtype not in (None, "float32", torch.float32)):
+        raise ValueError("fast_decoding=True quantizes the decoder itself (int8, CPU, from float32 weights): drop "
+                         "load_in_4bit/load_in_8bit, device_map and dtype")
     hub = hub_options(options)
     config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
@@ -330,6 +336,8 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
         warn_slow_dtype(dtype, device_map or "cpu")
     if device_map is not None:
         place(model, device_map, max_memory, offload_folder)
+    if fast:
+        make_fast(model.eval())
     if hasattr(model, "generate"):
         model.generation_config = GenerationConfig.from_pretrained(repo_or_dir, config=model.config, **hub)
     if info.missing_keys:
