@@ -273,11 +273,18 @@ class BeamScreen:
         self.stats = ScreenStats()
         self.rest = self.pause = 0
 
+    MAX_ROWS = 12
+
     @classmethod
     def for_search(cls, model, head: FastHead, rows: int) -> "BeamScreen | None":
-        """The fp32 head's screen. Not an int8 head's: its logits are rounded to bf16, so hypotheses of
-        different beams tie at the cuts often, undecidable by any bound, and most searches would rerun (its
-        full product already reads int8 weights)."""
+        """The fp32 head's screen, for at most MAX_ROWS decoder rows (batch x beams). Beyond that one read of
+        the fp32 head serves enough rows, and the union of their candidates grows, that the full product wins
+        (mt5-small, XLSum preset: screened 1.3 s against 2.1 s for one input, 3.1 against 4.3 for three, 3.9
+        against 2.4 for four). Not an int8 head's: its logits are rounded to bf16, so hypotheses of different
+        beams tie at the cuts often, undecidable by any bound, and most searches would rerun (its full product
+        already reads int8 weights)."""
+        if rows > cls.MAX_ROWS:
+            return None
         screen = lm_head_screen(model)
         return cls(screen, head, rows) if screen and not isinstance(screen, QuantizedHeadScreen) else None
 

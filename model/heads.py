@@ -63,6 +63,14 @@ class HubMixin:
         """Bytes of weights by component ("embeddings", "lm_head", "transformer", "heads") and device."""
         return placement.memory_footprint(self)
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """transformers' total: bytes of the parameters, and of the buffers (quantized weights are buffers)
+        unless return_buffers=False. Tied weights count once."""
+        tensors = {id(t): t for t in self.parameters()}
+        if return_buffers:
+            tensors.update({id(t): t for t in self.buffers()})
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     def returned(self, output: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple:
         """transformers' `return_dict`: the output object, or (False, or config.return_dict False) the tuple
         of its non-None fields in transformers' order."""

@@ -130,6 +130,35 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     yield from state.items()
 
 
+class LazyTensor:
+    """A safetensors tensor not read yet: its shape, and `load()` reads it (one tensor at a time, so a checkpoint
+    never sits in memory whole: the model is filled, and quantized, tensor by tensor)."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...]):
+        self.path, self.key, self.shape = path, key, torch.Size(shape)
+
+    def load(self) -> torch.Tensor:
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return f.get_tensor(self.key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{self.path} is not a readable safetensors file ({e}): it may be truncated or "
+                                  "corrupt; delete it and download again") from e
+
+
+def materialize(tensor: "torch.Tensor | LazyTensor") -> torch.Tensor:
+    return tensor.load() if isinstance(tensor, LazyTensor) else tensor
+
+
+def read_lazy(path: Path) -> Iterator[tuple[str, "torch.Tensor | LazyTensor"]]:
+    """(key, tensor) of one file without reading safetensors data (LazyTensor); a .bin is memory-mapped."""
+    if path.suffix != ".safetensors":
+        yield from read_tensors(path)
+        return
+    for key, shape in read_shapes(path).items():
+        yield key, LazyTensor(path, key, shape)
+
+
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape from one file without reading its tensors: the safetensors header, or a memory-mapped .bin."""
     if path.suffix == ".safetensors":
@@ -329,9 +358,9 @@ def from_pretrained(cls: type, repo_or_dir: str | os.PathLike, *, config: MT5Con
     hub = hub_options(options)
     config = with_label_options(load_config(cls, repo_or_dir, config, hub), options)
     dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
-    model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant is not None, hub, ignore_mismatched)
+    model, info = build_and_fill(cls, repo_or_dir, config, dtype, quant, hub, ignore_mismatched)
     if quant is not None:
-        quant.apply(model).eval()   # the new modules too
+        quant.apply(model).eval()   # what was not quantized while loading (tied weights), and the config
     if device_map is not None or dtype == torch.float16:
         warn_slow_dtype(dtype, device_map or "cpu")
     if device_map is not None:
@@ -371,15 +400,16 @@ def with_label_options(config: MT5Config, options: dict[str, Any]) -> MT5Config:
     return config
 
 
-def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype, quantizing: bool,
+def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype, quant: QuantOptions | None,
                    hub: dict, ignore_mismatched_sizes: bool = False) -> tuple[torch.nn.Module, LoadingInfo]:
     """The meta-device model, in the checkpoint's quantized layout if it has one (int4, int8, bitsandbytes 4-bit),
-    filled with its weights."""
+    filled with its weights; with `quant`, each layer is quantized as soon as its weight is read."""
+    quantizing = quant is not None
     files = weight_files(repo_or_dir, **hub)
     check_config_fits(config, {k: s for f in files for k, s in read_shapes(f).items()}, str(repo_or_dir),
                       ignore_mismatched_sizes)
     info = LoadingInfo(source_files=[str(f) for f in files])
-    tensors = {key: tensor for f in files for key, tensor in read_tensors(f)}
+    tensors = {key: tensor for f in files for key, tensor in read_lazy(f)}
     config = match_feed_forward(config, tensors, str(repo_or_dir))
     with torch.device("meta"):
         model = cls(config)
@@ -395,6 +425,7 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
             raise AlreadyQuantizedError(f"{repo_or_dir} is already quantized to 4 bits: load it without load_in_4bit / "
                              "load_in_8bit")
         modules, wanted = {}, set(model.state_dict())
+        tensors = {key: materialize(t) for key, t in tensors.items()}
         for name, stats in pop_bnb_modules(tensors).items():   # checkpoint names -> ours, as map_checkpoint does
             ours = target_key(model, base_key(f"{name}.weight")).removesuffix(".weight")
             if f"{ours}.weight" in wanted:
@@ -410,15 +441,26 @@ def build_and_fill(cls: type, repo_or_dir, config: MT5Config, dtype: torch.dtype
     mapped = map_checkpoint(model, tensors, info)
     del tensors
     check_keys(model, mapped, info, str(repo_or_dir), ignore_mismatched_sizes)
-    assign(model, mapped, dtype)
+    assign(model, mapped, dtype, quant)
     return model.eval(), info
 
 
 @torch.no_grad()
-def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """Puts checkpoint tensors into the meta model; heads absent from the checkpoint get a real random init."""
+def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch.dtype,
+           quant: QuantOptions | None = None) -> None:
+    """Puts checkpoint tensors into the meta model; heads absent from the checkpoint get a real random init.
+
+    Tensors are read one at a time (LazyTensor) and, with `quant`, a layer to quantize is quantized as soon as
+    its weight is in: full precision exists for one tensor at a time, so loading peaks near the quantized
+    model's size plus the largest tensor, not the full-precision model's size (tied weights wait for
+    QuantOptions.apply, after tying)."""
+    streamed: set[str] = set()
+    if quant is not None and quant.quant_type in ("int8", "int4"):   # bitsandbytes' modules are nn.Linear too
+        tied = tied_keys(model)
+        streamed = {n for n in quant.targets(model) if f"{n}.weight" not in tied
+                    and not (tied and n.rpartition(".")[2] == "shared")}
     for key in list(mapped):
-        tensor = mapped.pop(key)  # drop our reference as we go: converting dtypes then peaks at one tensor
+        tensor = materialize(mapped.pop(key))  # one tensor at a time: converting dtypes then peaks at one
         module_name, _, name = key.rpartition(".")
         module = model.get_submodule(module_name)
         if name in module._buffers:  # quantized weights: kept exactly as stored
@@ -430,6 +472,11 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
         target = torch.float32 if dtype == torch.float16 and key.endswith("DenseReluDense.wo.weight") else dtype
         value = tensor.to(target) if tensor.is_floating_point() else tensor
         setattr(module, name, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
+        del tensor, value
+        if module_name in streamed and name == "weight":
+            parent, _, leaf = module_name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, quant.quantize(module))
+            del module
     fresh = [k for k, p in model.named_parameters() if p.is_meta]
     if fresh:
         for key in fresh:
