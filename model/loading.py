@@ -137,17 +137,34 @@ class LazyTensor:
     def __init__(self, path: Path, key: str, shape: tuple[int, ...]):
         self.path, self.key, self.shape = path, key, torch.Size(shape)
 
-    def load(self) -> torch.Tensor:
+    def load(self, dtype: torch.dtype | None = None, chunk_bytes: int = 64 * 2 ** 20) -> torch.Tensor:
+        """The tensor; with a floating `dtype` other than the file's, converted `chunk_bytes` of rows at a time
+        into the result, so an fp32 file read for a bf16 model never exists whole in fp32 (mt0-xxl's embedding:
+        4.1 GB in fp32, 2.0 GB in bf16)."""
         try:
             with safe_open(str(self.path), framework="pt") as f:
-                return f.get_tensor(self.key)
+                part = f.get_slice(self.key)
+                stored = SAFETENSORS_DTYPES.get(part.get_dtype())
+                small = self.shape.numel() * (stored.itemsize if stored else 4) <= 4 * chunk_bytes
+                if dtype is None or stored is None or stored == dtype or not stored.is_floating_point \
+                        or len(self.shape) == 0 or small:
+                    tensor = f.get_tensor(self.key)
+                    return tensor if dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
+                out = torch.empty(self.shape, dtype=dtype)
+                rows = max(1, chunk_bytes // max(1, out[0].numel() * stored.itemsize))
+                for start in range(0, self.shape[0], rows):
+                    out[start:start + rows] = part[start:start + rows]
+                return out
         except SafetensorError as e:
             raise CheckpointError(f"{self.path} is not a readable safetensors file ({e}): it may be truncated or "
                                   "corrupt; delete it and download again") from e
 
 
-def materialize(tensor: "torch.Tensor | LazyTensor") -> torch.Tensor:
-    return tensor.load() if isinstance(tensor, LazyTensor) else tensor
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def materialize(tensor: "torch.Tensor | LazyTensor", dtype: torch.dtype | None = None) -> torch.Tensor:
+    return tensor.load(dtype) if isinstance(tensor, LazyTensor) else tensor
 
 
 def read_lazy(path: Path) -> Iterator[tuple[str, "torch.Tensor | LazyTensor"]]:
@@ -460,16 +477,17 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
         streamed = {n for n in quant.targets(model) if f"{n}.weight" not in tied
                     and not (tied and n.rpartition(".")[2] == "shared")}
     for key in list(mapped):
-        tensor = materialize(mapped.pop(key))  # one tensor at a time: converting dtypes then peaks at one
         module_name, _, name = key.rpartition(".")
         module = model.get_submodule(module_name)
         if name in module._buffers:  # quantized weights: kept exactly as stored
+            tensor = materialize(mapped.pop(key))
             if tensor.data_ptr() % 64:  # read in place at an odd file offset: kernels want aligned memory
                 tensor = tensor.clone()
             module._buffers[name] = tensor
             continue
         # fp16 overflows in mT5's feed-forward output projection: keep `wo` in fp32 (as transformers does)
         target = torch.float32 if dtype == torch.float16 and key.endswith("DenseReluDense.wo.weight") else dtype
+        tensor = materialize(mapped.pop(key), target)  # one tensor at a time, converted as it is read
         value = tensor.to(target) if tensor.is_floating_point() else tensor
         setattr(module, name, torch.nn.Parameter(value, requires_grad=value.is_floating_point()))
         del tensor, value

@@ -54,15 +54,16 @@ def test_loading_in_4_bits_never_holds_the_full_precision_model(checkpoint):
     largest_fp32 = SHAPE["vocab_size"] * SHAPE["d_model"] * 4 / 2 ** 20
     # the quantized model, one tensor in fp32 and its bf16 read, and the allocator's slack
     # the quantized model, a few tensors in flight (bf16 read, fp32 copy, quantizer temporaries) and the
-    # allocator's slack: measured 148 MB here, against 303 MB when quantizing after a full load
-    assert got["peak_mb"] < got["kept_mb"] + 4 * largest_fp32 + 50, (got, fp32_mb)
-    assert got["peak_mb"] < 0.75 * fp32_mb, (got, fp32_mb)
+    # allocator's slack (and the file pages read): measured 148-176 MB here, against 303 MB when quantizing
+    # after a full load
+    assert got["peak_mb"] < got["kept_mb"] + 4 * largest_fp32 + 70, (got, fp32_mb)
+    assert got["peak_mb"] < 0.8 * fp32_mb, (got, fp32_mb)
 
 
 def test_loading_in_8_bits_streams_too(checkpoint):
     fp32_mb = sum(p.numel() for p in MT5ForConditionalGeneration(MT5Config(**SHAPE)).parameters()) * 4 / 2 ** 20
     got = peak(checkpoint, load_in_8bit=True, quantize_embeddings=True)
-    assert got["peak_mb"] < 0.8 * fp32_mb, (got, fp32_mb)     # measured 160 MB; 290 MB after a full load
+    assert got["peak_mb"] < 0.85 * fp32_mb, (got, fp32_mb)     # measured 160-171 MB; 290 MB after a full load
 
 
 @pytest.mark.parametrize("options", [dict(load_in_4bit=True, bnb_4bit_quant_type="int4"),
