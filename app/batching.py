@@ -2,7 +2,8 @@
 
 A decode reads every weight of the model once per step whatever the batch, so on a CPU eight rows cost little more
 per step than one: serving eight visitors in one batch gives each their summary in a fraction of the time they
-would wait in a line. `BATCHER.stream(...)` is a drop-in for `model.textgen.stream_text`:
+would wait in a line. `Batcher.stream(...)` is a drop-in for `model.textgen.stream_text`; the app context owns one
+batcher (`AppContext.create` gives it to the model cache, which hands it to every model it loads):
 
 * requests for the same model with the same decoding settings (greedy, or beam search with the same beams,
   penalties and lengths) that arrive until 100 ms pass without a new one (at most 300 ms), or while that model
@@ -62,7 +63,7 @@ class Batcher:
     """Groups concurrent generation requests per (model, settings) into batched decodes."""
 
     def __init__(self, max_batch: int = 8, window_s: float = 0.1, max_wait_s: float = 0.3):
-        self.max_batch = max_batch
+        self.max_batch = max(1, int(max_batch))   # 1 serves every visitor alone
         self.window_s, self.max_wait_s = window_s, max_wait_s
         self._lock = threading.Lock()
         self._forming: dict[tuple, _Group] = {}
@@ -258,17 +259,8 @@ def finish(streamer: TextStreamer, request: _Request) -> None:
     request.out.put(_END)
 
 
-BATCHER = Batcher()
-
-
-def configure(max_batch: int) -> None:
-    """The deployment's batch size (MT5_STUDIO_BATCH_VISITORS; 1 serves every visitor alone)."""
-    BATCHER.max_batch = max(1, int(max_batch))
-
-
 def batched(settings: Any) -> dict[str, Any]:
     """Event options for a summarization event: its own queue slots, as many as visitors a batch takes (they
-    wait in the batcher, not in Gradio's line; a decode runs one at a time per model), and the batcher sized to
-    match."""
-    configure(settings.batch_visitors)
+    wait in the batcher, not in Gradio's line; a decode runs one at a time per model). The batcher itself lives
+    on the app context (AppContext.create hands it to the model cache, sized by MT5_STUDIO_BATCH_VISITORS)."""
     return {"concurrency_id": "summarize", "concurrency_limit": max(settings.concurrency, settings.batch_visitors)}

@@ -12,6 +12,7 @@ from model.hub import resolve_file
 
 from . import __version__
 from .assets import Assets
+from .batching import Batcher
 from .attention import AttentionInput, capture
 from .models import Loaded, ModelCache, ModelPolicy, ModelRequest, Progress
 from .settings import Settings
@@ -71,7 +72,8 @@ class AppContext:
         allowed |= {s for e in assets.models.values() for s in e.suggestions}
         policy = ModelPolicy(settings.locked, frozenset(allowed | set(settings.allowed_models)))
         cache = ModelCache(settings.cache_models, settings.cache_bytes, policy, offline=settings.offline,
-                           folders=assets.folders, request_mb=settings.request_mb)
+                           folders=assets.folders, request_mb=settings.request_mb,
+                           batcher=Batcher(max_batch=settings.batch_visitors))
         return cls(settings, assets, cache, demo)
 
     def request(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",

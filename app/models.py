@@ -94,6 +94,7 @@ class Loaded:
     nbytes: int
     warnings: list[str] = field(default_factory=list)
     request_mb: int = REQUEST_MB    # the deployment's per-request budget (Settings.request_mb; see app.limits)
+    batcher: Any = None             # the app context's request batcher (app.batching.Batcher); None: alone
 
     def afford(self, work: Work, advice: str) -> int:
         """Refuses `work` (UserError naming the limit) when it would take more working memory than one request
@@ -304,11 +305,13 @@ class ModelCache:
 
     def __init__(self, max_models: int = 3, max_bytes: int = 6 * 2**30, policy: ModelPolicy | None = None,
                  loader: Callable[[ModelRequest, Progress | None], Loaded] | None = None, *, offline: bool = False,
-                 folders: Mapping[str, Path] | None = None, request_mb: int = REQUEST_MB):
+                 folders: Mapping[str, Path] | None = None, request_mb: int = REQUEST_MB, batcher: Any = None):
         """`offline`: read only the local Hugging Face cache; `folders`: short names of local checkpoints (the
         demo's) and where they are (see `load_checkpoint`); `request_mb`: one request's working-memory budget
-        (`Loaded.afford`)."""
+        (`Loaded.afford`); `batcher`: the deployment's request batcher (app.batching.Batcher), handed to every
+        model it loads (None: each request decodes alone)."""
         self.max_models, self.max_bytes, self.request_mb = max_models, max_bytes, request_mb
+        self.batcher = batcher
         self.policy = policy or ModelPolicy()
         self.offline, self.folders = offline, dict(folders or {})
         self.loader = loader or (lambda request, progress: load_checkpoint(
@@ -332,7 +335,7 @@ class ModelCache:
                     return self._models[request]
             try:
                 loaded = self.loader(request, progress)
-                loaded.request_mb = self.request_mb
+                loaded.request_mb, loaded.batcher = self.request_mb, self.batcher
             finally:  # a failed load leaves no gate behind (an open deployment sees many bad ids)
                 with self._lock:
                     self._loading.pop(request, None)

@@ -12,9 +12,8 @@ from typing import Any, Iterator
 
 import torch
 
-from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans
+from model.textgen import CHARS_PER_TOKEN_CAP, MARKER, encode_inputs, fill_spans, stream_text
 
-from .batching import BATCHER
 from .errors import UserError
 from .limits import check_bounds, generation_work
 from .models import Loaded
@@ -133,9 +132,10 @@ def stream_summary(loaded: Loaded, text: str, decoding: Decoding,
     truncated = enc.truncated[0] or len(text) > input_cap(max_input_tokens)
     loaded.afford(generation_work(gen, 1, enc.num_tokens[0], "a summary"), ADVICE)
     out = ""
-    # concurrent visitors of the same model and settings decode in one batch (app/batching.py)
-    for piece in BATCHER.stream(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)],
-                                max_input_tokens, **gen):
+    # concurrent visitors of the same model and settings decode in one batch (the app context's batcher)
+    stream = loaded.batcher.stream if loaded.batcher is not None else stream_text
+    for piece in stream(loaded.model, loaded.tokenizer, text[: input_cap(max_input_tokens)], max_input_tokens,
+                        **gen):
         out += piece
         yield Summary(out, truncated, enc.num_tokens[0], gen)
     yield Summary(out, truncated, enc.num_tokens[0], gen, done=True)

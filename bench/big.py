@@ -2,6 +2,7 @@
 under each precision, and the peak while loading them.
 
     python bench/big.py [--space-gb 16]
+    python bench/big.py --run [--layers N]     # build a random mt0-xxl-shape checkpoint once, load it, decode
 
 No weights are read: each model is built on PyTorch's meta device from its real config.json (the shapes below are
 the Hub configs'), and every layer is swapped for the module this library would hold (model.quant's Int4Linear /
@@ -80,10 +81,124 @@ def resident(family: str, fields: dict, dtype: str, options: dict) -> tuple[int,
     return m.get_memory_footprint(), largest
 
 
+def build_checkpoint(path: Path, family: str, fields: dict, layers: int | None = None,
+                     shard_bytes: int = 5 * 10 ** 9) -> Path:
+    """A random checkpoint of this shape in the Hub's layout (bf16 safetensors shards of ~5 GB and their index),
+    written tensor by tensor (the model never exists in memory); reused when it is there. `layers` overrides
+    the depth (a reduced-depth copy)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    import model
+    from model.config import config_class
+
+    if (path / "model.safetensors.index.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    fields = dict(fields, **({"num_layers": layers} if layers else {}))
+    config = config_class(family)(**fields)
+    with torch.device("meta"):
+        meta = model.model_class(family, "generation")(config)
+    g = torch.Generator().manual_seed(0)
+    shard, size, index, n = {}, 0, {}, 0
+
+    def flush():
+        nonlocal shard, size, n
+        n += 1
+        name = f"model-{n:05d}-of-NNNNN.safetensors"
+        save_file(shard, str(path / name), metadata={"format": "pt"})
+        index.update({k: name for k in shard})
+        shard, size = {}, 0
+
+    for key, t in meta.state_dict().items():
+        value = torch.empty(t.shape, dtype=torch.bfloat16)
+        if key.endswith("layer_norm.weight"):
+            value.fill_(1.0)
+        else:   # fan-in scaled, so states stay O(1) through the depth and logits O(1)
+            value.normal_(0.0, 1.0 if key.endswith(("shared.weight", "relative_attention_bias.weight"))
+                          else t.shape[-1] ** -0.5, generator=g)
+        shard[key] = value
+        size += value.numel() * 2
+        if size >= shard_bytes:
+            flush()
+    if shard:
+        flush()
+    for old in sorted(path.glob("model-*-of-NNNNN.safetensors")):
+        old.rename(path / old.name.replace("NNNNN", f"{n:05d}"))
+    index = {k: v.replace("NNNNN", f"{n:05d}") for k, v in index.items()}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    config.replace(torch_dtype="bfloat16").save_pretrained(path)
+    return path
+
+
+RUN = """
+import json, re, sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(2)
+import model
+
+def status(field):
+    return int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 2 ** 20
+
+out = {{}}
+start = time.perf_counter()
+m = model.load_model({path!r}, dtype="bfloat16", load_in_4bit=True, bnb_4bit_quant_type="int4",
+                     quantize_embeddings=True)
+out["load_s"] = time.perf_counter() - start
+out["load_peak_gb"] = status("VmHWM")
+out["resident_gb"] = status("VmRSS")
+ids = torch.randint(3, 250000, (1, 200), generator=torch.Generator().manual_seed(1))
+def timed(**kw):
+    start = time.perf_counter()
+    m.generate(ids, **kw)
+    return time.perf_counter() - start
+
+with torch.no_grad():
+    out["cold_first_token_s"] = timed(max_new_tokens=1)        # the first call also builds the kernels' packs
+    out["first_token_s"] = timed(max_new_tokens=1)             # encoder (200 tokens) and one decoder step
+    for name, kw, n in (("greedy", {{}}, 9), ("beam4", dict(num_beams=4), 5)):
+        one = timed(max_new_tokens=1, **kw)
+        out[name + "_ms_token"] = (timed(max_new_tokens=n, min_new_tokens=n, **kw) - one) / (n - 1) * 1e3
+out["decode_peak_gb"] = status("VmHWM")
+print(json.dumps(out))
+"""
+
+
+def measure(path: Path) -> dict:
+    """Loads the checkpoint in int4 (embeddings too, the rest bf16) in a child and times it."""
+    import json
+    import subprocess
+
+    code = RUN.format(root=str(ROOT), path=str(path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space-gb", type=float, default=16.0)
+    ap.add_argument("--run", action="store_true", help="build (once) a random mt0-xxl-shape checkpoint in the "
+                                                         "Hub's layout and measure loading and decoding in int4")
+    ap.add_argument("--layers", type=int, default=None, help="with --run: a reduced-depth copy")
+    ap.add_argument("--workdir", default="/tmp/mt5-bench-big")
     args = ap.parse_args()
+    if args.run:
+        family, fields = CHECKPOINTS["bigscience/mt0-xxl"]
+        path = build_checkpoint(Path(args.workdir) / f"mt0-xxl-{args.layers or 'full'}", family, fields,
+                                args.layers)
+        r = measure(path)
+        print(f"mt0-xxl shape ({args.layers or fields['num_layers']}+{args.layers or fields['num_layers']} layers), "
+              f"int4 with embeddings, bf16 rest, 2 threads: load {r['load_s']:.0f} s, peak RSS "
+              f"{r['load_peak_gb']:.1f} GB while loading, {r['resident_gb']:.1f} GB after, "
+              f"{r['decode_peak_gb']:.1f} GB while decoding; first token of a 200-token input "
+              f"{r['first_token_s']:.1f} s ({r['cold_first_token_s']:.1f} s for the first request after load); "
+              f"after it, greedy {r['greedy_ms_token']:.0f} ms/token "
+              f"({1e3 / r['greedy_ms_token']:.1f} tokens/s), beam 4 {r['beam4_ms_token']:.0f} ms/token")
+        return
     budget = args.space_gb * 2 ** 30
     print(f"Resident weights / loading peak, GB (fits: loading peak + {RUNTIME_GB} GB runtime <= "
           f"{args.space_gb:g} GB)")

@@ -127,13 +127,24 @@ def test_sampling_runs_alone_and_errors_reach_everyone(loaded):
     assert len(errors) == 3 and all("max_new_tokens" in str(e) for e in errors.values())
 
 
-def test_the_summarization_task_goes_through_the_batcher(loaded):
-    from app import batching
+def test_the_summarization_task_goes_through_the_app_contexts_batcher(loaded, tmp_path):
+    """AppContext.create gives the model cache one batcher, which every loaded model carries; without one (a
+    bare ModelCache) a summary decodes alone."""
+    import dataclasses
 
-    before = len(batching.BATCHER.batch_sizes)
-    *_, last = stream_summary(loaded, TEXTS[1], Decoding(max_new_tokens=10))
-    assert last.done and len(batching.BATCHER.batch_sizes) == before + 1
+    from app.assets import load_assets
+    from app.context import AppContext
+    from app.settings import Settings
+
+    ctx = AppContext.create(Settings(batch_visitors=5), load_assets())
+    assert isinstance(ctx.cache.batcher, Batcher) and ctx.cache.batcher.max_batch == 5
+    batcher = Batcher(max_batch=8, window_s=0.05)
+    *_, last = stream_summary(dataclasses.replace(loaded, batcher=batcher), TEXTS[1], Decoding(max_new_tokens=10))
+    assert last.done and batcher.batch_sizes == [1]
     assert last.text == "".join(stream_text(loaded.model, loaded.tokenizer, TEXTS[1], 512, max_new_tokens=10))
+    assert loaded.batcher is None
+    *_, alone = stream_summary(loaded, TEXTS[1], Decoding(max_new_tokens=10))
+    assert alone.text == last.text
 
 
 def test_a_batch_waits_while_visitors_keep_arriving_and_starts_after_a_quiet_spell(loaded):
