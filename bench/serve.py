@@ -131,8 +131,8 @@ def main() -> None:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         path = checkpoint(args.shape, work)
-        print(f"{args.shape} random weights, {args.visitors} visitors at once, {args.preset}, {args.tokens} new tokens, "
-              f"through /summarize (gradio_client), median of {args.repeat}")
+        print(f"{args.shape} random weights, {args.visitors} visitors at once, {args.preset}, {args.tokens} new "
+              f"tokens, through /summarize (gradio_client), median of {args.repeat}")
         print(f"{'configuration':<34}{'solo s':>8}{'all done s':>12}{'throughput vs line':>20}"
               f"{'slowest / solo':>16}{'staggered':>11}")
         for label, batch in (("batched (BATCH_VISITORS=%d)" % args.visitors, args.visitors),
