@@ -62,9 +62,11 @@ class _Rolling:
 class Batcher:
     """Groups concurrent generation requests per (model, settings) into batched decodes."""
 
-    def __init__(self, max_batch: int = 8, window_s: float = 0.1, max_wait_s: float = 0.3):
+    def __init__(self, max_batch: int = 8, window_s: float = 0.1, max_wait_s: float = 0.3,
+                 linger_s: float = 0.3):
         self.max_batch = max(1, int(max_batch))   # 1 serves every visitor alone
         self.window_s, self.max_wait_s = window_s, max_wait_s
+        self.linger_s = linger_s   # the longest a visitor's stream gathers pieces into one update
         self._lock = threading.Lock()
         self._forming: dict[tuple, _Group] = {}
         self._rolling: dict[tuple, _Rolling] = {}
@@ -148,7 +150,7 @@ class Batcher:
                         most = self._roll(group.key, model, tokenizer, served, max_input_tokens, keep_sentinels,
                                           cfg, index)
                     else:
-                        lingering(requests, len(requests))
+                        lingering(requests, len(requests), self.linger_s)
                         decode(model, tokenizer, requests, max_input_tokens, keep_sentinels, gen)
             except BaseException as e:  # noqa: BLE001 - every visitor still waiting gets the error
                 for r in served + self._close(group.key):
@@ -170,7 +172,7 @@ class Batcher:
                 for r in pending:
                     streamers[id(r)] = TextStreamer(tokenizer, keep_sentinels)
                 most = self.batch_sizes[index] = max(most, len(run))
-                lingering(run.tags, len(run))
+                lingering(run.tags, len(run), self.linger_s)
             for r, token, done in run.step():
                 streamer = streamers[id(r)]
                 piece = streamer.push(token)
@@ -195,10 +197,10 @@ class Batcher:
         return state.inbox if state is not None else []
 
 
-def lingering(requests: list[_Request], batch: int) -> None:
-    """The updates of all visitors together stay ~25 a second."""
+def lingering(requests: list[_Request], batch: int, cap: float = 0.3) -> None:
+    """The updates of all visitors together stay ~25 a second (each at most `cap` seconds apart)."""
     for r in requests:
-        r.linger_s = min(0.3, 0.04 * batch)
+        r.linger_s = min(cap, 0.04 * batch)
 
 
 def decode(model, tokenizer, requests: list[_Request], max_input_tokens: int, keep_sentinels: bool,

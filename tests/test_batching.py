@@ -52,7 +52,9 @@ def together(batcher, loaded, texts, **gen):
                                                            "no_repeat_ngram_size": 2, "length_penalty": 0.6}])
 def test_a_batch_gives_each_visitor_their_solo_text(loaded, gen):
     solo = ["".join(stream_text(loaded.model, loaded.tokenizer, t, 512, **gen)) for t in TEXTS]
-    batcher = Batcher(max_batch=8, window_s=0.2)
+    # updates at most 20 ms apart: the tiny model decodes 24 steps of eight rows within the 0.3 s a deployment
+    # gathers pieces for, on a fast moment, and the streaming check below would then see one update each
+    batcher = Batcher(max_batch=8, window_s=0.2, linger_s=0.02)
     pieces, errors = together(batcher, loaded, TEXTS, **gen)
     assert not errors
     assert ["".join(pieces[i]) for i in range(len(TEXTS))] == solo
