@@ -29,7 +29,7 @@ The proof, per step (a_ij approximate, e_ij exact fp32 logit, b_i the screen's b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -252,7 +252,6 @@ class ScreenStats:
     redone: int = 0           # steps redone on full logits because a comparison was undecided
     recounts: int = 0         # exact recounts of the earlier screened steps' log-normalisers
     restarted: bool = False   # the search reran on the exact path
-    lam: list = field(default_factory=list)
 
 
 class BeamScreen:
@@ -303,5 +302,4 @@ class BeamScreen:
                 self.pause = 0
         if rc is None:
             rc = full_rows(self.head, h, process, keep)
-        self.stats.lam.append(float(rc.lam.max()))
         return rc

@@ -117,7 +117,6 @@ class DecoderState:
     use_cache: bool = True                 # False: every step decodes the whole sequence again
     record: StepRecord | None = None       # what the dict output keeps per step
     cache: KVCache = field(init=False)
-    screen: "BeamScreen | None" = field(default=None, init=False)   # a beam search's screen (its stats)
 
     def __post_init__(self):
         self.cache = KVCache(len(self.model.decoder.block))
@@ -422,12 +421,12 @@ def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int, generato
     screen of the head (model/beam_screen.py) and falls back to the exact fp32 path when its bounds cannot
     decide a comparison, so the tokens are always those of the exact search."""
     prompt = start_tokens(state, cfg) if prompt is None else prompt
-    if max_len_of(cfg, prompt) <= prompt.shape[1]:
+    max_len = cfg.total_length(prompt.shape[1])
+    if max_len <= prompt.shape[1]:
         raise ValueError(f"decoder_input_ids already hold {prompt.shape[1]} tokens but max_length is "
-                         f"{max_len_of(cfg, prompt)}: raise max_length or use max_new_tokens")
+                         f"{max_len}: raise max_length or use max_new_tokens")
     screen = BeamScreen.for_search(state.model, state.head, batch * cfg.num_beams) if screenable(state, cfg) \
         else None
-    state.screen = screen
     if screen is not None:
         try:
             return run_beams(state, cfg, batch, generator, prompt, screen)
@@ -438,17 +437,18 @@ def beam_search(state: DecoderState, cfg: GenerationConfig, batch: int, generato
     return run_beams(state, cfg, batch, generator, prompt, None)
 
 
-def max_len_of(cfg: GenerationConfig, prompt: torch.Tensor) -> int:
-    return cfg.total_length(prompt.shape[1])
+def needs_every_log_prob(cfg: GenerationConfig) -> bool:
+    """Per-step scores, sampling, a repetition penalty (it rescales scores by sign) and invalid-value removal
+    read every log-probability of every step: the search then builds them all, as transformers does."""
+    return keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or cfg.remove_invalid_values
 
 
 def screenable(state: DecoderState, cfg: GenerationConfig) -> bool:
-    """The screen decides tokens from bans-only processing; per-step scores, sampling, a repetition penalty
-    (it rescales scores by sign), invalid-value removal and per-step records need every exact logit."""
+    """The screen decides tokens from bans-only processing: not where every log-probability is needed, nor with
+    per-step records or without a cache."""
     record = state.record
-    return not (keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or cfg.remove_invalid_values
-                or not state.use_cache or (record is not None and (record.attentions or record.hidden_states
-                                                                   or record.logits)))
+    return not (needs_every_log_prob(cfg) or not state.use_cache or (
+        record is not None and (record.attentions or record.hidden_states or record.logits)))
 
 
 @dataclass
@@ -456,9 +456,7 @@ class Advance:
     """One step of the search, computed without touching the previous Beams."""
     beams: Beams
     parent: torch.Tensor        # (B, K) the running beam each new running beam extends
-    best: torch.Tensor          # (B, K) which candidates became running
     merged: torch.Tensor        # (B, K + keep) finished scores before the merge, then the new ones (penalised)
-    top: torch.Tensor           # (B, K) which merged entries were kept
 
 
 def run_beams(state: DecoderState, cfg: GenerationConfig, batch: int, generator: torch.Generator | None,
@@ -467,14 +465,13 @@ def run_beams(state: DecoderState, cfg: GenerationConfig, batch: int, generator:
     """The search loop. `faithful`: every step computes as transformers does (log_softmax over all logits, the
     running scores added to all of them, one top-k over beams x vocabulary), for the same bits, ties included."""
     k, p = cfg.num_beams, prompt.shape[1]
-    max_len = max_len_of(cfg, prompt)
+    max_len = cfg.total_length(p)
     device = state.encoder_states.device
     keep = max(2, 1 + len(cfg.eos_ids)) * k  # candidates per step, so k live beams remain after some finish
     # the screen reads each hypothesis's path (transformers' beam indices)
     b = start_beams(prompt, cfg, batch, max_len, track_rows=cfg.return_dict_in_generate or screen is not None)
     all_scores = []
-    full_scores = faithful or keeps_scores(cfg) or cfg.do_sample or cfg.repetition_penalty != 1.0 or \
-        cfg.remove_invalid_values
+    full_scores = faithful or needs_every_log_prob(cfg)
     for cur in range(p, max_len):
         seqs = b.running[:, :, :cur].reshape(batch * k, cur)
         if screen is not None:
@@ -525,10 +522,10 @@ def advance(b: Beams, cand_scores, cand_seqs, cand_beams, cur: int, keep: int, c
     if cand_rows is not None:
         new.running_rows = gather(cand_rows, best)
     first_k = torch.arange(keep, device=device) < k
-    merged, top = add_finished(new, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg, cand_rows)
+    merged = add_finished(new, cand_seqs, cand_scores, hits & first_k[None, :], cur, cfg, cand_rows)
     new.improvable = still_improvable(new, cur + 1, max_len, cfg)
     new.hits = hits
-    return Advance(new, gather(cand_beams, best), best, merged, top)
+    return Advance(new, gather(cand_beams, best), merged)
 
 
 def screened_advance(state: DecoderState, screen: BeamScreen, b: Beams, seqs: torch.Tensor, cur: int, keep: int,
@@ -621,10 +618,7 @@ def improvable_test_decided(new: Beams, screen: BeamScreen, cur: int, max_len: i
                             live: torch.Tensor) -> bool:
     """still_improvable's test decided for every input whose finished slots are all real (otherwise it
     compares with -1e9 and nothing is close)."""
-    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
-        length = max_len - new.prompt_len
-    else:
-        length = cur + 1 - new.prompt_len
+    length = improvable_length(new, cur + 1, max_len, cfg)
     steps = cur + 1 - new.prompt_len
     best = new.running_scores[:, :1] / length ** cfg.length_penalty
     best_u, _ = path_uncertainty(screen.book, new.running_rows[:, :1, :steps], best,
@@ -665,9 +659,9 @@ def top_continuations_fast(log_probs: torch.Tensor, tokens: torch.Tensor, b: Bea
 
 
 def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg: GenerationConfig,
-                 cand_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 cand_rows: torch.Tensor | None = None) -> torch.Tensor:
     """Merges newly finished candidates into the k best finished hypotheses (length-penalised scores).
-    Returns the merged scores (B, K + keep), penalties included, and which of them were kept (B, K)."""
+    Returns the merged scores (B, K + keep) the k best were picked from, penalties included."""
     generated = cur + 1 - b.prompt_len  # tokens after the prompt, eos included
     scores = cand_scores / (generated ** cfg.length_penalty)
     full = b.is_finished.all(-1, keepdim=True) & (cfg.early_stopping is True)
@@ -681,15 +675,19 @@ def add_finished(b: Beams, cand_seqs, cand_scores, just_finished, cur: int, cfg:
     b.is_finished = gather(torch.cat([b.is_finished, just_finished], 1), top)
     if cand_rows is not None:
         b.finished_rows = gather(torch.cat([b.finished_rows, cand_rows], 1), top)
-    return merged_scores, top
+    return merged_scores
+
+
+def improvable_length(b: Beams, cur_len: int, max_len: int, cfg: GenerationConfig) -> int:
+    """The length the best running beam's score is penalised at in the improvable test."""
+    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+        return max_len - b.prompt_len
+    return cur_len - b.prompt_len
 
 
 def still_improvable(b: Beams, cur_len: int, max_len: int, cfg: GenerationConfig) -> torch.Tensor:
     """Can the best running beam still beat the worst finished one? (transformers' heuristic)"""
-    if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
-        length = max_len - b.prompt_len
-    else:
-        length = cur_len - b.prompt_len
+    length = improvable_length(b, cur_len, max_len, cfg)
     best_running = b.running_scores[:, :1] / (length ** cfg.length_penalty)
     worst_finished = torch.where(b.is_finished, b.finished_scores.min(1, keepdim=True).values,
                                  torch.tensor(-1e9, device=b.finished_scores.device))
