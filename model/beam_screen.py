@@ -98,8 +98,7 @@ def screened_rows(screen: Int8Screen, h: torch.Tensor, process: Process, keep: i
     union = torch.unique(cols, sorted=True)
     if len(union) > 2 * cap:       # rescoring that many rows costs about what the full head does
         return None
-    padded = torch.cat([union, union[:1].expand(-len(union) % 64)])        # F.linear's bits (see Int8Screen)
-    exact = screen.rescore(h, padded)[:, :len(union)]                      # (N, U) raw exact logits
+    exact = screen.rescore_columns(h, union)                                # (N, U) raw exact logits
     mine = torch.full_like(exact, NEG_INF)
     where = torch.searchsorted(union, cols)
     mine[rows, where] = exact[rows, where]                                 # each row's own candidates

@@ -200,6 +200,15 @@ class Int8Screen:
         h_norm = h.norm(dim=-1)
         return self.err * h_norm + act_bound + h.shape[-1] * 2 ** -22 * self.l2 * h_norm
 
+    def rescore_columns(self, h: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Exact logits (N, len(columns)) of any head rows `columns`. Padded to a multiple of 64 rows, the
+        product gives F.linear's bits over the whole head (MKL splits a row count that is not between its
+        threads with a tail kernel that rounds differently)."""
+        if not len(columns):
+            return h.new_empty(h.shape[0], 0)
+        padded = torch.cat([columns, columns[:1].expand(-len(columns) % 64)])
+        return self.rescore(h, padded)[:, :len(columns)]
+
     def rescore(self, h: torch.Tensor, rows: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
         """Exact logits (N, len(rows)) of the head's `rows` (a multiple of 64 of them).
 
@@ -237,10 +246,7 @@ class Int8Screen:
             keep = ~undecided[rows]
             rows, cols = rows[keep], cols[keep]
         union, where = torch.unique(cols, sorted=True, return_inverse=True)
-        # Padded to a multiple of 64 rows, the product gives F.linear's bits over the whole head (MKL splits
-        # a row count that is not between its threads with a tail kernel that rounds differently).
-        padded = torch.cat([union, union[:1].expand(-len(union) % 64)]) if len(union) else union
-        exact = self.rescore(h, padded)
+        exact = self.rescore_columns(h, union)
         best = torch.full((h.shape[0], len(union)), NEG_INF)
         best[rows, where] = exact[rows, where]
         # ties go to the lowest id (union ascends), as argmax over all logits picks
