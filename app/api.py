@@ -1,4 +1,4 @@
-"""The API for `gradio_client`: /summarize, /fill_spans, /classify, /tag, /answer, /attention.
+"""The API for `gradio_client`: /summarize, /translate, /fill_spans, /classify, /tag, /answer, /attention.
 
 Text inputs first, settings after with defaults; an empty `model` means the task's default checkpoint; decoding
 settings left as None take the checkpoint's own defaults. Each returns a JSON object. A bad input raises an
@@ -26,6 +26,7 @@ from .ranking import classify_checkpoint, method_of, preset_named
 from .tasklist import TASKS
 from .tasks import (MAX_INPUT_TOKENS, Decoding, answer_extractive, as_plain, check_decoding, fill, input_cap,
                     require_text, stream_summary)
+from .translation import stream_translation
 
 log = logging.getLogger("mt5studio")
 
@@ -61,6 +62,26 @@ def register(ctx: AppContext) -> None:
                             temperature, top_k, top_p, repetition_penalty, seed)
         *_, last = stream_summary(loaded, text, decoding)
         return {"summary": last.text, "truncated": last.truncated, "input_tokens": last.input_tokens,
+                "settings": last.settings, "model": loaded.provenance()}
+
+    @user_errors
+    def translate(text: str, target: str, model: str = "", max_new_tokens: int | None = None,
+                  num_beams: int | None = None, no_repeat_ngram_size: int | None = None,
+                  length_penalty: float | None = None, do_sample: bool | None = None, temperature: float | None = None,
+                  top_k: int | None = None, top_p: float | None = None, repetition_penalty: float | None = None,
+                  seed: int | None = None, dtype: str = "auto", device: str = "auto", quantization: str = "") -> dict:
+        """Translates `text` into `target` (an English language name such as "German", or a code such as "de").
+        An empty `quantization` is the registry's choice for the default checkpoint (MADLAD-400: int8-all), else
+        none. Returns {translation, target, code, method ('<2de> token' | 'prompt'), prompt, truncated,
+        input_tokens, settings, model}."""
+        entry = ctx.assets.models["translation"]
+        quantization = quantization or (entry.quantization if model.strip() in ("", entry.default) else "none")
+        loaded = ctx.load("translation", model, dtype, device, quantization)
+        decoding = Decoding(max_new_tokens, num_beams, no_repeat_ngram_size, length_penalty, do_sample,
+                            temperature, top_k, top_p, repetition_penalty, seed)
+        *_, last = stream_translation(loaded, text, target, decoding)
+        return {"translation": last.text, "target": last.target, "code": last.code, "method": last.method,
+                "prompt": last.prompt, "truncated": last.truncated, "input_tokens": last.input_tokens,
                 "settings": last.settings, "model": loaded.provenance()}
 
     @user_errors
@@ -170,6 +191,7 @@ def register(ctx: AppContext) -> None:
 
     # summaries of concurrent visitors share batched decodes (app/batching.py): their own, wider, limit
     gr.api(summarize, api_name="summarize", **batched(ctx.settings))
+    gr.api(translate, api_name="translate", **batched(ctx.settings))
     for fn, name in ((fill_spans, "fill_spans"), (classify_text, "classify"),
                      (tag_text, "tag"), (answer, "answer"), (attention, "attention")):
         gr.api(fn, api_name=name, concurrency_id="models")

@@ -23,11 +23,17 @@ class TaskModels:
     approach: str = ""
     # decoding settings for checkpoints that ship no length of their own (tasks.preset_decoding; mT0)
     decoding: dict | None = None
+    # the default checkpoint's weights per quantization choice (a key of app.models.QUANTIZATIONS, or "bf16"),
+    # and the quantization the model box starts with (a checkpoint too big for a Space in full precision)
+    memory: dict[str, str] | None = None
+    quantization: str = "none"
 
     def facts(self) -> str:
         """One line about the registry's default (the first suggestion that is not a demo checkpoint):
         "Default bigscience/mt0-base: Apache-2.0 · 580M parameters … · 46 languages (xP3) · …"."""
-        given = [v for v in (self.licence, self.size, self.languages, self.approach) if v]
+        memory = "weights " + ", ".join(f"{'fp32' if k == 'none' else k} {v}" for k, v in self.memory.items()) \
+            if self.memory else ""
+        given = [v for v in (self.licence, self.size, self.languages, self.approach, memory) if v]
         name = next((s for s in self.suggestions if not s.startswith(DEMO_PREFIX)), self.default)
         return f"Default {name}: {' · '.join(given)}." if given else ""
 
@@ -61,7 +67,8 @@ class Assets:
         for task, entry in self.models.items():
             heads = self.demo_heads[task]
             names = [DEMO_PREFIX + checkpoints[h].name for h in ([heads] if isinstance(heads, str) else heads)]
-            models[task] = replace(entry, default=names[0], suggestions=[*names, *entry.suggestions])
+            models[task] = replace(entry, default=names[0], suggestions=[*names, *entry.suggestions],
+                                   quantization="none")   # the tiny demo checkpoints need no quantization
         return replace(self, models=models, folders={**self.folders, **folders})
 
 

@@ -105,6 +105,9 @@ def batch(args: argparse.Namespace) -> int:
     state = process_state()
     say = print if state.is_main_process else (lambda *a, **k: None)
     spec = task_named(args.task)   # ValueError naming the tasks
+    if not spec.jobs:
+        raise ValueError(f"{args.task} runs in its tab and its API endpoint only: batch rows hold text, not the "
+                         "other inputs it needs")
     decoding = decoding_of(args)
     source = Path(args.input)
     if not source.is_file():

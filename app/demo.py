@@ -9,11 +9,12 @@ from huggingface_hub import constants, try_to_load_from_cache
 from model.tiny import build_demo_checkpoints
 
 from .assets import Assets
+from .translation import languages
 
 
 def build_demo(assets: Assets, folder: Path) -> dict[str, Path]:
     """Builds (or reuses, when built from the same examples) the demo checkpoints under `folder`."""
-    return build_demo_checkpoints(folder, assets.example_texts())
+    return build_demo_checkpoints(folder, assets.example_texts(), languages=[lang.code for lang in languages()])
 
 
 def hub_unavailable(assets: Assets, offline: bool = False, timeout: float = 2.0) -> bool:

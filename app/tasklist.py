@@ -11,16 +11,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import answering, prompted_tagging, ranking, tasks
+from . import answering, prompted_tagging, ranking, tasks, translation
 from .assets import Assets
 from .attention import AttentionInput
-from .models import Loaded
+from .models import QUANTIZATIONS, Loaded
 from .prompts import qa_prompt
 from .tasks import Decoding
 
 Inputs = Mapping[str, str]   # the task's fields by name: {"text": ...} or {"question": ..., "context": ...}
 TEXT = ("text",)
 QUESTION_CONTEXT = ("question", "context")
+TEXT_TARGET = ("text", "target")   # translation: the source text and the target language's name
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class Task:
     # heads a checkpoint may bring instead of `head`: its config's `architectures` suffix -> head (read by
     # AppContext.head_for before loading; a classification fine-tune says ...ForSequenceClassification)
     heads: Mapping[str, str] = field(default_factory=dict)
+    # batch and compare jobs store rows of text (or question and context): a task with other inputs (the
+    # translation's target language) runs in its tab and the API only
+    jobs: bool = True
 
     @property
     def streams(self) -> bool:
@@ -64,6 +68,10 @@ def _last(results: Iterator[Any]) -> Any:
 
 def _summaries(loaded: Loaded, inputs: Inputs, decoding: Decoding) -> Iterator[tasks.Summary]:
     return tasks.stream_summary(loaded, inputs["text"], decoding)
+
+
+def _translations(loaded: Loaded, inputs: Inputs, decoding: Decoding) -> Iterator[translation.Translation]:
+    return translation.stream_translation(loaded, inputs["text"], inputs["target"], decoding)
 
 
 def _classify(loaded: Loaded, inputs: Inputs, decoding: Decoding):
@@ -96,6 +104,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          run=lambda m, x, d: _last(_summaries(m, x, d)), stream=_summaries, decodes=True,
          as_text=lambda r: r.text,
          attention=lambda x, r: AttentionInput(x["text"], target=r.text if r else None)),
+    Task("translation", "Translation", "generation", TEXT_TARGET,
+         run=lambda m, x, d: _last(_translations(m, x, d)), stream=_translations, decodes=True, jobs=False,
+         as_text=lambda r: r.text,
+         attention=lambda x, r: AttentionInput(r.prompt if r else x["text"], target=r.text if r else None)),
     Task("span_filling", "Span filling", "generation", TEXT,
          run=lambda m, x, d: tasks.fill(m, x["text"], d), decodes=True,
          as_text=lambda r: r.text,
@@ -116,6 +128,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
              answering.default_template(), x["question"].strip(), x["context"].strip()))),
 )}
 
+JOB_TASKS = [name for name, t in TASKS.items() if t.jobs]   # the tasks batch and compare jobs offer
+
 
 def task(name: str) -> Task:
     """The task called `name`; a ValueError naming the known ones otherwise (callers at a boundary turn it into
@@ -133,6 +147,9 @@ def check_registry(assets: Assets) -> None:
     if missing:
         raise ValueError(f"{where} has no entry for {missing}: add one per task (head, default, suggestions)")
     for name, t in TASKS.items():
+        if assets.models[name].quantization not in QUANTIZATIONS:
+            raise ValueError(f"{where}: task {name!r} starts with quantization "
+                             f"{assets.models[name].quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
         if assets.models[name].head != t.head:
             raise ValueError(f"{where}: task {name!r} has head {assets.models[name].head!r}, but the task needs "
                              f"{t.head!r}: set it to {t.head!r}")

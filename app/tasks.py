@@ -125,12 +125,19 @@ class Summary:
 def stream_summary(loaded: Loaded, text: str, decoding: Decoding,
                    max_input_tokens: int = MAX_INPUT_TOKENS) -> Iterator[Summary]:
     """Yields the summary so far as tokens arrive (beam search yields once, at the end); the last has done=True."""
+    return stream_generated(loaded, text, decoding, "Summarization", "a summary", max_input_tokens)
+
+
+def stream_generated(loaded: Loaded, text: str, decoding: Decoding, task: str, what: str,
+                     max_input_tokens: int = MAX_INPUT_TOKENS) -> Iterator[Summary]:
+    """The text `loaded` generates from `text`, so far, as tokens arrive; the last has done=True. `task` and
+    `what` name the work in messages ("Summarization", "a summary")."""
     text = require_text(text)
-    needs_generation(loaded, "Summarization")
+    needs_generation(loaded, task)
     gen = check_decoding(loaded.model, decoding)
     enc = encode_inputs(loaded.tokenizer, text[: input_cap(max_input_tokens)], max_input_tokens)
     truncated = enc.truncated[0] or len(text) > input_cap(max_input_tokens)
-    loaded.afford(generation_work(gen, 1, enc.num_tokens[0], "a summary"), ADVICE)
+    loaded.afford(generation_work(gen, 1, enc.num_tokens[0], what), ADVICE)
     out = ""
     # concurrent visitors of the same model and settings decode in one batch (the app context's batcher)
     stream = loaded.batcher.stream if loaded.batcher is not None else stream_text

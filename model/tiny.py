@@ -26,7 +26,7 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-from .config import MT5Config, UMT5Config
+from .config import MT5Config, T5Config, UMT5Config
 from .registry import model_class
 
 # The demo's heads. Label names are real ones so the pages look like a fine-tuned model's (the weights are not).
@@ -37,7 +37,7 @@ DEMO_SHAPE = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, rela
 DEMO_GENERATION = {"max_new_tokens": 24, "num_beams": 1, "no_repeat_ngram_size": 3, "length_penalty": 1.0}
 MANIFEST = "demo_manifest.json"
 MARKER = re.compile(r"<extra_id_\d+>")
-TINY_VERSION = 4  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
+TINY_VERSION = 5  # bump when the checkpoints' layout changes, so cached demo folders are rebuilt
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -139,8 +139,8 @@ def _write_json(path: Path, obj) -> None:
 # Random checkpoints
 # ------------------------------------------------------------------------------------------------------------
 def tiny_model(family: str, task: str, vocab_size: int, seed: int = 0, **config):
-    """A randomly initialised model of `family` ('mt5'|'umt5') for `task`, in DEMO_SHAPE unless overridden."""
-    cfg_class = UMT5Config if family == "umt5" else MT5Config
+    """A randomly initialised model of `family` ('mt5'|'umt5'|'t5') for `task`, in DEMO_SHAPE unless overridden."""
+    cfg_class = {"umt5": UMT5Config, "t5": T5Config}.get(family, MT5Config)
     cfg = cfg_class(vocab_size=vocab_size, **{**DEMO_SHAPE, **config})
     torch.manual_seed(seed)
     return model_class(family, task)(cfg)
@@ -153,14 +153,17 @@ def labelled(labels: list[str]) -> dict:
 
 
 def write_checkpoint(folder: Path, model, tokenizer_folder: Path, generation: dict | None = None) -> Path:
-    """Saves `model` and copies the tokenizer files beside it (and generation_config.json when given)."""
+    """Saves `model` and copies the tokenizer files beside it (and generation_config.json when given, with the
+    model's own special ids)."""
     folder = Path(folder)
     model.save_pretrained(folder)
     for f in Path(tokenizer_folder).iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     if generation is not None:
+        cfg = model.config
         _write_json(folder / "generation_config.json", {
-            "decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0, **generation})
+            "decoder_start_token_id": cfg.decoder_start_token_id, "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id, **generation})
     return folder
 
 
@@ -176,16 +179,19 @@ def favour_sentinels(model, sentinel_ids: list[int], eos_id: int, top: float = 3
         rows[eos_id] *= 1.3
 
 
-def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int = 0) -> dict[str, Path]:
+def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int = 0,
+                           languages: Iterable[str] = ("en", "de", "fr")) -> dict[str, Path]:
     """Writes tiny random-weight checkpoints for every head under `folder`; returns {name: checkpoint dir}.
 
     Names: generation (mT5), span-filling and span-filling-umt5 (their random outputs favour sentinels),
-    classification, token-classification, question-answering. The tokenizer is trained on `texts`. A folder
-    already built from the same texts (its manifest matches) is reused as it is.
+    classification, token-classification, question-answering, and translation (a MADLAD-400-shaped T5: pad 1,
+    eos 2, a `<2xx>` token per code of `languages`). The tokenizers are trained on `texts`. A folder already
+    built from the same texts and languages (its manifest matches) is reused as it is.
     """
     folder = Path(folder)
     texts = [MARKER.sub(" ", t) for t in texts if t.strip()]  # sentinels are added as pieces of their own
-    key = hashlib.sha256(json.dumps([TINY_VERSION, seed, texts], ensure_ascii=False).encode()).hexdigest()
+    languages = list(languages)
+    key = hashlib.sha256(json.dumps([TINY_VERSION, seed, texts, languages], ensure_ascii=False).encode()).hexdigest()
     manifest = folder / MANIFEST
     if manifest.is_file():
         saved = json.loads(manifest.read_text(encoding="utf-8"))
@@ -215,6 +221,15 @@ def build_demo_checkpoints(folder: str | Path, texts: Iterable[str], seed: int =
     paths["token-classification"] = write_checkpoint(folder / "token-classification", tag, mt5_tok)
     qa = tiny_model("mt5", "question-answering", mt5_vocab, seed + 4)
     paths["question-answering"] = write_checkpoint(folder / "question-answering", qa, mt5_tok)
+    madlad_proto = train_madlad_style(texts, languages, vocab_size=2000)
+    madlad_tok = write_madlad_style(folder / "_tokenizer-madlad", madlad_proto)
+    mt = tiny_model("t5", "generation", len(madlad_proto.pieces), seed + 5, pad_token_id=1, eos_token_id=2,
+                    decoder_start_token_id=0, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    quiet = (model_pb2.ModelProto.SentencePiece.BYTE, model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+    with torch.no_grad():   # no lone bytes, no <2xx> in the output (its ids are not mT5's: computed, not 3:259)
+        mt.lm_head.weight[[i for i, p in enumerate(madlad_proto.pieces) if p.type in quiet]] *= 0.3
+        mt.lm_head.weight[2] *= 1.3
+    paths["translation"] = write_checkpoint(folder / "translation", mt, madlad_tok, DEMO_GENERATION)
 
     _write_json(manifest, {"key": key, "checkpoints": sorted(paths),
                            "note": "random weights: outputs are meaningless"})

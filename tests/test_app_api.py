@@ -15,7 +15,7 @@ from model.tiny import DEMO_CLASS_LABELS, DEMO_TAG_LABELS  # noqa: E402
 
 EX = load_assets().examples
 NON_T5_REPO = "google-bert/bert-base-uncased"
-ENDPOINTS = {"/summarize", "/fill_spans", "/classify", "/tag", "/answer", "/attention"}
+ENDPOINTS = {"/summarize", "/translate", "/fill_spans", "/classify", "/tag", "/answer", "/attention"}
 
 
 def fake_hub_cache(root):
@@ -66,6 +66,17 @@ def test_summarize(client):
     assert result["model"]["family"] == "mt5" and result["model"]["head"] == "generation"
 
 
+def test_translate_names_the_language_by_its_token(client):
+    row = EX["translation"][6]
+    result = client.predict(row["text"], "Swahili", max_new_tokens=6, api_name="/translate")
+    assert (result["target"], result["code"], result["method"]) == ("Swahili", "sw", "<2sw> token")
+    assert result["prompt"] == f"<2sw> {row['text']}" and isinstance(result["translation"], str)
+    assert result["model"]["family"] == "t5" and result["model"]["quantization"] == "none"
+    assert result["settings"]["max_new_tokens"] == 6
+    assert "Unknown target language 'Klingon'" in error_of(client, "Hello", "Klingon", api_name="/translate")
+    assert "empty" in error_of(client, " ", "English", api_name="/translate")
+
+
 def test_fill_spans_returns_each_marker_with_its_sentinel(client):
     text = EX["span_filling"][3]["text"]
     result = client.predict(text, api_name="/fill_spans")
@@ -107,14 +118,16 @@ def test_answer_extractive_and_generative(client):
 
 @pytest.mark.parametrize("task,kind,args", [
     ("summarization", "cross", {}),
+    ("translation", "cross", {"text": "Angela Merkel met Emmanuel Macron in Berlin."}),
     ("span_filling", "decoder", {}),
     ("tagging", "encoder", {}),
     ("classification", "cross", {}),
     ("question_answering", "encoder", {"question": "Where?"}),
 ])
 def test_attention(client, task, kind, args):
-    result = client.predict("Angela Merkel met <extra_id_0> in Berlin.", task=task, kind=kind, layer=-1,
-                            head="0", api_name="/attention", **args)
+    args = dict(args)
+    result = client.predict(args.pop("text", "Angela Merkel met <extra_id_0> in Berlin."), task=task, kind=kind,
+                            layer=-1, head="0", api_name="/attention", **args)
     weights = result["weights"]
     assert result["kind"] == kind and result["head"] == "0" and result["layer"] == result["num_layers"] - 1
     assert len(weights) == len(result["queries"]) and all(len(r) == len(result["keys"]) for r in weights)

@@ -85,6 +85,28 @@ def test_summarization_streams_and_shows_attention(page):
     shot(page, "1-summarization-attention")
 
 
+def test_translation_picks_a_language_by_name(page):
+    """The target is searched by name; MADLAD's <2xx> token reaches the status line; light, dark and a phone."""
+    open_tab(page, "Translation")
+    page.locator("#translate-input textarea").fill(EX["translation"][5]["text"])   # Arabic, right to left
+    target = page.locator("#translate-target input")
+    target.click()
+    target.fill("Swah")
+    page.get_by_role("option", name="Swahili").click()
+    page.click("#translate-run")
+    status = page.locator("#tab-translation .status-info", has_text="Done")
+    status.wait_for()
+    assert "into Swahili (<2sw> token)" in status.inner_text()
+    assert page.locator("#translate-output textarea").input_value().strip()
+    shot(page, "1b-translation", "#tab-translation")
+    page.emulate_media(color_scheme="dark")
+    shot(page, "1c-translation-dark", "#tab-translation")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shot(page, "1d-translation-phone-dark", "#tab-translation")
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.emulate_media(color_scheme="light")
+
+
 def test_span_filling_inserts_markers_and_labels_spans(page):
     open_tab(page, "Span filling")
     box = page.locator("#span-input textarea")

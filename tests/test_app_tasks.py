@@ -408,6 +408,7 @@ def test_offline_without_cache_falls_back_to_demo_mode_and_locking_keeps_the_def
     with pytest.raises(UserError, match="only serves its listed models"):
         ctx.load("classification", "someone/another-model")
     app = build_app(ctx, reason)
-    assert set(app.handles) == {"summarization", "span_filling", "classification", "tagging", "question_answering"}
+    assert set(app.handles) == {"summarization", "translation", "span_filling", "classification", "tagging",
+                                "question_answering"}
     for handle in app.handles.values():   # what the annotation panel reads
         assert handle.inputs and handle.outputs and handle.record is not None and handle.slot is not None

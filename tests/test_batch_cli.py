@@ -144,7 +144,7 @@ def test_a_killed_run_resumes_without_losing_or_repeating_a_row(one_process, row
 @pytest.mark.parametrize("case, message", [
     ("no text column", "has no `text` column (found: id, sentence)"),
     ("unknown column", "has no `body` column"),
-    ("unknown task", "unknown task 'translation': use one of summarization"),
+    ("unknown task", "unknown task 'poetry': use one of summarization"),
     ("task the checkpoint cannot do", "cannot run span_filling with demo/question-answering: "
                                       "'demo/question-answering': this checkpoint has no language-model head"),
     ("output of another job", "was written by another job (decoding {\"max_new_tokens\": 3"),
@@ -158,7 +158,7 @@ def test_bad_input_is_refused_with_a_clear_message(case, message, one_process, r
     argv = {
         "no text column": batch_args(other, tmp_path / "o.jsonl"),
         "unknown column": batch_args(rows, tmp_path / "o.jsonl", "--text-column", "body"),
-        "unknown task": ["batch", "--model", "demo/generation", "--task", "translation", "--input", str(rows),
+        "unknown task": ["batch", "--model", "demo/generation", "--task", "poetry", "--input", str(rows),
                          "--output", str(tmp_path / "o.jsonl")],
         "task the checkpoint cannot do": ["batch", "--demo", "--model", "demo/question-answering", "--task",
                                           "span_filling", "--input", str(rows), "--output", str(tmp_path / "o.jsonl")],

@@ -93,7 +93,8 @@ def model_picker(ctx: AppContext, task: str) -> ModelPicker:
         with gr.Row():
             dtype = gr.Dropdown(list(DTYPES), value="auto", label="dtype")
             device = gr.Dropdown(devices(), value="auto", label="Device")
-            quant = gr.Dropdown([(label, value) for value, (label, _) in QUANTIZATIONS.items()], value="none",
+            quant = gr.Dropdown([(label, value) for value, (label, _) in QUANTIZATIONS.items()],
+                                value=entry.quantization,
                                 label="Quantized weights",
                                 info="nf4/fp4 need bitsandbytes; int4 and int8 run on PyTorch alone (fast on CPU)")
     return ModelPicker(source, dtype, device, quant)
@@ -204,7 +205,8 @@ def example_label(lang: str, text: str, chars: int = 40) -> str:
 def examples(assets, task: str, inputs: list, fields: tuple[str, ...] = ("text",)) -> gr.Examples:
     rows = assets.examples[task]
     return gr.Examples([[row[f] for f in fields] for row in rows], inputs=inputs,
-                       example_labels=[example_label(row["lang"], row[fields[0]]) for row in rows],
+                       example_labels=[example_label(f"{row['lang']} → {row['target']}" if "target" in row
+                                                     else row["lang"], row[fields[0]]) for row in rows],
                        label="Examples", examples_per_page=10)
 
 

@@ -33,7 +33,7 @@ from .span_editor import Frame, SpanEditor, span_js
 from .wiring import PRIVATE, bind, under
 from ...tabs.common import (DECODING_ROWS, DecodingControls, ModelPicker, decoding_controls, model_picker,
                             progress_reporter, status_html)
-from ...tasklist import TASKS
+from ...tasklist import JOB_TASKS, TASKS
 from ..spans import load_protocols
 from ..rights import OPEN, Identity, require_admin, require_save
 
@@ -379,8 +379,8 @@ def new_job_section(ctx: AppContext) -> dict:
         with gr.Row():
             upload = gr.File(label="Inputs (CSV, JSONL or Parquet)", file_types=[".csv", ".jsonl", ".parquet"],
                              type="filepath", elem_id="batch-upload")
-            task = gr.Dropdown(list(TASKS), value=next(iter(TASKS)), label="Task", elem_id="batch-task")
-        picker = model_picker(ctx, next(iter(TASKS)))
+            task = gr.Dropdown(JOB_TASKS, value=JOB_TASKS[0], label="Task", elem_id="batch-task")
+        picker = model_picker(ctx, JOB_TASKS[0])
         controls = decoding_controls()
         command = gr.Markdown(elem_id="batch-command")
         create = gr.Button("Create job and run", variant="primary", elem_id="batch-create")

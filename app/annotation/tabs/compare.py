@@ -26,7 +26,7 @@ from ...errors import UserError
 from ...models import ModelRequest
 from ...tabs.common import DecodingControls, ModelPicker, decoding_controls, model_picker, progress_reporter, \
     status_html
-from ...tasklist import TASKS
+from ...tasklist import JOB_TASKS, TASKS
 from ...tasks import Decoding
 from ..agreement import system_label
 from ..api import batch_process, decoding_dict, input_as_text, parse_decoding, serve_visitor_files, span_fields
@@ -282,8 +282,8 @@ def build(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | None = 
 
 def layout(ctx: AppContext, name: AnnotatorName | None = None) -> CompareTab:
     gr.Markdown(ctx.assets.help.get("compare", ""), elem_classes=["tab-help"])
-    first = next(iter(TASKS))
-    task = gr.Dropdown([(t.title, t.name) for t in TASKS.values()], value=first, label="Task",
+    first = JOB_TASKS[0]
+    task = gr.Dropdown([(TASKS[name].title, name) for name in JOB_TASKS], value=first, label="Task",
                        elem_id="compare-task")
     question = gr.Textbox(label="Question", visible=TASKS[first].fields == QA_FIELDS, elem_id="compare-question")
     text = gr.Textbox(lines=4, label="Input (the same for both systems)", elem_id="compare-input")
@@ -508,13 +508,13 @@ def build_batch(ctx: AppContext, store: AnnotationStore, name: AnnotatorName | N
 
 
 def layout_jobs(ctx: AppContext, name: AnnotatorName | None = None) -> CompareJobs:
-    first = next(iter(TASKS))
+    first = JOB_TASKS[0]
     with gr.Accordion("Compare job: every row through two systems, then judged blind as A and B", open=False,
                       elem_id="batch-compare"):
         with gr.Row():
             upload = gr.File(label="Inputs (CSV or JSONL)", file_types=[".csv", ".jsonl"], type="filepath",
                              elem_id="batch-compare-upload")
-            task = gr.Dropdown([(t.title, t.name) for t in TASKS.values()], value=first, label="Task",
+            task = gr.Dropdown([(TASKS[name].title, name) for name in JOB_TASKS], value=first, label="Task",
                                elem_id="batch-compare-task")
         one, two = system_columns(ctx, "batch-compare", first)
         create = gr.Button("Create compare job and run", variant="primary", elem_id="batch-compare-create")
