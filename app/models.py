@@ -32,8 +32,11 @@ QUANTIZATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "nf4": ("4-bit nf4 (bitsandbytes)", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4")),
     "fp4": ("4-bit fp4 (bitsandbytes)", dict(load_in_4bit=True, bnb_4bit_quant_type="fp4")),
     "int4": ("4-bit int4, layers", dict(load_in_4bit=True, bnb_4bit_quant_type="int4")),
-    "int4-all": ("4-bit int4, layers + embeddings (smallest)",
+    "int4-all": ("4-bit int4, layers + embeddings",
                  dict(load_in_4bit=True, bnb_4bit_quant_type="int4", quantize_embeddings=True)),
+    # the XXL checkpoints on a 16 GB Space: `wo` in int8 instead of full precision (bench/big.py)
+    "int4-small": ("4-bit int4, layers + embeddings, wo in 8 bits (smallest)",
+                   dict(load_in_4bit=True, bnb_4bit_quant_type="int4", quantize_embeddings=True, int8_wo=True)),
     "int8": ("8-bit int8, layers", dict(load_in_8bit=True)),
     "int8-all": ("8-bit int8, layers + embeddings", dict(load_in_8bit=True, quantize_embeddings=True)),
     # not exact: the fp32 model's tokens at most positions, not all (model.fast_mode; bench/generate.py)
@@ -111,7 +114,7 @@ class Loaded:
     def describe(self) -> str:
         """One line on the weights as loaded, from the model layer's memory_footprint: e.g. "google/mt5-small ·
         mt5 · 189 MB of weights on cpu (embeddings 64 MB, lm_head 64 MB, transformer 61 MB) · float32 · 4-bit
-        int4, layers + embeddings (smallest)"."""
+        int4, layers + embeddings"."""
         source = self.request.source
         parts = [Path(source).name if Path(source).exists() else source, self.family]  # a folder: its name
         quantization = self.quantization()

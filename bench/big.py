@@ -2,14 +2,16 @@
 under each precision, and the peak while loading them.
 
     python bench/big.py [--space-gb 16]
-    python bench/big.py --run [--layers N]     # build a random mt0-xxl-shape checkpoint once, load it, decode
+    python bench/big.py --run [--layers N] [--wo int8|bf16]   # build a random mt0-xxl-shape checkpoint once,
+                                                               # load it in int4, decode
+    python bench/big.py --agree --layers 2     # int4 greedy tokens against our own fp32 model's, per position
 
 No weights are read: each model is built on PyTorch's meta device from its real config.json (the shapes below are
 the Hub configs'), and every layer is swapped for the module this library would hold (model.quant's Int4Linear /
-Int8Linear / embeddings, `wo` kept unquantized as QuantOptions.targets keeps it), so the bytes are those of the
-buffers and parameters a loaded model has, not a formula. "Loading peak" adds the largest single tensor in the
-unquantized dtype (the shared embedding, read and converted 64 MB of rows at a time, then quantized) and one
-64 MB chunk: loading quantizes layer by layer (model/loading.py, measured on a 247 MB checkpoint in
+Int8Linear / embeddings, `wo` kept unquantized as QuantOptions.targets keeps it, or int8 with int8_wo), so the bytes
+are those of the buffers and parameters a loaded model has, not a formula. "Loading peak" adds the largest single
+tensor in the unquantized dtype (the shared embedding, read and converted 64 MB of rows at a time, then quantized)
+and one 64 MB chunk: loading quantizes layer by layer (model/loading.py, measured on a 247 MB checkpoint in
 tests/test_streaming_load.py), so it never holds the full-precision model. A configuration fits when the loading
 peak, plus ~1.5 GB for Python, PyTorch and the app, stays under the Space's memory.
 """
@@ -48,7 +50,10 @@ OPTIONS = {
                                            quantize_embeddings=True)),
     "int4 all, fp32 wo": ("float32", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
                                           quantize_embeddings=True)),
+    "int4 all, int8 wo": ("bfloat16", dict(load_in_4bit=True, bnb_4bit_quant_type="int4",
+                                           quantize_embeddings=True, int8_wo=True)),
 }
+WO = {"int8": True, "bf16": False}   # --wo: the feed-forward output projection in int8, or kept in bf16
 RUNTIME_GB = 1.5
 
 
@@ -145,7 +150,7 @@ def status(field):
 out = {{}}
 start = time.perf_counter()
 m = model.load_model({path!r}, dtype="bfloat16", load_in_4bit=True, bnb_4bit_quant_type="int4",
-                     quantize_embeddings=True)
+                     quantize_embeddings=True, int8_wo={int8_wo})
 out["load_s"] = time.perf_counter() - start
 out["load_peak_gb"] = status("VmHWM")
 out["resident_gb"] = status("VmRSS")
@@ -166,16 +171,51 @@ print(json.dumps(out))
 """
 
 
-def measure(path: Path) -> dict:
-    """Loads the checkpoint in int4 (embeddings too, the rest bf16) in a child and times it."""
+AGREE = """
+import json, sys, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(2)
+import model
+
+gen = torch.Generator().manual_seed(2)
+inputs = [torch.randint(3, 250000, (1, n), generator=gen) for n in (12, 40, 90, 200)]
+full = model.load_model({path!r}, dtype="float32")
+with torch.no_grad():
+    paths = [full.generate(ids, max_new_tokens={steps}, min_new_tokens={steps}) for ids in inputs]
+del full
+q = model.load_model({path!r}, dtype="bfloat16", load_in_4bit=True, bnb_4bit_quant_type="int4",
+                     quantize_embeddings=True, int8_wo={int8_wo})
+same = total = 0
+free = []
+with torch.no_grad():
+    for ids, path in zip(inputs, paths):
+        # teacher-forced on the fp32 model's greedy path: the int4 model's choice at every position
+        logits = q(input_ids=ids, decoder_input_ids=path[:, :-1]).logits[0]
+        same += int((logits.argmax(-1) == path[0, 1:]).sum())
+        total += path.shape[1] - 1
+        free.append(q.generate(ids, max_new_tokens={steps}, min_new_tokens={steps})[0].tolist() == path[0].tolist())
+print(json.dumps(dict(same=same, total=total, sequences_equal=sum(free), sequences=len(free))))
+"""
+
+
+def child(code: str) -> dict:
     import json
     import subprocess
 
-    code = RUN.format(root=str(ROOT), path=str(path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(path: Path, int8_wo: bool) -> dict:
+    """Loads the checkpoint in int4 (embeddings too; `wo` int8 or bf16, the rest bf16) in a child and times it."""
+    return child(RUN.format(root=str(ROOT), path=str(path), int8_wo=int8_wo))
+
+
+def agreement(path: Path, int8_wo: bool, steps: int = 32) -> dict:
+    """int4 greedy choices against our own fp32 model's on the same random checkpoint, per position."""
+    return child(AGREE.format(root=str(ROOT), path=str(path), int8_wo=int8_wo, steps=steps))
 
 
 def main() -> None:
@@ -183,16 +223,27 @@ def main() -> None:
     ap.add_argument("--space-gb", type=float, default=16.0)
     ap.add_argument("--run", action="store_true", help="build (once) a random mt0-xxl-shape checkpoint in the "
                                                          "Hub's layout and measure loading and decoding in int4")
-    ap.add_argument("--layers", type=int, default=None, help="with --run: a reduced-depth copy")
+    ap.add_argument("--layers", type=int, default=None, help="with --run / --agree: a reduced-depth copy")
+    ap.add_argument("--wo", choices=list(WO), default="int8", help="the feed-forward output projection's weights")
+    ap.add_argument("--agree", action="store_true", help="int4 greedy tokens vs our fp32 model's (needs ~4 GB per "
+                                                         "layer pair in fp32 plus 8 GB of embeddings: use --layers)")
     ap.add_argument("--workdir", default="/tmp/mt5-bench-big")
     args = ap.parse_args()
-    if args.run:
+    if args.run or args.agree:
         family, fields = CHECKPOINTS["bigscience/mt0-xxl"]
         path = build_checkpoint(Path(args.workdir) / f"mt0-xxl-{args.layers or 'full'}", family, fields,
                                 args.layers)
-        r = measure(path)
+    if args.agree:
+        r = agreement(path, WO[args.wo])
         print(f"mt0-xxl shape ({args.layers or fields['num_layers']}+{args.layers or fields['num_layers']} layers), "
-              f"int4 with embeddings, bf16 rest, 2 threads: load {r['load_s']:.0f} s, peak RSS "
+              f"int4 with embeddings, {args.wo} wo, against fp32 on 4 random inputs x 32 greedy steps: "
+              f"{r['same']}/{r['total']} positions agree ({100 * r['same'] / r['total']:.1f}%, teacher-forced on "
+              f"fp32's path); {r['sequences_equal']}/{r['sequences']} whole sequences equal")
+        return
+    if args.run:
+        r = measure(path, WO[args.wo])
+        print(f"mt0-xxl shape ({args.layers or fields['num_layers']}+{args.layers or fields['num_layers']} layers), "
+              f"int4 with embeddings, {args.wo} wo, bf16 rest, 2 threads: load {r['load_s']:.0f} s, peak RSS "
               f"{r['load_peak_gb']:.1f} GB while loading, {r['resident_gb']:.1f} GB after, "
               f"{r['decode_peak_gb']:.1f} GB while decoding; first token of a 200-token input "
               f"{r['first_token_s']:.1f} s ({r['cold_first_token_s']:.1f} s for the first request after load); "

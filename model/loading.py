@@ -493,7 +493,7 @@ def assign(model: torch.nn.Module, mapped: dict[str, torch.Tensor], dtype: torch
         del tensor, value
         if module_name in streamed and name == "weight":
             parent, _, leaf = module_name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, quant.quantize(module))
+            setattr(model.get_submodule(parent) if parent else model, leaf, quant.quantize(module, leaf))
             del module
     fresh = [k for k, p in model.named_parameters() if p.is_meta]
     if fresh:

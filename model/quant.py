@@ -40,6 +40,10 @@ class QuantOptions:
     double_quant: bool = False
     quantize_embeddings: bool = False
     group_size: int = 64
+    # int4 only: the feed-forward output projection `wo` in per-row int8 instead of full precision. XXL weights
+    # need more than 4 bits there (transformers #20287); 8 bits with bf16/fp32 activations cannot overflow, and
+    # halve what a bf16 `wo` holds (2 GB of mt0-xxl's 9.5): what brings the XXL shape under 9 GB.
+    int8_wo: bool = False
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> "QuantOptions | None":
@@ -48,7 +52,7 @@ class QuantOptions:
         load8 = options.pop("load_in_8bit", False)
         picked = {k: options.pop(k) for k in ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype",
                                               "bnb_4bit_use_double_quant", "quantize_embeddings",
-                                              "int4_group_size") if k in options}
+                                              "int4_group_size", "int8_wo") if k in options}
         if load4 and load8:
             raise ValueError("load_in_4bit and load_in_8bit exclude each other: pick one")
         if load8:
@@ -68,9 +72,12 @@ class QuantOptions:
         if isinstance(compute, str):
             compute = getattr(torch, compute.replace("torch.", ""))
         if qt != "int4":
+            if picked.get("int8_wo"):
+                raise ValueError("int8_wo=True applies to bnb_4bit_quant_type='int4' (this library's kernel) only")
             require_bitsandbytes()
         return cls(qt, compute, bool(picked.get("bnb_4bit_use_double_quant", False)),
-                   bool(picked.get("quantize_embeddings", False)), int(picked.get("int4_group_size", 64)))
+                   bool(picked.get("quantize_embeddings", False)), int(picked.get("int4_group_size", 64)),
+                   bool(picked.get("int8_wo", False)))
 
     def targets(self, model: nn.Module) -> list[str]:
         """Names of the nn.Linear / nn.Embedding modules to quantize."""
@@ -78,7 +85,7 @@ class QuantOptions:
         for name, module in model.named_modules():
             leaf = name.rsplit(".", 1)[-1]
             if isinstance(module, nn.Linear):
-                if leaf in KEEP_FULL or any(name.startswith(h) for h in HEADS):
+                if (leaf in KEEP_FULL and not self.int8_wo) or any(name.startswith(h) for h in HEADS):
                     continue
                 if leaf == "lm_head" and not self.quantize_embeddings:
                     continue
@@ -92,7 +99,7 @@ class QuantOptions:
         for name in self.targets(model):
             parent, _, leaf = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
-            setattr(owner, leaf, self.quantize(getattr(owner, leaf)))
+            setattr(owner, leaf, self.quantize(getattr(owner, leaf), leaf))
         model.config.extra["quantization_config"] = self.describe()
         if self.quantize_embeddings:
             # What stays full precision is small now: copy it out of the checkpoint's memory map, so the map
@@ -104,8 +111,9 @@ class QuantOptions:
                             module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
         return model
 
-    def quantize(self, module: nn.Module) -> nn.Module:
-        if self.quant_type == "int8":
+    def quantize(self, module: nn.Module, leaf: str = "") -> nn.Module:
+        """`module` quantized; `leaf` is its name in its parent (`wo` takes int8 under int8_wo)."""
+        if self.quant_type == "int8" or (self.int8_wo and leaf in KEEP_FULL):
             return Int8Embedding.from_float(module) if isinstance(module, nn.Embedding) \
                 else Int8Linear.from_float(module)
         if self.quant_type == "int4":
@@ -118,7 +126,7 @@ class QuantOptions:
             return {"quant_method": INT8_METHOD, "quantize_embeddings": self.quantize_embeddings}
         if self.quant_type == "int4":
             return {"quant_method": INT4_METHOD, "group_size": self.group_size,
-                    "quantize_embeddings": self.quantize_embeddings}
+                    "quantize_embeddings": self.quantize_embeddings, **({"int8_wo": True} if self.int8_wo else {})}
         return {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": self.quant_type,
                 "bnb_4bit_use_double_quant": self.double_quant, "quantize_embeddings": self.quantize_embeddings,
                 "bnb_4bit_compute_dtype": str(self.compute_dtype or torch.float32).removeprefix("torch.")}
@@ -507,7 +515,8 @@ def prepare_quantized_model(model: nn.Module, qconfig: dict[str, Any], dtype: to
     quantized embeddings return `dtype`, the rest of the model's."""
     int8 = qconfig["quant_method"] == INT8_METHOD
     group = 0 if int8 else int(qconfig["group_size"])
-    opts = QuantOptions("int8" if int8 else "int4", None, False, bool(qconfig.get("quantize_embeddings")), group)
+    opts = QuantOptions("int8" if int8 else "int4", None, False, bool(qconfig.get("quantize_embeddings")), group,
+                        bool(qconfig.get("int8_wo")))
     for name in opts.targets(model):
         parent, _, leaf = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
@@ -517,6 +526,6 @@ def prepare_quantized_model(model: nn.Module, qconfig: dict[str, Any], dtype: to
                 new = Int8Embedding(old.num_embeddings, old.embedding_dim, dtype) if int8 \
                     else Int4Embedding(old.num_embeddings, old.embedding_dim, group, dtype)
             else:
-                new = Int8Linear(old.in_features, old.out_features) if int8 \
+                new = Int8Linear(old.in_features, old.out_features) if int8 or (opts.int8_wo and leaf in KEEP_FULL) \
                     else Int4Linear(old.in_features, old.out_features, group)
         setattr(owner, leaf, new)

@@ -320,6 +320,35 @@ def test_load_in_8bit_is_close_to_fp32_and_saves_and_reloads_without_requantizin
         MT5ForConditionalGeneration.from_pretrained(tmp_path / "int8", load_in_8bit=True)
 
 
+def test_int4_with_int8_wo_keeps_the_ffn_output_in_8_bits_and_reloads(ckpt, tmp_path):
+    """The XXL layout (bench/big.py): int4 everywhere, embeddings too, `wo` in int8 rather than full precision."""
+    from model.quant import Int4Linear, Int8Linear
+
+    m, path = ckpt
+    ids, mask = inputs()
+    q = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int4",
+                                                    quantize_embeddings=True, int8_wo=True)
+    ffn = q.decoder.block[1].layer[2].DenseReluDense
+    assert type(ffn.wo) is Int8Linear and type(ffn.wi_0) is Int4Linear and type(q.lm_head) is Int4Linear
+    assert q.config.extra["quantization_config"]["int8_wo"] is True
+    plain = MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, bnb_4bit_quant_type="int4",
+                                                        quantize_embeddings=True)
+    assert type(plain.decoder.block[1].layer[2].DenseReluDense.wo) is torch.nn.Linear
+    sizes = [sum(v for part in x.memory_footprint().values() for v in part.values()) for x in (plain, q)]
+    wo_params = sum(b.layer[-1].DenseReluDense.wo.qweight.numel() for b in (*q.encoder.block, *q.decoder.block))
+    assert sizes[0] - sizes[1] >= 3 * wo_params - 4 * sum(  # fp32 -> int8 with one fp32 scale per row
+        b.layer[-1].DenseReluDense.wo.out_features for b in (*q.encoder.block, *q.decoder.block))
+    full = logits(m, ids, mask)
+    error = [((logits(x, ids, mask) - full).norm() / full.norm()).item() for x in (plain, q)]
+    assert 0 < error[1] < 1.1 * error[0] + 0.01, error   # int8 `wo` adds little to int4's own error
+    q.save_pretrained(tmp_path / "int4wo")
+    r = MT5ForConditionalGeneration.from_pretrained(tmp_path / "int4wo")
+    assert type(r.decoder.block[1].layer[2].DenseReluDense.wo) is Int8Linear
+    assert torch.equal(logits(r, ids, mask), logits(q, ids, mask))
+    with pytest.raises(ValueError, match="int8_wo=True applies to bnb_4bit_quant_type='int4'"):
+        MT5ForConditionalGeneration.from_pretrained(path, load_in_4bit=True, int8_wo=True)
+
+
 def test_int8_odd_input_size_takes_the_dequantizing_path():
     """torch's int8 kernel crashes or returns garbage unless the input size is a multiple of 16."""
     from model.quant import Int8Linear

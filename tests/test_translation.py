@@ -112,7 +112,7 @@ def test_task_row_and_registry():
     entry = ASSETS.models["translation"]
     assert entry.default == "google/madlad400-3b-mt" and entry.quantization == "int8-all"
     assert "bigscience/mt0-base" in entry.suggestions and "Apache-2.0" in entry.facts()
-    assert "int4-all 1.6 GB" in entry.facts() and "fp32 11.8 GB" in entry.facts()
+    assert "int4-small 1.5 GiB" in entry.facts() and "fp32 11.0 GiB" in entry.facts()
     bad = dataclasses.replace(ASSETS, models={**ASSETS.models, "translation": dataclasses.replace(
         entry, quantization="int3")})
     with pytest.raises(ValueError, match="starts with quantization 'int3': use one of none"):
