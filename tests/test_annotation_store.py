@@ -171,7 +171,7 @@ def test_v1_database_is_migrated(tmp_path):
                  "'2025-01-01T00:00:00.000000Z', '0.0')")
     conn.close()
     with AnnotationStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 8
+        assert store.schema_version == SCHEMA_VERSION == 9
         old = store.get("old1")
         assert (old.family, old.error_categories, old.comment, old.rating) == ("umt5", ["other"], "kept", 3)
         assert (old.protocol, old.spans, old.esa_score, old.mqm_score) == ("", [], None, None)

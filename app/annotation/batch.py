@@ -31,10 +31,12 @@ TEXT_COLUMNS = ("text", "input")
 
 @dataclass(frozen=True)
 class BatchInput:
-    """One input row: `text`, or for question answering `question` and `context` (text optional)."""
+    """One input row: `text`, or for question answering `question` and `context` (text optional); `reference`:
+    the row's human reference output, if the file has a `reference` column (compare jobs score against it)."""
     text: str
     question: str = ""
     context: str = ""
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,8 @@ class QueuePosition:
 
 def load_inputs(path: str | Path, *, max_rows: int = MAX_ROWS, text_column: str | None = None) -> list[BatchInput]:
     """Read a CSV, JSONL or Parquet file of inputs: a `text` (or `input`, or `text_column`) column/field, or
-    `question` and `context` for QA. Raises ValueError naming the problem: empty file, not UTF-8, no text column,
-    too many rows, an empty text, a malformed line."""
+    `question` and `context` for QA, and an optional `reference`. Raises ValueError naming the problem: empty
+    file, not UTF-8, no text column, too many rows, an empty text, a malformed line."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json", ".ndjson", ".parquet"):
@@ -190,7 +192,8 @@ def _inputs(records: list[tuple[str, dict[str, Any]]], name: str, text_column: s
     out = []
     for where, rec in records:
         values = {}
-        for key in (text_col, "question" if qa else None, "context" if qa else None):
+        for key in (text_col, "question" if qa else None, "context" if qa else None,
+                    "reference" if "reference" in columns else None):
             if key is None:
                 continue
             value = rec.get(key, "")
@@ -205,7 +208,8 @@ def _inputs(records: list[tuple[str, dict[str, Any]]], name: str, text_column: s
                     raise ValueError(f"{where}: `{key}` is empty")
         elif not values[text_col].strip():
             raise ValueError(f"{where}: `{text_col}` is empty: remove the row or fill it in")
-        out.append(BatchInput(values.get(text_col, ""), values.get("question", ""), values.get("context", "")))
+        out.append(BatchInput(values.get(text_col, ""), values.get("question", ""), values.get("context", ""),
+                              values.get("reference", "")))
     return out
 
 

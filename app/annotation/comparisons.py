@@ -489,6 +489,7 @@ class CompareRow:
     error: str | None
     flipped: bool          # True: system 2 is shown as A
     comparison_id: str | None
+    reference: str = ""    # the human reference from the input file ('' without one)
 
     @property
     def processed(self) -> bool:
@@ -526,9 +527,10 @@ def create_compare_job(store: AnnotationStore, inputs: Sequence[Any], *, task: s
                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (job.id, job.name, task, json.dumps(job.systems,
                                                                                           ensure_ascii=False),
                                                             source, job.total, job.created_at, owner))
-        conn.executemany("INSERT INTO comparison_job_rows (job_id, idx, text, question, context, flipped) VALUES "
-                         "(?, ?, ?, ?, ?, ?)", [(job.id, i, x.text, x.question, x.context, int(rng.random() < 0.5))
-                                                for i, x in enumerate(inputs)])
+        conn.executemany("INSERT INTO comparison_job_rows (job_id, idx, text, question, context, flipped, "
+                         "reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [(job.id, i, x.text, x.question, x.context, int(rng.random() < 0.5),
+                           getattr(x, "reference", "")) for i, x in enumerate(inputs)])
     return job
 
 
@@ -613,4 +615,4 @@ def judge_row(store: AnnotationStore, job_id: str, index: int, c: Comparison, *,
 
 def _job_row(r) -> CompareRow:
     return CompareRow(r["job_id"], r["idx"], r["text"], r["question"], r["context"], r["output_1"], r["output_2"],
-                      r["error"], bool(r["flipped"]), r["comparison_id"])
+                      r["error"], bool(r["flipped"]), r["comparison_id"], r["reference"])

@@ -146,6 +146,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE annotations DROP COLUMN esa_score",
         "ALTER TABLE annotations DROP COLUMN mqm_score",
     ),
+    # v9: a compare job row's human reference (the input file's `reference` column; '' when it has none), which
+    # the job's automatic metrics (chrF, BLEU, MetricX) score both systems against.
+    (
+        "ALTER TABLE comparison_job_rows ADD COLUMN reference TEXT NOT NULL DEFAULT ''",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = tuple(m.group(1) for step in MIGRATIONS for sql in step if (m := re.match(r"\s*CREATE TABLE (\w+)", sql)))

@@ -36,6 +36,7 @@ from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, c
                            get_comparison, get_compare_job, identical_message, import_comparisons, judge_row,
                            list_compare_jobs, query_comparisons, run_compare_job, same_system, save_comparison,
                            system_from_settings)
+from ..job_metrics import compare_job_metrics, render
 from ..rights import Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from ..store import AnnotationStore
 from ..spans import load_protocols
@@ -338,6 +339,7 @@ class CompareJobs:
     resume: gr.Button
     stop: gr.Button
     job_status: gr.HTML
+    metrics: gr.HTML
     index: gr.State
     where: gr.HTML
     judge: JudgeFields
@@ -400,7 +402,8 @@ def cjob_run(ctx: AppContext, store: AnnotationStore, job_id, progress, out_stat
     if stopped:
         note = f"Stopped on request: {note} Run / resume finishes the rest."
     return {**cjob_show(store, job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
-            "job": gr.Dropdown(choices=job_choices(store), value=job_id)}
+            "job": gr.Dropdown(choices=job_choices(store), value=job_id), "metrics": job_metrics_html(store, None,
+                                                                                                   job_id)}
 
 
 def cjob_create_and_run(store: AnnotationStore, ident: Identity, path, task_v, *values, ctx: AppContext,
@@ -463,9 +466,21 @@ def cjob_save_next(store: AnnotationStore, ident: Identity, job_id, i, preferenc
 
 def cjob_pick(store: AnnotationStore, ident: Identity, job_id) -> dict:
     if not job_id:
-        return cjob_show(store, None, 0)
+        return {**cjob_show(store, None, 0), "metrics": ""}
     rows = compare_rows(store, job_id)
-    return cjob_show(store, job_id, next((r.index for r in rows if r.comparison_id is None), 0), ident=ident)
+    return {**cjob_show(store, job_id, next((r.index for r in rows if r.comparison_id is None), 0), ident=ident),
+            "metrics": job_metrics_html(store, ident, job_id)}
+
+
+def job_metrics_html(store: AnnotationStore, ident: Identity | None, job_id: str) -> str:
+    """The job's automatic metrics and human preferences, for whoever sees every judgement (an annotator who
+    judges blind is not shown which system the metrics favour)."""
+    if ident is not None and not ident.sees_all:
+        return ""
+    try:
+        return render(compare_job_metrics(store, job_id))
+    except ValueError as e:   # app.metrics refuses what it cannot score (a row over its length limit, …)
+        return status_html(f"No automatic metrics: {e}", "warn")
 
 
 def cjob_move(store: AnnotationStore, ident: Identity, job_id, i, *, step: int) -> dict:
@@ -524,6 +539,7 @@ def layout_jobs(ctx: AppContext, name: AnnotatorName | None = None) -> CompareJo
             resume = gr.Button("Run / resume", scale=1, elem_id="batch-compare-resume")
             stop = gr.Button("Stop", scale=1, variant="stop", elem_id="batch-compare-stop")
         job_status = gr.HTML(elem_id="batch-compare-job-status")
+        metrics = gr.HTML(elem_id="batch-compare-metrics")
         index = gr.State(0)
         where = gr.HTML(elem_id="batch-compare-where")
         judge = judge_fields(ctx, "batch-compare", name)
@@ -532,8 +548,8 @@ def layout_jobs(ctx: AppContext, name: AnnotatorName | None = None) -> CompareJo
             save = gr.Button("Save and next", variant="primary", elem_id="batch-compare-save")
             nxt = gr.Button("Next ▶", elem_id="batch-compare-next")
         status = gr.HTML(elem_id="batch-compare-status")
-    return CompareJobs(upload, task, one, two, create, create_status, job, resume, stop, job_status, index, where,
-                       judge, prev, save, nxt, status)
+    return CompareJobs(upload, task, one, two, create, create_status, job, resume, stop, job_status, metrics, index,
+                       where, judge, prev, save, nxt, status)
 
 
 def wire_jobs(s: CompareJobs, ctx: AppContext, store: AnnotationStore) -> None:
@@ -546,10 +562,10 @@ def wire_jobs(s: CompareJobs, ctx: AppContext, store: AnnotationStore) -> None:
     # outside the models queue: it runs while the job holds a worker
     s.stop.click(on(cjob_stop, stops=stops), s.job, s.job_status, **PRIVATE)
     s.create.click(on(cjob_create_and_run, ctx=ctx, stops=stops), [s.upload, s.task, *system_values(s.one, s.two)],
-                   [*shown, s.create_status, s.job], concurrency_id="models", **PRIVATE)
-    s.resume.click(on(cjob_resume, progress=True, ctx=ctx, stops=stops), s.job, [*shown, s.job_status, s.job],
-                   concurrency_id="models", **PRIVATE)
-    s.job.input(on(cjob_pick), s.job, shown, **PRIVATE)
+                   [*shown, s.create_status, s.job, s.metrics], concurrency_id="models", **PRIVATE)
+    s.resume.click(on(cjob_resume, progress=True, ctx=ctx, stops=stops), s.job,
+                   [*shown, s.job_status, s.job, s.metrics], concurrency_id="models", **PRIVATE)
+    s.job.input(on(cjob_pick), s.job, [*shown, s.metrics], **PRIVATE)
     s.prev.click(on(cjob_move, step=-1), [s.job, s.index], shown, **PRIVATE)
     s.next.click(on(cjob_move, step=1), [s.job, s.index], shown, **PRIVATE)
     s.save.click(on(cjob_save_next), [s.job, s.index, j.preference, j.annotator, j.comment, j.editor.protocol,
