@@ -41,5 +41,6 @@ def _compare_items(store: AnnotationStore, job_id: str) -> tuple[list[CampaignIt
     if names[0] == names[1]:
         names = (names[0] + " (1)", names[1] + " (2)")
     items = [CampaignItem(str(r.index + 1), row_input_text(r), {names[0]: r.output_1, names[1]: r.output_2},
-                          metadata={"job_row": r.index}) for r in compare_rows(store, job_id) if r.processed]
+                          reference=r.reference, metadata={"job_row": r.index})
+             for r in compare_rows(store, job_id) if r.processed]
     return items, f"compare job {job.name or job.id}"

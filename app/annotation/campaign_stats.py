@@ -9,6 +9,7 @@ the tables from the store).
   warning below 30.
 * Span agreement: character-overlap F1 between two annotators' spans on the same text, pooled over every pair
   (micro average: 2·Σ|A∩B| / Σ(|A|+|B|)).
+* Human–metric correlation: Pearson's r and Kendall's tau-b at segment and system level.
 """
 from __future__ import annotations
 
@@ -168,3 +169,64 @@ def check_rate(verdicts: Iterable[bool | None]) -> CheckRate:
     """Pass rate of attention checks; None verdicts (could not be told) are left out."""
     told = [v for v in verdicts if v is not None]
     return CheckRate(len(told), sum(told), sum(told) / len(told) if told else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Human–metric correlation, as WMT's metrics task reports it: Pearson's r and Kendall's tau-b (ties corrected, as
+# scipy.stats.kendalltau's default), at segment level (one point per item and system) and system level.
+
+MAX_KENDALL_POINTS = 20_000   # tau's pair matrix is built in row blocks: O(n²) time, O(n·block) memory
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson's r; None for fewer than 2 points or a constant side (r is undefined)."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float], block: int = 512) -> float | None:
+    """Kendall's tau-b: (concordant − discordant) / √((n0 − ties in x)(n0 − ties in y)) over all pairs; None for
+    fewer than 2 points or a constant side."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(a)
+    if n > MAX_KENDALL_POINTS:
+        raise ValueError(f"{n:,} points for Kendall's tau: the limit is {MAX_KENDALL_POINTS:,}")
+    if n < 2:
+        return None
+    s = tx = ty = 0
+    for start in range(0, n, block):   # each pair once: rows of the block against every later point
+        i = np.arange(start, min(start + block, n))[:, None]
+        later = np.arange(n)[None, :] > i
+        dx, dy = np.sign(a[i] - a[None, :]), np.sign(b[i] - b[None, :])
+        s += int((dx * dy)[later].sum())
+        tx += int(((dx != 0) & later).sum())
+        ty += int(((dy != 0) & later).sum())
+    return None if tx == 0 or ty == 0 else float(s / np.sqrt(float(tx) * float(ty)))
+
+
+@dataclass(frozen=True)
+class Correlation:
+    human: str          # the human score's name ("esa", "mqm" (a penalty: lower is better), …)
+    metric: str         # "chrf", "bleu", …
+    level: str          # "segment" or "system"
+    points: int
+    pearson: float | None
+    kendall: float | None
+
+
+def correlations(segments: Sequence[tuple[str, str, float, float]],
+                 systems: Sequence[tuple[str, str, float, float]]) -> list[Correlation]:
+    """Per (human score, metric) and level: rows are (human score name, metric, human value, metric value), one
+    per segment (item and system) and one per system."""
+    out = []
+    for level, rows in (("segment", segments), ("system", systems)):
+        cells: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+        for human, metric, h, m in rows:
+            cells[human, metric].append((h, m))
+        for (human, metric), pairs in sorted(cells.items()):
+            hs, ms = [p[0] for p in pairs], [p[1] for p in pairs]
+            tau = kendall_tau(hs, ms) if len(pairs) <= MAX_KENDALL_POINTS else None   # beyond: r alone
+            out.append(Correlation(human, metric, level, len(pairs), pearson(hs, ms), tau))
+    return out

@@ -40,9 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
 from . import campaign_stats as st
 from .campaign_items import CampaignItem, degraded_copies, load_items
 from .campaign_jobs import job_items
+from .job_metrics import guess_language
 from .protocols import SLOTS, EvalProtocol, Shown, protocol_named, public
 from .rights import Identity, Refused, require_admin, require_save
 from .store import MAX_COMMENT_BYTES, MAX_SHORT_CHARS, AnnotationStore, categories_by_task, load_error_categories, \
@@ -553,7 +555,8 @@ def judged(store: AnnotationStore, camp: Campaign) -> list[Judged]:
 def results(store: AnnotationStore, campaign_id: str, ident: Identity) -> dict[str, Any]:
     """The campaign's results (admins): per-system mean scores with bootstrap 95% intervals, win rates with
     Wilson intervals, Krippendorff's alpha, span agreement, and per annotator: items done, median seconds,
-    attention-check pass rate, agreement with the others. Attention checks stay out of the system scores."""
+    attention-check pass rate, agreement with the others; with references, automatic metrics and their
+    correlation with the human scores (`metric_results`). Attention checks stay out of the system scores."""
     require_admin(ident, "Reading a campaign's results")
     camp = get_campaign(store, campaign_id)
     proto = protocol_named(camp.protocol)
@@ -569,7 +572,46 @@ def results(store: AnnotationStore, campaign_id: str, ident: Identity) -> dict[s
             "win_rates": [dataclasses.asdict(w) for w in st.win_rates(_outcomes(proto, real))],
             "agreement": [dataclasses.asdict(st.alpha(units, metric, camp.protocol))] if metric else [],
             "span_agreement": dataclasses.asdict(st.span_agreement(spans)) if spans else None,
-            "annotators": _per_annotator(proto, rows, units, spans)}
+            "annotators": _per_annotator(proto, rows, units, spans), **metric_results(real)}
+
+
+METRICS = ("chrf", "bleu")
+
+
+def metric_results(real: Sequence[Judged]) -> dict[str, list[dict]]:
+    """For the items with a reference: each system's corpus chrF++ and BLEU with 95% bootstrap intervals
+    ("metrics"), and their correlation with the human scores ("correlations": Pearson and Kendall's tau-b per
+    human score and metric, at segment level over (item, system) and at system level; a human score's item value is
+    its annotators' mean). Attention checks are left out by the caller."""
+    items = {j.item.item_id: j.item for j in real if j.item.reference.strip()}
+    if not items:
+        return {"metrics": [], "correlations": []}
+    lang = guess_language([it.reference for it in items.values()])
+    table, segment, corpus = [], {}, {}
+    for system in sorted({s for it in items.values() for s in it.outputs}):
+        ids = [i for i, it in items.items() if system in it.outputs]
+        hyps, refs = [items[i].outputs[system] for i in ids], [items[i].reference for i in ids]
+        scores = metrics.corpus_scores(hyps, refs, lang, METRICS)
+        corpus[system] = {key: c["score"] for key, c in scores.items()}
+        table += [{"system": system, "metric": key, "score": round(c["score"], 2), "ci_low": round(c["low"], 2),
+                   "ci_high": round(c["high"], 2), "items": c["n"]} for key, c in scores.items()]
+        segment.update({(i, system): row for i, row in zip(ids, metrics.sentence_scores(hyps, refs, lang, METRICS))})
+    human: dict[tuple[str, str, str], list[float]] = {}
+    for j in real:
+        for system, by_name in j.scores.items():
+            for name, value in by_name.items():
+                if (j.item.item_id, system) in segment:
+                    human.setdefault((j.item.item_id, system, name), []).append(float(value))
+    item_means = {key: sum(v) / len(v) for key, v in human.items()}
+    segments = [(name, key, h, segment[i, s][key]) for (i, s, name), h in item_means.items()
+                for key in METRICS if segment[i, s].get(key) is not None]
+    per_system: dict[tuple[str, str], list[float]] = {}
+    for (i, s, name), h in item_means.items():
+        per_system.setdefault((s, name), []).append(h)
+    systems = [(name, key, sum(v) / len(v), corpus[s][key]) for (s, name), v in per_system.items() for key in METRICS]
+    return {"metrics": table, "correlations": [
+        {**dataclasses.asdict(c), "pearson": None if c.pearson is None else round(c.pearson, 4),
+         "kendall": None if c.kendall is None else round(c.kendall, 4)} for c in st.correlations(segments, systems)]}
 
 
 def _units(proto: EvalProtocol, rows: Sequence[Judged]) -> dict[Any, dict[str, Any]]:

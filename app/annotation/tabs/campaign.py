@@ -190,6 +190,8 @@ class ResultTables:
     win_rates: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     agreement: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
     annotators: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    metrics: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    correlations: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def show_results(store: AnnotationStore, ident: Identity, campaign_id: Any) -> ResultTables:
@@ -206,7 +208,8 @@ def show_results(store: AnnotationStore, ident: Identity, campaign_id: Any) -> R
             f"overlap {r['overlap']}." + (f" Span agreement F1 {spans['f1']} over {spans['pairs']} pair(s)."
                                           if spans else "") + "".join(f" {w}" for w in warn))
     return ResultTables(line, "warn" if warn else "info", pd.DataFrame(r["systems"]), pd.DataFrame(r["win_rates"]),
-                        pd.DataFrame(r["agreement"]), pd.DataFrame(r["annotators"]))
+                        pd.DataFrame(r["agreement"]), pd.DataFrame(r["annotators"]), pd.DataFrame(r["metrics"]),
+                        pd.DataFrame(r["correlations"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,7 +290,9 @@ def admin_layout() -> AdminView:
     tables = {key: gr.Dataframe(label=title, interactive=False, wrap=True, elem_id=f"campaign-results-{key}")
               for key, title in (("systems", "Systems (mean, bootstrap 95% interval)"),
                                  ("win_rates", "Win rates (Wilson 95% interval)"),
-                                 ("agreement", "Agreement (Krippendorff's alpha)"), ("annotators", "Annotators"))}
+                                 ("agreement", "Agreement (Krippendorff's alpha)"), ("annotators", "Annotators"),
+                                 ("metrics", "Automatic metrics against the references (bootstrap 95% interval)"),
+                                 ("correlations", "Human–metric correlation (Pearson, Kendall's tau-b)"))}
     form = {"name": name, "task": task, "protocol": protocol, "guidelines": guidelines, "overlap": overlap,
             "blind": blind, "labels": labels, "check_fraction": check, "items": items}
     return AdminView(form, create_btn, status, campaign, show, line, tables)
