@@ -7,19 +7,14 @@ import gradio as gr
 from ..attention import AttentionInput, KINDS, available_kinds, render_html, select
 from ..context import AppContext
 from ..errors import UserError
-from ..models import ModelRequest
-from .common import TabHandle, guarded, status_html
-
-REQUEST_FIELDS = set(ModelRequest.__dataclass_fields__)
+from .common import TabHandle, guarded, loaded_of, status_html
 
 
 def maps_for(ctx: AppContext, record: dict | None):
     """The attention maps of the result in `record` (rerunning its model once, then cached)."""
     if not record:
         raise UserError("Run the task first: the attention panel shows the maps of the last result.")
-    request = ModelRequest(**{k: v for k, v in record["model"].items() if k in REQUEST_FIELDS})
-    loaded = ctx.cache.get(request)
-    return ctx.attention.get(loaded, AttentionInput(**record["attention"]))
+    return ctx.attention.get(loaded_of(ctx, record), AttentionInput(**record["attention"]))
 
 
 def build(ctx: AppContext, handle: TabHandle) -> dict:

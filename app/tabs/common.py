@@ -18,7 +18,7 @@ from model.placement import available_devices
 from ..context import AppContext, RunRecord
 from ..errors import UserError, describe
 from ..limits import DECODING_BOUNDS
-from ..models import DTYPES, QUANTIZATIONS, Loaded, ModelCache
+from ..models import DTYPES, QUANTIZATIONS, Loaded, ModelCache, ModelRequest
 from ..tasklist import Task
 from ..tasks import Decoding
 
@@ -222,6 +222,12 @@ def run_record(task: Task, loaded: Loaded, inputs: dict[str, str], result: Any, 
     text to correct and the attention's input come from the task table."""
     return dataclasses.asdict(RunRecord(task.name, loaded.provenance(), dict(settings or {}), dict(inputs), output,
                                         task.as_text(result), dataclasses.asdict(task.attention(inputs, result))))
+
+
+def loaded_of(ctx: AppContext, record: dict) -> Loaded:
+    """The model a tab's result was made with (its record's provenance), from the cache: panels rerun it."""
+    fields = ModelRequest.__dataclass_fields__
+    return ctx.cache.get(ModelRequest(**{k: v for k, v in record["model"].items() if k in fields}))
 
 
 def plain(obj: Any) -> Any:
