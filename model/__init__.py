@@ -22,6 +22,7 @@ from .heads import (
     UMT5Model,
 )
 from .loading import AlreadyQuantizedError, CheckpointError, LoadingInfo
+from .metricx import MT5ForRegression
 from .modeling import KVCache, ModelOutput
 from .placement import PlacementError
 from .registry import load_model, model_class
@@ -34,7 +35,7 @@ __all__ = [
     "MT5Config", "UMT5Config", "MT5Tokenizer", "MT5TokenizerFast", "T5Tokenizer", "T5TokenizerFast", "load_model",
     "model_class",
     "MT5Model", "MT5ForConditionalGeneration", "MT5EncoderModel", "MT5ForSequenceClassification",
-    "MT5ForTokenClassification", "MT5ForQuestionAnswering",
+    "MT5ForTokenClassification", "MT5ForQuestionAnswering", "MT5ForRegression",
     "UMT5Model", "UMT5ForConditionalGeneration", "UMT5EncoderModel", "UMT5ForSequenceClassification",
     "UMT5ForTokenClassification", "UMT5ForQuestionAnswering",
     "T5Config", "T5Model", "T5ForConditionalGeneration", "T5EncoderModel", "T5ForSequenceClassification",

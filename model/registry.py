@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import heads
+from . import heads, metricx
 from .config import CLASS_PREFIX, CONFIG_NAME, family_of, read_json
 from .hub import hub_options, resolve_file
 
@@ -16,6 +16,7 @@ TASKS = {
     "token-classification": "ForTokenClassification", "tagging": "ForTokenClassification",
     "question-answering": "ForQuestionAnswering", "qa": "ForQuestionAnswering",
     "encoder": "EncoderModel", "feature-extraction": "EncoderModel", "model": "Model",
+    "regression": "ForRegression", "metricx": "ForRegression",
 }
 
 
@@ -26,11 +27,21 @@ def model_class(family: str, task: str | None = None, architectures: list[str] |
         for arch in architectures or []:
             suffix = arch.removeprefix("U").removeprefix("M").removeprefix("T5")
             if suffix in TASKS.values():
-                return getattr(heads, prefix + suffix)
+                return head_class(family, suffix)
         return getattr(heads, prefix + "ForConditionalGeneration")
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(sorted(TASKS))}")
-    return getattr(heads, prefix + TASKS[task])
+    return head_class(family, TASKS[task])
+
+
+def head_class(family: str, suffix: str) -> type:
+    """The class named by a family and a suffix; MetricX's regression class exists for mT5 only (a t5 config reads
+    as mT5: the same network)."""
+    if suffix == "ForRegression":
+        if family == "umt5":
+            raise ValueError("MetricX (MT5ForRegression) is an mT5 model; this checkpoint is umt5")
+        return metricx.MT5ForRegression
+    return getattr(heads, CLASS_PREFIX[family] + suffix)
 
 
 def load_model(repo_or_dir: str | os.PathLike, task: str | None = None, **options: Any):
