@@ -1,4 +1,5 @@
-"""The API for `gradio_client`: /summarize, /translate, /fill_spans, /classify, /tag, /answer, /attention.
+"""The API for `gradio_client` (and AI agents, through the MCP server): /summarize, /translate, /fill_spans,
+/classify, /tag, /answer, /attention, /score.
 
 Text inputs first, settings after with defaults; an empty `model` means the task's default checkpoint; decoding
 settings left as None take the checkpoint's own defaults. Each returns a JSON object. A bad input raises an
@@ -19,10 +20,13 @@ from .attention import AttentionInput, select
 from .batching import batched
 from .context import AppContext
 from .errors import UserError, describe
+from .gpu import on_gpu
 from .limits import MAX_ANSWERS, generation_work
+from .metrics import corpus_scores, sentence_scores
 from .models import HEADS
 from .prompted_tagging import method_of as tagging_method, source_of, tag_checkpoint
 from .ranking import classify_checkpoint, method_of, preset_named
+from .scoring import parse_metrics
 from .tasklist import TASKS
 from .tasks import (MAX_INPUT_TOKENS, Decoding, answer_extractive, as_plain, check_decoding, fill, input_cap,
                     require_text, stream_summary)
@@ -189,9 +193,29 @@ def register(ctx: AppContext) -> None:
         kinds = [k for k in ("encoder", "decoder", "cross") if getattr(maps, k) is not None]
         return {**view.as_dict(), "kinds": kinds, "target": target}
 
+    @user_errors
+    def score(hypotheses: str, references: str, metrics: str = "chrf,bleu", lang: str = "",
+              n_bootstrap: int = 1000) -> dict:
+        """Scores outputs against references with sacreBLEU's BLEU, chrF++ and TER or ROUGE (`metrics`:
+        comma-separated names of bleu, chrf, ter, rouge). `hypotheses` and `references`: one segment per line, the
+        same number of lines; `lang`: the outputs' language code (picks the tokenizer for zh, ja, ko, th, ...).
+        Returns {corpus: {metric: {score, low, high, n, signature}} with 95% bootstrap intervals, rows: [{metric:
+        sentence score}] one per line}. Scores are 0-100; for TER lower is better."""
+        names = parse_metrics(metrics)
+        if "metricx" in names:
+            raise UserError("MetricX scores files: `python -m app score --metric metricx` (it loads its own model).")
+        hyps, refs = hypotheses.split("\n"), references.split("\n")
+        if len(hyps) != len(refs):
+            raise UserError(f"{len(hyps)} hypothesis line(s) but {len(refs)} reference line(s): give one reference "
+                            "per hypothesis")
+        lang = lang.strip() or None
+        return {"corpus": corpus_scores(hyps, refs, lang, names, int(n_bootstrap)),
+                "rows": sentence_scores(hyps, refs, lang, names)}
+
     # summaries of concurrent visitors share batched decodes (app/batching.py): their own, wider, limit
-    gr.api(summarize, api_name="summarize", **batched(ctx.settings))
-    gr.api(translate, api_name="translate", **batched(ctx.settings))
+    gr.api(on_gpu(summarize), api_name="summarize", **batched(ctx.settings))
+    gr.api(on_gpu(translate), api_name="translate", **batched(ctx.settings))
     for fn, name in ((fill_spans, "fill_spans"), (classify_text, "classify"),
                      (tag_text, "tag"), (answer, "answer"), (attention, "attention")):
-        gr.api(fn, api_name=name, concurrency_id="models")
+        gr.api(on_gpu(fn), api_name=name, concurrency_id="models")
+    gr.api(score, api_name="score")   # CPU only: sacrebleu and rouge-score

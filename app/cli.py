@@ -1,4 +1,5 @@
-"""Command line: `python -m app batch --model M --task T --input rows.{csv,jsonl,parquet} --output out.jsonl`.
+"""Command line: `python -m app batch --model M --task T --input rows.{csv,jsonl,parquet} --output out.jsonl`, and
+`python -m app score --metric chrf,bleu,metricx --input rows.jsonl --output scores.jsonl` (app.scoring).
 
 Runs one of the app's tasks (app.tasklist) over every row of a file, as the Batch tab does, on as many processes
 and machines as `accelerate launch` starts:
@@ -28,7 +29,9 @@ from typing import Any
 
 from accelerate import PartialState
 
+from model import MT5Config, MT5Tokenizer
 from model.batch import existing, process_state, run_job
+from model.metricx import MT5ForRegression
 
 from . import __version__
 from .annotation.api import batch_process, decoding_dict
@@ -39,6 +42,7 @@ from .demo import build_demo
 from .errors import UserError, read_json_line
 from .limits import check_bounds
 from .models import DTYPES, QUANTIZATIONS
+from .scoring import METRICS, corpus_summary, metricx_scorer, parse_metrics, read_rows, surface_scorer
 from .settings import Settings
 from .tasklist import task as task_named
 from .tasks import Decoding
@@ -69,6 +73,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     b.add_argument("--do-sample", action="store_true", default=None)
     for name, kind in DECODING_OPTIONS.items():
         b.add_argument("--" + name.replace("_", "-"), type=kind)
+    s = sub.add_parser("score", help="score a file of outputs: BLEU, chrF++, TER, ROUGE against references, "
+                                     "MetricX with or without them (resumable; data-parallel under accelerate)")
+    s.add_argument("--metric", required=True, help=f"one or more of {', '.join(METRICS)}, comma-separated")
+    s.add_argument("--input", required=True, help="rows: .csv, .jsonl or .parquet with `hypothesis` (or `output`), "
+                                                  "`reference`, and `source` for MetricX")
+    s.add_argument("--output", required=True, help="the .jsonl of per-row scores (re-running resumes it)")
+    s.add_argument("--lang", help="the outputs' language code: picks sacrebleu's tokenizer (zh, ja, ko, th, ...)")
+    s.add_argument("--model", default="", help="the MetricX checkpoint (Hub id or folder), for --metric metricx")
+    s.add_argument("--tokenizer", default="google/mt5-xl", help="MetricX's tokenizer (default google/mt5-xl)")
+    s.add_argument("--qe", action="store_true", help="MetricX without references (a QE or hybrid checkpoint)")
+    s.add_argument("--metricx-version", type=int, default=24, choices=[23, 24])
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--dtype", default="auto", choices=DTYPES)
+    s.add_argument("--quantization", default="none", choices=["none", "int8", "int8-all", "int4", "int4-all"])
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
 
@@ -152,6 +171,68 @@ def batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def score(args: argparse.Namespace) -> int:
+    """`python -m app score`: per-row scores into --output (resumable), corpus scores printed at the end."""
+    state = process_state()
+    say = print if state.is_main_process else (lambda *a, **k: None)
+    wanted = parse_metrics(args.metric)
+    source = Path(args.input)
+    if not source.is_file():
+        raise ValueError(f"{source} does not exist: give the file of outputs with --input")
+    rows = read_rows(source, wanted, qe=args.qe)
+    if "metricx" in wanted and not args.model.strip():
+        raise ValueError("--metric metricx needs --model: a MetricX checkpoint such as "
+                         "google/metricx-24-hybrid-large-v2p6")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    spec = {"metrics": wanted, "lang": args.lang, "model": args.model.strip(), "tokenizer": args.tokenizer,
+            "qe": args.qe, "version": args.metricx_version, "dtype": args.dtype, "quantization": args.quantization,
+            "input_sha256": hashlib.sha256(source.read_bytes()).hexdigest(), "app_version": __version__}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    about = {"command": "score", "metrics": list(wanted), "source": source.name, "model": args.model.strip()}
+    refuse_other_file(Path(args.output))
+    existing(Path(args.output), key, about)
+    scorers = [surface_scorer(rows, wanted, args.lang)]
+    if "metricx" in wanted:
+        scorers.append(metricx_scorer(*load_metricx(args), rows, qe=args.qe, version=args.metricx_version,
+                                      batch_size=args.batch_size))
+
+    def process(i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            for scorer in scorers:
+                out.update(scorer(i))
+        except Exception as e:  # noqa: BLE001 - kept in the row; the next run retries it
+            out["error"] = f"{type(e).__name__}: {e}"
+        return out
+
+    lengths = [len(r.source) + len(r.hypothesis) + len(r.reference) for r in rows]
+    outcome = run_job(args.output, key, lengths, process, about=about, state=state, progress=not args.no_progress)
+    if state.is_main_process:
+        records = [json.loads(line) for line in Path(args.output).read_text(encoding="utf-8").splitlines() if line]
+        for line in corpus_summary(rows, records, wanted, args.lang):
+            say(line)
+    say(f"Wrote {args.output}: {outcome.total} rows ({outcome.done_before} done before, {outcome.ran} now, "
+        f"{outcome.failed} failed) in {outcome.seconds:.1f} s", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def load_metricx(args: argparse.Namespace):
+    """(model, tokenizer) for MetricX, quantized as asked; a UserError naming what is wrong."""
+    options: dict[str, Any] = {} if args.dtype == "auto" else {"dtype": args.dtype}
+    options.update(QUANTIZATIONS[args.quantization][1])
+    try:
+        config = MT5Config.from_pretrained(args.model.strip())
+        if "MT5ForRegression" not in (config.architectures or []):
+            raise ValueError(f"its config says architectures={config.architectures}, not MT5ForRegression: it is "
+                             "not a MetricX checkpoint (google/metricx-24-hybrid-large-v2p6 is one)")
+        metric = MT5ForRegression.from_pretrained(args.model.strip(), **options)
+        tokenizer = MT5Tokenizer.from_pretrained(args.tokenizer)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load MetricX from {args.model!r} (tokenizer {args.tokenizer!r}): {e}") from None
+    return metric.eval(), tokenizer
+
+
 def refuse_other_file(output: Path) -> None:
     """ValueError, the file left as it is, for an --output that exists and is not a job's output: any non-empty
     file whose first line is not one of the command's records. (Resuming reads a last line without a newline as
@@ -176,7 +257,7 @@ def row_text(x: BatchInput) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return batch(args)
+        return score(args) if args.command == "score" else batch(args)
     except (ValueError, UserError) as e:   # bad input: said once, by the main process, with what to do
         if process_state().is_main_process:
             print(f"error: {e}", file=sys.stderr)

@@ -150,6 +150,7 @@ def launch(app: App, host: str | None = None, port: int | None = None, **options
         options.setdefault("auth_message", "mT5 Studio: log in with the user name and password the owner gave you.")
     app_kwargs = dict(options.pop("app_kwargs", None) or {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), *session_guard(app)]
+    options.setdefault("mcp_server", app.context.settings.mcp)
     app.blocks.launch(server_name=host, server_port=port, css=app.context.assets.css,
                       max_file_size=app.context.settings.max_file_bytes, app_kwargs=app_kwargs, **options)
 

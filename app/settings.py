@@ -55,6 +55,8 @@ class Settings:
     MT5_STUDIO_FILES_AGE_S=3600    a visitor's file is removed this many seconds after it was written
     MT5_STUDIO_FILES_MB=500        what the folder may hold in all, in MB: an export that would pass it is refused
                                    with a message naming the limit (nothing is kept)
+    MT5_STUDIO_MCP=0               no MCP server (default on: the API endpoints are tools for AI agents at
+                                   /gradio_api/mcp/, streamable HTTP)
 
     Sign-in and rights (app.annotation.rights):
     MT5_STUDIO_USERS=alice:pw,bob:pw   users who log in with a password (Gradio's login page guards the whole app)
@@ -83,6 +85,7 @@ class Settings:
     files_dir: Path = field(default_factory=default_files_dir)
     files_max_age_s: int = 3600
     files_max_bytes: int = 500 * 2**20
+    mcp: bool = True                        # the API endpoints as tools for AI agents (Gradio's MCP server)
 
     @property
     def protected(self) -> bool:
@@ -122,6 +125,7 @@ class Settings:
             files_max_age_s=max(1, _int(env, "MT5_STUDIO_FILES_AGE_S", 3600)),
             files_max_bytes=max(1, _int(env, "MT5_STUDIO_FILES_MB", 500)) * 2**20,
             offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
+            mcp=env.get("MT5_STUDIO_MCP", "1").lower() in truthy,
         )
 
 

@@ -192,3 +192,42 @@ def test_the_page_streams_the_summary(client, demo_dir):
     job.result(timeout=60)
     texts = [out[0]["value"] for out in job.outputs() if isinstance(out[0], dict) and out[0].get("value")]
     assert len(texts) >= 2 and all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+
+
+def mcp_session(url: str, calls):
+    """Runs `calls(session)` in an MCP client session over streamable HTTP (the `mcp` package's own client)."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def go():
+        async with streamable_http_client(url.rstrip("/") + "/gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await calls(session)
+    return asyncio.run(go())
+
+
+def test_the_endpoints_are_mcp_tools(app_server):
+    import sacrebleu
+
+    hyps, refs = ["The cat sat on the mat.", "It rained."], ["The cat sat on a mat.", "It rained all day."]
+
+    async def calls(session):
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        scored = await session.call_tool("score", {"hypotheses": "\n".join(hyps), "references": "\n".join(refs),
+                                                   "metrics": "chrf"})
+        translated = await session.call_tool("translate", {"text": "Habari ya asubuhi", "target": "German",
+                                                           "max_new_tokens": 4})
+        return tools, scored, translated
+
+    tools, scored, translated = mcp_session(app_server.url, calls)
+    assert {"summarize", "translate", "classify_text", "tag_text", "answer", "score"} <= set(tools), sorted(tools)
+    assert "95% bootstrap intervals" in tools["score"].description
+    assert "target" in tools["translate"].inputSchema["properties"]
+    assert not scored.isError and not translated.isError
+    text = "".join(part.text for part in scored.content if part.type == "text")
+    corpus = sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score
+    assert f"{corpus:.4f}"[:6] in text
+    assert "<2de> token" in "".join(part.text for part in translated.content if part.type == "text")

@@ -6,6 +6,7 @@ import gradio as gr
 
 from ..attention import AttentionInput, KINDS, available_kinds, render_html, select
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..errors import UserError
 from .common import TabHandle, guarded, loaded_of, status_html
 
@@ -68,7 +69,7 @@ def build(ctx: AppContext, handle: TabHandle) -> dict:
     outputs = [kind, layer, head, row_start, col_start, heatmap, status]
     # Off the queue, like the annotation panel's reset: behind other jobs it could land after "Show attention".
     handle.record.change(new_result, [handle.record], [heatmap, status], queue=False, api_visibility="private")
-    show.click(guarded(status, show_attention), inputs, outputs, api_visibility="private")
+    show.click(on_gpu(guarded(status, show_attention)), inputs, outputs, api_visibility="private")
     gr.on([kind.input, head.input, layer.release, window.release, row_start.release, col_start.release],
           guarded(status, redraw), inputs, [heatmap, status], api_visibility="private")
     return {"kind": kind, "layer": layer, "head": head, "heatmap": heatmap, "show": show}

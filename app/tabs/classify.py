@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..ranking import HEAD, classify_checkpoint, load_presets, method_of, preset_named
 from ..tasklist import TASKS
 from ..tasks import as_plain
@@ -90,7 +91,7 @@ def build(ctx: AppContext) -> TabHandle:
                 record: run_record(TASKS[TASK], loaded, shown, result, as_plain(result), settings)}
 
     preset.change(pick_preset, [preset], [labels, template, text, pair, status], api_visibility="private")
-    safe_run = guarded(status, run_classify, (probabilities, record))
+    safe_run = on_gpu(guarded(status, run_classify, (probabilities, record)))
     run.click(safe_run, [*picker.components(), preset, text, premise, hypothesis, labels, template, normalize],
               [probabilities, status, record], api_visibility="private", concurrency_id="models")
     return handle

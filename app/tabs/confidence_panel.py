@@ -6,6 +6,7 @@ import gradio as gr
 from ..attention import AttentionInput
 from ..confidence import render_html, token_confidence
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..errors import UserError
 from .common import TabHandle, guarded, loaded_of, status_html
 
@@ -30,5 +31,5 @@ def build(ctx: AppContext, handle: TabHandle) -> dict:
 
     handle.record.change(lambda record: {shaded: "", status: ""}, [handle.record], [shaded, status], queue=False,
                          api_visibility="private")
-    show.click(guarded(status, on_show, (shaded,)), [handle.record], [shaded, status], api_visibility="private")
+    show.click(on_gpu(guarded(status, on_show, (shaded,))), [handle.record], [shaded, status], api_visibility="private")
     return {"show": show, "shaded": shaded, "status": status}

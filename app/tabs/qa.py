@@ -8,6 +8,7 @@ import gradio as gr
 
 from ..answering import answer_checkpoint, default_template, status_line
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..tasklist import TASKS
 from ..tasks import as_plain, is_rtl
 from . import attention_panel
@@ -58,7 +59,7 @@ def build(ctx: AppContext) -> TabHandle:
                 status: status_html(message, kind, loaded.describe()),
                 record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result), settings)}
 
-    safe_run = guarded(status, run_answer, (answer, highlighted, alternatives, record))
+    safe_run = on_gpu(guarded(status, run_answer, (answer, highlighted, alternatives, record)))
     run.click(safe_run, [*picker.components(), question, context, template, constrained],
               [answer, highlighted, alternatives, status, record], api_visibility="private",
               concurrency_id="models")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..tasklist import TASKS
 from ..tasks import as_plain, is_rtl
 from . import attention_panel
@@ -53,7 +54,7 @@ def build(ctx: AppContext) -> TabHandle:
                 record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result), result.settings)}
 
     inputs = [*picker.components(), text, *controls.inputs()]
-    safe_run = guarded(status, run_fill, (filled, raw, record))
+    safe_run = on_gpu(guarded(status, run_fill, (filled, raw, record)))
     run.click(safe_run, inputs, [filled, raw, status, record], api_visibility="private",
               concurrency_id="models")
     # The marker goes where the cursor was: a script in assets/ (`tasks.next_marker` is the same rule in Python).

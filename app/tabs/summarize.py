@@ -5,6 +5,7 @@ import gradio as gr
 
 from ..batching import batched
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..tasklist import TASKS
 from ..tasks import is_rtl
 from . import attention_panel, confidence_panel
@@ -44,7 +45,7 @@ def build(ctx: AppContext) -> TabHandle:
         yield {status: status_html(f"Done: {note}.", "warn" if result.truncated else "info", loaded.describe()),
                record: run_record(TASKS[TASK], loaded, inputs, result, result.text, result.settings)}
 
-    safe_run = guarded(status, run_summary, (summary, record))
+    safe_run = on_gpu(guarded(status, run_summary, (summary, record)))
     run.click(safe_run, [*picker.components(), text, *controls.inputs()],
               [summary, status, record], api_name="summarize_stream", api_visibility="undocumented",
               **batched(ctx.settings))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..prompted_tagging import METHOD, load_defaults, source_of, tag_checkpoint
 from ..tasklist import TASKS
 from ..tasks import as_plain
@@ -73,7 +74,7 @@ def build(ctx: AppContext) -> TabHandle:
                 status: status_html(message, kind, loaded.describe()),
                 record: run_record(TASKS[TASK], loaded, inputs, result, as_plain(result), settings)}
 
-    safe_run = guarded(status, run_tag, (tagged, entities, record))
+    safe_run = on_gpu(guarded(status, run_tag, (tagged, entities, record)))
     run.click(safe_run, [*picker.components(), text, types, template], [tagged, entities, rejected, status, record],
               api_visibility="private", concurrency_id="models")
     return handle

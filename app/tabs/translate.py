@@ -5,6 +5,7 @@ import gradio as gr
 
 from ..batching import batched
 from ..context import AppContext
+from ..gpu import on_gpu
 from ..tasklist import TASKS
 from ..tasks import is_rtl
 from ..translation import languages
@@ -49,7 +50,7 @@ def build(ctx: AppContext) -> TabHandle:
                record: run_record(TASKS[TASK], loaded, inputs, result, result.text,
                                   {**result.settings, "target_language": result.code})}
 
-    safe_run = guarded(status, run_translation, (translation, record))
+    safe_run = on_gpu(guarded(status, run_translation, (translation, record)))
     run.click(safe_run, [*picker.components(), text, target, *controls.inputs()],
               [translation, status, record], api_name="translate_stream", api_visibility="undocumented",
               **batched(ctx.settings))
