@@ -176,25 +176,52 @@ import json, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(2)
 import model
+from model.quant import Int4Linear, Int8Linear
 
 gen = torch.Generator().manual_seed(2)
 inputs = [torch.randint(3, 250000, (1, n), generator=gen) for n in (12, 40, 90, 200)]
 full = model.load_model({path!r}, dtype="float32")
+seen = {{}}   # each Linear's input and fp32 output on the first input (the layer check below)
+def keep(name):
+    def hook(mod, x, y):   # returns None: the output stays the module's
+        if x[0].numel():     # the decoding head also runs on empty batches (its screen's rescoring)
+            seen.setdefault(name, (x[0].detach(), y.detach()))
+    return hook
+
+hooks = [m.register_forward_hook(keep(name)) for name, m in full.named_modules() if isinstance(m, torch.nn.Linear)]
+
+def agreement(m, paths):
+    # teacher-forced on the fp32 model's greedy path: m's choice at every position
+    with torch.no_grad():
+        return sum(int((m(input_ids=ids, decoder_input_ids=p[:, :-1]).logits[0].argmax(-1) == p[0, 1:]).sum())
+                   for ids, p in zip(inputs, paths))
+
 with torch.no_grad():
     paths = [full.generate(ids, max_new_tokens={steps}, min_new_tokens={steps}) for ids in inputs]
+    for h in hooks:
+        h.remove()
+    torch.manual_seed(0)   # calibration: how far 1% of Gaussian noise on every weight moves this random network
+    for name, m in full.named_modules():
+        if isinstance(m, torch.nn.Linear) and name != "lm_head":
+            m.weight.add_(torch.randn_like(m.weight) * m.weight.std() * 0.01)
+out = dict(total=sum(p.shape[1] - 1 for p in paths), noise=agreement(full, paths))
 del full
-q = model.load_model({path!r}, dtype="bfloat16", load_in_4bit=True, bnb_4bit_quant_type="int4",
-                     quantize_embeddings=True, int8_wo={int8_wo})
-same = total = 0
-free = []
-with torch.no_grad():
-    for ids, path in zip(inputs, paths):
-        # teacher-forced on the fp32 model's greedy path: the int4 model's choice at every position
-        logits = q(input_ids=ids, decoder_input_ids=path[:, :-1]).logits[0]
-        same += int((logits.argmax(-1) == path[0, 1:]).sum())
-        total += path.shape[1] - 1
-        free.append(q.generate(ids, max_new_tokens={steps}, min_new_tokens={steps})[0].tolist() == path[0].tolist())
-print(json.dumps(dict(same=same, total=total, sequences_equal=sum(free), sequences=len(free))))
+layers = {{}}
+for label, options in (("int4", dict(load_in_4bit=True, bnb_4bit_quant_type="int4", quantize_embeddings=True,
+                                      int8_wo={int8_wo})),
+                       ("int8", dict(load_in_8bit=True, quantize_embeddings=True))):
+    q = model.load_model({path!r}, dtype="bfloat16", **options)
+    out[label] = agreement(q, paths)
+    for name, m in q.named_modules():
+        if isinstance(m, (Int4Linear, Int8Linear)) and name in seen:
+            x, y = seen[name]
+            with torch.no_grad():
+                got = m(x.to(torch.bfloat16)).float()
+            kind = ("int4 " if isinstance(m, Int4Linear) else "int8 ") + name.rsplit(".", 1)[-1]
+            layers.setdefault(label + ": " + kind, []).append(float((got - y).norm() / y.norm()))
+    del q
+out["layers"] = {{k: [min(v), max(v), len(v)] for k, v in sorted(layers.items())}}
+print(json.dumps(out))
 """
 
 
@@ -235,10 +262,16 @@ def main() -> None:
                                 args.layers)
     if args.agree:
         r = agreement(path, WO[args.wo])
-        print(f"mt0-xxl shape ({args.layers or fields['num_layers']}+{args.layers or fields['num_layers']} layers), "
-              f"int4 with embeddings, {args.wo} wo, against fp32 on 4 random inputs x 32 greedy steps: "
-              f"{r['same']}/{r['total']} positions agree ({100 * r['same'] / r['total']:.1f}%, teacher-forced on "
-              f"fp32's path); {r['sequences_equal']}/{r['sequences']} whole sequences equal")
+        n = args.layers or fields["num_layers"]
+        print(f"mt0-xxl shape ({n}+{n} layers), 4 random inputs x 32 greedy steps of our fp32 model; each model's "
+              f"choice at every position, teacher-forced on that path ({r['total']} positions):")
+        for label, key in (("fp32 with 1% Gaussian noise on every weight (calibration)", "noise"),
+                           (f"int4 with embeddings, {args.wo} wo", "int4"), ("int8 with embeddings", "int8")):
+            print(f"  {label:<58} {r[key]:>4}/{r['total']} ({100 * r[key] / r['total']:.1f}%)")
+        print("Each quantized layer on the fp32 model's own activations: output error relative to fp32 "
+              "(min, max over layers):")
+        for kind, (low, high, count) in r["layers"].items():
+            print(f"  {kind:<22} {low:.4f} .. {high:.4f}  ({count} layers)")
         return
     if args.run:
         r = measure(path, WO[args.wo])
