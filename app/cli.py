@@ -29,9 +29,7 @@ from typing import Any
 
 from accelerate import PartialState
 
-from model import MT5Config, MT5Tokenizer
 from model.batch import existing, process_state, run_job
-from model.metricx import MT5ForRegression
 
 from . import __version__
 from .annotation.api import batch_process, decoding_dict
@@ -42,7 +40,8 @@ from .demo import build_demo
 from .errors import UserError, read_json_line
 from .limits import check_bounds
 from .models import DTYPES, QUANTIZATIONS
-from .scoring import METRICS, corpus_summary, metricx_scorer, parse_metrics, read_rows, surface_scorer
+from .scoring import (METRICS, METRICX_QUANTIZATIONS, corpus_summary, load_metricx, metricx_scorer, parse_metrics,
+                      read_rows, surface_scorer)
 from .settings import Settings
 from .tasklist import task as task_named
 from .tasks import Decoding
@@ -86,7 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--metricx-version", type=int, default=24, choices=[23, 24])
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--dtype", default="auto", choices=DTYPES)
-    s.add_argument("--quantization", default="none", choices=["none", "int8", "int8-all", "int4", "int4-all"])
+    s.add_argument("--quantization", default="none", choices=list(METRICX_QUANTIZATIONS))
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -194,7 +193,8 @@ def score(args: argparse.Namespace) -> int:
     existing(Path(args.output), key, about)
     scorers = [surface_scorer(rows, wanted, args.lang)]
     if "metricx" in wanted:
-        scorers.append(metricx_scorer(*load_metricx(args), rows, qe=args.qe, version=args.metricx_version,
+        loaded = load_metricx(args.model.strip(), args.tokenizer, args.dtype, args.quantization)
+        scorers.append(metricx_scorer(*loaded, rows, qe=args.qe, version=args.metricx_version,
                                       batch_size=args.batch_size))
 
     def process(i: int) -> dict[str, Any]:
@@ -215,22 +215,6 @@ def score(args: argparse.Namespace) -> int:
     say(f"Wrote {args.output}: {outcome.total} rows ({outcome.done_before} done before, {outcome.ran} now, "
         f"{outcome.failed} failed) in {outcome.seconds:.1f} s", file=sys.stderr)
     return 1 if outcome.failed else 0
-
-
-def load_metricx(args: argparse.Namespace):
-    """(model, tokenizer) for MetricX, quantized as asked; a UserError naming what is wrong."""
-    options: dict[str, Any] = {} if args.dtype == "auto" else {"dtype": args.dtype}
-    options.update(QUANTIZATIONS[args.quantization][1])
-    try:
-        config = MT5Config.from_pretrained(args.model.strip())
-        if "MT5ForRegression" not in (config.architectures or []):
-            raise ValueError(f"its config says architectures={config.architectures}, not MT5ForRegression: it is "
-                             "not a MetricX checkpoint (google/metricx-24-hybrid-large-v2p6 is one)")
-        metric = MT5ForRegression.from_pretrained(args.model.strip(), **options)
-        tokenizer = MT5Tokenizer.from_pretrained(args.tokenizer)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot load MetricX from {args.model!r} (tokenizer {args.tokenizer!r}): {e}") from None
-    return metric.eval(), tokenizer
 
 
 def refuse_other_file(output: Path) -> None:

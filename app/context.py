@@ -15,6 +15,7 @@ from .assets import Assets
 from .batching import Batcher
 from .attention import AttentionInput, capture
 from .models import Loaded, ModelCache, ModelPolicy, ModelRequest, Progress
+from .scoring import MetricXService
 from .settings import Settings
 from .tasklist import check_registry, task as task_named
 
@@ -62,6 +63,7 @@ class AppContext:
     attention: AttentionCache = field(default_factory=AttentionCache)
     # Called inside each tab's empty slot under its result, with the tab's handle (the annotation panel).
     panels: list[Callable[[Any], None]] = field(default_factory=list)
+    metricx: MetricXService | None = None   # the deployment's MetricX (Settings.metricx), None when not set
 
     @classmethod
     def create(cls, settings: Settings, assets: Assets, demo: bool = False) -> "AppContext":
@@ -74,7 +76,9 @@ class AppContext:
         cache = ModelCache(settings.cache_models, settings.cache_bytes, policy, offline=settings.offline,
                            folders=assets.folders, request_mb=settings.request_mb,
                            batcher=Batcher(max_batch=settings.batch_visitors))
-        return cls(settings, assets, cache, demo)
+        metricx = MetricXService(settings.metricx, settings.metricx_tokenizer, settings.metricx_quantization,
+                                 settings.offline) if settings.metricx else None
+        return cls(settings, assets, cache, demo, metricx=metricx)
 
     def request(self, task: str, source: str | None, dtype: str = "auto", device: str = "auto",
                 quantization: str = "none") -> ModelRequest:

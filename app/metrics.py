@@ -40,7 +40,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import regex
@@ -313,3 +313,22 @@ def paired_comparison(hyps_a: Sequence[str | None], hyps_b: Sequence[str | None]
             out[k] = {"a": a[k], "b": b[k], "delta": b[k] - a[k], "p_value": p, "significant": p < ALPHA,
                       "n": len(refs)}
     return out
+
+
+def paired_means(a: Sequence[float], b: Sequence[float], n_bootstrap: int = DEFAULT_BOOTSTRAP,
+                 seed: int | None = DEFAULT_SEED) -> dict[str, Any]:
+    """Whether two systems' per-row scores of a learned metric (MetricX) differ on the same rows: {"a", "b" (the
+    means), "delta" (b − a), "p_value", "significant", "n"}, by a two-sided paired bootstrap: rows resampled,
+    the resampled mean differences centred on their mean, p = share reaching the observed |difference|, with +1
+    smoothing."""
+    _check_bootstrap(n_bootstrap)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y) or not len(x):
+        raise ValueError(f"paired scores need the same rows on both sides, got {len(x)} and {len(y)}")
+    diff = y - x
+    rng = np.random.default_rng(seed)
+    sample = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n_bootstrap)])
+    beyond = int(np.sum(np.abs(sample - sample.mean()) >= abs(diff.mean())))
+    p = (beyond + 1) / (n_bootstrap + 1)
+    return {"a": float(x.mean()), "b": float(y.mean()), "delta": float(diff.mean()), "p_value": p,
+            "significant": p < ALPHA, "n": len(x)}

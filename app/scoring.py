@@ -8,16 +8,20 @@ batches. The per-row scores go through the batch machinery (`model.batch.run_job
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.metricx import iter_scores
+from model import MT5Config, MT5Tokenizer
+from model.metricx import MT5ForRegression, iter_scores
 
 from . import metrics
 from .annotation.campaign_items import read_records
 from .annotation.campaign_stats import bootstrap_mean
+from .errors import UserError
+from .models import QUANTIZATIONS
 
 SURFACE = ("bleu", "chrf", "ter", "rouge")
 METRICS = (*SURFACE, "metricx")
@@ -132,3 +136,52 @@ def corpus_summary(rows: Sequence[ScoreRow], records: Sequence[dict], wanted: Se
             mean, low, high = bootstrap_mean(values, resamples=n_bootstrap)
             lines.append(f"metricx: {mean:.3f} [{low:.3f}, {high:.3f}] over {len(values)} rows (lower is better)")
     return lines
+
+
+METRICX_QUANTIZATIONS = ("none", "int8", "int8-all", "int4", "int4-all")
+
+
+def load_metricx(source: str, tokenizer: str, dtype: str = "auto", quantization: str = "none",
+                 offline: bool = False):
+    """(MetricX model, its tokenizer); a UserError naming what is wrong: a checkpoint whose config is not
+    MT5ForRegression (read first: nothing large is downloaded for it), files that cannot be read."""
+    if quantization not in METRICX_QUANTIZATIONS:
+        raise UserError(f"MetricX quantization {quantization!r}: use one of {', '.join(METRICX_QUANTIZATIONS)}")
+    options: dict[str, Any] = {} if dtype == "auto" else {"dtype": dtype}
+    options.update(QUANTIZATIONS[quantization][1])
+    hub = {"local_files_only": True} if offline else {}
+    try:
+        config = MT5Config.from_pretrained(source, **hub)
+        if "MT5ForRegression" not in (config.architectures or []):
+            raise ValueError(f"its config says architectures={config.architectures}, not MT5ForRegression: it is "
+                             "not a MetricX checkpoint (google/metricx-24-hybrid-large-v2p6 is one)")
+        metric = MT5ForRegression.from_pretrained(source, **options, **hub)
+        tok = MT5Tokenizer.from_pretrained(tokenizer, **hub)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot load MetricX from {source!r} (tokenizer {tokenizer!r}): {e}") from None
+    return metric.eval(), tok
+
+
+class MetricXService:
+    """The deployment's MetricX (Settings.metricx), loaded on first use, once, under a lock; scores rows of
+    {"source", "hypothesis", "reference"}, an empty hypothesis scoring None."""
+
+    def __init__(self, source: str, tokenizer: str, quantization: str = "int8", offline: bool = False):
+        self.source, self.tokenizer, self.quantization, self.offline = source, tokenizer, quantization, offline
+        self._loaded = None
+        self._lock = threading.Lock()
+
+    def scores(self, rows: Sequence[dict], qe: bool, batch_size: int = 16,
+               progress: Callable[[int, int], None] | None = None) -> list[float | None]:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = load_metricx(self.source, self.tokenizer, "auto", self.quantization, self.offline)
+            model, tok = self._loaded
+            keep = [i for i, r in enumerate(rows) if str(r.get("hypothesis") or "").strip()]
+            out: list[float | None] = [None] * len(rows)
+            asked = [{**rows[i], "reference": None if qe else rows[i].get("reference")} for i in keep]
+            for n, got in enumerate(iter_scores(model, tok, asked, qe=qe, batch_size=batch_size)):
+                out[keep[got.index]] = got.score
+                if progress is not None and (n + 1) % batch_size == 0:
+                    progress(n + 1, len(keep))
+            return out

@@ -57,6 +57,10 @@ class Settings:
                                    with a message naming the limit (nothing is kept)
     MT5_STUDIO_MCP=0               no MCP server (default on: the API endpoints are tools for AI agents at
                                    /gradio_api/mcp/, streamable HTTP)
+    MT5_STUDIO_METRICX=id          a MetricX checkpoint (google/metricx-24-hybrid-large-v2p6): compare jobs score
+                                   both systems with it when they run (off by default: ~0.5 s per segment on 2
+                                   CPU cores in int8); MT5_STUDIO_METRICX_TOKENIZER (google/mt5-xl) and
+                                   MT5_STUDIO_METRICX_QUANTIZATION (int8; none, int8-all, int4, int4-all) with it
 
     Sign-in and rights (app.annotation.rights):
     MT5_STUDIO_USERS=alice:pw,bob:pw   users who log in with a password (Gradio's login page guards the whole app)
@@ -86,6 +90,9 @@ class Settings:
     files_max_age_s: int = 3600
     files_max_bytes: int = 500 * 2**20
     mcp: bool = True                        # the API endpoints as tools for AI agents (Gradio's MCP server)
+    metricx: str = ""                       # a MetricX checkpoint: compare jobs score both systems with it
+    metricx_tokenizer: str = "google/mt5-xl"
+    metricx_quantization: str = "int8"
 
     @property
     def protected(self) -> bool:
@@ -126,6 +133,9 @@ class Settings:
             files_max_bytes=max(1, _int(env, "MT5_STUDIO_FILES_MB", 500)) * 2**20,
             offline=any(env.get(name, "").lower() in truthy for name in ("MT5_STUDIO_OFFLINE", "HF_HUB_OFFLINE")),
             mcp=env.get("MT5_STUDIO_MCP", "1").lower() in truthy,
+            metricx=env.get("MT5_STUDIO_METRICX", "").strip(),
+            metricx_tokenizer=env.get("MT5_STUDIO_METRICX_TOKENIZER", "").strip() or "google/mt5-xl",
+            metricx_quantization=env.get("MT5_STUDIO_METRICX_QUANTIZATION", "").strip() or "int8",
         )
 
 

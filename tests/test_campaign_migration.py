@@ -181,7 +181,7 @@ def _scores_as_json(tables: dict[str, list[dict]], name: str) -> list[dict]:
     before v9 get the empty reference v9 gives them."""
     rows = [dict(r) for r in tables[name]]
     if name == "comparison_job_rows":
-        rows = [{"reference": "", **row} for row in rows]
+        rows = [{"reference": "", "metricx_1": None, "metricx_2": None, **row} for row in rows]
     if name == "annotations":
         for row in rows:
             if "scores" in row:

@@ -9,7 +9,7 @@ import sacrebleu
 from app.annotation.batch import BatchInput, load_inputs
 from app.annotation.comparisons import compare_rows, comparison_for_row, create_compare_job, judge_row, \
     run_compare_job
-from app.annotation.job_metrics import compare_job_metrics, guess_language, human_preferences, render
+from app.annotation.job_metrics import compare_job_metrics, guess_language, human_preferences, render, score_metricx
 from app.annotation.rights import OPEN, Identity
 from app.annotation.schema import MIGRATIONS, migrate
 from app.annotation.store import AnnotationStore
@@ -124,3 +124,59 @@ def test_v8_compare_rows_gain_an_empty_reference(tmp_path):
     with AnnotationStore(path) as store:
         (row,) = compare_rows(store, "j")
         assert (row.text, row.reference) == ("kept", "")
+
+
+@pytest.fixture(scope="module")
+def metricx(tmp_path_factory):
+    """A random MetricX-shaped checkpoint (mT5's 250112 ids, tiny otherwise) and a small mT5-style tokenizer."""
+    import torch
+
+    from model import MT5Config
+    from model.metricx import MT5ForRegression
+    from model.tiny import train_sentencepiece, write_mt5_style
+
+    root = tmp_path_factory.mktemp("metricx")
+    tok = write_mt5_style(root / "tok", train_sentencepiece(REFS + WEAK, 300, hard_vocab_limit=False))
+    torch.manual_seed(0)
+    MT5ForRegression(MT5Config(vocab_size=250112, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                               relative_attention_num_buckets=8, tie_word_embeddings=False,
+                               architectures=["MT5ForRegression"])).save_pretrained(root / "model")
+    return root / "model", tok
+
+
+@pytest.mark.parametrize("with_refs", [True, False])
+def test_metricx_scores_both_systems_once_and_tests_the_difference(tmp_path, metricx, with_refs):
+    from app.scoring import MetricXService
+    from model import MT5Tokenizer
+    from model.metricx import MT5ForRegression, score
+
+    model_dir, tok = metricx
+    service = MetricXService(str(model_dir), str(tok), "none")
+    refs = REFS if with_refs else [""] * len(REFS)
+    with AnnotationStore(tmp_path / "mx.db") as store:
+        job = job_with_outputs(store, refs=refs, task="translation", one=list(REFS), two=list(WEAK))
+        assert score_metricx(store, job.id, service) == 10
+        assert score_metricx(store, job.id, service) == 0          # stored: not scored again
+        rows = compare_rows(store, job.id)
+        m = compare_job_metrics(store, job.id)
+    model, tokenizer = MT5ForRegression.from_pretrained(model_dir), MT5Tokenizer.from_pretrained(tok)
+    asked = [{"source": f"input {i}", "hypothesis": WEAK[i], "reference": refs[i]} for i in range(10)]
+    expected = score(model, tokenizer, asked, qe=not with_refs).scores
+    assert [r.metricx_2 for r in rows] == pytest.approx(expected, abs=1e-5)
+    pair = m.paired["metricx"]
+    assert pair["n"] == 10
+    assert pair["delta"] == pytest.approx(sum(expected) / 10 - m.corpus[0]["metricx"]["score"], abs=1e-5)
+    assert m.corpus[1]["metricx"]["low"] <= m.corpus[1]["metricx"]["score"] <= m.corpus[1]["metricx"]["high"]
+    page = render(m)
+    assert "MetricX (lower is better)" in page and ("chrF++" in page) == with_refs
+
+
+def test_a_checkpoint_that_is_not_metricx_is_refused(tmp_path, metricx):
+    from app.errors import UserError
+    from app.scoring import load_metricx
+    from model import MT5Config
+
+    MT5Config(vocab_size=300, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+              architectures=["MT5ForConditionalGeneration"]).save_pretrained(tmp_path / "plain")
+    with pytest.raises(UserError, match="not a MetricX checkpoint"):
+        load_metricx(str(tmp_path / "plain"), str(metricx[1]))

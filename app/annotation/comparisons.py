@@ -490,6 +490,8 @@ class CompareRow:
     flipped: bool          # True: system 2 is shown as A
     comparison_id: str | None
     reference: str = ""    # the human reference from the input file ('' without one)
+    metricx_1: float | None = None   # each system's MetricX score, once the deployment's MetricX scored the row
+    metricx_2: float | None = None
 
     @property
     def processed(self) -> bool:
@@ -615,4 +617,12 @@ def judge_row(store: AnnotationStore, job_id: str, index: int, c: Comparison, *,
 
 def _job_row(r) -> CompareRow:
     return CompareRow(r["job_id"], r["idx"], r["text"], r["question"], r["context"], r["output_1"], r["output_2"],
-                      r["error"], bool(r["flipped"]), r["comparison_id"], r["reference"])
+                      r["error"], bool(r["flipped"]), r["comparison_id"], r["reference"], r["metricx_1"],
+                      r["metricx_2"])
+
+
+def set_metricx(store: AnnotationStore, job_id: str, scores: Sequence[tuple[int, float, float]]) -> None:
+    """Stores (row index, system 1's MetricX, system 2's) for the job's rows."""
+    with store.transaction() as conn:
+        conn.executemany("UPDATE comparison_job_rows SET metricx_1=?, metricx_2=? WHERE job_id=? AND idx=?",
+                         [(one, two, job_id, idx) for idx, one, two in scores])

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
-from .comparisons import compare_rows, get_comparison, get_compare_job
+from .campaign_stats import bootstrap_mean
+from .comparisons import compare_rows, get_comparison, get_compare_job, row_input_text, set_metricx
 from .store import AnnotationStore
 
 SUMMARY_TASKS = ("summarization",)
@@ -88,8 +89,10 @@ def compare_job_metrics(store: AnnotationStore, job_id: str, n_bootstrap: int = 
     names = (system_name(job.systems[0]), system_name(job.systems[1]))
     scored = [r for r in rows if r.processed and r.reference.strip()]
     human = human_preferences(store, rows)
+    learned = metricx_results([r for r in rows if r.processed and r.metricx_1 is not None
+                               and r.metricx_2 is not None], n_bootstrap, seed)
     if not scored:
-        return JobMetrics(job_id, job.task, names, len(rows), 0, None, human=human)
+        return JobMetrics(job_id, job.task, names, len(rows), 0, None, learned[0], learned[1], human=human)
     refs = [r.reference for r in scored]
     one, two = [r.output_1 or "" for r in scored], [r.output_2 or "" for r in scored]
     lang = guess_language(refs)
@@ -101,11 +104,43 @@ def compare_job_metrics(store: AnnotationStore, job_id: str, n_bootstrap: int = 
                   metrics.sentence_scores(two, refs, lang, wanted))
     sentences = [{"index": r.index, **{f"{k}_1": v for k, v in s1.items()}, **{f"{k}_2": v for k, v in s2.items()}}
                  for r, s1, s2 in per_row]
-    return JobMetrics(job_id, job.task, names, len(rows), len(scored), lang, corpus, paired, sentences, human)
+    corpus = ({**corpus[0], **learned[0][0]}, {**corpus[1], **learned[0][1]})
+    return JobMetrics(job_id, job.task, names, len(rows), len(scored), lang, corpus, {**paired, **learned[1]},
+                      sentences, human)
+
+
+def metricx_results(rows, n_bootstrap: int, seed: int) -> tuple[tuple[dict, dict], dict]:
+    """((system 1's, system 2's) {"metricx": {score (the mean), low, high, n}}, {"metricx": paired test}) over the
+    rows MetricX scored for both systems; empty dicts without any."""
+    if not rows:
+        return ({}, {}), {}
+    sides = []
+    for values in ([r.metricx_1 for r in rows], [r.metricx_2 for r in rows]):
+        mean, low, high = bootstrap_mean(values, resamples=n_bootstrap, seed=seed)
+        sides.append({"metricx": {"score": mean, "low": low, "high": high, "n": len(values)}})
+    paired = metrics.paired_means([r.metricx_1 for r in rows], [r.metricx_2 for r in rows], n_bootstrap, seed)
+    return (sides[0], sides[1]), {"metricx": paired}
+
+
+def score_metricx(store: AnnotationStore, job_id: str, service, progress=None) -> int:
+    """Scores with the deployment's MetricX (app.scoring.MetricXService) both systems' outputs of the job's
+    processed rows that have no MetricX score yet, and stores them; returns how many rows were scored. Against the
+    references when every such row has one, else reference-free (QE) for all: one job, one mode."""
+    rows = [r for r in compare_rows(store, job_id) if r.processed and r.metricx_1 is None]
+    if not rows:
+        return 0
+    qe = not all(r.reference.strip() for r in rows)
+    asked = [{"source": row_input_text(r), "hypothesis": out, "reference": r.reference}
+             for outputs in ([r.output_1 for r in rows], [r.output_2 for r in rows]) for r, out in zip(rows, outputs)]
+    got = service.scores(asked, qe=qe, progress=progress)
+    one, two = got[:len(rows)], got[len(rows):]
+    done = [(r.index, a, b) for r, a, b in zip(rows, one, two) if a is not None and b is not None]
+    set_metricx(store, job_id, done)
+    return len(done)
 
 
 LABELS = {"chrf": "chrF++", "bleu": "BLEU", "ter": "TER", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
-          "rougeL": "ROUGE-L"}
+          "rougeL": "ROUGE-L", "metricx": "MetricX (lower is better)"}
 
 
 def render(m: JobMetrics) -> str:
@@ -116,7 +151,7 @@ def render(m: JobMetrics) -> str:
     people = (f"Blind human judgements: {h.get('judged', 0)} of {m.rows} rows judged — system 1 preferred "
               f"{h.get('system_1', 0)}, system 2 {h.get('system_2', 0)}, tie {h.get('tie', 0)}, both bad "
               f"{h.get('both_bad', 0)}.")
-    if not m.scored:
+    if not m.paired:
         why = ("no row has a reference (add a `reference` column to the file)" if m.rows else "the job has no rows")
         return (f'<div class="job-metrics"><p>No automatic metrics: {why}, or no row is processed by both '
                 f"systems yet.</p><p>{esc(people)}</p></div>")
@@ -129,6 +164,8 @@ def render(m: JobMetrics) -> str:
         body.append(f"<tr><td>{LABELS.get(key, key)}</td><td>{cells[0]}</td><td>{cells[1]}</td>"
                     f"<td>{pair['delta']:+.1f}</td><td>{pair['p_value']:.3f} ({verdict})</td></tr>")
     lang = f"references read as {m.lang}" if m.lang else "space-separated references (13a tokens)"
-    return (f'<div class="job-metrics"><p>{m.scored} of {m.rows} rows scored against their reference '
-            f"({lang}); 95% bootstrap intervals.</p><table>{head}{''.join(body)}</table>"
-            f"<p>{esc(people)}</p></div>")
+    against = (f"{m.scored} of {m.rows} rows scored against their reference ({lang})" if m.scored
+               else "no references: MetricX alone, reference-free")
+    learned = (f"; MetricX on {m.paired['metricx']['n']} rows (0 best, 25 worst)" if "metricx" in m.paired else "")
+    return (f'<div class="job-metrics"><p>{against}{learned}; 95% bootstrap intervals.</p>'
+            f"<table>{head}{''.join(body)}</table><p>{esc(people)}</p></div>")

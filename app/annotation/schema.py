@@ -147,9 +147,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE annotations DROP COLUMN mqm_score",
     ),
     # v9: a compare job row's human reference (the input file's `reference` column; '' when it has none), which
-    # the job's automatic metrics (chrF, BLEU, MetricX) score both systems against.
+    # the job's automatic metrics (chrF, BLEU, MetricX) score both systems against, and each system's MetricX score
+    # (NULL until the deployment's MetricX has scored the row; app.scoring.MetricXService).
     (
         "ALTER TABLE comparison_job_rows ADD COLUMN reference TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE comparison_job_rows ADD COLUMN metricx_1 REAL",
+        "ALTER TABLE comparison_job_rows ADD COLUMN metricx_2 REAL",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -36,7 +36,7 @@ from ..comparisons import (PREFERENCE_LABELS, PREFERENCES, Comparison, System, c
                            get_comparison, get_compare_job, identical_message, import_comparisons, judge_row,
                            list_compare_jobs, query_comparisons, run_compare_job, same_system, save_comparison,
                            system_from_settings)
-from ..job_metrics import compare_job_metrics, render
+from ..job_metrics import compare_job_metrics, render, score_metricx
 from ..rights import Identity, identify, require_admin, require_owner_or_admin, require_save, visible_owner
 from ..store import AnnotationStore
 from ..spans import load_protocols
@@ -399,6 +399,10 @@ def cjob_run(ctx: AppContext, store: AnnotationStore, job_id, progress, out_stat
         stops.finish(job_id)
     note = f"Processed {done} row(s) with both systems" + (f"; {failed} failed (run again to retry)" if failed
                                                            else "") + "."
+    if ctx.metricx is not None and not stopped:
+        scored = score_metricx(store, job_id, ctx.metricx,
+                               lambda k, total: progress((k, total), desc=f"MetricX: {k} of {total} outputs"))
+        note += f" MetricX scored {scored} row(s)." if scored else ""
     if stopped:
         note = f"Stopped on request: {note} Run / resume finishes the rest."
     return {**cjob_show(store, job_id, 0), out_status: status_html(note, "warn" if failed else "info"),
