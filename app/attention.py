@@ -111,7 +111,7 @@ def render_html(view: HeatmapView, row_start: int = 0, col_start: int = 0, windo
     top = float(view.weights.max()) or 1.0
     head = "average over heads" if view.head == "mean" else f"head {view.head}"
     out = [f'<div class="attn-caption">{KIND_NAMES[view.kind]} · layer {view.layer} of 0–{view.num_layers - 1}'
-           f' · {head} · darkest = {top:.3f} · queries {r0}–{rows[-1] if rows else r0} of {n_rows}, keys {c0}–'
+           f' · {head} · full colour = {top:.3f} · queries {r0}–{rows[-1] if rows else r0} of {n_rows}, keys {c0}–'
            f'{cols[-1] if cols else c0} of {n_cols}</div>',
            '<div class="attn-scroll"><table class="attn-map"><thead><tr><th class="attn-corner">query ＼ key</th>']
     out += [f'<th class="attn-col" dir="auto" title="key {j}: {token_label(view.keys[j])}">'

@@ -81,8 +81,22 @@ def test_summarization_streams_and_shows_attention(page):
     cell.wait_for()
     assert "→" in cell.get_attribute("title")                     # the weight on hover
     assert tab.locator("th.attn-row").count() > 5
+    assert "full colour =" in tab.locator(".attn-caption").inner_text()          # true in both themes
+    key = tab.locator("th.attn-col span").first
+    assert key.evaluate("e => getComputedStyle(e).transform") == "none"            # CJK keys upright
     cell.hover()
     shot(page, "1-summarization-attention")
+    window = tab.locator("input[aria-label='number input for Tokens per axis']")
+    window.fill("8")
+    window.blur()
+    tab.locator(".attn-caption", has_text="queries 0–7").wait_for()
+    first_query = tab.locator("input[aria-label='number input for First query token']")
+    first_query.fill("3")
+    first_query.blur()
+    tab.locator(".attn-caption", has_text="queries 3").wait_for()
+    tab.get_by_label("encoder", exact=True).check()                                # another kind: ranges start again
+    tab.locator(".attn-caption", has_text="encoder self-attention").wait_for()
+    assert "queries 0–" in tab.locator(".attn-caption").inner_text() and first_query.input_value() == "0"
 
 
 def test_translation_picks_a_language_by_name(page):

@@ -70,6 +70,9 @@ def build(ctx: AppContext, handle: TabHandle) -> dict:
     # Off the queue, like the annotation panel's reset: behind other jobs it could land after "Show attention".
     handle.record.change(new_result, [handle.record], [heatmap, status], queue=False, api_visibility="private")
     show.click(on_gpu(guarded(status, show_attention)), inputs, outputs, api_visibility="private")
-    gr.on([kind.input, head.input, layer.release, window.release, row_start.release, col_start.release],
+    # another kind of attention has other axes: the windows start again at the first query and key
+    kind.input(guarded(status, lambda record, k, lay, h, w, r0, c0: show_attention(record, k, lay, h, w, 0, 0)),
+               inputs, outputs, api_visibility="private")
+    gr.on([head.input, layer.release, window.release, row_start.release, col_start.release],
           guarded(status, redraw), inputs, [heatmap, status], api_visibility="private")
     return {"kind": kind, "layer": layer, "head": head, "heatmap": heatmap, "show": show}
