@@ -1,6 +1,7 @@
 """Concurrent visitors' summaries decoded in one batch (app/batching.py): the same text as alone, streamed to each,
 rows ending at their own end, sampling kept alone, errors reaching every visitor of the batch."""
 import threading
+import time
 
 import pytest
 
@@ -55,7 +56,13 @@ def test_a_batch_gives_each_visitor_their_solo_text(loaded, gen):
     # updates at most 20 ms apart: the tiny model decodes 24 steps of eight rows within the 0.3 s a deployment
     # gathers pieces for, on a fast moment, and the streaming check below would then see one update each
     batcher = Batcher(max_batch=8, window_s=0.2, linger_s=0.02)
-    pieces, errors = together(batcher, loaded, TEXTS, **gen)
+    # and each decoder step takes 20 ms at least, so on a busy machine too the visitors' readers see the text
+    # arrive in several updates (the tiny model alone can finish before a starved reader thread wakes)
+    slow = loaded.model.decoder.register_forward_hook(lambda *args: time.sleep(0.02))
+    try:
+        pieces, errors = together(batcher, loaded, TEXTS, **gen)
+    finally:
+        slow.remove()
     assert not errors
     assert ["".join(pieces[i]) for i in range(len(TEXTS))] == solo
     assert batcher.batch_sizes == [8]                    # one decode for the eight of them
