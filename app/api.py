@@ -1,5 +1,5 @@
 """The API for `gradio_client` (and AI agents, through the MCP server): /summarize, /translate, /fill_spans,
-/classify, /tag, /answer, /attention, /score.
+/classify, /tag, /answer, /attention, /explain, /score.
 
 Text inputs first, settings after with defaults; an empty `model` means the task's default checkpoint; decoding
 settings left as None take the checkpoint's own defaults. Each returns a JSON object. A bad input raises an
@@ -7,6 +7,7 @@ error whose message says what was wrong (gradio_client raises it as `AppError`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import traceback
@@ -20,6 +21,7 @@ from .attention import AttentionInput, select
 from .batching import batched
 from .context import AppContext
 from .errors import UserError, describe
+from .explanations import explain
 from .gpu import on_gpu
 from .limits import MAX_ANSWERS, generation_work
 from .metrics import corpus_scores, sentence_scores
@@ -194,6 +196,29 @@ def register(ctx: AppContext) -> None:
         return {**view.as_dict(), "kinds": kinds, "target": target}
 
     @user_errors
+    def explain_text(text: str, output: str = "", task: str = "summarization", method: str = "gradient_x_input",
+                     position: int = 0, alternative: str = "", steps: int = 16, model: str = "", dtype: str = "auto",
+                     device: str = "auto", quantization: str = "none") -> dict:
+        """Explains output token `position` of `output` (generated from `text` by `task`'s model when empty):
+        method gradient_x_input | saliency | integrated_gradients (`steps`, at most 64) | value_zeroing |
+        alti_plus | contrastive (why this token and not `alternative`, a word). Returns {method, position, output,
+        source_pieces, target_pieces (the text each token adds), source (a score per source token), prefix (per
+        earlier output position, the start token first), source_share (ALTI+: per output token, the part from the
+        source), contrast ({produced, alternative, produced_logprob, alternative_logprob, difference}), delta
+        (integrated gradients' convergence delta)}."""
+        if task not in TASKS:
+            raise UserError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+        loaded = ctx.load(task, model, dtype, device, quantization)
+        source = text[: input_cap(MAX_INPUT_TOKENS)]
+        if not output.strip():
+            require_text(source, "text")
+            gen = check_decoding(loaded.model, Decoding())
+            loaded.afford(generation_work(gen, 1, MAX_INPUT_TOKENS, "the output to explain"), "shorten the text.")
+            output = generate_text(loaded.model, loaded.tokenizer, source)[0]
+        e = explain(loaded, AttentionInput(source, target=output), method, int(position), alternative, int(steps))
+        return {**dataclasses.asdict(e), "output": output}
+
+    @user_errors
     def score(hypotheses: str, references: str, metrics: str = "chrf,bleu", lang: str = "",
               n_bootstrap: int = 1000) -> dict:
         """Scores outputs against references with sacreBLEU's BLEU, chrF++ and TER or ROUGE (`metrics`:
@@ -216,6 +241,6 @@ def register(ctx: AppContext) -> None:
     gr.api(on_gpu(summarize), api_name="summarize", **batched(ctx.settings))
     gr.api(on_gpu(translate), api_name="translate", **batched(ctx.settings))
     for fn, name in ((fill_spans, "fill_spans"), (classify_text, "classify"),
-                     (tag_text, "tag"), (answer, "answer"), (attention, "attention")):
+                     (tag_text, "tag"), (answer, "answer"), (attention, "attention"), (explain_text, "explain")):
         gr.api(on_gpu(fn), api_name=name, concurrency_id="models")
     gr.api(score, api_name="score")   # CPU only: sacrebleu and rouge-score

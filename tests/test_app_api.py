@@ -15,7 +15,8 @@ from model.tiny import DEMO_CLASS_LABELS, DEMO_TAG_LABELS  # noqa: E402
 
 EX = load_assets().examples
 NON_T5_REPO = "google-bert/bert-base-uncased"
-ENDPOINTS = {"/summarize", "/translate", "/fill_spans", "/classify", "/tag", "/answer", "/attention"}
+ENDPOINTS = {"/summarize", "/translate", "/fill_spans", "/classify", "/tag", "/answer", "/attention", "/explain",
+             "/score"}
 
 
 def fake_hub_cache(root):
@@ -132,6 +133,19 @@ def test_attention(client, task, kind, args):
     assert result["kind"] == kind and result["head"] == "0" and result["layer"] == result["num_layers"] - 1
     assert len(weights) == len(result["queries"]) and all(len(r) == len(result["keys"]) for r in weights)
     assert all(abs(sum(r) - 1) < 1e-3 for r in weights)
+
+
+def test_explain_a_generated_word_and_why_not_another(client):
+    text = EX["summarization"][0]["text"]
+    result = client.predict(text, method="alti_plus", position=1, api_name="/explain")
+    assert result["output"] and len(result["source"]) == len(result["source_pieces"])
+    assert len(result["source_share"]) == len(result["target_pieces"]) and result["position"] == 1
+    why = client.predict(text, output=result["output"], method="contrastive", position=0, alternative="Kenya",
+                         api_name="/explain")
+    assert why["contrast"]["difference"] == pytest.approx(why["contrast"]["produced_logprob"]
+                                                          - why["contrast"]["alternative_logprob"])
+    assert "does not exist" in error_of(client, text, output="a b", method="saliency", position=40,
+                                        api_name="/explain")
 
 
 def error_of(client, *args, api_name, **kwargs) -> str:

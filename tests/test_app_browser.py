@@ -118,6 +118,17 @@ def test_translation_picks_a_language_by_name(page):
     tab.locator(".confidence-shaded .conf-token").first.wait_for()
     assert "p=" in tab.locator(".confidence-shaded .conf-token").first.get_attribute("title")
     assert "mean probability" in tab.locator(".status-info", has_text="output tokens").inner_text()
+    tab.get_by_text("Explain", exact=True).click()
+    tab.locator(".explain-word input").click()
+    page.get_by_role("option").nth(1).click()                                      # the second output word
+    tab.locator(".explain-go").click()
+    tab.locator(".explain-view .expl-source .expl-token").first.wait_for()
+    assert tab.locator(".explain-view mark.expl-target").count() == 1             # the word, marked
+    assert tab.locator(".explain-view .expl-source").get_attribute("dir") == "auto"
+    tab.locator(".explain-why-not textarea").fill("Haus")                         # why not …?
+    tab.locator(".explain-go").click()
+    tab.locator(".explain-view .expl-contrast").wait_for()
+    assert "nats" in tab.locator(".explain-view .expl-contrast").first.inner_text()
     shot(page, "1b-translation", "#tab-translation")
     page.emulate_media(color_scheme="dark")
     shot(page, "1c-translation-dark", "#tab-translation")

@@ -8,7 +8,7 @@ from ..context import AppContext
 from ..gpu import on_gpu
 from ..tasklist import TASKS
 from ..tasks import is_rtl
-from . import attention_panel, confidence_panel
+from . import attention_panel, confidence_panel, explain_panel
 from .common import (TabHandle, decoding_controls, examples, guarded, model_picker, mount_panels, prefill_decoding,
                      progress_reporter, run_record, status_html)
 
@@ -32,6 +32,7 @@ def build(ctx: AppContext) -> TabHandle:
     mount_panels(ctx, handle)
     handle.extra["attention"] = attention_panel.build(ctx, handle)
     handle.extra["confidence"] = confidence_panel.build(ctx, handle)
+    handle.extra["explain"] = explain_panel.build(ctx, handle)
 
     def run_summary(source, dtype, device, quant, text_v, *settings, progress=gr.Progress()):
         decoding = controls.decoding(list(settings))
