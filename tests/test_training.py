@@ -12,6 +12,11 @@ The rest runs without the reference: the loop, resume, gradient checkpointing, l
 """
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -324,3 +329,36 @@ def test_adafactor_with_gradient_checkpointing_runs(tmp_path):
     result = training.train(net, toy_features(8), TrainSettings(optimizer="adafactor", batch_size=4, max_steps=2,
                                                                 gradient_checkpointing=True), tmp_path)
     assert result.finished and any(not torch.equal(before[n], p) for n, p in net.named_parameters())
+
+
+LAUNCHED = """
+import json, sys
+import test_training as T
+from model import training
+net = T.tiny()
+result = training.train(net, T.toy_features(32), training.TrainSettings(
+    batch_size=4, epochs=2, learning_rate=1e-2, gradient_accumulation_steps=2,
+    lora=training.LoraSettings(r=2, alpha=4)), sys.argv[1])
+state = {k: v.tolist() for k, v in training.adapter_state(net).items()}
+print("RESULT", json.dumps({"steps": result.steps, "losses": result.losses, "adapter": state}))
+"""
+
+
+@pytest.mark.slow   # one `accelerate launch` of two processes: ~15 s on a quiet 2-core machine
+def test_two_processes_under_accelerate_launch_train_one_model(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    (tmp_path / "launched.py").write_text(LAUNCHED)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # accelerate 1.x starts several processes only through torchrun (--multi_gpu); without a GPU they use gloo
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(tmp_path / "launched.py"), str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONPATH": f"{root}:{root / 'tests'}"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 2 and results[0] == results[1]   # the same loss (averaged) and adapter in both
+    assert results[0]["steps"] == 4   # 8 batches of 4, split over 2 processes, 2 micro-batches per step, 2 epochs
+    assert (tmp_path / "out" / "final" / "merged" / "model.safetensors").is_file()
