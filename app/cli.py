@@ -1,5 +1,6 @@
 """Command line: `python -m app batch --model M --task T --input rows.{csv,jsonl,parquet} --output out.jsonl`, and
-`python -m app score --metric chrf,bleu,metricx --input rows.jsonl --output scores.jsonl` (app.scoring).
+`python -m app score --metric chrf,bleu,metricx --input rows.jsonl --output scores.jsonl` (app.scoring), and
+`python -m app train --model M --task T --from-campaign ID --output runs/x` (app.training).
 
 Runs one of the app's tasks (app.tasklist) over every row of a file, as the Batch tab does, on as many processes
 and machines as `accelerate launch` starts:
@@ -31,7 +32,7 @@ from accelerate import PartialState
 
 from model.batch import existing, process_state, run_job
 
-from . import __version__
+from . import __version__, training
 from .annotation.api import batch_process, decoding_dict
 from .annotation.batch import BatchInput, BatchRow, job_settings, load_inputs, output_record
 from .assets import load_assets
@@ -87,6 +88,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--dtype", default="auto", choices=DTYPES)
     s.add_argument("--quantization", default="none", choices=list(METRICX_QUANTIZATIONS))
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    training.add_arguments(sub)
     return ap.parse_args(argv)
 
 
@@ -241,6 +243,8 @@ def row_text(x: BatchInput) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command == "train":
+            return training.run(args, context)
         return score(args) if args.command == "score" else batch(args)
     except (ValueError, UserError) as e:   # bad input: said once, by the main process, with what to do
         if process_state().is_main_process:

@@ -163,3 +163,12 @@ def generation_work(gen: dict[str, Any], rows: int, source_tokens: int, what: st
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:,.0f} MB"
+
+
+# Training (`python -m app train`, app.training): what one run may take on a deployment. A run stopped by the time
+# limit keeps its checkpoint, and the same command resumes it.
+MAX_TRAIN_STEPS = 20_000
+MAX_TRAIN_SECONDS = 6 * 3600
+MAX_TRAIN_EXAMPLES = 200_000
+MAX_TRAIN_SOURCE_TOKENS = 512
+MAX_TRAIN_TARGET_TOKENS = 256
