@@ -160,9 +160,12 @@ class FeedForward(nn.Module):
         h = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
         h = self.dropout(h)
         # In fp16 models wo is kept in fp32 (mT5 overflows fp16 there): its input is cast up and its fp32 output
-        # makes the residual stream fp32 from here on, as in transformers.
-        wo_dtype = self.wo.weight.dtype
-        return self.wo(h.to(wo_dtype) if wo_dtype.is_floating_point and h.dtype != wo_dtype else h)
+        # makes the residual stream fp32 from here on, as in transformers. Quantized layers cast for themselves
+        # (their `.weight` is a dequantized copy: reading it here would cost a full dequantization per call).
+        wo = self.wo
+        if isinstance(wo, nn.Linear) and wo.weight.dtype.is_floating_point and h.dtype != wo.weight.dtype:
+            h = h.to(wo.weight.dtype)
+        return wo(h)
 
 
 def activation(name: str):
