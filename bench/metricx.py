@@ -39,6 +39,7 @@ with torch.no_grad():   # scores inside (0, 25), as a trained MetricX gives, so 
     model.lm_head.weight[250089] *= 0.05
     model.lm_head.weight[250089] += 0.02
 model.save_pretrained({path!r})
+print("{{}}")
 """
 
 OURS = """
