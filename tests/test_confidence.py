@@ -98,24 +98,20 @@ def test_metricx_qe_joins_the_line_when_the_deployment_has_one(demo, tmp_path):
 
     from app.annotation.api import input_as_text
     from app.scoring import MetricXService
-    from model import MT5Config, MT5Tokenizer
+    from metricx_util import tiny_metricx
+    from model import MT5Tokenizer
     from model.metricx import MT5ForRegression, score
-    from model.tiny import train_sentencepiece, write_mt5_style
 
-    tok = write_mt5_style(tmp_path / "tok", train_sentencepiece([SOURCE] * 20, 400, hard_vocab_limit=False))
-    torch.manual_seed(0)
-    MT5ForRegression(MT5Config(vocab_size=250112, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                               relative_attention_num_buckets=8, tie_word_embeddings=False,
-                               architectures=["MT5ForRegression"])).save_pretrained(tmp_path / "mx")
+    mx, tok = tiny_metricx(tmp_path, [SOURCE] * 20, 400)
     plain = AppContext.create(Settings(), ASSETS.with_demo_models(demo), demo=True)
-    ctx = dataclasses.replace(plain, settings=dataclasses.replace(plain.settings, metricx=str(tmp_path / "mx")),
-                              metricx=MetricXService(str(tmp_path / "mx"), str(tok), "none"))
+    ctx = dataclasses.replace(plain, settings=dataclasses.replace(plain.settings, metricx=str(mx)),
+                              metricx=MetricXService(str(mx), str(tok), "none"))
     loaded = ctx.load("summarization", "demo/generation", "auto", "auto", "none")
     inputs = {"text": SOURCE}
     result = TASKS["summarization"].run(loaded, inputs, Decoding(max_new_tokens=8))
     record = run_record(TASKS["summarization"], loaded, inputs, result, result.text, result.settings)
     _, line = show_confidence(ctx, record)
-    expected = score(MT5ForRegression.from_pretrained(tmp_path / "mx"), MT5Tokenizer.from_pretrained(tok),
+    expected = score(MT5ForRegression.from_pretrained(mx), MT5Tokenizer.from_pretrained(tok),
                      [{"source": input_as_text(inputs), "hypothesis": result.text}], qe=True).scores[0]
     assert f"MetricX QE {expected:.2f} (0 best, 25 worst" in line
     assert "MetricX" not in show_confidence(plain, record)[1]

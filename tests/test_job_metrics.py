@@ -14,6 +14,7 @@ from app.annotation.rights import OPEN, Identity
 from app.annotation.schema import MIGRATIONS, migrate
 from app.annotation.store import AnnotationStore
 from app.annotation.tabs import compare
+from metricx_util import tiny_metricx
 
 SYSTEMS = ({"model_id": "demo/generation", "decoding": {"num_beams": 1}},
            {"model_id": "demo/generation", "decoding": {"num_beams": 4}})
@@ -128,20 +129,7 @@ def test_v8_compare_rows_gain_an_empty_reference(tmp_path):
 
 @pytest.fixture(scope="module")
 def metricx(tmp_path_factory):
-    """A random MetricX-shaped checkpoint (mT5's 250112 ids, tiny otherwise) and a small mT5-style tokenizer."""
-    import torch
-
-    from model import MT5Config
-    from model.metricx import MT5ForRegression
-    from model.tiny import train_sentencepiece, write_mt5_style
-
-    root = tmp_path_factory.mktemp("metricx")
-    tok = write_mt5_style(root / "tok", train_sentencepiece(REFS + WEAK, 300, hard_vocab_limit=False))
-    torch.manual_seed(0)
-    MT5ForRegression(MT5Config(vocab_size=250112, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                               relative_attention_num_buckets=8, tie_word_embeddings=False,
-                               architectures=["MT5ForRegression"])).save_pretrained(root / "model")
-    return root / "model", tok
+    return tiny_metricx(tmp_path_factory.mktemp("metricx"), REFS + WEAK)
 
 
 @pytest.mark.parametrize("with_refs", [True, False])

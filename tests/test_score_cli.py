@@ -4,12 +4,11 @@ import json
 
 import pytest
 import sacrebleu
-import torch
 
 from app.cli import main
+from metricx_util import tiny_metricx
 from model import MT5Config
 from model.metricx import MT5ForRegression, score
-from model.tiny import train_sentencepiece, write_mt5_style
 from model import MT5Tokenizer
 
 HYPS = ["The cat sleeps on the mat.", "Rain expected north tomorrow.", "The museum opens at nine.",
@@ -33,16 +32,7 @@ def records(path):
 
 @pytest.fixture(scope="module")
 def metricx(tmp_path_factory):
-    """A random MetricX-shaped checkpoint (mT5's 250112 ids, tiny otherwise) and a small mT5-style tokenizer."""
-    root = tmp_path_factory.mktemp("metricx")
-    tok = write_mt5_style(root / "tok", train_sentencepiece(HYPS + REFS + SRCS, 300, hard_vocab_limit=False))
-    torch.manual_seed(0)
-    config = MT5Config(vocab_size=250112, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                       relative_attention_num_buckets=8, tie_word_embeddings=False,
-                       architectures=["MT5ForRegression"])
-    model = MT5ForRegression(config).eval()
-    model.save_pretrained(root / "model")
-    return root / "model", tok
+    return tiny_metricx(tmp_path_factory.mktemp("metricx"), HYPS + REFS + SRCS)
 
 
 def test_surface_metrics_per_row_and_for_the_corpus(tmp_path, capsys):
